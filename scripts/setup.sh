@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what Lethe's demo and tests need into the project-local `.lethe/` folder:
+#   .lethe/venv            Python with numpy, scikit-learn, onnxruntime (reference tests)
+#   .lethe/ort/            libonnxruntime.so from the `onnxruntime` wheel (loaded at run time)
+# Everything comes from PyPI. Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ORT_VERSION=1.31.1
+venv=.lethe/venv
+stamp=.lethe/setup-$ORT_VERSION.done
+if [ -f "$stamp" ] && [ -x "$venv/bin/python" ]; then
+  exit 0
+fi
+echo "lethe setup: installing Python packages and ONNX Runtime $ORT_VERSION into .lethe/ (from PyPI)"
+mkdir -p .lethe/ort
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install -q --upgrade pip
+"$venv/bin/python" -m pip install -q "onnxruntime==$ORT_VERSION" "numpy>=2" "scikit-learn>=1.5"
+capi=$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.join(os.path.dirname(onnxruntime.__file__), "capi"))')
+lib=$(ls "$capi"/libonnxruntime.so.* | head -n 1)
+cp -f "$lib" .lethe/ort/
+ln -sf "$(basename "$lib")" .lethe/ort/libonnxruntime.so
+touch "$stamp"
+echo "lethe setup: done (ONNX Runtime at .lethe/ort/libonnxruntime.so)"

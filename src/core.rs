@@ -1,0 +1,291 @@
+//! The core: a bundle's ONNX network, run in ONNX Runtime.
+//!
+//! The core maps a batch of inputs to features φ(x) (one of the bundle's features outputs) and,
+//! optionally, core logits z(x). It is shared by every head opened over it.
+//!
+//! ONNX Runtime sessions are run through `&mut`, so the core keeps a small pool of sessions:
+//! concurrent callers each take one (a new one is created when all are busy) and put it back.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use ndarray::Array2;
+use ort::session::Session;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use crate::bundle::Bundle;
+use crate::error::{Error, Result};
+use crate::runtime;
+
+/// How to open a core.
+#[derive(Debug, Clone, Default)]
+pub struct CoreOptions {
+    /// An explicit ONNX Runtime library; `None` follows the search order of [`crate::runtime`].
+    pub ort_library: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime choose.
+    pub intra_threads: usize,
+}
+
+/// An opened core, ready to run.
+pub struct Core {
+    bundle: Bundle,
+    options: CoreOptions,
+    idle: Mutex<Vec<Session>>,
+}
+
+/// The named outputs of one run, each `[n, width]`.
+#[derive(Debug, Clone)]
+pub struct CoreOutputs {
+    outputs: Vec<(String, Array2<f32>)>,
+}
+
+impl CoreOutputs {
+    /// The output called `name`.
+    pub fn get(&self, name: &str) -> Option<&Array2<f32>> {
+        self.outputs.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+    }
+
+    /// Takes the output called `name` out.
+    pub fn take(&mut self, name: &str) -> Option<Array2<f32>> {
+        let i = self.outputs.iter().position(|(n, _)| n == name)?;
+        Some(self.outputs.swap_remove(i).1)
+    }
+}
+
+impl Core {
+    /// Opens the bundle at `dir` and its core.
+    pub fn open(dir: impl AsRef<Path>, options: &CoreOptions) -> Result<Core> {
+        Core::from_bundle(Bundle::open(dir)?, options)
+    }
+
+    /// Opens the core of an already-opened bundle and checks its graph against the manifest.
+    pub fn from_bundle(bundle: Bundle, options: &CoreOptions) -> Result<Core> {
+        runtime::ensure_loaded(options.ort_library.as_deref())?;
+        let core = Core {
+            bundle,
+            options: options.clone(),
+            idle: Mutex::new(Vec::new()),
+        };
+        let session = core.new_session()?;
+        core.check_graph(&session)?;
+        core.put_back(session);
+        Ok(core)
+    }
+
+    /// The bundle this core came from.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The number of f32 values of one sample's input.
+    pub fn input_len(&self) -> usize {
+        self.bundle.input_len()
+    }
+
+    fn new_session(&self) -> Result<Session> {
+        let rt = runtime::ensure_loaded(self.options.ort_library.as_deref())?;
+        let mut builder = Session::builder(&rt.env)?;
+        if self.options.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(self.options.intra_threads)
+                .map_err(ort::Error::from)?;
+        }
+        Ok(builder.commit_from_file(self.bundle.core_path())?)
+    }
+
+    fn take_session(&self) -> Result<Session> {
+        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match pooled {
+            Some(s) => Ok(s),
+            None => self.new_session(),
+        }
+    }
+
+    fn put_back(&self, session: Session) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(session);
+    }
+
+    fn mismatch(&self, field: &str, message: String) -> Error {
+        Error::Manifest {
+            path: self.bundle.core_path(),
+            field: field.to_string(),
+            message,
+        }
+    }
+
+    /// Checks that the ONNX graph's inputs and outputs are what the manifest says.
+    fn check_graph(&self, session: &Session) -> Result<()> {
+        let m = &self.bundle.manifest;
+        let input = &m.inputs[0];
+        if session.inputs().len() != m.inputs.len() {
+            return Err(self.mismatch(
+                "inputs",
+                format!(
+                    "the graph has {} inputs, the manifest lists {}",
+                    session.inputs().len(),
+                    m.inputs.len()
+                ),
+            ));
+        }
+        let outlet = session
+            .inputs()
+            .iter()
+            .find(|o| o.name() == input.name)
+            .ok_or_else(|| {
+                self.mismatch(
+                    "inputs[0].name",
+                    format!("the graph has no input {:?}", input.name),
+                )
+            })?;
+        let (dtype, dims) = tensor_type(outlet.dtype()).ok_or_else(|| {
+            self.mismatch("inputs[0]", "the graph's input is not a tensor".into())
+        })?;
+        if dtype != TensorElementType::Float32 {
+            return Err(self.mismatch(
+                "inputs[0].dtype",
+                format!("the graph's input is {dtype:?}, not float32"),
+            ));
+        }
+        let expected: Vec<Option<u64>> = input.shape.clone();
+        if !shape_matches(&dims, &expected) {
+            return Err(self.mismatch(
+                "inputs[0].shape",
+                format!("the graph's input has shape {dims:?}, the manifest says {expected:?}"),
+            ));
+        }
+        let mut wanted: Vec<(String, String, usize)> = m
+            .features
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("features[{i}]"), f.output.clone(), f.dim))
+            .collect();
+        if let Some(cl) = &m.core_logits {
+            wanted.push(("core_logits".into(), cl.output.clone(), cl.classes.len()));
+        }
+        for (field, name, width) in wanted {
+            let outlet = session
+                .outputs()
+                .iter()
+                .find(|o| o.name() == name)
+                .ok_or_else(|| {
+                    self.mismatch(
+                        &format!("{field}.output"),
+                        format!("the graph has no output {name:?}"),
+                    )
+                })?;
+            let (dtype, dims) = tensor_type(outlet.dtype())
+                .ok_or_else(|| self.mismatch(&field, format!("output {name:?} is not a tensor")))?;
+            if dtype != TensorElementType::Float32 {
+                return Err(
+                    self.mismatch(&field, format!("output {name:?} is {dtype:?}, not float32"))
+                );
+            }
+            if !shape_matches(&dims, &[None, Some(width as u64)]) {
+                return Err(self.mismatch(
+                    &field,
+                    format!("output {name:?} has shape {dims:?}, expected [batch, {width}]"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs the core on `n` samples (`input` holds n × [`Core::input_len`] f32 values, row-major)
+    /// and returns the outputs named in `names`, each `[n, width]`.
+    pub fn run(&self, input: &[f32], n: usize, names: &[&str]) -> Result<CoreOutputs> {
+        let per = self.input_len();
+        let expected = n
+            .checked_mul(per)
+            .ok_or_else(|| Error::InvalidInput(format!("{n} samples of {per} values overflow")))?;
+        if input.len() != expected {
+            return Err(Error::InvalidInput(format!(
+                "expected {n} samples × {per} values = {expected} f32 values, got {}",
+                input.len()
+            )));
+        }
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "input value {i} (sample {}) is {}",
+                i / per.max(1),
+                input[i]
+            )));
+        }
+        if n == 0 {
+            let outputs = names
+                .iter()
+                .map(|&name| {
+                    Ok((
+                        name.to_string(),
+                        Array2::zeros((0, self.output_width(name)?)),
+                    ))
+                })
+                .collect::<Result<_>>()?;
+            return Ok(CoreOutputs { outputs });
+        }
+        let mut shape: Vec<usize> = vec![n];
+        shape.extend(
+            self.bundle.manifest.inputs[0]
+                .shape
+                .iter()
+                .skip(1)
+                .map(|d| d.unwrap_or(1) as usize),
+        );
+        let view = ndarray::ArrayViewD::from_shape(shape, input)
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let input_name = self.bundle.manifest.inputs[0].name.as_str();
+        let mut session = self.take_session()?;
+        let result = (|| -> Result<CoreOutputs> {
+            let outputs =
+                session.run(ort::inputs![input_name => TensorRef::from_array_view(view)?])?;
+            let mut picked = Vec::with_capacity(names.len());
+            for &name in names {
+                let value = outputs
+                    .get(name)
+                    .ok_or_else(|| Error::Ort(format!("the core produced no output {name:?}")))?;
+                let array = value.try_extract_array::<f32>()?;
+                let width = array.len() / n;
+                let array = array
+                    .to_shape((n, width))
+                    .map_err(|e| Error::Ort(format!("output {name:?}: {e}")))?
+                    .to_owned();
+                picked.push((name.to_string(), array));
+            }
+            Ok(CoreOutputs { outputs: picked })
+        })();
+        self.put_back(session);
+        result
+    }
+
+    fn output_width(&self, name: &str) -> Result<usize> {
+        let m = &self.bundle.manifest;
+        if let Some(f) = m.features.iter().find(|f| f.output == name) {
+            return Ok(f.dim);
+        }
+        match &m.core_logits {
+            Some(cl) if cl.output == name => Ok(cl.classes.len()),
+            _ => Err(Error::InvalidInput(format!(
+                "bundle {} has no output {name:?}",
+                m.name
+            ))),
+        }
+    }
+}
+
+fn tensor_type(t: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
+    match t {
+        ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
+        _ => None,
+    }
+}
+
+/// Whether ONNX dims (-1 or a symbolic name for dynamic) agree with a manifest shape.
+fn shape_matches(dims: &[i64], expected: &[Option<u64>]) -> bool {
+    dims.len() == expected.len()
+        && dims.iter().zip(expected).all(|(&d, e)| match e {
+            None => d < 0,
+            Some(e) => d == *e as i64,
+        })
+}

@@ -1,0 +1,62 @@
+//! The head's forward pass on the CPU, in f32: logits = z + φ Wᵀ + b.
+
+use ndarray::{Array2, Axis};
+
+use super::ServedWeights;
+
+/// Logits `[n, C]` for features `phi` `[n, d]` and mapped core logits `z` `[n, C]`.
+pub fn logits(phi: &Array2<f32>, z: &Array2<f32>, weights: &ServedWeights) -> Array2<f32> {
+    let mut out = z.clone();
+    ndarray::linalg::general_mat_mul(1.0, phi, &weights.w.t(), 1.0, &mut out);
+    for mut row in out.axis_iter_mut(Axis(0)) {
+        for (v, b) in row.iter_mut().zip(&weights.b) {
+            *v += b;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The obvious loop, for comparison.
+    fn naive(phi: &Array2<f32>, z: &Array2<f32>, w: &ServedWeights) -> Array2<f64> {
+        let (n, d) = phi.dim();
+        let c = w.b.len();
+        Array2::from_shape_fn((n, c), |(i, k)| {
+            let mut acc = z[(i, k)] as f64 + w.b[k] as f64;
+            for j in 0..d {
+                acc += phi[(i, j)] as f64 * w.w[(k, j)] as f64;
+            }
+            acc
+        })
+    }
+
+    /// f32 accumulation over d terms of magnitude ≤ 1 differs from f64 by at most d·2^-23·scale.
+    const F32_DOT_TOLERANCE: f64 = 1e-5;
+
+    proptest! {
+        #[test]
+        fn matches_the_naive_loop(n in 0usize..9, d in 1usize..70, c in 1usize..13, seed in any::<u64>()) {
+            let mut s = seed;
+            let mut next = move || {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            };
+            let phi = Array2::from_shape_fn((n, d), |_| next());
+            let z = Array2::from_shape_fn((n, c), |_| next());
+            let w = ServedWeights {
+                w: Array2::from_shape_fn((c, d), |_| next()),
+                b: (0..c).map(|_| next()).collect(),
+            };
+            let got = logits(&phi, &z, &w);
+            let want = naive(&phi, &z, &w);
+            prop_assert_eq!(got.dim(), (n, c));
+            for (g, w) in got.iter().zip(want.iter()) {
+                prop_assert!((*g as f64 - w).abs() <= F32_DOT_TOLERANCE * (d as f64 + 2.0));
+            }
+        }
+    }
+}

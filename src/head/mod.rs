@@ -1,0 +1,717 @@
+//! The head: one user's linear layer W, b over a core's features, with everything needed to
+//! learn and forget samples exactly.
+//!
+//! Prediction: `logits(x) = z(x) + W φ(x) + b` (z = the core's logits mapped onto the head's
+//! classes, or 0). Training minimizes Σ ||z + Wφ + b − s·y||² + λ(||W||² + ||b||²) over the
+//! current samples; see DESIGN.md for the math.
+//!
+//! # The canonical re-solve
+//! `learn` and `forget` update the integer statistics exactly, then update the Cholesky factor
+//! and the weights incrementally in O(k·p² + k·p·C) and serve the result at once. A background
+//! thread (one per head) then recomputes the canonical solution from the integer statistics
+//! (sequential Cholesky, O(p³)) and swaps it in if no other call came in meanwhile. Calls that
+//! must return canonical weights — [`Head::weights`], [`Head::close`] — finish a pending
+//! re-solve themselves first. Served weights before the re-solve differ from canonical by
+//! rounding only.
+//!
+//! # Concurrency
+//! `predict` reads an immutable snapshot of the f32 weights (an `Arc` swapped under a short
+//! lock): it never waits for learn/forget and sees either the old or the new weights. Calls that
+//! change the head are serialized.
+
+pub mod cpu;
+pub mod quant;
+pub mod samples;
+pub mod solver;
+pub mod stats;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
+use std::thread::JoinHandle;
+
+use faer::Mat;
+use ndarray::Array2;
+
+use crate::bundle::Bundle;
+use crate::core::Core;
+use crate::error::{Error, Result};
+use crate::store::Store;
+use quant::FixedPoint;
+use samples::{SampleRef, SampleSet};
+use solver::Solution;
+use stats::ExactStats;
+
+/// Choices made when a head is created. `None` takes the bundle's default.
+#[derive(Debug, Clone, Default)]
+pub struct HeadOptions {
+    /// Which features output of the core the head is linear in.
+    pub features: Option<String>,
+    /// Ridge strength λ > 0.
+    pub lambda: Option<f64>,
+    /// Target scale s > 0.
+    pub target_scale: Option<f64>,
+    /// Run the canonical re-solve synchronously inside each call instead of in the background.
+    pub synchronous_resolve: bool,
+}
+
+/// What a head is: its dimensions and the constants of its objective. Fixed at creation and
+/// recorded in its state dir.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadSpec {
+    /// The features output the head is linear in.
+    pub features: String,
+    /// Feature dimension d.
+    pub dim: usize,
+    /// Class labels (C of them).
+    pub classes: Vec<String>,
+    /// The core's logits output and, per column, the head class it feeds; `None` = z is 0.
+    pub core_logits: Option<(String, Vec<usize>)>,
+    pub lambda: f64,
+    pub target_scale: f64,
+    pub fixed: FixedPoint,
+}
+
+impl HeadSpec {
+    /// The spec a head over `bundle` gets with `options`.
+    pub fn from_bundle(bundle: &Bundle, options: &HeadOptions) -> Result<HeadSpec> {
+        let m = &bundle.manifest;
+        let features = bundle.features(options.features.as_deref())?;
+        let lambda = options.lambda.unwrap_or(m.head.lambda);
+        if !(lambda.is_finite() && lambda > 0.0) {
+            return Err(Error::InvalidInput(format!(
+                "lambda must be finite and > 0, got {lambda}"
+            )));
+        }
+        let target_scale = options.target_scale.unwrap_or(m.head.target_scale);
+        if !(target_scale.is_finite()
+            && target_scale > 0.0
+            && target_scale <= m.head.target_max_abs)
+        {
+            return Err(Error::InvalidInput(format!(
+                "target scale must be in (0, {}], got {target_scale}",
+                m.head.target_max_abs
+            )));
+        }
+        Ok(HeadSpec {
+            features: features.output.clone(),
+            dim: features.dim,
+            classes: m.classes.clone(),
+            core_logits: m
+                .core_logits
+                .as_ref()
+                .map(|cl| (cl.output.clone(), cl.classes.clone())),
+            lambda,
+            target_scale,
+            fixed: FixedPoint {
+                frac_bits: m.head.frac_bits,
+                feature_max_abs: features.max_abs,
+                target_max_abs: m.head.target_max_abs,
+            },
+        })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Maps core logits `[n, K]` onto the head's classes `[n, C]` (zeros elsewhere).
+    pub fn map_core_logits(&self, z: Option<&Array2<f32>>, n: usize) -> Array2<f32> {
+        let mut out = Array2::<f32>::zeros((n, self.num_classes()));
+        if let (Some(z), Some((_, classes))) = (z, &self.core_logits) {
+            for (j, &c) in classes.iter().enumerate() {
+                out.column_mut(c).assign(&z.column(j));
+            }
+        }
+        out
+    }
+}
+
+/// The f32 weights predictions use: an immutable snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServedWeights {
+    /// W, C × d row-major.
+    pub w: Array2<f32>,
+    /// b, C.
+    pub b: Vec<f32>,
+}
+
+/// W and b in f64 (canonical), as returned by [`Head::weights`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    /// W, C × d.
+    pub w: Array2<f64>,
+    /// b, C.
+    pub b: Vec<f64>,
+}
+
+/// Counts and settings of a head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadInfo {
+    pub samples: u64,
+    pub class_counts: Vec<u64>,
+    pub spec: HeadSpec,
+    pub backend: &'static str,
+}
+
+struct State {
+    samples: SampleSet,
+    stats: ExactStats,
+    solution: Solution,
+    /// Bumped by every change; the canonical solution is current when `canonical == version`.
+    version: u64,
+    canonical: u64,
+    store: Option<Store>,
+}
+
+struct Inner {
+    spec: HeadSpec,
+    core: Option<Arc<Core>>,
+    served: RwLock<Arc<ServedWeights>>,
+    state: Mutex<State>,
+    wake: Condvar,
+    stop: AtomicBool,
+}
+
+/// A head. `Send + Sync`: share it across threads (e.g. in an `Arc`).
+pub struct Head {
+    inner: Arc<Inner>,
+    worker: Option<JoinHandle<()>>,
+}
+
+impl Head {
+    /// A head over `core` that keeps nothing on disk.
+    pub fn in_memory(core: Arc<Core>, options: &HeadOptions) -> Result<Head> {
+        let spec = HeadSpec::from_bundle(core.bundle(), options)?;
+        Head::build(spec, Some(core), None, options)
+    }
+
+    /// A head with no core: the caller supplies features (and core logits) directly.
+    pub fn detached(spec: HeadSpec, options: &HeadOptions) -> Result<Head> {
+        Head::build(spec, None, None, options)
+    }
+
+    /// Opens the head persisted in `state_dir`, creating it if absent. An existing state dir
+    /// must belong to the same bundle; its recorded settings win over `options`.
+    pub fn open(
+        core: Arc<Core>,
+        state_dir: impl AsRef<Path>,
+        options: &HeadOptions,
+    ) -> Result<Head> {
+        let requested = HeadSpec::from_bundle(core.bundle(), options)?;
+        let (store, loaded) = Store::open(state_dir.as_ref(), core.bundle(), &requested)?;
+        let spec = store.spec().clone();
+        check_recorded(&spec, options, state_dir.as_ref())?;
+        let mut head = Head::build(spec, Some(core), Some(store), options)?;
+        if let Some(loaded) = loaded {
+            head.install_loaded(loaded)?;
+        }
+        Ok(head)
+    }
+
+    fn build(
+        spec: HeadSpec,
+        core: Option<Arc<Core>>,
+        store: Option<Store>,
+        options: &HeadOptions,
+    ) -> Result<Head> {
+        let stats = ExactStats::new(spec.dim, spec.num_classes());
+        let solution = solver::canonical(&stats, spec.lambda, spec.fixed.frac_bits)
+            .map_err(|_| Error::InvalidInput("lambda too small to factor".into()))?;
+        let served = Arc::new(to_served(&solution.theta, spec.dim));
+        let inner = Arc::new(Inner {
+            served: RwLock::new(served),
+            state: Mutex::new(State {
+                samples: SampleSet::new(spec.dim, spec.num_classes()),
+                stats,
+                solution,
+                version: 0,
+                canonical: 0,
+                store,
+            }),
+            spec,
+            core,
+            wake: Condvar::new(),
+            stop: AtomicBool::new(false),
+        });
+        let worker = if options.synchronous_resolve {
+            None
+        } else {
+            let inner = inner.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("lethe-resolve".into())
+                    .spawn(move || resolve_loop(&inner))
+                    .map_err(|e| {
+                        Error::Backend(format!("cannot start the re-solve thread: {e}"))
+                    })?,
+            )
+        };
+        Ok(Head { inner, worker })
+    }
+
+    fn install_loaded(&mut self, loaded: crate::store::Loaded) -> Result<()> {
+        let mut st = self.inner.lock();
+        st.samples = loaded.samples;
+        st.stats = loaded.stats;
+        st.solution = match loaded.solution {
+            Some(sol) => sol,
+            None => self.inner.canonical_of(&st.stats)?,
+        };
+        st.version = 1;
+        st.canonical = 1;
+        self.inner.publish(&st.solution);
+        Ok(())
+    }
+
+    pub fn spec(&self) -> &HeadSpec {
+        &self.inner.spec
+    }
+
+    /// The core this head runs on, if any.
+    pub fn core(&self) -> Option<&Arc<Core>> {
+        self.inner.core.as_ref()
+    }
+
+    fn core_or_err(&self) -> Result<&Arc<Core>> {
+        self.inner.core.as_ref().ok_or_else(|| {
+            Error::InvalidInput("this head has no core: use the *_features calls".into())
+        })
+    }
+
+    /// Runs the core: (features `[n, d]`, core logits on the head's classes `[n, C]`).
+    pub fn core_features(&self, inputs: &[f32], n: usize) -> Result<(Array2<f32>, Array2<f32>)> {
+        let core = self.core_or_err()?;
+        let spec = &self.inner.spec;
+        let mut names = vec![spec.features.as_str()];
+        if let Some((logits, _)) = &spec.core_logits {
+            names.push(logits.as_str());
+        }
+        let mut out = core.run(inputs, n, &names)?;
+        let phi = out
+            .take(&spec.features)
+            .ok_or_else(|| Error::Ort("missing features output".into()))?;
+        let z = spec
+            .core_logits
+            .as_ref()
+            .and_then(|(name, _)| out.take(name));
+        Ok((phi, spec.map_core_logits(z.as_ref(), n)))
+    }
+
+    /// Learns `ids.len()` samples from raw inputs (n × the core's input length).
+    pub fn learn(&self, ids: &[u64], inputs: &[f32], labels: &[u32]) -> Result<()> {
+        self.check_new_ids(ids, labels)?;
+        let (phi, z) = self.core_features(inputs, ids.len())?;
+        self.learn_features(ids, &phi, &z, labels)
+    }
+
+    fn check_new_ids(&self, ids: &[u64], labels: &[u32]) -> Result<()> {
+        if ids.len() != labels.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} ids but {} labels",
+                ids.len(),
+                labels.len()
+            )));
+        }
+        let c = self.inner.spec.num_classes();
+        if let Some((i, l)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= c) {
+            return Err(Error::InvalidInput(format!(
+                "label {l} (sample {i}) is not a class: the head has {c} classes"
+            )));
+        }
+        distinct(ids)?;
+        let st = self.inner.lock();
+        if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
+            return Err(Error::Id(format!("id {id} is already learned")));
+        }
+        Ok(())
+    }
+
+    /// Learns samples from their features `phi` `[k, d]` and core logits `z` `[k, C]` (mapped
+    /// onto the head's classes; zeros where the core has none).
+    pub fn learn_features(
+        &self,
+        ids: &[u64],
+        phi: &Array2<f32>,
+        z: &Array2<f32>,
+        labels: &[u32],
+    ) -> Result<()> {
+        let spec = &self.inner.spec;
+        let k = ids.len();
+        if phi.dim() != (k, spec.dim) || z.dim() != (k, spec.num_classes()) {
+            return Err(Error::InvalidInput(format!(
+                "expected features [{k}, {}] and core logits [{k}, {}], got {:?} and {:?}",
+                spec.dim,
+                spec.num_classes(),
+                phi.dim(),
+                z.dim()
+            )));
+        }
+        self.check_new_ids(ids, labels)?;
+        let mut q = Vec::with_capacity(k * spec.dim);
+        let mut r = Vec::with_capacity(k * spec.num_classes());
+        for (s, &label) in labels.iter().enumerate() {
+            let row = phi.row(s);
+            spec.fixed
+                .quantize_features(row.as_slice().unwrap_or(&row.to_vec()), s, &mut q)?;
+            let zr = z.row(s);
+            spec.fixed.quantize_targets(
+                label as usize,
+                spec.target_scale,
+                zr.as_slice().unwrap_or(&zr.to_vec()),
+                s,
+                &mut r,
+            )?;
+        }
+        let result = self.change(ids, |st| {
+            if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
+                return Err(Error::Id(format!("id {id} is already learned")));
+            }
+            let d = spec.dim;
+            let c = spec.num_classes();
+            let samples: Vec<SampleRef<'_>> = (0..k)
+                .map(|s| SampleRef {
+                    id: ids[s],
+                    label: labels[s],
+                    q: &q[s * d..(s + 1) * d],
+                    r: &r[s * c..(s + 1) * c],
+                })
+                .collect();
+            if let Some(store) = st.store.as_mut() {
+                store.learn(&samples)?;
+            }
+            for s in &samples {
+                st.samples.insert(*s);
+            }
+            Ok((q.as_slice(), r.as_slice(), 1))
+        });
+        q.fill(0);
+        r.fill(0);
+        result
+    }
+
+    /// Forgets the samples with these ids (all present, distinct), exactly.
+    pub fn forget(&self, ids: &[u64]) -> Result<()> {
+        distinct(ids)?;
+        let spec = &self.inner.spec;
+        let (d, c) = (spec.dim, spec.num_classes());
+        let mut q = Vec::with_capacity(ids.len() * d);
+        let mut r = Vec::with_capacity(ids.len() * c);
+        let result = self.change(ids, |st| {
+            if let Some(id) = ids.iter().find(|&&id| !st.samples.contains(id)) {
+                return Err(Error::Id(format!("id {id} is not learned")));
+            }
+            for &id in ids {
+                let s = st.samples.get(id).expect("checked above");
+                q.extend_from_slice(s.q);
+                r.extend_from_slice(s.r);
+            }
+            if let Some(store) = st.store.as_mut() {
+                store.forget(ids)?;
+            }
+            for &id in ids {
+                st.samples.remove(id);
+            }
+            Ok((q.as_slice(), r.as_slice(), -1))
+        });
+        q.fill(0);
+        r.fill(0);
+        result
+    }
+
+    /// Applies one change under the state lock: `prepare` checks, persists and updates the
+    /// sample set, and returns the rows to add (+1) or subtract (−1) from the statistics.
+    fn change<'q>(
+        &self,
+        ids: &[u64],
+        prepare: impl FnOnce(&mut State) -> Result<(&'q [i32], &'q [i32], i8)>,
+    ) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let spec = &self.inner.spec;
+        let mut st = self.inner.lock();
+        let (q, r, sign) = prepare(&mut st)?;
+        let one = spec.fixed.one();
+        st.stats.accumulate(q, r, one, sign);
+        let (x, t) = real_rows(q, r, spec, one);
+        let st = &mut *st;
+        if solver::apply(&mut st.solution, &x, &t, sign as f64).is_err() {
+            tracing::debug!("incremental update lost positive definiteness; re-solving");
+            st.solution = self.inner.canonical_of(&st.stats)?;
+        }
+        st.version += 1;
+        self.inner.publish(&st.solution);
+        self.inner.wake.notify_all();
+        Ok(())
+    }
+
+    /// Forgets everything: W = 0, b = 0, every stored sample erased. The head then predicts
+    /// exactly the core's logits.
+    pub fn forget_all(&self) -> Result<()> {
+        let spec = &self.inner.spec;
+        let mut st = self.inner.lock();
+        if let Some(store) = st.store.as_mut() {
+            store.forget_all()?;
+        }
+        st.samples.clear();
+        st.stats.clear();
+        let p = spec.dim + 1;
+        let diag = spec.lambda.sqrt();
+        st.solution = Solution {
+            l: Mat::from_fn(p, p, |i, j| if i == j { diag } else { 0.0 }),
+            theta: Mat::zeros(p, spec.num_classes()),
+        };
+        st.version += 1;
+        self.inner.publish(&st.solution);
+        self.inner.wake.notify_all();
+        Ok(())
+    }
+
+    /// Logits `[n, C]` for raw inputs.
+    pub fn predict(&self, inputs: &[f32], n: usize) -> Result<Array2<f32>> {
+        let (phi, z) = self.core_features(inputs, n)?;
+        self.predict_features(&phi, &z)
+    }
+
+    /// Logits `[n, C]` = z + φ Wᵀ + b from features and mapped core logits.
+    pub fn predict_features(&self, phi: &Array2<f32>, z: &Array2<f32>) -> Result<Array2<f32>> {
+        let spec = &self.inner.spec;
+        let n = phi.nrows();
+        if phi.ncols() != spec.dim || z.dim() != (n, spec.num_classes()) {
+            return Err(Error::InvalidInput(format!(
+                "expected features [n, {}] and core logits [n, {}], got {:?} and {:?}",
+                spec.dim,
+                spec.num_classes(),
+                phi.dim(),
+                z.dim()
+            )));
+        }
+        let weights = self.served();
+        Ok(cpu::logits(phi, z, &weights))
+    }
+
+    /// The weights predictions use right now (f32).
+    pub fn served(&self) -> Arc<ServedWeights> {
+        self.inner
+            .served
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The canonical weights in f64 (finishing a pending re-solve first).
+    pub fn weights(&self) -> Result<Weights> {
+        let mut st = self.inner.lock();
+        self.inner.make_canonical(&mut st)?;
+        Ok(to_weights(&st.solution.theta, self.inner.spec.dim))
+    }
+
+    /// The stored samples' ids, sorted.
+    pub fn ids(&self) -> Vec<u64> {
+        self.inner.lock().samples.sorted_ids()
+    }
+
+    pub fn info(&self) -> HeadInfo {
+        let st = self.inner.lock();
+        HeadInfo {
+            samples: st.samples.len() as u64,
+            class_counts: st.samples.class_counts(),
+            spec: self.inner.spec.clone(),
+            backend: "cpu",
+        }
+    }
+
+    /// Recomputes the statistics and weights from the stored samples from scratch and returns
+    /// the largest relative difference from what is served (0 when they agree bit for bit).
+    pub fn verify(&self) -> Result<VerifyReport> {
+        let spec = &self.inner.spec;
+        let mut st = self.inner.lock();
+        self.inner.make_canonical(&mut st)?;
+        let mut fresh = ExactStats::new(spec.dim, spec.num_classes());
+        let mut q = Vec::new();
+        let mut r = Vec::new();
+        for s in st.samples.iter() {
+            q.extend_from_slice(s.q);
+            r.extend_from_slice(s.r);
+        }
+        fresh.accumulate(&q, &r, spec.fixed.one(), 1);
+        let stats_equal = fresh == st.stats;
+        let solution = self.inner.canonical_of(&fresh)?;
+        let weights_identical = solution == st.solution;
+        let served = self.served();
+        let expect = to_served(&solution.theta, spec.dim);
+        let served_identical = *served == expect;
+        Ok(VerifyReport {
+            samples: st.samples.len() as u64,
+            stats_equal,
+            weights_identical,
+            served_identical,
+        })
+    }
+
+    /// Finishes pending work, persists the canonical state and releases the state dir.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        self.inner.stop.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_all();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+        let mut st = self.inner.lock();
+        self.inner.make_canonical(&mut st)?;
+        let st = &mut *st;
+        if let Some(mut store) = st.store.take() {
+            store.close(&st.samples, &st.stats, &st.solution)?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of [`Head::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub samples: u64,
+    /// The integer statistics equal a recomputation from the stored samples.
+    pub stats_equal: bool,
+    /// The canonical factor and weights are bit-identical to a recomputation.
+    pub weights_identical: bool,
+    /// The served f32 weights are exactly the recomputed ones rounded to f32.
+    pub served_identical: bool,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.stats_equal && self.weights_identical && self.served_identical
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::error!("closing the head failed: {e}");
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
+        solver::canonical(stats, self.spec.lambda, self.spec.fixed.frac_bits).map_err(|_| {
+            Error::Limit(format!(
+                "A is not numerically positive definite at λ = {}; increase lambda",
+                self.spec.lambda
+            ))
+        })
+    }
+
+    fn make_canonical(&self, st: &mut State) -> Result<()> {
+        if st.canonical != st.version {
+            st.solution = self.canonical_of(&st.stats)?;
+            st.canonical = st.version;
+            self.publish(&st.solution);
+        }
+        Ok(())
+    }
+
+    fn publish(&self, solution: &Solution) {
+        let served = Arc::new(to_served(&solution.theta, self.spec.dim));
+        *self.served.write().unwrap_or_else(|e| e.into_inner()) = served;
+    }
+}
+
+/// The background re-solve: waits for a change, factors A off the lock, installs the result
+/// if nothing changed meanwhile.
+fn resolve_loop(inner: &Inner) {
+    loop {
+        let (stats, version) = {
+            let mut st = inner.lock();
+            while st.canonical == st.version && !inner.stop.load(Ordering::SeqCst) {
+                st = inner.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+            if inner.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            (st.stats.clone(), st.version)
+        };
+        let solved = inner.canonical_of(&stats);
+        drop(stats);
+        let mut st = inner.lock();
+        match solved {
+            Ok(solution) if st.version == version => {
+                st.solution = solution;
+                st.canonical = version;
+                inner.publish(&st.solution);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!("canonical re-solve failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// An existing state dir keeps its settings; asking explicitly for others is an error.
+fn check_recorded(spec: &HeadSpec, options: &HeadOptions, dir: &Path) -> Result<()> {
+    let conflict = |what: &str, recorded: String, asked: String| {
+        Err(Error::state(
+            dir,
+            format!("was created with {what} {recorded}, but {asked} was requested"),
+        ))
+    };
+    if let Some(f) = options.features.as_ref().filter(|f| **f != spec.features) {
+        return conflict("features", format!("{:?}", spec.features), format!("{f:?}"));
+    }
+    if let Some(l) = options.lambda.filter(|l| *l != spec.lambda) {
+        return conflict("lambda", spec.lambda.to_string(), l.to_string());
+    }
+    if let Some(s) = options.target_scale.filter(|s| *s != spec.target_scale) {
+        return conflict("target scale", spec.target_scale.to_string(), s.to_string());
+    }
+    Ok(())
+}
+
+fn distinct(ids: &[u64]) -> Result<()> {
+    let mut seen = HashSet::with_capacity(ids.len());
+    if let Some(id) = ids.iter().find(|&&id| !seen.insert(id)) {
+        return Err(Error::Id(format!("id {id} appears twice in one call")));
+    }
+    Ok(())
+}
+
+/// Fixed-point rows as real-valued X = [φ, 1] (k × p) and T (k × C).
+fn real_rows(q: &[i32], r: &[i32], spec: &HeadSpec, one: i32) -> (Mat<f64>, Mat<f64>) {
+    let (d, c) = (spec.dim, spec.num_classes());
+    let k = r.len() / c;
+    let unit = 1.0 / spec.fixed.scale();
+    let x = Mat::from_fn(k, d + 1, |s, j| {
+        let v = if j < d { q[s * d + j] } else { one };
+        v as f64 * unit
+    });
+    let t = Mat::from_fn(k, c, |s, j| r[s * c + j] as f64 * unit);
+    (x, t)
+}
+
+fn to_served(theta: &Mat<f64>, d: usize) -> ServedWeights {
+    let c = theta.ncols();
+    ServedWeights {
+        w: Array2::from_shape_fn((c, d), |(i, j)| theta[(j, i)] as f32),
+        b: (0..c).map(|i| theta[(d, i)] as f32).collect(),
+    }
+}
+
+fn to_weights(theta: &Mat<f64>, d: usize) -> Weights {
+    let c = theta.ncols();
+    Weights {
+        w: Array2::from_shape_fn((c, d), |(i, j)| theta[(j, i)]),
+        b: (0..c).map(|i| theta[(d, i)]).collect(),
+    }
+}

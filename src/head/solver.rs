@@ -1,0 +1,122 @@
+//! Solving for the head's weights: Θ = [W b]ᵀ = A⁻¹ B with A = L Lᵀ.
+//!
+//! Two paths, one result up to rounding:
+//! - [`canonical`] factors A from the exact integer statistics with a sequential (hence
+//!   deterministic) Cholesky and solves for Θ. It is a pure function of the sample set: two
+//!   heads holding the same samples get bit-identical L and Θ. Cost O(p³ + p²C).
+//! - [`apply`] updates an existing solution for k learned or forgotten samples on the caller's
+//!   path: a rank-k Cholesky update (or downdate) of L and the Newton step
+//!   Θ' = Θ ± A'⁻¹ Xᵀ (T − X Θ). Cost O(k·p² + k·p·C).
+//!
+//! The head serves the result of `apply` at once and restores the canonical solution off the
+//! caller's path (see [`super::Head`]).
+
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt;
+use faer::{Accum, Col, Mat, Par};
+
+use super::stats::ExactStats;
+
+/// The Cholesky factor of A and the weights Θ it gives.
+#[derive(Clone, PartialEq)]
+pub struct Solution {
+    /// Lower-triangular L with A = L Lᵀ (strict upper triangle zero), p × p.
+    pub l: Mat<f64>,
+    /// Θ = A⁻¹ B, p × C: row i < d is column i of W, row d is b.
+    pub theta: Mat<f64>,
+}
+
+/// A factorization or update met a non-positive pivot (rounding broke positive definiteness).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotPositiveDefinite;
+
+/// The canonical solution for `stats` with ridge `lambda`.
+pub fn canonical(
+    stats: &ExactStats,
+    lambda: f64,
+    frac_bits: u32,
+) -> Result<Solution, NotPositiveDefinite> {
+    let p = stats.dim() + 1;
+    let mut l = stats.a_f64(lambda, frac_bits);
+    let mut buf = MemBuffer::new(llt::factor::cholesky_in_place_scratch::<f64>(
+        p,
+        Par::Seq,
+        Default::default(),
+    ));
+    llt::factor::cholesky_in_place(
+        l.as_mut(),
+        Default::default(),
+        Par::Seq,
+        MemStack::new(&mut buf),
+        Default::default(),
+    )
+    .map_err(|_| NotPositiveDefinite)?;
+    for j in 1..p {
+        for i in 0..j {
+            l[(i, j)] = 0.0;
+        }
+    }
+    let mut theta = stats.b_f64(frac_bits);
+    solve_in_place(&l, &mut theta);
+    Ok(Solution { l, theta })
+}
+
+/// x ← A⁻¹ x using A = L Lᵀ, sequentially (deterministic).
+pub fn solve_in_place(l: &Mat<f64>, x: &mut Mat<f64>) {
+    let mut buf = MemBuffer::new(llt::solve::solve_in_place_scratch::<f64>(
+        l.nrows(),
+        x.ncols(),
+        Par::Seq,
+    ));
+    llt::solve::solve_in_place(l.as_ref(), x.as_mut(), Par::Seq, MemStack::new(&mut buf));
+}
+
+/// Updates `sol` for k samples learned (`sign` = 1) or forgotten (`sign` = −1): `x` holds
+/// their augmented features [φ, 1] (k × p) and `t` their targets (k × C), in real units.
+/// On error `sol` is unusable and must be recomputed with [`canonical`].
+pub fn apply(
+    sol: &mut Solution,
+    x: &Mat<f64>,
+    t: &Mat<f64>,
+    sign: f64,
+) -> Result<(), NotPositiveDefinite> {
+    let k = x.nrows();
+    if k == 0 {
+        return Ok(());
+    }
+    let mut w = x.transpose().to_owned();
+    let mut alpha = Col::<f64>::from_fn(k, |_| sign);
+    llt::update::rank_r_update_clobber(sol.l.as_mut(), w.as_mut(), alpha.as_diagonal_mut())
+        .map_err(|_| NotPositiveDefinite)?;
+    super::stats::scrub(&mut w);
+    // E = T − X Θ: the residual of the samples under the current weights.
+    let mut e = t.clone();
+    faer::linalg::matmul::matmul(
+        e.as_mut(),
+        Accum::Add,
+        x.as_ref(),
+        sol.theta.as_ref(),
+        -1.0,
+        Par::Seq,
+    );
+    // G = A'⁻¹ Xᵀ, then Θ' = Θ ± G E.
+    let mut g = x.transpose().to_owned();
+    solve_in_place(&sol.l, &mut g);
+    faer::linalg::matmul::matmul(
+        sol.theta.as_mut(),
+        Accum::Add,
+        g.as_ref(),
+        e.as_ref(),
+        sign,
+        Par::Seq,
+    );
+    super::stats::scrub(&mut g);
+    super::stats::scrub(&mut e);
+    let finite = (0..sol.theta.ncols()).all(|j| sol.theta.col(j).iter().all(|v| v.is_finite()))
+        && (0..sol.l.ncols()).all(|j| sol.l[(j, j)].is_finite() && sol.l[(j, j)] > 0.0);
+    if finite {
+        Ok(())
+    } else {
+        Err(NotPositiveDefinite)
+    }
+}

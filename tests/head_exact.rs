@@ -1,0 +1,336 @@
+//! G1 on the CPU head: after any sequence of learn / forget / forget-all, the weights equal a
+//! fresh head's on the remaining samples bit for bit, and an independent f64 normal-equations
+//! solve to ≤ 1e-9 relative.
+
+// The reference solve is written as plain index loops on purpose: obviously right beats idiomatic.
+#![allow(clippy::needless_range_loop)]
+
+use std::collections::BTreeMap;
+
+use lethe::head::quant::FixedPoint;
+use lethe::{Error, Head, HeadOptions, HeadSpec};
+use ndarray::Array2;
+use proptest::prelude::*;
+
+/// G1's tolerance against an independent reference.
+const EXACT_REL_TOL: f64 = 1e-9;
+
+fn spec(d: usize, c: usize, with_logits: bool) -> HeadSpec {
+    HeadSpec {
+        features: "features".into(),
+        dim: d,
+        classes: (0..c).map(|i| i.to_string()).collect(),
+        core_logits: with_logits.then(|| ("logits".to_string(), (0..c.min(2)).collect())),
+        lambda: 0.5,
+        target_scale: 1.0,
+        fixed: FixedPoint {
+            frac_bits: 16,
+            feature_max_abs: 8.0,
+            target_max_abs: 16.0,
+        },
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Sample {
+    phi: Vec<f32>,
+    z: Vec<f32>,
+    label: u32,
+}
+
+fn sample(rng: &mut u64, d: usize, c: usize, with_logits: bool) -> Sample {
+    let mut next = || {
+        *rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    };
+    let phi = (0..d).map(|_| next() * 3.0).collect();
+    let z = (0..c)
+        .map(|j| {
+            if with_logits && j < 2 {
+                next() * 4.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let label = ((next() + 1.0) * 0.5 * c as f32) as u32 % c as u32;
+    Sample { phi, z, label }
+}
+
+fn learn(head: &Head, items: &[(u64, &Sample)], d: usize, c: usize) -> Result<(), Error> {
+    let k = items.len();
+    let phi = Array2::from_shape_fn((k, d), |(i, j)| items[i].1.phi[j]);
+    let z = Array2::from_shape_fn((k, c), |(i, j)| items[i].1.z[j]);
+    let ids: Vec<u64> = items.iter().map(|(id, _)| *id).collect();
+    let labels: Vec<u32> = items.iter().map(|(_, s)| s.label).collect();
+    head.learn_features(&ids, &phi, &z, &labels)
+}
+
+/// The reference: quantize as documented, form A and B in f64 directly, solve by Gaussian
+/// elimination with partial pivoting (written here, independent of Lethe's solver).
+fn reference(samples: &BTreeMap<u64, Sample>, s: &HeadSpec) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let (d, c) = (s.dim, s.classes.len());
+    let p = d + 1;
+    let scale = (s.fixed.frac_bits as f64).exp2();
+    let q = |v: f64| (v * scale).round() / scale;
+    let mut a = vec![vec![0.0f64; p + c]; p];
+    for smp in samples.values() {
+        let mut x: Vec<f64> = smp.phi.iter().map(|&v| q(v as f64)).collect();
+        x.push(1.0);
+        let r: Vec<f64> = (0..c)
+            .map(|j| {
+                q(if j as u32 == smp.label {
+                    s.target_scale
+                } else {
+                    0.0
+                } - smp.z[j] as f64)
+            })
+            .collect();
+        for i in 0..p {
+            for j in 0..p {
+                a[i][j] += x[i] * x[j];
+            }
+            for k in 0..c {
+                a[i][p + k] += x[i] * r[k];
+            }
+        }
+    }
+    for (i, row) in a.iter_mut().enumerate() {
+        row[i] += s.lambda;
+    }
+    for col in 0..p {
+        let piv = (col..p)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap();
+        a.swap(col, piv);
+        for row in 0..p {
+            if row != col {
+                let f = a[row][col] / a[col][col];
+                if f != 0.0 {
+                    for k in col..p + c {
+                        a[row][k] -= f * a[col][k];
+                    }
+                }
+            }
+        }
+    }
+    let theta: Vec<Vec<f64>> = (0..p)
+        .map(|i| (0..c).map(|k| a[i][p + k] / a[i][i]).collect())
+        .collect();
+    let w = (0..c)
+        .map(|k| (0..d).map(|j| theta[j][k]).collect())
+        .collect();
+    let b = (0..c).map(|k| theta[d][k]).collect();
+    (w, b)
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Learn(Vec<u64>),
+    Forget(Vec<usize>),
+    ForgetAll,
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let op = prop_oneof![
+        6 => prop::collection::vec(0u64..60, 1..8).prop_map(Op::Learn),
+        4 => prop::collection::vec(0usize..100, 1..5).prop_map(Op::Forget),
+        1 => Just(Op::ForgetAll),
+    ];
+    prop::collection::vec(op, 1..12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn learn_forget_sequences_equal_a_fresh_head(
+        d in prop_oneof![Just(1usize), Just(3), 5usize..20],
+        c in 1usize..5,
+        with_logits in any::<bool>(),
+        seed in any::<u64>(),
+        ops in ops(),
+    ) {
+        let s = spec(d, c, with_logits);
+        let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+        let mut rng = seed;
+        let mut live: BTreeMap<u64, Sample> = BTreeMap::new();
+        for op in ops {
+            match op {
+                Op::Learn(ids) => {
+                    let mut ids = ids;
+                    ids.sort_unstable();
+                    ids.dedup();
+                    let new: Vec<(u64, Sample)> = ids
+                        .into_iter()
+                        .filter(|id| !live.contains_key(id))
+                        .map(|id| (id, sample(&mut rng, d, c, with_logits)))
+                        .collect();
+                    let items: Vec<(u64, &Sample)> = new.iter().map(|(i, s)| (*i, s)).collect();
+                    learn(&head, &items, d, c).unwrap();
+                    live.extend(new);
+                }
+                Op::Forget(picks) => {
+                    if live.is_empty() { continue; }
+                    let keys: Vec<u64> = live.keys().copied().collect();
+                    let mut ids: Vec<u64> = picks.iter().map(|&p| keys[p % keys.len()]).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    head.forget(&ids).unwrap();
+                    for id in ids { live.remove(&id); }
+                }
+                Op::ForgetAll => {
+                    head.forget_all().unwrap();
+                    live.clear();
+                }
+            }
+        }
+        let got = head.weights().unwrap();
+
+        // A fresh head that learned only the remaining samples, in another order.
+        let fresh = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+        let items: Vec<(u64, &Sample)> = live.iter().rev().map(|(i, s)| (*i, s)).collect();
+        if !items.is_empty() {
+            learn(&fresh, &items, d, c).unwrap();
+        }
+        let want = fresh.weights().unwrap();
+        prop_assert!(got.w.iter().zip(want.w.iter()).all(|(a, b)| a.to_bits() == b.to_bits()), "W not bit-identical");
+        prop_assert!(got.b.iter().zip(&want.b).all(|(a, b)| a.to_bits() == b.to_bits()), "b not bit-identical");
+        prop_assert_eq!(head.served(), fresh.served());
+
+        let (rw, rb) = reference(&live, &s);
+        let norm = rw.iter().flatten().chain(&rb).map(|v| v * v).sum::<f64>().sqrt().max(1e-300);
+        let diff = got.w.rows().into_iter().zip(&rw)
+            .flat_map(|(g, r)| g.iter().zip(r).map(|(a, b)| (a - b) * (a - b)).collect::<Vec<_>>())
+            .chain(got.b.iter().zip(&rb).map(|(a, b)| (a - b) * (a - b)))
+            .sum::<f64>().sqrt();
+        prop_assert!(diff <= EXACT_REL_TOL * norm, "relative error {} vs reference", diff / norm);
+    }
+}
+
+#[test]
+fn bad_ids_change_nothing() {
+    let (d, c) = (4, 3);
+    let s = spec(d, c, false);
+    let head = Head::detached(s, &HeadOptions::default()).unwrap();
+    let mut rng = 1;
+    let samples: Vec<Sample> = (0..4).map(|_| sample(&mut rng, d, c, false)).collect();
+    learn(&head, &[(1, &samples[0]), (2, &samples[1])], d, c).unwrap();
+    let before = head.weights().unwrap();
+    // Duplicate id within a call, an id already learned mixed with a good one.
+    assert!(matches!(
+        learn(&head, &[(3, &samples[2]), (3, &samples[3])], d, c),
+        Err(Error::Id(_))
+    ));
+    assert!(matches!(
+        learn(&head, &[(3, &samples[2]), (1, &samples[3])], d, c),
+        Err(Error::Id(_))
+    ));
+    // Unknown id mixed with a known one; duplicate id.
+    assert!(matches!(head.forget(&[1, 99]), Err(Error::Id(_))));
+    assert!(matches!(head.forget(&[1, 1]), Err(Error::Id(_))));
+    assert_eq!(head.ids(), vec![1, 2]);
+    assert_eq!(head.weights().unwrap(), before);
+}
+
+#[test]
+fn bad_values_and_shapes_change_nothing() {
+    let (d, c) = (4, 3);
+    let head = Head::detached(spec(d, c, true), &HeadOptions::default()).unwrap();
+    let before = head.weights().unwrap();
+    let z = Array2::<f32>::zeros((1, c));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 8.5, -100.0] {
+        let phi = Array2::from_shape_vec((1, d), vec![0.1, bad, 0.2, 0.3]).unwrap();
+        assert!(
+            matches!(
+                head.learn_features(&[1], &phi, &z, &[0]),
+                Err(Error::InvalidInput(_))
+            ),
+            "{bad}"
+        );
+    }
+    let phi = Array2::<f32>::zeros((1, d));
+    let big_z = Array2::from_shape_vec((1, c), vec![20.0, 0.0, 0.0]).unwrap();
+    assert!(matches!(
+        head.learn_features(&[1], &phi, &big_z, &[0]),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        head.learn_features(&[1], &Array2::zeros((1, d + 1)), &z, &[0]),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        head.learn_features(&[1, 2], &phi, &z, &[0, 1]),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        head.learn_features(&[1], &phi, &z, &[c as u32]),
+        Err(Error::InvalidInput(_))
+    ));
+    assert!(matches!(
+        head.predict_features(&Array2::zeros((1, d - 1)), &z),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(head.info().samples, 0);
+    assert_eq!(head.weights().unwrap(), before);
+}
+
+#[test]
+fn forget_all_serves_exactly_the_core_logits() {
+    let (d, c) = (6, 4);
+    let head = Head::detached(spec(d, c, true), &HeadOptions::default()).unwrap();
+    let mut rng = 5;
+    let samples: Vec<Sample> = (0..10).map(|_| sample(&mut rng, d, c, true)).collect();
+    let items: Vec<(u64, &Sample)> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect();
+    learn(&head, &items, d, c).unwrap();
+    let phi = Array2::from_shape_fn((10, d), |(i, j)| samples[i].phi[j]);
+    let z = Array2::from_shape_fn((10, c), |(i, j)| samples[i].z[j]);
+    assert_ne!(head.predict_features(&phi, &z).unwrap(), z);
+    head.forget_all().unwrap();
+    assert_eq!(head.predict_features(&phi, &z).unwrap(), z);
+    let w = head.weights().unwrap();
+    assert!(w.w.iter().chain(&w.b).all(|&v| v == 0.0));
+}
+
+#[test]
+fn predictions_before_the_resolve_differ_by_rounding_only() {
+    let (d, c) = (12, 3);
+    let s = spec(d, c, false);
+    let lazy = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+    let eager = Head::detached(
+        s,
+        &HeadOptions {
+            synchronous_resolve: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut rng = 9;
+    let samples: Vec<Sample> = (0..40).map(|_| sample(&mut rng, d, c, false)).collect();
+    let items: Vec<(u64, &Sample)> = samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect();
+    for h in [&lazy, &eager] {
+        learn(h, &items, d, c).unwrap();
+        h.forget(&[3, 7, 11]).unwrap();
+    }
+    let (a, b) = (lazy.served(), eager.served());
+    let scale =
+        b.w.iter()
+            .chain(&b.b)
+            .map(|v| v.abs())
+            .fold(0.0f32, f32::max);
+    for (x, y) in a.w.iter().chain(&a.b).zip(b.w.iter().chain(&b.b)) {
+        // f32 rounding of f64 weights that agree to ~1e-12: at most one f32 ulp apart.
+        assert!((x - y).abs() <= scale * f32::EPSILON, "{x} vs {y}");
+    }
+    assert_eq!(lazy.weights().unwrap(), eager.weights().unwrap());
+}
