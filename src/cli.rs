@@ -38,7 +38,7 @@ pub enum Command {
     /// Learn, forget and forget-all on real MNIST digits with the bundled mnist-core, next to
     /// heads retrained from scratch.
     Demo(demo::DemoArgs),
-    /// Run a bundle's core and write a features output as .npy.
+    /// Run a bundle's core and write one of its outputs (features or core logits) as .npy.
     Features {
         #[arg(long, default_value = "models/mnist-core")]
         bundle: PathBuf,
@@ -48,7 +48,7 @@ pub enum Command {
         /// Where to write the features (float32 [n, d]).
         #[arg(long)]
         out: PathBuf,
-        /// Which features output (default: the manifest's default).
+        /// Which output: a features output or the core logits (default: the default features).
         #[arg(long)]
         features: Option<String>,
     },
@@ -170,11 +170,14 @@ pub fn run(cli: Cli) -> Result<()> {
             features,
         } => {
             let core = Core::open(&bundle, &g.core_options())?;
-            let name = core.bundle().features(features.as_deref())?.output.clone();
+            let logits = core.bundle().manifest.core_logits.as_ref().map(|cl| &cl.output);
+            let name = match features {
+                Some(name) if Some(&name) == logits => name,
+                other => core.bundle().features(other.as_deref())?.output.clone(),
+            };
             let (n, x) = data::samples_of(data::read_f32(&input)?);
             let start = Instant::now();
-            let mut outputs = run_in_chunks(&core, &x, n, &name)?;
-            let phi = outputs.remove(0);
+            let phi = run_in_chunks(&core, &x, n, &name)?;
             data::write(&out, &phi)?;
             eprintln!(
                 "wrote {} features [{n}, {}] to {} ({:.2} s)",
@@ -400,7 +403,7 @@ pub fn argmax(v: &[f32]) -> usize {
 
 const CHUNK: usize = 256;
 
-fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<Vec<ArrayD<f32>>> {
+fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<ArrayD<f32>> {
     let per = core.input_len();
     if x.len() != n * per {
         return Err(Error::InvalidInput(format!(
@@ -410,7 +413,7 @@ fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<Vec<Arr
     }
     let bar = crate::progress::bar(n as u64, "running the core");
     let mut rows = Vec::new();
-    let mut width = core.bundle().features(Some(name))?.dim;
+    let mut width = core.run(&[], 0, &[name])?.get(name).map_or(0, |a| a.ncols());
     for start in (0..n).step_by(CHUNK) {
         let k = CHUNK.min(n - start);
         let out = core.run(&x[start * per..(start + k) * per], k, &[name])?;
@@ -420,9 +423,7 @@ fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<Vec<Arr
         bar.inc(k as u64);
     }
     bar.finish_and_clear();
-    Ok(vec![
-        ArrayD::from_shape_vec(IxDyn(&[n, width]), rows).expect("sizes")
-    ])
+    Ok(ArrayD::from_shape_vec(IxDyn(&[n, width]), rows).expect("sizes"))
 }
 
 /// Runs a head's core over many inputs in chunks, with progress.

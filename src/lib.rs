@@ -24,6 +24,7 @@ pub mod cli;
 pub mod core;
 pub mod data;
 pub mod error;
+pub mod ffi;
 pub mod head;
 pub mod progress;
 pub mod runtime;
