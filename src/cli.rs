@@ -170,7 +170,12 @@ pub fn run(cli: Cli) -> Result<()> {
             features,
         } => {
             let core = Core::open(&bundle, &g.core_options())?;
-            let logits = core.bundle().manifest.core_logits.as_ref().map(|cl| &cl.output);
+            let logits = core
+                .bundle()
+                .manifest
+                .core_logits
+                .as_ref()
+                .map(|cl| &cl.output);
             let name = match features {
                 Some(name) if Some(&name) == logits => name,
                 other => core.bundle().features(other.as_deref())?.output.clone(),
@@ -413,7 +418,10 @@ fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<ArrayD<
     }
     let bar = crate::progress::bar(n as u64, "running the core");
     let mut rows = Vec::new();
-    let mut width = core.run(&[], 0, &[name])?.get(name).map_or(0, |a| a.ncols());
+    let mut width = core
+        .run(&[], 0, &[name])?
+        .get(name)
+        .map_or(0, |a| a.ncols());
     for start in (0..n).step_by(CHUNK) {
         let k = CHUNK.min(n - start);
         let out = core.run(&x[start * per..(start + k) * per], k, &[name])?;

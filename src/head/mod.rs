@@ -52,7 +52,8 @@ pub struct HeadOptions {
     pub lambda: Option<f64>,
     /// Target scale s > 0.
     pub target_scale: Option<f64>,
-    /// Run the canonical re-solve synchronously inside each call instead of in the background.
+    /// Re-solve canonically inside each learn/forget call instead of in the background: slower
+    /// calls, but the weights served are canonical as soon as a call returns.
     pub synchronous_resolve: bool,
 }
 
@@ -435,13 +436,22 @@ impl Head {
         let (q, r, sign) = prepare(&mut st)?;
         let one = spec.fixed.one();
         st.stats.accumulate(q, r, one, sign);
-        let (x, t) = real_rows(q, r, spec, one);
-        let st = &mut *st;
-        if solver::apply(&mut st.solution, &x, &t, sign as f64).is_err() {
-            tracing::debug!("incremental update lost positive definiteness; re-solving");
-            st.solution = self.inner.canonical_of(&st.stats)?;
-        }
         st.version += 1;
+        let st = &mut *st;
+        if self.worker.is_none() {
+            st.solution = self.inner.canonical_of(&st.stats)?;
+            st.canonical = st.version;
+        } else {
+            let (mut x, mut t) = real_rows(q, r, spec, one);
+            let updated = solver::apply(&mut st.solution, &x, &t, sign as f64);
+            stats::scrub(&mut x);
+            stats::scrub(&mut t);
+            if updated.is_err() {
+                tracing::debug!("incremental update lost positive definiteness; re-solving");
+                st.solution = self.inner.canonical_of(&st.stats)?;
+                st.canonical = st.version;
+            }
+        }
         self.inner.publish(&st.solution);
         self.inner.wake.notify_all();
         Ok(())
@@ -464,6 +474,9 @@ impl Head {
             theta: Mat::zeros(p, spec.num_classes()),
         };
         st.version += 1;
+        if self.worker.is_none() {
+            self.inner.make_canonical(&mut st)?;
+        }
         self.inner.publish(&st.solution);
         self.inner.wake.notify_all();
         Ok(())
