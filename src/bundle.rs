@@ -186,11 +186,11 @@ impl Manifest {
                 ),
             );
         }
-        let core_file = Path::new(&self.core.file);
-        if self.core.file.is_empty()
-            || core_file.is_absolute()
-            || core_file.components().count() != 1
-        {
+        let mut parts = Path::new(&self.core.file).components();
+        let plain_name = matches!(parts.next(), Some(std::path::Component::Normal(_)))
+            && parts.next().is_none()
+            && !self.core.file.contains('/');
+        if !plain_name {
             return fail(
                 "core.file",
                 format!(
@@ -303,6 +303,14 @@ impl Manifest {
         }
         if self.classes.is_empty() {
             return fail("classes", "at least one class is required".into());
+        }
+        for (i, c) in self.classes.iter().enumerate() {
+            if c.is_empty() {
+                return fail(&format!("classes[{i}]"), "must not be empty".into());
+            }
+            if self.classes[..i].contains(c) {
+                return fail(&format!("classes[{i}]"), format!("{c:?} is listed twice"));
+            }
         }
         if let Some(cl) = &self.core_logits {
             if cl.output.is_empty() {

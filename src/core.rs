@@ -166,6 +166,11 @@ impl Core {
             wanted.push(("core_logits".into(), cl.output.clone(), cl.classes.len()));
         }
         for (field, name, width) in wanted {
+            let width_field = if field == "core_logits" {
+                "core_logits.classes".to_string()
+            } else {
+                format!("{field}.dim")
+            };
             let outlet = session
                 .outputs()
                 .iter()
@@ -185,7 +190,7 @@ impl Core {
             }
             if !shape_matches(&dims, &[None, Some(width as u64)]) {
                 return Err(self.mismatch(
-                    &field,
+                    &width_field,
                     format!("output {name:?} has shape {dims:?}, expected [batch, {width}]"),
                 ));
             }
@@ -213,16 +218,16 @@ impl Core {
                 input[i]
             )));
         }
+        let widths = names
+            .iter()
+            .map(|&name| self.output_width(name))
+            .collect::<Result<Vec<_>>>()?;
         if n == 0 {
             let outputs = names
                 .iter()
-                .map(|&name| {
-                    Ok((
-                        name.to_string(),
-                        Array2::zeros((0, self.output_width(name)?)),
-                    ))
-                })
-                .collect::<Result<_>>()?;
+                .zip(&widths)
+                .map(|(&name, &width)| (name.to_string(), Array2::zeros((0, width))))
+                .collect();
             return Ok(CoreOutputs { outputs });
         }
         let mut shape: Vec<usize> = vec![n];

@@ -1,0 +1,607 @@
+//! Bundles: the two shipped bundles open and match their graphs; every manifest field that
+//! `Bundle::open` validates is rejected with an error naming that field; a core file that does
+//! not match its sha256, or a graph that does not match the manifest, is rejected too (G5).
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+
+use lethe::{Bundle, Core, CoreOptions, Error};
+use serde_json::{json, Value};
+
+/// The `field` that serde parse errors (unknown, missing, mistyped fields) are reported under.
+const PARSE_FIELD: &str = "manifest.json";
+
+/// Copies a bundle's `core.onnx` and `manifest.json` into `dst`.
+fn copy_bundle(name: &str, dst: &Path) {
+    let src = common::bundle_dir(name);
+    for file in ["core.onnx", "manifest.json"] {
+        fs::copy(src.join(file), dst.join(file)).expect("copy the bundle");
+    }
+}
+
+fn read_manifest(dir: &Path) -> Value {
+    serde_json::from_str(&fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn write_manifest(dir: &Path, manifest: &Value) {
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(manifest).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The (field, message) of an `Error::Manifest`; panics on success or any other error.
+fn manifest_error<T>(result: lethe::Result<T>, what: &str) -> (String, String) {
+    match result {
+        Ok(_) => panic!("{what}: accepted, expected a manifest error"),
+        Err(Error::Manifest { field, message, .. }) => (field, message),
+        Err(e) => panic!("{what}: expected Error::Manifest, got {e:?}"),
+    }
+}
+
+fn object(value: &mut Value) -> &mut serde_json::Map<String, Value> {
+    value.as_object_mut().expect("a JSON object")
+}
+
+#[test]
+fn shipped_bundles_open_and_match_their_graphs() {
+    let mnist = Core::open(common::bundle_dir("mnist-core"), &CoreOptions::default())
+        .expect("mnist-core opens");
+    let b = mnist.bundle();
+    let m = &b.manifest;
+    assert_eq!(m.name, "mnist-core");
+    assert_eq!(m.inputs[0].name, "image");
+    assert_eq!(m.inputs[0].shape, vec![None, Some(1), Some(28), Some(28)]);
+    assert_eq!(b.input_len(), 28 * 28);
+    assert_eq!(mnist.input_len(), 28 * 28);
+    assert_eq!(m.default_features, "features");
+    let default = b.features(None).unwrap();
+    assert_eq!((default.output.as_str(), default.dim), ("features", 128));
+    let conv = b.features(Some("conv_features")).unwrap();
+    assert_eq!(conv.dim, 3136);
+    let logits = m.core_logits.as_ref().expect("mnist-core has core logits");
+    assert_eq!(logits.output, "logits");
+    assert_eq!(logits.classes, vec![0, 1, 2, 3, 4]);
+    assert_eq!(m.classes.len(), 10);
+    assert_eq!(
+        (m.head.lambda, m.head.target_scale, m.head.frac_bits),
+        (10.0, 16.0, 15)
+    );
+    assert!(matches!(
+        b.features(Some("logits")),
+        Err(Error::InvalidInput(_))
+    ));
+    assert_eq!(
+        b.core_sha256(),
+        "1701680c16a8e3f7b71125d742109b682429f35f31f3317ad1400ba24a41e216"
+    );
+
+    let mobilenet = Core::open(
+        common::bundle_dir("mobilenetv2-imagenet"),
+        &CoreOptions::default(),
+    )
+    .expect("mobilenetv2-imagenet opens");
+    let b = mobilenet.bundle();
+    let m = &b.manifest;
+    assert_eq!(m.name, "mobilenetv2-imagenet");
+    assert_eq!(m.inputs[0].shape, vec![None, Some(3), Some(224), Some(224)]);
+    assert_eq!(b.input_len(), 3 * 224 * 224);
+    assert_eq!(m.default_features, "features");
+    assert_eq!(b.features(None).unwrap().dim, 1280);
+    assert_eq!(m.features.len(), 1);
+    assert!(m.core_logits.is_none());
+    assert_eq!(m.classes.len(), 10);
+    assert_eq!(
+        (m.head.lambda, m.head.target_scale, m.head.frac_bits),
+        (1.0, 1.0, 21)
+    );
+}
+
+/// An edit of a manifest's JSON.
+type Edit = fn(&mut Value);
+
+/// One manifest edit and the field its error must name (`mentions`: a substring of the message).
+struct Case {
+    what: &'static str,
+    edit: Edit,
+    field: &'static str,
+    mentions: Option<&'static str>,
+}
+
+const fn case(what: &'static str, edit: Edit, field: &'static str) -> Case {
+    Case {
+        what,
+        edit,
+        field,
+        mentions: None,
+    }
+}
+
+const fn parse_case(what: &'static str, edit: Edit, mentions: &'static str) -> Case {
+    Case {
+        what,
+        edit,
+        field: PARSE_FIELD,
+        mentions: Some(mentions),
+    }
+}
+
+fn invalid_manifests() -> Vec<Case> {
+    vec![
+        case(
+            "wrong format",
+            |m| m["format"] = json!("onnx-bundle"),
+            "format",
+        ),
+        case("version 2", |m| m["version"] = json!(2), "version"),
+        case("version 0", |m| m["version"] = json!(0), "version"),
+        case(
+            "empty core.file",
+            |m| m["core"]["file"] = json!(""),
+            "core.file",
+        ),
+        case(
+            "core.file outside the bundle",
+            |m| m["core"]["file"] = json!("../mnist-core/core.onnx"),
+            "core.file",
+        ),
+        case(
+            "absolute core.file",
+            |m| m["core"]["file"] = json!("/tmp/core.onnx"),
+            "core.file",
+        ),
+        case(
+            "core.file ..",
+            |m| m["core"]["file"] = json!(".."),
+            "core.file",
+        ),
+        case(
+            "core.file .",
+            |m| m["core"]["file"] = json!("."),
+            "core.file",
+        ),
+        case(
+            "core.file with a trailing slash",
+            |m| m["core"]["file"] = json!("core.onnx/"),
+            "core.file",
+        ),
+        case(
+            "an empty class name",
+            |m| m["classes"][3] = json!(""),
+            "classes[3]",
+        ),
+        case(
+            "a class listed twice",
+            |m| m["classes"][4] = json!("1"),
+            "classes[4]",
+        ),
+        case(
+            "core.file in a subfolder",
+            |m| m["core"]["file"] = json!("sub/core.onnx"),
+            "core.file",
+        ),
+        case(
+            "uppercase sha256",
+            |m| {
+                let upper = m["core"]["sha256"].as_str().unwrap().to_uppercase();
+                m["core"]["sha256"] = json!(upper);
+            },
+            "core.sha256",
+        ),
+        case(
+            "short sha256",
+            |m| m["core"]["sha256"] = json!("1701680c16a8e3f7"),
+            "core.sha256",
+        ),
+        case(
+            "non-hex sha256",
+            |m| m["core"]["sha256"] = json!("g".repeat(64)),
+            "core.sha256",
+        ),
+        case("no inputs", |m| m["inputs"] = json!([]), "inputs"),
+        case(
+            "two inputs",
+            |m| {
+                let input = m["inputs"][0].clone();
+                m["inputs"].as_array_mut().unwrap().push(input);
+            },
+            "inputs",
+        ),
+        case(
+            "empty input name",
+            |m| m["inputs"][0]["name"] = json!(""),
+            "inputs[0].name",
+        ),
+        case(
+            "float64 input",
+            |m| m["inputs"][0]["dtype"] = json!("float64"),
+            "inputs[0].dtype",
+        ),
+        case(
+            "fixed batch axis",
+            |m| m["inputs"][0]["shape"] = json!([1, 1, 28, 28]),
+            "inputs[0].shape",
+        ),
+        case(
+            "empty shape",
+            |m| m["inputs"][0]["shape"] = json!([]),
+            "inputs[0].shape",
+        ),
+        case(
+            "second dynamic axis",
+            |m| m["inputs"][0]["shape"] = json!([null, 1, null, 28]),
+            "inputs[0].shape",
+        ),
+        case(
+            "zero axis",
+            |m| m["inputs"][0]["shape"] = json!([null, 1, 0, 28]),
+            "inputs[0].shape",
+        ),
+        case("no features", |m| m["features"] = json!([]), "features"),
+        case(
+            "empty features output",
+            |m| m["features"][0]["output"] = json!(""),
+            "features[0].output",
+        ),
+        case(
+            "zero features dim",
+            |m| m["features"][1]["dim"] = json!(0),
+            "features[1].dim",
+        ),
+        case(
+            "zero max_abs",
+            |m| m["features"][0]["max_abs"] = json!(0.0),
+            "features[0].max_abs",
+        ),
+        case(
+            "negative max_abs",
+            |m| m["features"][1]["max_abs"] = json!(-1.0),
+            "features[1].max_abs",
+        ),
+        case(
+            // 512 · 2^15 = 2^24 is the limit; 1024 · 2^15 = 2^25 is beyond it.
+            "max_abs beyond the fixed-point range",
+            |m| m["features"][0]["max_abs"] = json!(1024.0),
+            "features[0].max_abs",
+        ),
+        case(
+            "features listed twice",
+            |m| m["features"][1]["output"] = json!("features"),
+            "features[1].output",
+        ),
+        case(
+            "unknown default_features",
+            |m| m["default_features"] = json!("pooled"),
+            "default_features",
+        ),
+        case(
+            "default_features naming the core logits",
+            |m| m["default_features"] = json!("logits"),
+            "default_features",
+        ),
+        case("no classes", |m| m["classes"] = json!([]), "classes"),
+        case(
+            "empty core_logits output",
+            |m| m["core_logits"]["output"] = json!(""),
+            "core_logits.output",
+        ),
+        case(
+            "core_logits output that is also a features output",
+            |m| m["core_logits"]["output"] = json!("conv_features"),
+            "core_logits.output",
+        ),
+        case(
+            "no core_logits classes",
+            |m| m["core_logits"]["classes"] = json!([]),
+            "core_logits.classes",
+        ),
+        case(
+            "core_logits class out of range",
+            |m| m["core_logits"]["classes"] = json!([0, 1, 2, 3, 10]),
+            "core_logits.classes[4]",
+        ),
+        case(
+            "core_logits class listed twice",
+            |m| m["core_logits"]["classes"] = json!([0, 1, 1, 3, 4]),
+            "core_logits.classes[2]",
+        ),
+        case(
+            "zero lambda",
+            |m| m["head"]["lambda"] = json!(0.0),
+            "head.lambda",
+        ),
+        case(
+            "negative lambda",
+            |m| m["head"]["lambda"] = json!(-10.0),
+            "head.lambda",
+        ),
+        case(
+            "zero target_scale",
+            |m| m["head"]["target_scale"] = json!(0.0),
+            "head.target_scale",
+        ),
+        case(
+            "negative target_scale",
+            |m| m["head"]["target_scale"] = json!(-1.0),
+            "head.target_scale",
+        ),
+        case(
+            "zero frac_bits",
+            |m| m["head"]["frac_bits"] = json!(0),
+            "head.frac_bits",
+        ),
+        case(
+            "frac_bits 25",
+            |m| m["head"]["frac_bits"] = json!(25),
+            "head.frac_bits",
+        ),
+        case(
+            // 128 · 2^18 = 2^25 > 2^24.
+            "frac_bits too large for max_abs",
+            |m| m["head"]["frac_bits"] = json!(18),
+            "features[0].max_abs",
+        ),
+        case(
+            "target_max_abs below target_scale",
+            |m| m["head"]["target_max_abs"] = json!(8.0),
+            "head.target_max_abs",
+        ),
+        case(
+            // 1024 · 2^15 = 2^25 > 2^24.
+            "target_max_abs beyond the fixed-point range",
+            |m| m["head"]["target_max_abs"] = json!(1024.0),
+            "head.target_max_abs",
+        ),
+        parse_case(
+            "unknown top-level field",
+            |m| {
+                object(m).insert("labels".into(), json!([]));
+            },
+            "labels",
+        ),
+        parse_case(
+            "unknown field in head",
+            |m| {
+                object(&mut m["head"]).insert("momentum".into(), json!(0.9));
+            },
+            "momentum",
+        ),
+        parse_case(
+            "missing name",
+            |m| {
+                object(m).remove("name");
+            },
+            "name",
+        ),
+        parse_case(
+            "missing head.lambda",
+            |m| {
+                object(&mut m["head"]).remove("lambda");
+            },
+            "lambda",
+        ),
+        parse_case(
+            "missing features dim",
+            |m| {
+                object(&mut m["features"][0]).remove("dim");
+            },
+            "dim",
+        ),
+        parse_case(
+            "version as a string",
+            |m| m["version"] = json!("1"),
+            "invalid type",
+        ),
+        parse_case(
+            "negative features dim",
+            |m| m["features"][0]["dim"] = json!(-128),
+            "invalid value",
+        ),
+    ]
+}
+
+#[test]
+fn every_validated_manifest_field_is_rejected_by_name() {
+    let dir = common::temp_dir();
+    copy_bundle("mnist-core", dir.path());
+    let original = read_manifest(dir.path());
+    Bundle::open(dir.path()).expect("the unmodified copy opens");
+
+    let mut failures = Vec::new();
+    let cases = invalid_manifests();
+    for case in &cases {
+        let mut manifest = original.clone();
+        (case.edit)(&mut manifest);
+        assert_ne!(
+            manifest, original,
+            "{}: the edit changed nothing",
+            case.what
+        );
+        write_manifest(dir.path(), &manifest);
+        match Bundle::open(dir.path()) {
+            Err(Error::Manifest { field, message, .. }) => {
+                if field != case.field {
+                    failures.push(format!(
+                        "{}: field {field:?} ({message}), expected {:?}",
+                        case.what, case.field
+                    ));
+                } else if let Some(s) = case.mentions {
+                    if !message.contains(s) {
+                        failures.push(format!("{}: message {message:?} lacks {s:?}", case.what));
+                    }
+                }
+            }
+            Err(e) => failures.push(format!("{}: not a manifest error: {e:?}", case.what)),
+            Ok(_) => failures.push(format!("{}: accepted", case.what)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn limits_are_inclusive() {
+    let dir = common::temp_dir();
+    copy_bundle("mnist-core", dir.path());
+    let original = read_manifest(dir.path());
+    let accepted: [(&str, Edit); 5] = [
+        // features max_abs 128 · 2^17 = 2^24 and target_max_abs 128 · 2^17 = 2^24: at the limit.
+        ("max_abs · 2^frac_bits = 2^24", |m| {
+            m["head"]["frac_bits"] = json!(17);
+            m["head"]["target_max_abs"] = json!(128.0);
+        }),
+        ("frac_bits 24", |m| {
+            m["head"]["frac_bits"] = json!(24);
+            m["features"][0]["max_abs"] = json!(1.0);
+            m["features"][1]["max_abs"] = json!(0.5);
+            m["head"]["target_scale"] = json!(1.0);
+            m["head"]["target_max_abs"] = json!(1.0);
+        }),
+        ("frac_bits 1", |m| m["head"]["frac_bits"] = json!(1)),
+        ("target_max_abs = target_scale", |m| {
+            m["head"]["target_max_abs"] = json!(16.0)
+        }),
+        ("no core logits", |m| m["core_logits"] = Value::Null),
+    ];
+    for (what, edit) in accepted {
+        let mut manifest = original.clone();
+        edit(&mut manifest);
+        write_manifest(dir.path(), &manifest);
+        let bundle = Bundle::open(dir.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(
+            serde_json::to_value(&bundle.manifest).unwrap(),
+            manifest,
+            "{what}: the manifest did not round-trip"
+        );
+    }
+}
+
+#[test]
+fn core_file_that_does_not_match_its_sha256_is_rejected() {
+    let dir = common::temp_dir();
+    copy_bundle("mnist-core", dir.path());
+    let core = dir.path().join("core.onnx");
+    let mut bytes = fs::read(&core).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    fs::write(&core, &bytes).unwrap();
+    let (field, message) = manifest_error(Bundle::open(dir.path()), "one flipped byte");
+    assert_eq!(field, "core.sha256", "{message}");
+    let (field, _) = manifest_error(
+        Core::open(dir.path(), &CoreOptions::default()),
+        "one flipped byte, Core::open",
+    );
+    assert_eq!(field, "core.sha256");
+
+    // A well-formed hash of some other file is caught the same way.
+    copy_bundle("mnist-core", dir.path());
+    let mut manifest = read_manifest(dir.path());
+    manifest["core"]["sha256"] = json!("0".repeat(64));
+    write_manifest(dir.path(), &manifest);
+    let (field, _) = manifest_error(Bundle::open(dir.path()), "sha256 of another file");
+    assert_eq!(field, "core.sha256");
+}
+
+#[test]
+fn missing_files_are_io_errors() {
+    let dir = common::temp_dir();
+    assert!(matches!(Bundle::open(dir.path()), Err(Error::Io { .. })));
+    copy_bundle("mnist-core", dir.path());
+    fs::remove_file(dir.path().join("core.onnx")).unwrap();
+    assert!(matches!(Bundle::open(dir.path()), Err(Error::Io { .. })));
+    fs::write(dir.path().join("manifest.json"), "{ not json").unwrap();
+    let (field, _) = manifest_error(Bundle::open(dir.path()), "not JSON");
+    assert_eq!(field, PARSE_FIELD);
+}
+
+/// A manifest that passes validation but disagrees with the ONNX graph is caught by `Core::open`.
+#[test]
+fn graph_mismatches_are_rejected_by_core_open() {
+    // (bundle, what, edit, the fields the error may name)
+    type GraphCase = (&'static str, &'static str, Edit, &'static [&'static str]);
+    let cases: [GraphCase; 9] = [
+        (
+            "mnist-core",
+            "features dim 127 (the graph has 128)",
+            |m| m["features"][0]["dim"] = json!(127),
+            &["features[0].dim"],
+        ),
+        (
+            "mnist-core",
+            "conv_features dim 64",
+            |m| m["features"][1]["dim"] = json!(64),
+            &["features[1].dim"],
+        ),
+        (
+            "mnist-core",
+            "a features output the graph lacks",
+            |m| m["features"][1]["output"] = json!("pooled"),
+            &["features[1].output"],
+        ),
+        (
+            "mnist-core",
+            "wrong input name",
+            |m| m["inputs"][0]["name"] = json!("pixels"),
+            &["inputs[0].name"],
+        ),
+        (
+            "mnist-core",
+            "wrong input shape",
+            |m| m["inputs"][0]["shape"] = json!([null, 1, 28, 29]),
+            &["inputs[0].shape"],
+        ),
+        (
+            "mnist-core",
+            "wrong input rank",
+            |m| m["inputs"][0]["shape"] = json!([null, 784]),
+            &["inputs[0].shape"],
+        ),
+        (
+            "mnist-core",
+            "core logits for 4 classes (the graph has 5)",
+            |m| m["core_logits"]["classes"] = json!([0, 1, 2, 3]),
+            &["core_logits.classes"],
+        ),
+        (
+            "mnist-core",
+            "core logits output the graph lacks",
+            |m| m["core_logits"]["output"] = json!("scores"),
+            &["core_logits.output"],
+        ),
+        (
+            "mobilenetv2-imagenet",
+            "features dim 1000 (the graph has 1280)",
+            |m| m["features"][0]["dim"] = json!(1000),
+            &["features[0].dim"],
+        ),
+    ];
+    let mobilenet = common::temp_dir();
+    copy_bundle("mobilenetv2-imagenet", mobilenet.path());
+    let mnist = common::temp_dir();
+    copy_bundle("mnist-core", mnist.path());
+    for (bundle, what, edit, fields) in cases {
+        let dir = if bundle == "mnist-core" {
+            mnist.path()
+        } else {
+            mobilenet.path()
+        };
+        let mut manifest = read_manifest(&common::bundle_dir(bundle));
+        edit(&mut manifest);
+        write_manifest(dir, &manifest);
+        Bundle::open(dir)
+            .unwrap_or_else(|e| panic!("{bundle}, {what}: the manifest alone is valid, got {e}"));
+        let (field, message) = manifest_error(Core::open(dir, &CoreOptions::default()), what);
+        assert!(
+            fields.contains(&field.as_str()),
+            "{bundle}, {what}: field {field:?} ({message}), expected one of {fields:?}"
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Helpers shared by the integration tests: where things are, temp dirs, the test data.
+//!
+//! Each test crate uses a subset of these, so unused ones are not dead code.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array3, ArrayView2, Axis};
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+
+/// The repository root (cargo runs integration tests with this as the cwd, too).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A bundle under `models/`.
+pub fn bundle_dir(name: &str) -> PathBuf {
+    repo_root().join("models").join(name)
+}
+
+/// The Python that `scripts/setup.sh` installs (numpy, scikit-learn, onnxruntime).
+pub fn python() -> PathBuf {
+    let python = repo_root().join(".lethe/venv/bin/python");
+    assert!(
+        python.is_file(),
+        "{} is missing: run scripts/setup.sh first",
+        python.display()
+    );
+    python
+}
+
+/// A fresh temporary directory, removed when dropped.
+pub fn temp_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("lethe-test-")
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// The first `n` MNIST test digits of `tests/data` as uint8 `[n, 28, 28]`.
+pub fn test_digits(n: usize) -> Array3<u8> {
+    let path = repo_root().join("tests/data/test_images.npy");
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let all = Array3::<u8>::read_npy(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(
+        all.len_of(Axis(0)) >= n,
+        "tests/data has fewer than {n} digits"
+    );
+    all.slice_move(ndarray::s![..n, .., ..])
+}
+
+/// The mnist-core input for `n` test digits: `[n, 1, 28, 28]`, pixel p → p / 256 (its manifest).
+pub fn mnist_core_input(n: usize) -> ndarray::Array4<f32> {
+    test_digits(n)
+        .mapv(|p| f32::from(p) / 256.0)
+        .insert_axis(Axis(1))
+}
+
+/// Writes an array as `.npy`.
+pub fn write_npy<A: WriteNpyExt>(path: &Path, array: &A) {
+    let file = std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    array
+        .write_npy(std::io::BufWriter::new(file))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+/// Reads a float32 `[n, width]` `.npy`.
+pub fn read_npy_2d(path: &Path) -> Array2<f32> {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    Array2::<f32>::read_npy(file).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// max |actual − reference| / max |reference|, after checking the shapes agree; infinite when
+/// `actual` holds a NaN or ±Inf (`f64::max` would silently skip a NaN).
+pub fn max_rel_diff(actual: ArrayView2<f32>, reference: ArrayView2<f32>) -> f64 {
+    assert_eq!(actual.shape(), reference.shape(), "shapes differ");
+    if actual.iter().any(|v| !v.is_finite()) {
+        return f64::INFINITY;
+    }
+    let scale = reference
+        .iter()
+        .fold(0.0f64, |m, &v| m.max(f64::from(v).abs()));
+    assert!(
+        scale > 0.0,
+        "the reference is all zeros: nothing to compare"
+    );
+    let diff = actual
+        .iter()
+        .zip(reference.iter())
+        .fold(0.0f64, |m, (&a, &r)| {
+            m.max((f64::from(a) - f64::from(r)).abs())
+        });
+    diff / scale
+}
