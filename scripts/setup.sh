@@ -2,14 +2,26 @@
 # Installs what Lethe's demo and tests need into the project-local `.lethe/` folder:
 #   .lethe/venv            Python with numpy, scikit-learn, onnxruntime (reference tests)
 #   .lethe/ort/            libonnxruntime.so from the `onnxruntime` wheel (loaded at run time)
-# Everything comes from PyPI. Safe to run again: it only installs what is missing.
+#   .lethe/nvrtc/          NVRTC from the `nvidia-cuda-nvrtc` wheel (scripts/setup-nvrtc.sh), so
+#                          the tests compile every CUDA kernel even without a GPU
+# Everything comes from PyPI, except cmake and pkg-config for the C/C++ package tests, which
+# come from the system's packages (installed with apt-get when missing and run as root).
+# Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! command -v cmake >/dev/null || ! command -v pkg-config >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "lethe setup: installing cmake and pkg-config (apt-get)"
+    apt-get update -qq && apt-get install -y -qq cmake pkg-config >/dev/null
+  else
+    echo "lethe setup: the C/C++ tests need cmake and pkg-config; install them (e.g. apt-get install cmake pkg-config)" >&2
+  fi
+fi
 ORT_VERSION=1.31.1
 venv=.lethe/venv
 stamp=.lethe/setup-$ORT_VERSION.done
 if [ -f "$stamp" ] && [ -x "$venv/bin/python" ]; then
-  exit 0
+  exec scripts/setup-nvrtc.sh
 fi
 echo "lethe setup: installing Python packages and ONNX Runtime $ORT_VERSION into .lethe/ (from PyPI)"
 mkdir -p .lethe/ort
@@ -22,3 +34,4 @@ cp -f "$lib" .lethe/ort/
 ln -sf "$(basename "$lib")" .lethe/ort/libonnxruntime.so
 touch "$stamp"
 echo "lethe setup: done (ONNX Runtime at .lethe/ort/libonnxruntime.so)"
+exec scripts/setup-nvrtc.sh

@@ -142,6 +142,7 @@ impl Global {
         CoreOptions {
             ort_library: self.ort_library.clone(),
             intra_threads: self.threads,
+            backend: Default::default(),
         }
     }
 }

@@ -5,6 +5,10 @@
 //!
 //! ONNX Runtime sessions are run through `&mut`, so the core keeps a small pool of sessions:
 //! concurrent callers each take one (a new one is created when all are busy) and put it back.
+//!
+//! The core runs on ONNX Runtime's CPU execution provider unless [`CoreOptions::backend`] asks
+//! for CUDA and the loaded ONNX Runtime has the CUDA execution provider (the `onnxruntime-gpu`
+//! wheel); see [`crate::backend`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -13,6 +17,7 @@ use ndarray::Array2;
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+use crate::backend::{BackendOptions, CoreBackend, Placement};
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use crate::runtime;
@@ -24,13 +29,25 @@ pub struct CoreOptions {
     pub ort_library: Option<PathBuf>,
     /// ONNX Runtime intra-op threads per session; 0 lets ONNX Runtime choose.
     pub intra_threads: usize,
+    /// Where the core runs (the CPU by default); heads over this core follow it unless their
+    /// own options say otherwise.
+    pub backend: BackendOptions,
 }
 
 /// An opened core, ready to run.
 pub struct Core {
     bundle: Bundle,
     options: CoreOptions,
+    backend: CoreBackend,
     idle: Mutex<Vec<Session>>,
+}
+
+/// One output of [`Core::run_on_device`]: `[n, width]` f32 in the CUDA device's memory.
+#[derive(Debug, Clone, Copy)]
+pub struct DeviceOutput {
+    /// The device pointer.
+    pub ptr: u64,
+    pub width: usize,
 }
 
 /// The named outputs of one run, each `[n, width]`.
@@ -60,13 +77,22 @@ impl Core {
 
     /// Opens the core of an already-opened bundle and checks its graph against the manifest.
     pub fn from_bundle(bundle: Bundle, options: &CoreOptions) -> Result<Core> {
-        runtime::ensure_loaded(options.ort_library.as_deref())?;
-        let core = Core {
+        let rt = runtime::ensure_loaded(options.ort_library.as_deref())?;
+        let mut core = Core {
             bundle,
             options: options.clone(),
+            backend: CoreBackend::choose(&options.backend, rt)?,
             idle: Mutex::new(Vec::new()),
         };
-        let session = core.new_session()?;
+        let session = match core.new_session() {
+            // The CUDA EP loads its own libraries (cuBLAS, cuDNN) only now.
+            Err(e) if core.backend.cuda_device.is_some() => {
+                core.backend.fall_back(&options.backend, e.to_string())?;
+                core.new_session()?
+            }
+            other => other?,
+        };
+        core.backend.announce(&options.backend);
         core.check_graph(&session)?;
         core.put_back(session);
         Ok(core)
@@ -75,6 +101,21 @@ impl Core {
     /// The bundle this core came from.
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
+    }
+
+    /// Where the core runs, and why.
+    pub fn placement(&self) -> &Placement {
+        &self.backend.placement
+    }
+
+    /// The CUDA device the core runs on, if any.
+    pub fn backend_device(&self) -> Option<usize> {
+        self.backend.cuda_device
+    }
+
+    /// The options the core was opened with.
+    pub fn options(&self) -> &CoreOptions {
+        &self.options
     }
 
     /// The number of f32 values of one sample's input.
@@ -88,6 +129,15 @@ impl Core {
         if self.options.intra_threads > 0 {
             builder = builder
                 .with_intra_threads(self.options.intra_threads)
+                .map_err(ort::Error::from)?;
+        }
+        if let Some(device) = self.backend.cuda_device {
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(device as i32)
+                .build()
+                .error_on_failure();
+            builder = builder
+                .with_execution_providers([cuda])
                 .map_err(ort::Error::from)?;
         }
         Ok(builder.commit_from_file(self.bundle.core_path())?)
@@ -201,23 +251,7 @@ impl Core {
     /// Runs the core on `n` samples (`input` holds n × [`Core::input_len`] f32 values, row-major)
     /// and returns the outputs named in `names`, each `[n, width]`.
     pub fn run(&self, input: &[f32], n: usize, names: &[&str]) -> Result<CoreOutputs> {
-        let per = self.input_len();
-        let expected = n
-            .checked_mul(per)
-            .ok_or_else(|| Error::InvalidInput(format!("{n} samples of {per} values overflow")))?;
-        if input.len() != expected {
-            return Err(Error::InvalidInput(format!(
-                "expected {n} samples × {per} values = {expected} f32 values, got {}",
-                input.len()
-            )));
-        }
-        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
-            return Err(Error::InvalidInput(format!(
-                "input value {i} (sample {}) is {}",
-                i / per.max(1),
-                input[i]
-            )));
-        }
+        self.check_input(input, n)?;
         let widths = names
             .iter()
             .map(|&name| self.output_width(name))
@@ -230,16 +264,7 @@ impl Core {
                 .collect();
             return Ok(CoreOutputs { outputs });
         }
-        let mut shape: Vec<usize> = vec![n];
-        shape.extend(
-            self.bundle.manifest.inputs[0]
-                .shape
-                .iter()
-                .skip(1)
-                .map(|d| d.unwrap_or(1) as usize),
-        );
-        let view = ndarray::ArrayViewD::from_shape(shape, input)
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let view = self.input_view(input, n)?;
         let input_name = self.bundle.manifest.inputs[0].name.as_str();
         let mut session = self.take_session()?;
         let result = (|| -> Result<CoreOutputs> {
@@ -262,6 +287,100 @@ impl Core {
         })();
         self.put_back(session);
         result
+    }
+
+    /// Runs the core on the GPU with the outputs named in `names` left in device memory (I/O
+    /// binding) and calls `use_outputs` with them while they are alive. `None` when the core
+    /// does not run on CUDA or `n` is 0: then use [`Core::run`].
+    pub fn run_on_device<R>(
+        &self,
+        input: &[f32],
+        n: usize,
+        names: &[&str],
+        use_outputs: impl FnOnce(&[DeviceOutput]) -> Result<R>,
+    ) -> Result<Option<R>> {
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        use ort::value::DynTensorValueType;
+        let Some(device) = self.backend.cuda_device else {
+            return Ok(None);
+        };
+        self.check_input(input, n)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let view = self.input_view(input, n)?;
+        let input_name = self.bundle.manifest.inputs[0].name.as_str();
+        let mut session = self.take_session()?;
+        let result = (|| -> Result<R> {
+            let on_gpu = MemoryInfo::new(
+                AllocationDevice::CUDA,
+                device as i32,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?;
+            let mut binding = session.create_binding()?;
+            let input = TensorRef::from_array_view(view)?;
+            binding.bind_input(input_name, &input)?;
+            for &name in names {
+                binding.bind_output_to_device(name, &on_gpu)?;
+            }
+            let outputs = session.run_binding(&binding)?;
+            // The outputs must be complete before kernels on other streams read them.
+            binding.synchronize_outputs()?;
+            let mut bound = Vec::with_capacity(names.len());
+            for &name in names {
+                let value = outputs
+                    .get(name)
+                    .ok_or_else(|| Error::Ort(format!("the core produced no output {name:?}")))?;
+                let tensor = value.view().downcast::<DynTensorValueType>()?;
+                if tensor.memory_info().allocation_device() != AllocationDevice::CUDA {
+                    return Err(Error::Ort(format!("output {name:?} is not in CUDA memory")));
+                }
+                let len: i64 = tensor.shape().iter().product();
+                bound.push(DeviceOutput {
+                    ptr: tensor.data_ptr() as u64,
+                    width: len as usize / n,
+                });
+            }
+            use_outputs(&bound)
+        })();
+        self.put_back(session);
+        result.map(Some)
+    }
+
+    fn check_input(&self, input: &[f32], n: usize) -> Result<()> {
+        let per = self.input_len();
+        let expected = n
+            .checked_mul(per)
+            .ok_or_else(|| Error::InvalidInput(format!("{n} samples of {per} values overflow")))?;
+        if input.len() != expected {
+            return Err(Error::InvalidInput(format!(
+                "expected {n} samples × {per} values = {expected} f32 values, got {}",
+                input.len()
+            )));
+        }
+        if let Some(i) = input.iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "input value {i} (sample {}) is {}",
+                i / per.max(1),
+                input[i]
+            )));
+        }
+        Ok(())
+    }
+
+    /// `input` as the core's input tensor `[n, …]` (checked by [`Core::check_input`]).
+    fn input_view<'a>(&self, input: &'a [f32], n: usize) -> Result<ndarray::ArrayViewD<'a, f32>> {
+        let mut shape: Vec<usize> = vec![n];
+        shape.extend(
+            self.bundle.manifest.inputs[0]
+                .shape
+                .iter()
+                .skip(1)
+                .map(|d| d.unwrap_or(1) as usize),
+        );
+        ndarray::ArrayViewD::from_shape(shape, input)
+            .map_err(|e| Error::InvalidInput(e.to_string()))
     }
 
     fn output_width(&self, name: &str) -> Result<usize> {

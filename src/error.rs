@@ -50,6 +50,37 @@ pub enum Error {
     Backend(String),
 }
 
+/// A failure in the CUDA path (see [`crate::backend`]). Lethe checks that the libraries load
+/// before calling into them, so a missing driver or NVRTC is an error here, never a panic.
+/// Callers see it as [`Error::Backend`].
+#[derive(Debug, thiserror::Error)]
+pub enum CudaError {
+    /// A shared library (the driver's libcuda or NVRTC's libnvrtc) is missing or unusable.
+    #[error("{0}")]
+    Library(String),
+
+    /// The CUDA driver returned an error.
+    #[error("driver: {0}")]
+    Driver(#[from] cudarc::driver::DriverError),
+
+    /// NVRTC failed outside compilation (creating a program, reading its output).
+    #[error("NVRTC: {0}")]
+    Nvrtc(#[from] cudarc::nvrtc::result::NvrtcError),
+
+    /// NVRTC could not compile a kernel source; `log` is NVRTC's own log.
+    #[error("NVRTC could not compile kernels/{file} for {arch}: {status}\n{log}")]
+    Compile {
+        file: String,
+        arch: String,
+        status: String,
+        log: String,
+    },
+
+    /// The head's weights on the device are unusable after a failed update.
+    #[error("the head's weights on the device are stale: {0}")]
+    Stale(String),
+}
+
 /// Lethe's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -66,6 +97,12 @@ impl Error {
             path: path.into(),
             message: message.into(),
         }
+    }
+}
+
+impl From<CudaError> for Error {
+    fn from(e: CudaError) -> Self {
+        Error::Backend(format!("CUDA: {e}"))
     }
 }
 

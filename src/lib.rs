@@ -19,6 +19,7 @@
 //! # Ok::<(), lethe::Error>(())
 //! ```
 
+pub mod backend;
 pub mod bundle;
 pub mod cli;
 pub mod core;
@@ -30,6 +31,7 @@ pub mod progress;
 pub mod runtime;
 pub mod store;
 
+pub use crate::backend::{Backend, BackendOptions, BackendReport};
 pub use crate::bundle::{Bundle, Manifest};
 pub use crate::core::{Core, CoreOptions, CoreOutputs};
 pub use crate::error::{Error, Result};

@@ -20,6 +20,7 @@
 //! change the head are serialized.
 
 pub mod cpu;
+pub mod cuda;
 pub mod quant;
 pub mod samples;
 pub mod solver;
@@ -34,12 +35,13 @@ use std::thread::JoinHandle;
 use faer::Mat;
 use ndarray::Array2;
 
+use crate::backend::{BackendOptions, BackendReport, HeadBackend};
 use crate::bundle::Bundle;
 use crate::core::Core;
 use crate::error::{Error, Result};
-use crate::store::Store;
+use crate::store::{Loaded, Store};
 use quant::FixedPoint;
-use samples::{SampleRef, SampleSet};
+use samples::{SampleRef, SampleSet, Samples};
 use solver::Solution;
 use stats::ExactStats;
 
@@ -55,6 +57,8 @@ pub struct HeadOptions {
     /// Re-solve canonically inside each learn/forget call instead of in the background: slower
     /// calls, but the weights served are canonical as soon as a call returns.
     pub synchronous_resolve: bool,
+    /// Where the head's forward pass runs; `None` follows its core (the CPU without a core).
+    pub backend: Option<BackendOptions>,
 }
 
 /// What a head is: its dimensions and the constants of its objective. Fixed at creation and
@@ -153,23 +157,24 @@ pub struct HeadInfo {
     pub samples: u64,
     pub class_counts: Vec<u64>,
     pub spec: HeadSpec,
-    pub backend: &'static str,
+    /// Where the head (and its core) run, and why.
+    pub backend: BackendReport,
 }
 
 struct State {
-    samples: SampleSet,
+    samples: Samples,
     stats: ExactStats,
     solution: Solution,
     /// Bumped by every change; the canonical solution is current when `canonical == version`.
     version: u64,
     canonical: u64,
-    store: Option<Store>,
 }
 
 struct Inner {
     spec: HeadSpec,
     core: Option<Arc<Core>>,
     served: RwLock<Arc<ServedWeights>>,
+    backend: HeadBackend,
     state: Mutex<State>,
     wake: Condvar,
     stop: AtomicBool,
@@ -185,12 +190,14 @@ impl Head {
     /// A head over `core` that keeps nothing on disk.
     pub fn in_memory(core: Arc<Core>, options: &HeadOptions) -> Result<Head> {
         let spec = HeadSpec::from_bundle(core.bundle(), options)?;
-        Head::build(spec, Some(core), None, options)
+        let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
+        Head::build(spec, Some(core), samples, None, options)
     }
 
     /// A head with no core: the caller supplies features (and core logits) directly.
     pub fn detached(spec: HeadSpec, options: &HeadOptions) -> Result<Head> {
-        Head::build(spec, None, None, options)
+        let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
+        Head::build(spec, None, samples, None, options)
     }
 
     /// Opens the head persisted in `state_dir`, creating it if absent. An existing state dir
@@ -200,36 +207,94 @@ impl Head {
         state_dir: impl AsRef<Path>,
         options: &HeadOptions,
     ) -> Result<Head> {
-        let requested = HeadSpec::from_bundle(core.bundle(), options)?;
-        let (store, loaded) = Store::open(state_dir.as_ref(), core.bundle(), &requested)?;
+        let dir = state_dir.as_ref();
+        let bundle = core.bundle();
+        let requested = HeadSpec::from_bundle(bundle, options)?;
+        let (store, loaded) =
+            Store::open(dir, &bundle.manifest.name, bundle.core_sha256(), &requested)?;
         let spec = store.spec().clone();
-        check_recorded(&spec, options, state_dir.as_ref())?;
-        let mut head = Head::build(spec, Some(core), Some(store), options)?;
-        if let Some(loaded) = loaded {
-            head.install_loaded(loaded)?;
+        check_recorded(&spec, options, dir)?;
+        if bundle.features(Some(&spec.features))?.dim != spec.dim {
+            return Err(Error::state(
+                dir,
+                format!(
+                    "records features {:?} of dimension {}, which the bundle does not have",
+                    spec.features, spec.dim
+                ),
+            ));
         }
-        Ok(head)
+        Head::build(
+            spec,
+            Some(core),
+            Samples::Stored(Box::new(store)),
+            loaded,
+            options,
+        )
     }
 
+    /// Opens (or creates) a state dir for a head with no core (see [`Head::detached`]), e.g.
+    /// to persist features computed elsewhere. `core_sha256` names the core those features
+    /// come from: an existing state dir must have been created for the same core sha256 and
+    /// with the same `spec`.
+    pub fn open_detached(
+        spec: HeadSpec,
+        core_sha256: &str,
+        state_dir: impl AsRef<Path>,
+        options: &HeadOptions,
+    ) -> Result<Head> {
+        let dir = state_dir.as_ref();
+        let (store, loaded) = Store::open(dir, "(detached)", core_sha256, &spec)?;
+        if *store.spec() != spec {
+            return Err(Error::state(
+                dir,
+                format!(
+                    "was created with another head spec ({:?}), not {spec:?}",
+                    store.spec()
+                ),
+            ));
+        }
+        Head::build(
+            spec,
+            None,
+            Samples::Stored(Box::new(store)),
+            loaded,
+            options,
+        )
+    }
+
+    /// `loaded`: the statistics and canonical solution of `samples` (`None`: it is empty).
     fn build(
         spec: HeadSpec,
         core: Option<Arc<Core>>,
-        store: Option<Store>,
+        samples: Samples,
+        loaded: Option<Loaded>,
         options: &HeadOptions,
     ) -> Result<Head> {
-        let stats = ExactStats::new(spec.dim, spec.num_classes());
-        let solution = solver::canonical(&stats, spec.lambda, spec.fixed.frac_bits)
-            .map_err(|_| Error::InvalidInput("lambda too small to factor".into()))?;
+        let Loaded { stats, solution } = match loaded {
+            Some(loaded) => loaded,
+            None => {
+                let stats = ExactStats::new(spec.dim, spec.num_classes());
+                let solution = solver::canonical(&stats, spec.lambda, spec.fixed.frac_bits)
+                    .map_err(|_| Error::InvalidInput("lambda too small to factor".into()))?;
+                Loaded { stats, solution }
+            }
+        };
         let served = Arc::new(to_served(&solution.theta, spec.dim));
+        let backend = HeadBackend::choose(
+            &spec,
+            options.backend.as_ref(),
+            core.as_ref().map(|c| &c.options().backend),
+        )?;
+        backend.publish(&served);
         let inner = Arc::new(Inner {
             served: RwLock::new(served),
+            backend,
             state: Mutex::new(State {
-                samples: SampleSet::new(spec.dim, spec.num_classes()),
+                samples,
                 stats,
                 solution,
                 version: 0,
                 canonical: 0,
-                store,
             }),
             spec,
             core,
@@ -250,20 +315,6 @@ impl Head {
             )
         };
         Ok(Head { inner, worker })
-    }
-
-    fn install_loaded(&mut self, loaded: crate::store::Loaded) -> Result<()> {
-        let mut st = self.inner.lock();
-        st.samples = loaded.samples;
-        st.stats = loaded.stats;
-        st.solution = match loaded.solution {
-            Some(sol) => sol,
-            None => self.inner.canonical_of(&st.stats)?,
-        };
-        st.version = 1;
-        st.canonical = 1;
-        self.inner.publish(&st.solution);
-        Ok(())
     }
 
     pub fn spec(&self) -> &HeadSpec {
@@ -350,42 +401,50 @@ impl Head {
             )));
         }
         self.check_new_ids(ids, labels)?;
-        let mut q = Vec::with_capacity(k * spec.dim);
-        let mut r = Vec::with_capacity(k * spec.num_classes());
-        for (s, &label) in labels.iter().enumerate() {
-            let row = phi.row(s);
+        let (d, c) = (spec.dim, spec.num_classes());
+        let mut q = Vec::with_capacity(k * d);
+        let mut r = Vec::with_capacity(k * c);
+        // Rows are read in place; only an input not in standard layout is copied, and the copy,
+        // like every buffer that held the samples, is zeroed whatever happens (G4).
+        let (phi, z) = (phi.as_standard_layout(), z.as_standard_layout());
+        let (phi_rows, z_rows) = (
+            phi.as_slice().expect("standard layout"),
+            z.as_slice().expect("standard layout"),
+        );
+        let quantized = labels.iter().enumerate().try_for_each(|(s, &label)| {
             spec.fixed
-                .quantize_features(row.as_slice().unwrap_or(&row.to_vec()), s, &mut q)?;
-            let zr = z.row(s);
+                .quantize_features(&phi_rows[s * d..(s + 1) * d], s, &mut q)?;
             spec.fixed.quantize_targets(
                 label as usize,
                 spec.target_scale,
-                zr.as_slice().unwrap_or(&zr.to_vec()),
+                &z_rows[s * c..(s + 1) * c],
                 s,
                 &mut r,
-            )?;
+            )
+        });
+        for copy in [phi, z] {
+            if !copy.is_view() {
+                let mut copy = copy.into_owned();
+                copy.fill(0.0);
+                std::hint::black_box(&mut copy);
+            }
         }
-        let result = self.change(ids, |st| {
-            if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
-                return Err(Error::Id(format!("id {id} is already learned")));
-            }
-            let d = spec.dim;
-            let c = spec.num_classes();
-            let samples: Vec<SampleRef<'_>> = (0..k)
-                .map(|s| SampleRef {
-                    id: ids[s],
-                    label: labels[s],
-                    q: &q[s * d..(s + 1) * d],
-                    r: &r[s * c..(s + 1) * c],
-                })
-                .collect();
-            if let Some(store) = st.store.as_mut() {
-                store.learn(&samples)?;
-            }
-            for s in &samples {
-                st.samples.insert(*s);
-            }
-            Ok((q.as_slice(), r.as_slice(), 1))
+        let result = quantized.and_then(|()| {
+            self.change(ids, |st| {
+                if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
+                    return Err(Error::Id(format!("id {id} is already learned")));
+                }
+                let samples: Vec<SampleRef<'_>> = (0..k)
+                    .map(|s| SampleRef {
+                        id: ids[s],
+                        label: labels[s],
+                        q: &q[s * d..(s + 1) * d],
+                        r: &r[s * c..(s + 1) * c],
+                    })
+                    .collect();
+                st.samples.learn(&samples)?;
+                Ok((q.as_slice(), r.as_slice(), 1))
+            })
         });
         q.fill(0);
         r.fill(0);
@@ -403,17 +462,7 @@ impl Head {
             if let Some(id) = ids.iter().find(|&&id| !st.samples.contains(id)) {
                 return Err(Error::Id(format!("id {id} is not learned")));
             }
-            for &id in ids {
-                let s = st.samples.get(id).expect("checked above");
-                q.extend_from_slice(s.q);
-                r.extend_from_slice(s.r);
-            }
-            if let Some(store) = st.store.as_mut() {
-                store.forget(ids)?;
-            }
-            for &id in ids {
-                st.samples.remove(id);
-            }
+            st.samples.forget(ids, &mut q, &mut r)?;
             Ok((q.as_slice(), r.as_slice(), -1))
         });
         q.fill(0);
@@ -462,10 +511,7 @@ impl Head {
     pub fn forget_all(&self) -> Result<()> {
         let spec = &self.inner.spec;
         let mut st = self.inner.lock();
-        if let Some(store) = st.store.as_mut() {
-            store.forget_all()?;
-        }
-        st.samples.clear();
+        st.samples.forget_all()?;
         st.stats.clear();
         let p = spec.dim + 1;
         let diag = spec.lambda.sqrt();
@@ -484,6 +530,10 @@ impl Head {
 
     /// Logits `[n, C]` for raw inputs.
     pub fn predict(&self, inputs: &[f32], n: usize) -> Result<Array2<f32>> {
+        let backend = &self.inner.backend;
+        if let Some(logits) = backend.predict_on_device(self.core_or_err()?, inputs, n)? {
+            return Ok(logits);
+        }
         let (phi, z) = self.core_features(inputs, n)?;
         self.predict_features(&phi, &z)
     }
@@ -501,8 +551,7 @@ impl Head {
                 z.dim()
             )));
         }
-        let weights = self.served();
-        Ok(cpu::logits(phi, z, &weights))
+        self.inner.backend.logits(phi, z, || self.served())
     }
 
     /// The weights predictions use right now (f32).
@@ -523,16 +572,19 @@ impl Head {
 
     /// The stored samples' ids, sorted.
     pub fn ids(&self) -> Vec<u64> {
-        self.inner.lock().samples.sorted_ids()
+        self.inner.lock().samples.index().sorted_ids()
     }
 
     pub fn info(&self) -> HeadInfo {
         let st = self.inner.lock();
         HeadInfo {
             samples: st.samples.len() as u64,
-            class_counts: st.samples.class_counts(),
+            class_counts: st.samples.index().class_counts().to_vec(),
             spec: self.inner.spec.clone(),
-            backend: "cpu",
+            backend: BackendReport {
+                head: self.inner.backend.placement(),
+                core: self.inner.core.as_ref().map(|c| c.placement().clone()),
+            },
         }
     }
 
@@ -543,13 +595,9 @@ impl Head {
         let mut st = self.inner.lock();
         self.inner.make_canonical(&mut st)?;
         let mut fresh = ExactStats::new(spec.dim, spec.num_classes());
-        let mut q = Vec::new();
-        let mut r = Vec::new();
-        for s in st.samples.iter() {
-            q.extend_from_slice(s.q);
-            r.extend_from_slice(s.r);
-        }
-        fresh.accumulate(&q, &r, spec.fixed.one(), 1);
+        let one = spec.fixed.one();
+        st.samples
+            .for_each_batch(&mut |q, r| fresh.accumulate(q, r, one, 1))?;
         let stats_equal = fresh == st.stats;
         let solution = self.inner.canonical_of(&fresh)?;
         let weights_identical = solution == st.solution;
@@ -576,12 +624,16 @@ impl Head {
             let _ = worker.join();
         }
         let mut st = self.inner.lock();
-        self.inner.make_canonical(&mut st)?;
-        let st = &mut *st;
-        if let Some(mut store) = st.store.take() {
-            store.close(&st.samples, &st.stats, &st.solution)?;
+        if !matches!(st.samples, Samples::Stored(_)) {
+            return Ok(());
         }
-        Ok(())
+        self.inner.make_canonical(&mut st)?;
+        let spec = &self.inner.spec;
+        let released = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
+        match std::mem::replace(&mut st.samples, released) {
+            Samples::Stored(store) => store.close(&st.stats, &st.solution),
+            Samples::Memory(_) => Ok(()),
+        }
     }
 }
 
@@ -636,6 +688,7 @@ impl Inner {
 
     fn publish(&self, solution: &Solution) {
         let served = Arc::new(to_served(&solution.theta, self.spec.dim));
+        self.backend.publish(&served);
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = served;
     }
 }

@@ -1,0 +1,157 @@
+//! The state dir's costs at DESIGN.md's scale (n = 50 000, d = 1280, C = 100), with synthetic
+//! features learned through the public API: opening a closed state dir, forgetting 1 sample and
+//! learning 1 or 100, each durable (synced) before it returns; and closing. Each learn/forget
+//! is also timed on an in-memory head, so the difference is the state dir's share.
+//!
+//! ```text
+//! cargo run --release --example store_bench -- [DIR] [N]
+//! ```
+//! DIR (default: a temporary dir) keeps the state dir between runs, so that building it (a few
+//! minutes) happens once.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use lethe::head::quant::FixedPoint;
+use lethe::{Head, HeadOptions, HeadSpec, Result};
+use ndarray::Array2;
+
+const D: usize = 1280;
+const C: usize = 100;
+const CORE_SHA256: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c";
+/// Timed repetitions of each call.
+const REPEATS: usize = 15;
+
+fn spec() -> HeadSpec {
+    HeadSpec {
+        features: "features".into(),
+        dim: D,
+        classes: (0..C).map(|i| i.to_string()).collect(),
+        core_logits: None,
+        lambda: 1.0,
+        target_scale: 1.0,
+        fixed: FixedPoint {
+            frac_bits: 16,
+            feature_max_abs: 8.0,
+            target_max_abs: 16.0,
+        },
+    }
+}
+
+/// Synthetic features of samples `ids` (deterministic, in [−1, 1]).
+fn batch(ids: &[u64]) -> (Array2<f32>, Array2<f32>, Vec<u32>) {
+    let phi = Array2::from_shape_fn((ids.len(), D), |(i, j)| {
+        let x = ids[i]
+            .wrapping_mul(0x9e3779b97f4a7c15)
+            .wrapping_add(j as u64 * 0xbf58476d1ce4e5b9);
+        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    });
+    let z = Array2::zeros((ids.len(), C));
+    let labels = ids.iter().map(|&id| (id % C as u64) as u32).collect();
+    (phi, z, labels)
+}
+
+fn learn(head: &Head, ids: &[u64]) -> Result<()> {
+    let (phi, z, labels) = batch(ids);
+    head.learn_features(ids, &phi, &z, &labels)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Median and max of `REPEATS` runs of `f(i)`, in ms.
+fn time(mut f: impl FnMut(usize) -> Result<()>) -> Result<(f64, f64)> {
+    let mut t: Vec<f64> = Vec::with_capacity(REPEATS);
+    for i in 0..REPEATS {
+        let start = Instant::now();
+        f(i)?;
+        t.push(ms(start.elapsed()));
+    }
+    t.sort_by(f64::total_cmp);
+    Ok((t[REPEATS / 2], t[REPEATS - 1]))
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let root = args
+        .get(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("lethe-store-bench"));
+    let n: u64 = args.get(2).map_or(50_000, |s| s.parse().expect("N"));
+    let dir = root.join(format!("n{n}-d{D}-c{C}"));
+    let options = HeadOptions::default();
+    if !dir.join("stats.bin").exists() {
+        let _ = std::fs::remove_dir_all(&dir);
+        let start = Instant::now();
+        let head = Head::open_detached(spec(), CORE_SHA256, &dir, &options)?;
+        let ids: Vec<u64> = (0..n).collect();
+        for chunk in ids.chunks(1000) {
+            learn(&head, chunk)?;
+        }
+        head.close()?;
+        println!(
+            "built the state dir: n = {n} in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    println!(
+        "state dir {}: samples.bin {:.1} MB, stats.bin {:.1} MB",
+        dir.display(),
+        size("samples.bin") as f64 / 1e6,
+        size("stats.bin") as f64 / 1e6
+    );
+
+    let mut opens = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let head = Head::open_detached(spec(), CORE_SHA256, &dir, &options)?;
+        opens.push(ms(start.elapsed()));
+        assert_eq!(head.info().samples, n);
+        head.close()?;
+    }
+    opens.sort_by(f64::total_cmp);
+    println!(
+        "open a closed state dir: median {:.1} ms, min {:.1} ms (warm page cache)",
+        opens[2], opens[0]
+    );
+
+    let head = Head::open_detached(spec(), CORE_SHA256, &dir, &options)?;
+    let memory = Head::detached(spec(), &options)?;
+    let warm: Vec<u64> = (0..4 * REPEATS as u64).collect();
+    learn(&memory, &warm)?;
+    let start = Instant::now();
+    head.forget(&[0])?;
+    println!(
+        "forget 1, the first change after opening (starts the journal, scrubs stats.bin): {:.1} ms",
+        ms(start.elapsed())
+    );
+    let next = |i: usize| 1 + i as u64;
+    let (disk, disk_max) = time(|i| head.forget(&[next(i)]))?;
+    let (mem, _) = time(|i| memory.forget(&[next(i)]))?;
+    println!("forget 1: {disk:.2} ms median ({disk_max:.2} max); in memory {mem:.2} ms");
+    let fresh = |i: usize, k: u64| -> Vec<u64> {
+        (0..k).map(|j| (1 << 40) + i as u64 * 1000 + j).collect()
+    };
+    let (disk, disk_max) = time(|i| learn(&head, &fresh(i, 1)))?;
+    let (mem, _) = time(|i| learn(&memory, &fresh(i, 1)))?;
+    println!("learn 1: {disk:.2} ms median ({disk_max:.2} max); in memory {mem:.2} ms");
+    let (disk, disk_max) = time(|i| learn(&head, &fresh(i + REPEATS, 100)))?;
+    let (mem, _) = time(|i| learn(&memory, &fresh(i + REPEATS, 100)))?;
+    println!("learn 100: {disk:.2} ms median ({disk_max:.2} max); in memory {mem:.2} ms");
+
+    // Put the samples back as they were, so that the next run measures the same state dir.
+    let learned: Vec<u64> = (0..2 * REPEATS)
+        .flat_map(|i| fresh(i, if i < REPEATS { 1 } else { 100 }))
+        .collect();
+    head.forget(&learned)?;
+    learn(&head, &(0..=REPEATS as u64).collect::<Vec<_>>())?;
+    let start = Instant::now();
+    head.close()?;
+    println!(
+        "close after changes (compaction): {:.0} ms",
+        ms(start.elapsed())
+    );
+    Ok(())
+}

@@ -1,0 +1,295 @@
+/*
+ * lethe.hpp: header-only C++17 wrapper of Lethe's C API (lethe.h).
+ *
+ * - lethe::Core and lethe::Head own a handle each (RAII, move-only); the destructor closes it.
+ *   Head::close() closes explicitly and reports a failure to persist, which a destructor cannot.
+ * - Every failure throws lethe::Error, which carries the lethe_status and lethe_last_error().
+ * - Arrays are taken as std::vector, as std::span (C++20, when the library has <span>), or as
+ *   pointer + count. Vector and span overloads check their sizes against the core's input
+ *   length and the head's classes before calling Lethe.
+ * - Thread safety is that of the C API (see lethe.h): a const Head may be used from many
+ *   threads at once, also while one thread calls learn/forget on it.
+ *
+ *   lethe::Core core("models/mnist-core");
+ *   lethe::Head head(core, "/var/lib/app/user-42");
+ *   head.learn(ids, inputs, labels);
+ *   std::vector<float> logits = head.predict(inputs);
+ *   head.forget(ids);
+ *   head.close();
+ */
+#ifndef LETHE_HPP
+#define LETHE_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#if __cplusplus >= 202002L && defined(__has_include)
+#if __has_include(<span>)
+#include <span>
+#endif
+#endif
+
+#include "lethe.h"
+
+namespace lethe {
+
+/// A failed Lethe call: status() is the lethe_status, what() the message.
+class Error : public std::runtime_error {
+ public:
+  Error(lethe_status status, const std::string &message)
+      : std::runtime_error(message), status_(status) {}
+  lethe_status status() const noexcept { return status_; }
+
+ private:
+  lethe_status status_;
+};
+
+namespace detail {
+/// Throws the calling thread's last error if `status` is not LETHE_OK.
+inline void check(lethe_status status) {
+  if (status != LETHE_OK) throw Error(status, lethe_last_error());
+}
+
+inline std::size_t samples_of(std::size_t values, std::size_t per_sample, const char *what) {
+  if (per_sample == 0 || values % per_sample != 0)
+    throw Error(LETHE_ERROR_INVALID_ARGUMENT,
+                std::string(what) + ": " + std::to_string(values) +
+                    " values are not a whole number of samples of " +
+                    std::to_string(per_sample));
+  return values / per_sample;
+}
+
+inline void same_count(std::size_t a, std::size_t b, const char *what) {
+  if (a != b)
+    throw Error(LETHE_ERROR_INVALID_ARGUMENT, std::string(what) + ": " + std::to_string(a) +
+                                                  " vs " + std::to_string(b) + " samples");
+}
+}  // namespace detail
+
+/// The library's version ("0.1.0"); LETHE_VERSION_NUMBER is the header's.
+inline std::string version() { return lethe_version(); }
+
+/// Options for opening a core and a head (see lethe_options in lethe.h). Empty strings and
+/// zeros mean "the default".
+struct Options {
+  std::string ort_library;  ///< libonnxruntime.so; empty = the documented search
+  std::uint32_t intra_threads = 0;  ///< ONNX Runtime threads per session; 0 = its default
+  lethe_backend backend = LETHE_BACKEND_CPU;  ///< or LETHE_BACKEND_AUTO, LETHE_BACKEND_CUDA
+  bool require_gpu = false;  ///< fail instead of falling back to the CPU
+  std::uint32_t cuda_device = 0;  ///< CUDA device ordinal
+  std::string features;  ///< the head's features output; empty = the bundle's default
+  double lambda = 0;  ///< ridge strength of a new head; 0 = the bundle's default
+  double target_scale = 0;  ///< target scale of a new head; 0 = the bundle's default
+
+  /// The C struct; its strings point into this object, which must outlive its use.
+  lethe_options c_options() const {
+    lethe_options o;
+    detail::check(lethe_options_default(&o));
+    o.ort_library = ort_library.empty() ? nullptr : ort_library.c_str();
+    o.intra_threads = intra_threads;
+    o.backend = backend;
+    o.require_gpu = require_gpu;
+    o.cuda_device = cuda_device;
+    o.features = features.empty() ? nullptr : features.c_str();
+    o.lambda = lambda;
+    o.target_scale = target_scale;
+    return o;
+  }
+};
+
+/// An open core (lethe_core). Heads keep what they need, so a Core may die before its heads.
+class Core {
+ public:
+  explicit Core(const std::string &bundle_dir, const Options &options = Options()) {
+    lethe_options o = options.c_options();
+    detail::check(lethe_core_open(bundle_dir.c_str(), &o, &handle_));
+  }
+  ~Core() { lethe_core_close(handle_); }
+  Core(Core &&other) noexcept : handle_(std::exchange(other.handle_, nullptr)) {}
+  Core &operator=(Core &&other) noexcept {
+    if (this != &other) {
+      lethe_core_close(handle_);
+      handle_ = std::exchange(other.handle_, nullptr);
+    }
+    return *this;
+  }
+  Core(const Core &) = delete;
+  Core &operator=(const Core &) = delete;
+
+  /// Floats per sample of input.
+  std::size_t input_len() const {
+    std::size_t n = 0;
+    detail::check(lethe_core_input_len(handle_, &n));
+    return n;
+  }
+  /// Classes C of heads over this core.
+  std::size_t num_classes() const {
+    std::size_t n = 0;
+    detail::check(lethe_core_num_classes(handle_, &n));
+    return n;
+  }
+  /// The dimension of a features output (empty = the bundle's default).
+  std::size_t feature_dim(const std::string &features = std::string()) const {
+    std::size_t n = 0;
+    detail::check(
+        lethe_core_feature_dim(handle_, features.empty() ? nullptr : features.c_str(), &n));
+    return n;
+  }
+  /// Where the core runs: LETHE_BACKEND_CPU or LETHE_BACKEND_CUDA.
+  lethe_backend backend() const {
+    lethe_backend b = LETHE_BACKEND_CPU;
+    detail::check(lethe_core_backend(handle_, &b));
+    return b;
+  }
+  /// Releases the handle now (the destructor then does nothing).
+  void close() { detail::check(lethe_core_close(std::exchange(handle_, nullptr))); }
+
+  lethe_core *handle() const noexcept { return handle_; }
+
+ private:
+  lethe_core *handle_ = nullptr;
+};
+
+/// W (C x d, row-major) and b (C) in double precision.
+struct Weights {
+  std::size_t num_classes = 0;
+  std::size_t feature_dim = 0;
+  std::vector<double> w;
+  std::vector<double> b;
+};
+
+/// An open head (lethe_head).
+class Head {
+ public:
+  Head(const Core &core, const std::string &state_dir, const Options &options = Options())
+      : input_len_(core.input_len()), num_classes_(core.num_classes()) {
+    lethe_options o = options.c_options();
+    detail::check(lethe_head_open(core.handle(), state_dir.c_str(), &o, &handle_));
+  }
+  /// Closes the head; a failure to persist is ignored here (call close() to see it).
+  ~Head() { lethe_head_close(handle_); }
+  Head(Head &&other) noexcept
+      : handle_(std::exchange(other.handle_, nullptr)),
+        input_len_(other.input_len_),
+        num_classes_(other.num_classes_) {}
+  Head &operator=(Head &&other) noexcept {
+    if (this != &other) {
+      lethe_head_close(handle_);
+      handle_ = std::exchange(other.handle_, nullptr);
+      input_len_ = other.input_len_;
+      num_classes_ = other.num_classes_;
+    }
+    return *this;
+  }
+  Head(const Head &) = delete;
+  Head &operator=(const Head &) = delete;
+
+  /// Persists and releases the head; throws if persisting failed (the handle is released
+  /// either way).
+  void close() { detail::check(lethe_head_close(std::exchange(handle_, nullptr))); }
+
+  /// Learns n samples (inputs: n * input_len floats). All or nothing.
+  void learn(const std::uint64_t *ids, const float *inputs, std::size_t n,
+             const std::uint32_t *labels) {
+    detail::check(lethe_head_learn(handle_, ids, inputs, n, labels));
+  }
+  void learn(const std::vector<std::uint64_t> &ids, const std::vector<float> &inputs,
+             const std::vector<std::uint32_t> &labels) {
+    checked_learn(ids.data(), ids.size(), inputs.data(), inputs.size(), labels.data(),
+                  labels.size());
+  }
+
+  /// Forgets the samples with these ids, exactly. All or nothing.
+  void forget(const std::uint64_t *ids, std::size_t n) {
+    detail::check(lethe_head_forget(handle_, ids, n));
+  }
+  void forget(const std::vector<std::uint64_t> &ids) { forget(ids.data(), ids.size()); }
+
+  /// Forgets every sample: the head predicts exactly the core's logits again.
+  void forget_all() { detail::check(lethe_head_forget_all(handle_)); }
+
+  /// Writes n * C logits for n samples to `logits` (which holds logits_len floats).
+  void predict(const float *inputs, std::size_t n, float *logits, std::size_t logits_len) const {
+    detail::check(lethe_head_predict(handle_, inputs, n, logits, logits_len));
+  }
+  /// The logits (n x C, row-major) of the samples in `inputs`.
+  std::vector<float> predict(const std::vector<float> &inputs) const {
+    std::size_t n = detail::samples_of(inputs.size(), input_len_, "inputs");
+    std::vector<float> logits(n * num_classes_);
+    predict(inputs.data(), n, logits.data(), logits.size());
+    return logits;
+  }
+
+#ifdef __cpp_lib_span
+  void learn(std::span<const std::uint64_t> ids, std::span<const float> inputs,
+             std::span<const std::uint32_t> labels) {
+    checked_learn(ids.data(), ids.size(), inputs.data(), inputs.size(), labels.data(),
+                  labels.size());
+  }
+  void forget(std::span<const std::uint64_t> ids) { forget(ids.data(), ids.size()); }
+  /// Writes the logits of the samples in `inputs` to `logits` (at least n * C floats).
+  void predict(std::span<const float> inputs, std::span<float> logits) const {
+    std::size_t n = detail::samples_of(inputs.size(), input_len_, "inputs");
+    predict(inputs.data(), n, logits.data(), logits.size());
+  }
+#endif
+
+  /// The canonical weights.
+  Weights weights() const {
+    Weights out;
+    lethe_head_summary s = info();
+    out.num_classes = s.num_classes;
+    out.feature_dim = s.feature_dim;
+    out.w.resize(s.num_classes * s.feature_dim);
+    out.b.resize(s.num_classes);
+    detail::check(lethe_head_weights(handle_, out.w.data(), out.w.size(), out.b.data(),
+                                     out.b.size()));
+    return out;
+  }
+
+  lethe_head_summary info() const {
+    lethe_head_summary s;
+    detail::check(lethe_head_info(handle_, &s));
+    return s;
+  }
+
+  /// The learned ids, in increasing order.
+  std::vector<std::uint64_t> ids() const {
+    for (;;) {
+      std::vector<std::uint64_t> out(info().samples);
+      std::size_t count = 0;
+      // An empty vector's data() may be NULL; Lethe wants a buffer, so give it one slot.
+      if (out.empty()) out.resize(1);
+      lethe_status status = lethe_head_ids(handle_, out.data(), out.size(), &count);
+      if (status == LETHE_ERROR_BUFFER_TOO_SMALL) continue;  // a concurrent learn
+      detail::check(status);
+      out.resize(count);
+      return out;
+    }
+  }
+
+  std::size_t input_len() const noexcept { return input_len_; }
+  std::size_t num_classes() const noexcept { return num_classes_; }
+  lethe_head *handle() const noexcept { return handle_; }
+
+ private:
+  void checked_learn(const std::uint64_t *ids, std::size_t n_ids, const float *inputs,
+                     std::size_t n_inputs, const std::uint32_t *labels, std::size_t n_labels) {
+    detail::same_count(n_ids, detail::samples_of(n_inputs, input_len_, "inputs"),
+                       "ids and inputs");
+    detail::same_count(n_ids, n_labels, "ids and labels");
+    learn(ids, inputs, n_ids, labels);
+  }
+
+  lethe_head *handle_ = nullptr;
+  std::size_t input_len_;
+  std::size_t num_classes_;
+};
+
+}  // namespace lethe
+
+#endif  // LETHE_HPP

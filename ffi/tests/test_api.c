@@ -1,0 +1,600 @@
+/*
+ * test_api.c: every function of lethe.h, its success path and its error paths (NULL, n = 0,
+ * short buffers, unknown and duplicate ids, NaN inputs, bad options, a broken bundle, a state
+ * dir of another bundle, closed and foreign handles), and that a failed call changes nothing.
+ *
+ *   usage: test_api   (run from the repository root: it reads models/ and tests/data/)
+ *
+ * Built with -Wall -Wextra -Wpedantic -Werror and run under AddressSanitizer and UBSan.
+ */
+#define _XOPEN_SOURCE 700
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "lethe.h"
+#include "mnist_npy.h"
+
+#define BUNDLE "models/mnist-core"
+#define OTHER_BUNDLE "models/mobilenetv2-imagenet"
+
+static char g_tmp[] = "/tmp/lethe-c-test-XXXXXX";
+static mnist_digits g_train;
+static size_t L, C, D; /* input length, classes, feature dim */
+
+/* A path under the test's temp folder. */
+static const char *tmp_path(const char *name) {
+  static char paths[16][512];
+  static int next;
+  char *p = paths[next++ % 16];
+  snprintf(p, 512, "%s/%s", g_tmp, name);
+  return p;
+}
+
+/* The inputs, labels and ids of training rows [first, first + n): id = 1000 + row. */
+typedef struct batch {
+  size_t n;
+  float *inputs;
+  uint32_t *labels;
+  uint64_t *ids;
+} batch;
+
+static batch make_batch(size_t first, size_t n) {
+  batch b;
+  size_t i, *rows = (size_t *)malloc(n * sizeof(size_t));
+  b.n = n;
+  b.inputs = (float *)malloc(n * L * sizeof(float));
+  b.labels = (uint32_t *)malloc(n * sizeof(uint32_t));
+  b.ids = (uint64_t *)malloc(n * sizeof(uint64_t));
+  CHECK(rows && b.inputs && b.labels && b.ids);
+  for (i = 0; i < n; i++) {
+    rows[i] = first + i;
+    b.labels[i] = g_train.labels[first + i];
+    b.ids[i] = 1000 + first + i;
+  }
+  mnist_inputs(&g_train, rows, n, b.inputs);
+  free(rows);
+  return b;
+}
+
+static void free_batch(batch *b) {
+  free(b->inputs);
+  free(b->labels);
+  free(b->ids);
+}
+
+/* Everything observable about a head: summary, canonical weights, ids, predictions. */
+typedef struct snapshot {
+  lethe_head_summary info;
+  double *w, *b;
+  uint64_t *ids;
+  size_t n_ids;
+  float *logits;
+} snapshot;
+
+static snapshot take(lethe_head *head, const batch *probe) {
+  snapshot s;
+  OK(lethe_head_info(head, &s.info));
+  s.w = (double *)malloc(C * D * sizeof(double));
+  s.b = (double *)malloc(C * sizeof(double));
+  s.ids = (uint64_t *)malloc((s.info.samples + 1) * sizeof(uint64_t));
+  s.logits = (float *)malloc(probe->n * C * sizeof(float));
+  CHECK(s.w && s.b && s.ids && s.logits);
+  /* weights first: it finishes a pending re-solve, so the predictions below are canonical. */
+  OK(lethe_head_weights(head, s.w, C * D, s.b, C));
+  OK(lethe_head_ids(head, s.ids, s.info.samples + 1, &s.n_ids));
+  OK(lethe_head_predict(head, probe->inputs, probe->n, s.logits, probe->n * C));
+  return s;
+}
+
+static void free_snapshot(snapshot *s) {
+  free(s->w);
+  free(s->b);
+  free(s->ids);
+  free(s->logits);
+}
+
+/* Two snapshots are bit-identical. */
+static void expect_same(const snapshot *a, const snapshot *b, size_t n_probe) {
+  CHECK(a->info.samples == b->info.samples && a->info.num_classes == b->info.num_classes);
+  CHECK(a->info.feature_dim == b->info.feature_dim && a->info.lambda == b->info.lambda);
+  CHECK(a->info.target_scale == b->info.target_scale && a->info.backend == b->info.backend);
+  CHECK(memcmp(a->w, b->w, C * D * sizeof(double)) == 0);
+  CHECK(memcmp(a->b, b->b, C * sizeof(double)) == 0);
+  CHECK(a->n_ids == b->n_ids && memcmp(a->ids, b->ids, a->n_ids * sizeof(uint64_t)) == 0);
+  CHECK(memcmp(a->logits, b->logits, n_probe * C * sizeof(float)) == 0);
+}
+
+static void test_version(void) {
+  char macros[64];
+  CHECK(lethe_version_number() == LETHE_VERSION_NUMBER);
+  CHECK(LETHE_VERSION_NUMBER ==
+        LETHE_VERSION_MAJOR * 1000000 + LETHE_VERSION_MINOR * 1000 + LETHE_VERSION_PATCH);
+  snprintf(macros, sizeof macros, "%d.%d.%d", LETHE_VERSION_MAJOR, LETHE_VERSION_MINOR,
+           LETHE_VERSION_PATCH);
+  CHECK(strcmp(lethe_version(), macros) == 0);
+}
+
+static void test_status_str(void) {
+  lethe_status s, t;
+  lethe_options o;
+  /* Set a message, then check that lethe_status_str and lethe_version keep it. */
+  EXPECT(lethe_options_default(NULL), LETHE_ERROR_NULL_ARGUMENT);
+  for (s = LETHE_OK; s <= LETHE_ERROR_INTERNAL; s++) {
+    CHECK(lethe_status_str(s) != NULL && lethe_status_str(s)[0] != '\0');
+    CHECK(strcmp(lethe_status_str(s), "unknown status") != 0);
+    for (t = LETHE_OK; t < s; t++) CHECK(strcmp(lethe_status_str(s), lethe_status_str(t)) != 0);
+  }
+  CHECK(strcmp(lethe_status_str(LETHE_ERROR_INTERNAL + 1), "unknown status") == 0);
+  CHECK(strcmp(lethe_status_str(0xFFFFFFFFu), "unknown status") == 0);
+  (void)lethe_version();
+  CHECK(strstr(lethe_last_error(), "lethe_options_default") != NULL);
+  CHECK(strstr(lethe_last_error(), "`options` is NULL") != NULL);
+  /* A success clears the message. */
+  OK(lethe_options_default(&o));
+  CHECK(strcmp(lethe_last_error(), "") == 0);
+}
+
+static void test_options_default(void) {
+  lethe_options o;
+  memset(&o, 0xA5, sizeof o);
+  OK(lethe_options_default(&o));
+  CHECK(o.ort_library == NULL && o.features == NULL);
+  CHECK(o.intra_threads == 0 && o.backend == LETHE_BACKEND_CPU && !o.require_gpu);
+  CHECK(o.cuda_device == 0);
+  CHECK(o.lambda == 0.0 && o.target_scale == 0.0);
+}
+
+/* Runs before any core is open: ONNX Runtime is loaded once per process by the first core. */
+static void test_ort_library_not_found(void) {
+  lethe_options o;
+  lethe_core *core = NULL;
+  OK(lethe_options_default(&o));
+  o.ort_library = "/nonexistent/libonnxruntime.so";
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_ORT_LIBRARY,
+             "/nonexistent/libonnxruntime.so");
+  CHECK(core == NULL);
+}
+
+static void write_file(const char *path, const void *data, size_t len) {
+  FILE *f = fopen(path, "wb");
+  CHECK(f != NULL);
+  CHECK(fwrite(data, 1, len, f) == len);
+  CHECK(fclose(f) == 0);
+}
+
+static void test_core_open_errors(void) {
+  static char sentinel;
+  lethe_core *const untouched = (lethe_core *)(void *)&sentinel;
+  lethe_core *core = untouched;
+  lethe_options o;
+  char manifest[8192];
+  size_t len;
+  FILE *f;
+
+  OK(lethe_options_default(&o));
+  EXPECT_MSG(lethe_core_open(NULL, &o, &core), LETHE_ERROR_NULL_ARGUMENT, "`bundle_dir`");
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, NULL), LETHE_ERROR_NULL_ARGUMENT, "`out`");
+  EXPECT_MSG(lethe_core_open("/nonexistent/bundle", &o, &core), LETHE_ERROR_IO,
+             "/nonexistent/bundle");
+
+  o.backend = 7;
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT, "backend 7");
+  o.backend = LETHE_BACKEND_CPU;
+  o.require_gpu = true;
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT, "require_gpu");
+  CHECK(core == untouched);
+
+  /* A manifest that is not a manifest, then a core file that does not match its sha256. */
+  CHECK(mkdir(tmp_path("bad-bundle"), 0700) == 0);
+  write_file(tmp_path("bad-bundle/manifest.json"), "{}", 2);
+  OK(lethe_options_default(&o));
+  EXPECT_MSG(lethe_core_open(tmp_path("bad-bundle"), &o, &core), LETHE_ERROR_BUNDLE,
+             "manifest.json");
+  f = fopen(BUNDLE "/manifest.json", "rb");
+  CHECK(f != NULL);
+  len = fread(manifest, 1, sizeof manifest, f);
+  fclose(f);
+  CHECK(len > 0 && len < sizeof manifest);
+  write_file(tmp_path("bad-bundle/manifest.json"), manifest, len);
+  write_file(tmp_path("bad-bundle/core.onnx"), "not an onnx file", 16);
+  EXPECT_MSG(lethe_core_open(tmp_path("bad-bundle"), NULL, &core), LETHE_ERROR_BUNDLE,
+             "sha256");
+  CHECK(core == untouched);
+}
+
+/* require_gpu: a GPU core, or LETHE_ERROR_BACKEND_UNAVAILABLE where no GPU can be used. */
+static void test_require_gpu(void) {
+  lethe_options o;
+  lethe_core *core = NULL;
+  lethe_backend backend = 99;
+  lethe_status status;
+  OK(lethe_options_default(&o));
+  o.backend = LETHE_BACKEND_AUTO;
+  o.require_gpu = true;
+  status = lethe_core_open(BUNDLE, &o, &core);
+  if (status == LETHE_OK) {
+    OK(lethe_core_backend(core, &backend));
+    CHECK(backend == LETHE_BACKEND_CUDA);
+    OK(lethe_core_close(core));
+    printf("test_api: a GPU is usable: require_gpu gave a CUDA core\n");
+  } else {
+    CHECK(status == LETHE_ERROR_BACKEND_UNAVAILABLE && core == NULL);
+    CHECK(strstr(lethe_last_error(), "lethe_core_open") != NULL);
+  }
+}
+
+static void test_core_getters(lethe_core *core) {
+  size_t v = 12345;
+  lethe_backend backend = 99;
+  lethe_core *fake = (lethe_core *)(uintptr_t)0xdead0;
+  OK(lethe_core_input_len(core, &L));
+  OK(lethe_core_num_classes(core, &C));
+  OK(lethe_core_feature_dim(core, NULL, &D));
+  CHECK(L == 784 && C == 10 && D == 128);
+  OK(lethe_core_backend(core, &backend));
+  CHECK(backend == LETHE_BACKEND_CPU); /* the default */
+  OK(lethe_core_feature_dim(core, "features", &v));
+  CHECK(v == 128);
+  OK(lethe_core_feature_dim(core, "conv_features", &v));
+  CHECK(v == 3136);
+
+  v = 12345;
+  EXPECT_MSG(lethe_core_feature_dim(core, "nope", &v), LETHE_ERROR_INVALID_ARGUMENT, "nope");
+  EXPECT(lethe_core_feature_dim(core, "\xff", &v), LETHE_ERROR_INVALID_ARGUMENT);
+  EXPECT(lethe_core_input_len(NULL, &v), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_input_len(core, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_num_classes(NULL, &v), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_num_classes(core, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_feature_dim(NULL, NULL, &v), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_feature_dim(core, NULL, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_input_len(fake, &v), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_core_num_classes(fake, &v), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_core_feature_dim(fake, NULL, &v), LETHE_ERROR_INVALID_HANDLE);
+  CHECK(v == 12345);
+  backend = 99;
+  EXPECT(lethe_core_backend(NULL, &backend), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_backend(core, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_core_backend(fake, &backend), LETHE_ERROR_INVALID_HANDLE);
+  CHECK(backend == 99);
+}
+
+static void test_head_open_errors(lethe_core *core) {
+  static char sentinel;
+  lethe_head *const untouched = (lethe_head *)(void *)&sentinel;
+  lethe_head *head = untouched;
+  lethe_options o;
+  const char *dir = tmp_path("never-created");
+
+  OK(lethe_options_default(&o));
+  EXPECT(lethe_head_open(NULL, dir, &o, &head), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_open(core, NULL, &o, &head), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_open(core, dir, &o, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_open((lethe_core *)(uintptr_t)0xdead0, dir, &o, &head),
+         LETHE_ERROR_INVALID_HANDLE);
+  o.lambda = -1.0;
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT, "lambda");
+  o.lambda = NAN;
+  EXPECT(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT);
+  o.lambda = 0.0;
+  o.target_scale = INFINITY;
+  EXPECT(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT);
+  o.target_scale = 0.0;
+  o.features = "nope";
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT, "nope");
+  o.features = "\xff";
+  EXPECT(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT);
+  CHECK(head == untouched);
+  CHECK(!path_exists(dir)); /* a failed open creates nothing */
+}
+
+/* learn, forget, forget_all, predict, weights, info, ids: success and errors. */
+static void test_head_calls(lethe_core *core) {
+  lethe_head *head = NULL;
+  lethe_head_summary info;
+  batch base = make_batch(0, 40), extra = make_batch(40, 10), probe = make_batch(100, 8);
+  snapshot before, after;
+  float *logits = (float *)malloc(probe.n * C * sizeof(float));
+  float *bad = (float *)malloc(L * 2 * sizeof(float));
+  double *w = (double *)malloc(C * D * sizeof(double)), b[16];
+  uint64_t ids[64], dup[2], unknown = 999999;
+  uint32_t labels[2];
+  size_t count = 777, i;
+  CHECK(logits && bad && w);
+
+  OK(lethe_head_open(core, tmp_path("head"), NULL, &head));
+  CHECK(path_exists(tmp_path("head")));
+  OK(lethe_head_info(head, &info));
+  CHECK(info.samples == 0 && info.num_classes == C && info.feature_dim == D);
+  CHECK(info.lambda == 10.0 && info.target_scale == 16.0);
+  CHECK(info.backend == LETHE_BACKEND_CPU);
+
+  /* An empty head predicts the core's logits: W = 0, b = 0; mnist-core has none for 5-9. */
+  OK(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C));
+  for (i = 0; i < probe.n; i++) CHECK(logits[i * C + 7] == 0.0f && logits[i * C + 2] != 0.0f);
+
+  OK(lethe_head_learn(head, base.ids, base.inputs, base.n, base.labels));
+  OK(lethe_head_info(head, &info));
+  CHECK(info.samples == base.n);
+  before = take(head, &probe);
+  CHECK(before.n_ids == base.n);
+  for (i = 0; i < base.n; i++) CHECK(before.ids[i] == base.ids[i]); /* sorted ascending */
+
+  /* learn: every error, and none changes anything. */
+  EXPECT(lethe_head_learn(NULL, base.ids, base.inputs, 1, base.labels),
+         LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT_MSG(lethe_head_learn(head, NULL, extra.inputs, 1, extra.labels),
+             LETHE_ERROR_NULL_ARGUMENT, "`ids`");
+  EXPECT_MSG(lethe_head_learn(head, extra.ids, NULL, 1, extra.labels),
+             LETHE_ERROR_NULL_ARGUMENT, "`inputs`");
+  EXPECT_MSG(lethe_head_learn(head, extra.ids, extra.inputs, 1, NULL),
+             LETHE_ERROR_NULL_ARGUMENT, "`labels`");
+  EXPECT_MSG(lethe_head_learn(head, extra.ids, extra.inputs, 0, extra.labels),
+             LETHE_ERROR_INVALID_ARGUMENT, "n must be");
+  /* already learned (the second of two) */
+  dup[0] = extra.ids[0];
+  dup[1] = base.ids[3];
+  memcpy(bad, extra.inputs, L * sizeof(float));
+  memcpy(bad + L, extra.inputs + L, L * sizeof(float));
+  labels[0] = extra.labels[0];
+  labels[1] = extra.labels[1];
+  EXPECT_MSG(lethe_head_learn(head, dup, bad, 2, labels), LETHE_ERROR_SAMPLE_ID,
+             "already learned");
+  /* the same id twice in one call */
+  dup[1] = dup[0];
+  EXPECT_MSG(lethe_head_learn(head, dup, bad, 2, labels), LETHE_ERROR_SAMPLE_ID, "twice");
+  /* a label that is not a class */
+  dup[1] = extra.ids[1];
+  labels[1] = (uint32_t)C;
+  EXPECT_MSG(lethe_head_learn(head, dup, bad, 2, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "not a class");
+  labels[1] = extra.labels[1];
+  /* NaN and infinite inputs (in the second sample) */
+  bad[L + 300] = NAN;
+  EXPECT_MSG(lethe_head_learn(head, dup, bad, 2, labels), LETHE_ERROR_INVALID_ARGUMENT, "NaN");
+  bad[L + 300] = INFINITY;
+  EXPECT(lethe_head_learn(head, dup, bad, 2, labels), LETHE_ERROR_INVALID_ARGUMENT);
+  EXPECT(lethe_head_learn((lethe_head *)(uintptr_t)0xdead0, dup, bad, 1, labels),
+         LETHE_ERROR_INVALID_HANDLE);
+  after = take(head, &probe);
+  expect_same(&before, &after, probe.n);
+  free_snapshot(&after);
+
+  /* predict: errors write nothing. */
+  for (i = 0; i < probe.n * C; i++) logits[i] = -7.0f;
+  EXPECT(lethe_head_predict(NULL, probe.inputs, probe.n, logits, probe.n * C),
+         LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_predict(head, NULL, probe.n, logits, probe.n * C),
+         LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_predict(head, probe.inputs, probe.n, NULL, probe.n * C),
+         LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_predict(head, probe.inputs, 0, logits, probe.n * C),
+         LETHE_ERROR_INVALID_ARGUMENT);
+  /* 8 samples x 10 classes need 80 floats */
+  EXPECT_MSG(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C - 1),
+             LETHE_ERROR_BUFFER_TOO_SMALL, "need 80");
+  EXPECT(lethe_head_predict(head, bad, 2, logits, probe.n * C), LETHE_ERROR_INVALID_ARGUMENT);
+  bad[L + 300] = NAN;
+  EXPECT(lethe_head_predict(head, bad, 2, logits, probe.n * C), LETHE_ERROR_INVALID_ARGUMENT);
+  for (i = 0; i < probe.n * C; i++) CHECK(logits[i] == -7.0f);
+  /* a larger buffer than needed: only n * C values are written */
+  OK(lethe_head_predict(head, probe.inputs, 1, logits, probe.n * C));
+  CHECK(memcmp(logits, before.logits, C * sizeof(float)) == 0);
+  CHECK(logits[C] == -7.0f);
+
+  /* weights */
+  b[C] = -7.0;
+  EXPECT(lethe_head_weights(NULL, w, C * D, b, C), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_weights(head, NULL, C * D, b, C), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_weights(head, w, C * D, NULL, C), LETHE_ERROR_NULL_ARGUMENT);
+  for (i = 0; i < C; i++) b[i] = -7.0;
+  EXPECT_MSG(lethe_head_weights(head, w, C * D - 1, b, C), LETHE_ERROR_BUFFER_TOO_SMALL,
+             "need 1280");
+  EXPECT_MSG(lethe_head_weights(head, w, C * D, b, C - 1), LETHE_ERROR_BUFFER_TOO_SMALL,
+             "need 10");
+  for (i = 0; i < C; i++) CHECK(b[i] == -7.0);
+  OK(lethe_head_weights(head, w, C * D, b, C + 1));
+  CHECK(memcmp(w, before.w, C * D * sizeof(double)) == 0);
+  CHECK(memcmp(b, before.b, C * sizeof(double)) == 0 && b[C] == -7.0);
+
+  /* info and ids */
+  EXPECT(lethe_head_info(NULL, &info), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_info(head, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_ids(NULL, ids, 64, &count), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_ids(head, NULL, 64, &count), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_ids(head, ids, 64, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT_MSG(lethe_head_ids(head, ids, base.n - 1, &count), LETHE_ERROR_BUFFER_TOO_SMALL,
+             "need 40");
+  CHECK(count == 777);
+
+  /* forget: every error, and none changes anything. */
+  EXPECT(lethe_head_forget(NULL, base.ids, 1), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_forget(head, NULL, 1), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_forget(head, base.ids, 0), LETHE_ERROR_INVALID_ARGUMENT);
+  EXPECT_MSG(lethe_head_forget(head, &unknown, 1), LETHE_ERROR_SAMPLE_ID, "999999");
+  dup[0] = base.ids[0];
+  dup[1] = unknown; /* one known, one unknown: all or nothing */
+  EXPECT(lethe_head_forget(head, dup, 2), LETHE_ERROR_SAMPLE_ID);
+  dup[1] = base.ids[0];
+  EXPECT_MSG(lethe_head_forget(head, dup, 2), LETHE_ERROR_SAMPLE_ID, "twice");
+  EXPECT(lethe_head_forget_all(NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_forget_all((lethe_head *)(uintptr_t)0xdead0), LETHE_ERROR_INVALID_HANDLE);
+  after = take(head, &probe);
+  expect_same(&before, &after, probe.n);
+  free_snapshot(&after);
+
+  /* Forgetting is exact: learn extra, forget it, and the head is bit-identical to before. */
+  OK(lethe_head_learn(head, extra.ids, extra.inputs, extra.n, extra.labels));
+  OK(lethe_head_info(head, &info));
+  CHECK(info.samples == base.n + extra.n);
+  after = take(head, &probe);
+  CHECK(memcmp(before.w, after.w, C * D * sizeof(double)) != 0);
+  free_snapshot(&after);
+  OK(lethe_head_forget(head, extra.ids, extra.n));
+  after = take(head, &probe);
+  expect_same(&before, &after, probe.n);
+  free_snapshot(&after);
+
+  /* forget_all: W = 0, b = 0 exactly, no samples, predictions are the core's again. */
+  OK(lethe_head_forget_all(head));
+  after = take(head, &probe);
+  CHECK(after.info.samples == 0 && after.n_ids == 0);
+  for (i = 0; i < C * D; i++) CHECK(after.w[i] == 0.0);
+  for (i = 0; i < C; i++) CHECK(after.b[i] == 0.0);
+  for (i = 0; i < probe.n; i++) CHECK(after.logits[i * C + 7] == 0.0f);
+  free_snapshot(&after);
+  OK(lethe_head_forget_all(head)); /* idempotent */
+
+  /* Learned again and closed, then reopened: the same canonical state. */
+  OK(lethe_head_learn(head, base.ids, base.inputs, base.n, base.labels));
+  after = take(head, &probe);
+  expect_same(&before, &after, probe.n);
+  free_snapshot(&after);
+  OK(lethe_head_close(head));
+  OK(lethe_head_open(core, tmp_path("head"), NULL, &head));
+  after = take(head, &probe);
+  expect_same(&before, &after, probe.n);
+  free_snapshot(&after);
+  OK(lethe_head_close(head));
+
+  free_snapshot(&before);
+  free_batch(&base);
+  free_batch(&extra);
+  free_batch(&probe);
+  free(logits);
+  free(bad);
+  free(w);
+}
+
+/* A head that learned S and T then forgot T equals, bit for bit, a head that learned only S. */
+static void test_forget_equals_never_learned(lethe_core *core) {
+  lethe_head *a = NULL, *b = NULL;
+  batch s = make_batch(200, 30), t = make_batch(230, 15), probe = make_batch(300, 4);
+  snapshot sa, sb;
+  OK(lethe_head_open(core, tmp_path("a"), NULL, &a));
+  OK(lethe_head_open(core, tmp_path("b"), NULL, &b));
+  OK(lethe_head_learn(a, t.ids, t.inputs, 7, t.labels));
+  OK(lethe_head_learn(a, s.ids, s.inputs, s.n, s.labels));
+  OK(lethe_head_learn(a, t.ids + 7, t.inputs + 7 * L, t.n - 7, t.labels + 7));
+  OK(lethe_head_forget(a, t.ids + 3, t.n - 3));
+  OK(lethe_head_forget(a, t.ids, 3));
+  OK(lethe_head_learn(b, s.ids, s.inputs, s.n, s.labels));
+  sa = take(a, &probe);
+  sb = take(b, &probe);
+  expect_same(&sa, &sb, probe.n);
+  free_snapshot(&sa);
+  free_snapshot(&sb);
+  OK(lethe_head_close(a));
+  OK(lethe_head_close(b));
+  free_batch(&s);
+  free_batch(&t);
+  free_batch(&probe);
+}
+
+/* State dirs: locked while open, keep their settings, belong to one bundle. */
+static void test_state_dirs(lethe_core *core) {
+  lethe_head *head = NULL, *second = NULL;
+  lethe_core *other = NULL;
+  lethe_options o;
+  OK(lethe_options_default(&o));
+  o.lambda = 2.5;
+  OK(lethe_head_open(core, tmp_path("state"), &o, &head));
+  EXPECT_MSG(lethe_head_open(core, tmp_path("state"), &o, &second), LETHE_ERROR_STATE,
+             "open");
+  CHECK(second == NULL);
+  OK(lethe_head_close(head));
+
+  /* Settings are recorded: asking for another lambda is an error, the default is not. */
+  o.lambda = 3.0;
+  EXPECT_MSG(lethe_head_open(core, tmp_path("state"), &o, &second), LETHE_ERROR_STATE,
+             "lambda");
+  OK(lethe_head_open(core, tmp_path("state"), NULL, &head));
+  {
+    lethe_head_summary info;
+    OK(lethe_head_info(head, &info));
+    CHECK(info.lambda == 2.5);
+  }
+  OK(lethe_head_close(head));
+
+  /* The state dir of an mnist-core head opened over another bundle's core. */
+  OK(lethe_core_open(OTHER_BUNDLE, NULL, &other));
+  EXPECT_MSG(lethe_head_open(other, tmp_path("state"), NULL, &second), LETHE_ERROR_STATE,
+             "mnist-core");
+  CHECK(second == NULL);
+  OK(lethe_core_close(other));
+}
+
+/* Handles: NULL closes are no-ops; closed, twice-closed and foreign handles are errors. */
+static void test_handles(void) {
+  lethe_core *core = NULL;
+  lethe_head *head = NULL;
+  lethe_options o;
+  batch one = make_batch(400, 1);
+  float logits[16];
+  size_t v;
+
+  OK(lethe_core_close(NULL));
+  OK(lethe_head_close(NULL));
+
+  OK(lethe_options_default(&o));
+  o.intra_threads = 1;
+  OK(lethe_core_open(BUNDLE, &o, &core));
+  OK(lethe_head_open(core, tmp_path("handles"), &o, &head));
+  /* A core handle is not a head handle, and the reverse. */
+  EXPECT_MSG(lethe_head_close((lethe_head *)(void *)core), LETHE_ERROR_INVALID_HANDLE,
+             "lethe_head");
+  EXPECT(lethe_core_close((lethe_core *)(void *)head), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_core_input_len((lethe_core *)(void *)head, &v), LETHE_ERROR_INVALID_HANDLE);
+
+  /* The head keeps its core: closing the core first leaves the head working. */
+  OK(lethe_core_close(core));
+  EXPECT(lethe_core_close(core), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_core_input_len(core, &v), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_open(core, tmp_path("handles2"), NULL, &head), LETHE_ERROR_INVALID_HANDLE);
+  OK(lethe_head_learn(head, one.ids, one.inputs, 1, one.labels));
+  OK(lethe_head_predict(head, one.inputs, 1, logits, 16));
+
+  OK(lethe_head_close(head));
+  EXPECT(lethe_head_close(head), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_predict(head, one.inputs, 1, logits, 16), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_learn(head, one.ids, one.inputs, 1, one.labels), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_forget(head, one.ids, 1), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_forget_all(head), LETHE_ERROR_INVALID_HANDLE);
+  free_batch(&one);
+}
+
+int main(void) {
+  lethe_core *core = NULL;
+  lethe_options o;
+  if (mkdtemp(g_tmp) == NULL) {
+    perror("mkdtemp");
+    return 1;
+  }
+  CHECK(mnist_read("tests/data", "train", &g_train) == 0);
+
+  test_version();
+  test_status_str();
+  test_options_default();
+  test_ort_library_not_found();
+  test_core_open_errors();
+
+  OK(lethe_options_default(&o));
+  o.intra_threads = 1;
+  OK(lethe_core_open(BUNDLE, &o, &core));
+  test_core_getters(core);
+  test_require_gpu();
+  test_head_open_errors(core);
+  test_head_calls(core);
+  test_forget_equals_never_learned(core);
+  test_state_dirs(core);
+  OK(lethe_core_close(core));
+  test_handles();
+
+  mnist_free(&g_train);
+  remove_tree(g_tmp);
+  printf("test_api: ok\n");
+  return 0;
+}

@@ -1,0 +1,363 @@
+//! The GPU head against the CPU head (the reference): every kernel on random shapes including
+//! 0, 1 and sizes that are not multiples of the kernels' blocks (4 rows and 4 warps for
+//! head_forward_f32, 64 × 64 tiles for head_forward_tiled_f32, float4 loads), weight updates
+//! through learn/forget, forget-all, and concurrent predictions during updates.
+//!
+//! They need a GPU: without one they skip, unless LETHE_REQUIRE_GPU=1 (scripts/gpu-check.sh).
+
+mod cuda_common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cuda_common::{assert_logits_close, Values};
+use cudarc::driver::DevicePtr;
+use lethe::backend::{Backend, BackendOptions};
+use lethe::head::cuda::{CudaHead, DeviceCoreLogits, ForwardKernel, GEMV_MAX_ROWS};
+use lethe::head::quant::FixedPoint;
+use lethe::head::{cpu, ServedWeights};
+use lethe::{Core, CoreOptions, Head, HeadOptions, HeadSpec};
+use ndarray::{s, Array2};
+
+/// Batch sizes around the kernels' boundaries: 4-row groups, the GEMV/tiled switch, 64-row tiles.
+const BATCHES: &[usize] = &[0, 1, 2, 3, 4, 5, 15, 16, 17, 63, 64, 65, 130, 1000];
+/// (d, C): odd and even, below and above the 4-wide vector loads, the 32-lane warps and the
+/// 64-wide tiles, and the benchmark's sizes.
+const SHAPES: &[(usize, usize)] = &[
+    (1, 1),
+    (3, 2),
+    (4, 10),
+    (5, 33),
+    (17, 3),
+    (127, 65),
+    (128, 64),
+    (1280, 10),
+    (1280, 1000),
+    (2048, 100),
+    (2048, 1000),
+];
+
+fn random_weights(values: &mut Values, c: usize, d: usize) -> ServedWeights {
+    ServedWeights {
+        w: values.matrix(c, d),
+        b: (0..c).map(|_| values.next()).collect(),
+    }
+}
+
+#[test]
+fn forward_matches_the_cpu_head() {
+    let Some(device) = cuda_common::gpu("forward_matches_the_cpu_head") else {
+        return;
+    };
+    let mut values = Values::new(1);
+    for &(d, c) in SHAPES {
+        let head = CudaHead::new(device.clone(), d, c, None).unwrap();
+        let weights = random_weights(&mut values, c, d);
+        head.publish(&weights).unwrap();
+        for &n in BATCHES {
+            let phi = values.matrix(n, d);
+            // Every other batch without core logits: the kernels then read no z at all.
+            let z = if n % 2 == 0 {
+                values.matrix(n, c)
+            } else {
+                Array2::zeros((n, c))
+            };
+            let want = cpu::logits(&phi, &z, &weights);
+            // Each kernel on every shape, and the one the head picks.
+            for kernel in [Some(ForwardKernel::Gemv), Some(ForwardKernel::Tiled), None] {
+                let got = head.logits_with(phi.view(), z.view(), kernel).unwrap();
+                let what = format!("{kernel:?}, n = {n}, d = {d}, C = {c}");
+                assert_logits_close(&got, &want, &phi, &z, &weights.w, &weights.b, &what);
+            }
+        }
+    }
+}
+
+#[test]
+fn strided_inputs_are_read_correctly() {
+    let Some(device) = cuda_common::gpu("strided_inputs_are_read_correctly") else {
+        return;
+    };
+    let mut values = Values::new(2);
+    let (n, d, c) = (7, 12, 5);
+    let head = CudaHead::new(device, d, c, None).unwrap();
+    let weights = random_weights(&mut values, c, d);
+    head.publish(&weights).unwrap();
+    // Column views and transposes are not contiguous: the head copies them into row-major.
+    let wide = values.matrix(n, 2 * d);
+    let phi = wide.slice(s![.., ..;2]).to_owned();
+    let zt = values.matrix(c, n);
+    let got = head.logits(wide.slice(s![.., ..;2]), zt.t()).unwrap();
+    let z = zt.t().to_owned();
+    let want = cpu::logits(&phi, &z, &weights);
+    assert_logits_close(&got, &want, &phi, &z, &weights.w, &weights.b, "strided");
+}
+
+#[test]
+fn features_on_the_device_with_core_logits_mapped_in_the_kernel() {
+    let Some(device) = cuda_common::gpu("features_on_the_device_with_core_logits_mapped") else {
+        return;
+    };
+    let mut values = Values::new(3);
+    let (d, c, k) = (130, 12, 7);
+    // Core logits column j feeds head class columns[j]; classes 1, 4, 6, 8, 11 get none.
+    let columns = [0, 2, 3, 5, 7, 9, 10];
+    assert_eq!(columns.len(), k);
+    let head = CudaHead::new(device.clone(), d, c, Some(&columns)).unwrap();
+    let weights = random_weights(&mut values, c, d);
+    head.publish(&weights).unwrap();
+    let stream = device.context().new_stream().unwrap();
+    for n in [1, 4, 5, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 100] {
+        let phi = values.matrix(n, d);
+        let raw_z = values.matrix(n, k);
+        let mut z = Array2::<f32>::zeros((n, c));
+        for (j, &class) in columns.iter().enumerate() {
+            z.column_mut(class).assign(&raw_z.column(j));
+        }
+        let phi_dev = stream.clone_htod(phi.as_slice().unwrap()).unwrap();
+        let z_dev = stream.clone_htod(raw_z.as_slice().unwrap()).unwrap();
+        stream.synchronize().unwrap();
+        let (phi_ptr, _) = phi_dev.device_ptr(&stream);
+        let (z_ptr, _) = z_dev.device_ptr(&stream);
+        // SAFETY: both buffers hold n × d and n × k values, written and synchronized above,
+        // and live until the end of this iteration.
+        let got = unsafe {
+            head.logits_on_device(
+                phi_ptr,
+                Some(DeviceCoreLogits {
+                    ptr: z_ptr,
+                    width: k,
+                }),
+                n,
+            )
+        }
+        .unwrap();
+        let want = cpu::logits(&phi, &z, &weights);
+        let what = format!("device features, n = {n}");
+        assert_logits_close(&got, &want, &phi, &z, &weights.w, &weights.b, &what);
+    }
+}
+
+#[test]
+fn published_weights_reach_the_device_exactly_and_forget_all_zeroes_them() {
+    let Some(device) = cuda_common::gpu("published_weights_reach_the_device_exactly") else {
+        return;
+    };
+    let mut values = Values::new(4);
+    for (d, c) in [(1, 1), (37, 5), (1280, 1000)] {
+        let head = CudaHead::new(device.clone(), d, c, None).unwrap();
+        for _ in 0..3 {
+            let weights = random_weights(&mut values, c, d);
+            head.publish(&weights).unwrap();
+            assert_eq!(head.served_weights().unwrap(), weights);
+        }
+        let zeros = ServedWeights {
+            w: Array2::zeros((c, d)),
+            b: vec![0.0; c],
+        };
+        head.publish(&zeros).unwrap();
+        assert_eq!(head.served_weights().unwrap(), zeros);
+        // With W = 0 and b = 0 the head adds exactly nothing to the core's logits.
+        for n in [1, 40] {
+            let phi = values.matrix(n, d);
+            let z = values.matrix(n, c);
+            assert_eq!(head.logits(phi.view(), z.view()).unwrap(), z);
+        }
+    }
+}
+
+fn spec(dim: usize, classes: usize) -> HeadSpec {
+    HeadSpec {
+        features: "f".into(),
+        dim,
+        classes: (0..classes).map(|i| i.to_string()).collect(),
+        core_logits: None,
+        lambda: 0.5,
+        target_scale: 1.0,
+        fixed: FixedPoint {
+            frac_bits: 16,
+            feature_max_abs: 4.0,
+            target_max_abs: 2.0,
+        },
+    }
+}
+
+/// Learn, forget and forget-all on a head whose forward pass runs on the GPU: after each
+/// change its predictions agree with the CPU forward pass over the weights it serves.
+#[test]
+fn a_gpu_head_follows_learn_forget_and_forget_all() {
+    if cuda_common::gpu("a_gpu_head_follows_learn_forget_and_forget_all").is_none() {
+        return;
+    }
+    let mut values = Values::new(5);
+    for synchronous_resolve in [true, false] {
+        let (d, c) = (67, 9);
+        let head = Head::detached(
+            spec(d, c),
+            &HeadOptions {
+                backend: Some(BackendOptions {
+                    backend: Backend::Cuda,
+                    require_gpu: true,
+                    device: 0,
+                }),
+                synchronous_resolve,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(head.info().backend.head.is_gpu());
+        let probe = values.matrix(33, d);
+        let z = values.matrix(33, c);
+        let check = |what: &str| {
+            // Finishes a background re-solve, so the served weights stay put while we compare.
+            head.weights().unwrap();
+            let served = head.served();
+            let got = head.predict_features(&probe, &z).unwrap();
+            let want = cpu::logits(&probe, &z, &served);
+            assert_logits_close(&got, &want, &probe, &z, &served.w, &served.b, what);
+        };
+        check("empty");
+        let mut next_id = 0u64;
+        for round in 0..6 {
+            let k = 1 + round * 3;
+            let ids: Vec<u64> = (next_id..next_id + k as u64).collect();
+            next_id += k as u64;
+            let labels: Vec<u32> = ids.iter().map(|&i| (i % c as u64) as u32).collect();
+            let phi = values.matrix(k, d);
+            head.learn_features(&ids, &phi, &Array2::zeros((k, c)), &labels)
+                .unwrap();
+            check(&format!("after learning round {round}"));
+            head.forget(&ids[..k / 2]).unwrap();
+            check(&format!("after forgetting in round {round}"));
+        }
+        head.forget_all().unwrap();
+        head.weights().unwrap();
+        assert_eq!(head.predict_features(&probe, &z).unwrap(), z, "forget-all");
+    }
+}
+
+/// Predictions running while new weights are published see one whole version each. The
+/// kernels are deterministic, so each prediction must equal, bit for bit, the prediction of
+/// one published version.
+#[test]
+fn concurrent_predictions_see_whole_weights_on_the_gpu() {
+    let Some(device) = cuda_common::gpu("concurrent_predictions_see_whole_weights_on_the_gpu")
+    else {
+        return;
+    };
+    let mut values = Values::new(6);
+    let (d, c, n) = (1280, 100, 3);
+    let head = Arc::new(CudaHead::new(device, d, c, None).unwrap());
+    let versions: Vec<ServedWeights> = (0..30).map(|_| random_weights(&mut values, c, d)).collect();
+    head.publish(&versions[0]).unwrap();
+    let probe = values.matrix(n, d);
+    let z = Array2::<f32>::zeros((n, c));
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (head, probe, z, done) = (head.clone(), probe.clone(), z.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    seen.push(head.logits(probe.view(), z.view()).unwrap());
+                }
+                seen
+            })
+        })
+        .collect();
+    for round in 0..200 {
+        head.publish(&versions[round % versions.len()]).unwrap();
+    }
+    done.store(true, Ordering::SeqCst);
+    let seen: Vec<Array2<f32>> = readers
+        .into_iter()
+        .flat_map(|r| r.join().unwrap())
+        .collect();
+    let expected: Vec<Array2<f32>> = versions
+        .iter()
+        .map(|w| {
+            head.publish(w).unwrap();
+            head.logits(probe.view(), z.view()).unwrap()
+        })
+        .collect();
+    let mut distinct = std::collections::HashSet::new();
+    for logits in &seen {
+        let which = expected.iter().position(|e| e == logits);
+        assert!(
+            which.is_some(),
+            "a prediction matches no published weights: a torn read"
+        );
+        distinct.insert(which);
+    }
+    eprintln!(
+        "{} predictions saw {} of {} weight versions",
+        seen.len(),
+        distinct.len(),
+        versions.len()
+    );
+}
+
+/// With the core on ONNX Runtime's CUDA EP, `Head::predict` feeds the core's features and
+/// logits from device memory straight into the head's kernel; it must agree with the host path
+/// (features copied to the host, then the CPU forward pass).
+#[test]
+fn a_core_on_the_cuda_ep_feeds_the_head_on_the_device() {
+    let test = "a_core_on_the_cuda_ep_feeds_the_head_on_the_device";
+    if cuda_common::gpu(test).is_none() {
+        return;
+    }
+    let on_gpu = BackendOptions {
+        backend: Backend::Cuda,
+        require_gpu: false,
+        device: 0,
+    };
+    let core = Core::open(
+        cuda_common::repo_root().join("models/mnist-core"),
+        &CoreOptions {
+            backend: on_gpu.clone(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    if !core.placement().is_gpu() {
+        cuda_common::skip_without_cuda_ep(test, format!("the core runs on {}", core.placement()));
+        return;
+    }
+    let core = Arc::new(core);
+    let head = Head::in_memory(
+        core.clone(),
+        &HeadOptions {
+            backend: Some(BackendOptions {
+                require_gpu: true,
+                ..on_gpu
+            }),
+            synchronous_resolve: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let report = head.info().backend;
+    assert!(
+        report.head.is_gpu() && report.core.as_ref().is_some_and(|c| c.is_gpu()),
+        "{report}"
+    );
+    let mut values = Values::new(9);
+    let mut pixels = |n: usize| -> Vec<f32> {
+        (0..n * core.input_len())
+            .map(|_| 0.5 + 0.5 * values.next())
+            .collect()
+    };
+    let train = pixels(30);
+    let labels: Vec<u32> = (0..30).map(|i| i % 10).collect();
+    let ids: Vec<u64> = (0..30).collect();
+    head.learn(&ids, &train, &labels).unwrap();
+    for n in [1, 5, GEMV_MAX_ROWS + 1, 64] {
+        let inputs = pixels(n);
+        let on_device = head.predict(&inputs, n).unwrap();
+        let (phi, z) = head.core_features(&inputs, n).unwrap();
+        let served = head.served();
+        let on_host = cpu::logits(&phi, &z, &served);
+        let what = format!("core on the CUDA EP, n = {n}");
+        assert_logits_close(&on_device, &on_host, &phi, &z, &served.w, &served.b, &what);
+    }
+}
