@@ -1,6 +1,12 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    // Like other command-line tools, end quietly when the reader of our output goes away
+    // (`lethe predict ... | head`) instead of failing on a broken pipe.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# A short, bounded fuzz run of the state-file and manifest parsers (fuzz/fuzz_targets), for CI.
+# cargo-fuzz needs unstable compiler flags; RUSTC_BOOTSTRAP=1 enables them on the stable
+# toolchain. Longer runs: LETHE_FUZZ_SECONDS=600 scripts/fuzz-smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${LETHE_FUZZ_SECONDS:-20}
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  cargo install cargo-fuzz --locked
+fi
+RUSTC_BOOTSTRAP=1 cargo fuzz run state_files -- -max_total_time="$seconds" -max_len=4096
