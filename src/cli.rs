@@ -10,7 +10,9 @@ use ndarray::{Array1, ArrayD, IxDyn};
 use crate::error::{Error, Result};
 use crate::{data, Bundle, Core, CoreOptions, Head, HeadOptions};
 
+pub mod bench;
 pub mod demo;
+pub mod eval;
 
 /// Lethe: an inference runtime that can forget, exactly.
 #[derive(Debug, Parser)]
@@ -31,6 +33,12 @@ pub struct Global {
     /// ONNX Runtime intra-op threads (0 = ONNX Runtime's default).
     #[arg(long, global = true, default_value_t = 0)]
     pub threads: usize,
+    /// Where the core and head run: cpu, cuda or auto (the GPU when usable, else the CPU).
+    #[arg(long, global = true, default_value = "cpu")]
+    pub backend: crate::backend::Backend,
+    /// Fail instead of falling back to the CPU when the GPU cannot be used.
+    #[arg(long, global = true)]
+    pub require_gpu: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -38,6 +46,12 @@ pub enum Command {
     /// Learn, forget and forget-all on real MNIST digits with the bundled mnist-core, next to
     /// heads retrained from scratch.
     Demo(demo::DemoArgs),
+    /// Benchmarks against baselines measured in the same run; writes docs/BENCHMARKS.md and a
+    /// plot.
+    Bench(bench::BenchArgs),
+    /// The forgetting evaluation on real digits, against retraining from scratch and
+    /// scikit-learn; writes docs/EVALUATION.md.
+    Eval(eval::EvalArgs),
     /// Run a bundle's core and write one of its outputs (features or core logits) as .npy.
     Features {
         #[arg(long, default_value = "models/mnist-core")]
@@ -142,7 +156,11 @@ impl Global {
         CoreOptions {
             ort_library: self.ort_library.clone(),
             intra_threads: self.threads,
-            backend: Default::default(),
+            backend: crate::backend::BackendOptions {
+                backend: self.backend,
+                require_gpu: self.require_gpu,
+                ..Default::default()
+            },
         }
     }
 }
@@ -164,6 +182,8 @@ pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
         Command::Demo(args) => demo::run(g, &args),
+        Command::Bench(args) => bench::run(g, &args).map(drop),
+        Command::Eval(args) => eval::run(g, &args).map(drop),
         Command::Features {
             bundle,
             input,
