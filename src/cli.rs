@@ -413,6 +413,18 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Accuracy (%) of `logits` on `rows` (NaN for no rows).
+pub fn accuracy(logits: &ndarray::Array2<f32>, labels: &[u32], rows: &[usize]) -> f64 {
+    if rows.is_empty() {
+        return f64::NAN;
+    }
+    let hits = rows
+        .iter()
+        .filter(|&&r| argmax(logits.row(r).as_slice().expect("contiguous")) == labels[r] as usize)
+        .count();
+    100.0 * hits as f64 / rows.len() as f64
+}
+
 /// The index of the largest value.
 pub fn argmax(v: &[f32]) -> usize {
     v.iter()

@@ -14,7 +14,8 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::{argmax, Global};
+use super::bench::TempDir;
+use super::{accuracy, Global};
 use crate::data::Digits;
 use crate::error::{Error, Result};
 use crate::{Core, Head, HeadOptions};
@@ -44,17 +45,6 @@ struct Eval {
     test: (Array2<f32>, Array2<f32>),
     train_labels: Vec<u32>,
     test_labels: Vec<u32>,
-}
-
-fn accuracy(logits: &Array2<f32>, labels: &[u32], rows: &[usize]) -> f64 {
-    if rows.is_empty() {
-        return f64::NAN;
-    }
-    let hits = rows
-        .iter()
-        .filter(|&&r| argmax(logits.row(r).as_slice().expect("contiguous")) == labels[r] as usize)
-        .count();
-    100.0 * hits as f64 / rows.len() as f64
 }
 
 fn pct(v: f64) -> String {
@@ -305,13 +295,4 @@ fn forget_step(
         }
     );
     Ok(())
-}
-
-/// Removes the demo's temporary state dir.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

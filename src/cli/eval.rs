@@ -25,7 +25,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::bench::{fmt_secs, time_forget, TempDir};
-use super::{argmax, Global};
+use super::{accuracy, Global};
 use crate::data::Digits;
 use crate::error::{Error, Result};
 use crate::{Bundle, Core, Head, HeadOptions};
@@ -335,18 +335,6 @@ impl Data {
             })
             .collect()
     }
-}
-
-/// Accuracy (%) of logits on `rows`.
-fn accuracy(logits: &Array2<f32>, labels: &[u32], rows: &[usize]) -> f64 {
-    if rows.is_empty() {
-        return f64::NAN;
-    }
-    let hits = rows
-        .iter()
-        .filter(|&&r| argmax(logits.row(r).as_slice().expect("contiguous")) == labels[r] as usize)
-        .count();
-    100.0 * hits as f64 / rows.len() as f64
 }
 
 /// The attack's AUC and best balanced accuracy from member and non-member losses.
