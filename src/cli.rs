@@ -441,7 +441,8 @@ pub fn argmax(v: &[f32]) -> usize {
 
 const CHUNK: usize = 256;
 
-fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<ArrayD<f32>> {
+/// The per-sample input length, after checking that `x` holds `n` samples.
+fn check_input_len(core: &Core, x: &[f32], n: usize) -> Result<usize> {
     let per = core.input_len();
     if x.len() != n * per {
         return Err(Error::InvalidInput(format!(
@@ -449,6 +450,11 @@ fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<ArrayD<
             x.len()
         )));
     }
+    Ok(per)
+}
+
+fn run_in_chunks(core: &Core, x: &[f32], n: usize, name: &str) -> Result<ArrayD<f32>> {
+    let per = check_input_len(core, x, n)?;
     let bar = crate::progress::bar(n as u64, "running the core");
     let mut rows = Vec::new();
     let mut width = core
@@ -477,13 +483,7 @@ pub fn core_features_in_chunks(
     let core = h
         .core()
         .ok_or_else(|| Error::InvalidInput("head has no core".into()))?;
-    let per = core.input_len();
-    if x.len() != n * per {
-        return Err(Error::InvalidInput(format!(
-            "expected {n} samples × {per} values, got {} values",
-            x.len()
-        )));
-    }
+    let per = check_input_len(core, x, n)?;
     let bar = crate::progress::bar(n as u64, "running the core");
     let mut phi = ndarray::Array2::<f32>::zeros((n, spec.dim));
     let mut z = ndarray::Array2::<f32>::zeros((n, spec.num_classes()));

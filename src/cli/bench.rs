@@ -22,8 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt;
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat, MatRef, Par};
 use ndarray::Array2;
@@ -818,30 +816,9 @@ fn refit(x: MatRef<'_, f64>, t: MatRef<'_, f64>, lambda: f64) -> Result<Mat<f64>
     for j in 0..p {
         a[(j, j)] += lambda;
     }
-    let mut buf = MemBuffer::new(llt::factor::cholesky_in_place_scratch::<f64>(
-        p,
-        Par::Seq,
-        Default::default(),
-    ));
-    llt::factor::cholesky_in_place(
-        a.as_mut(),
-        Default::default(),
-        Par::Seq,
-        MemStack::new(&mut buf),
-        Default::default(),
-    )
-    .map_err(|_| Error::Limit("the refit's XᵀX + λI is not positive definite".into()))?;
-    let mut buf = MemBuffer::new(llt::solve::solve_in_place_scratch::<f64>(
-        p,
-        t.ncols(),
-        Par::Seq,
-    ));
-    llt::solve::solve_in_place(
-        a.as_ref(),
-        theta.as_mut(),
-        Par::Seq,
-        MemStack::new(&mut buf),
-    );
+    solver::cholesky_in_place(&mut a)
+        .map_err(|_| Error::Limit("the refit's XᵀX + λI is not positive definite".into()))?;
+    solver::solve_in_place(&a, &mut theta);
     Ok(theta)
 }
 

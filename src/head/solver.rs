@@ -36,15 +36,24 @@ pub fn canonical(
     lambda: f64,
     frac_bits: u32,
 ) -> Result<Solution, NotPositiveDefinite> {
-    let p = stats.dim() + 1;
     let mut l = stats.a_f64(lambda, frac_bits);
+    cholesky_in_place(&mut l)?;
+    let mut theta = stats.b_f64(frac_bits);
+    solve_in_place(&l, &mut theta);
+    Ok(Solution { l, theta })
+}
+
+/// Replaces the symmetric positive definite `a` by its lower Cholesky factor L (strict upper
+/// triangle zeroed), sequentially (deterministic).
+pub fn cholesky_in_place(a: &mut Mat<f64>) -> Result<(), NotPositiveDefinite> {
+    let p = a.nrows();
     let mut buf = MemBuffer::new(llt::factor::cholesky_in_place_scratch::<f64>(
         p,
         Par::Seq,
         Default::default(),
     ));
     llt::factor::cholesky_in_place(
-        l.as_mut(),
+        a.as_mut(),
         Default::default(),
         Par::Seq,
         MemStack::new(&mut buf),
@@ -53,12 +62,10 @@ pub fn canonical(
     .map_err(|_| NotPositiveDefinite)?;
     for j in 1..p {
         for i in 0..j {
-            l[(i, j)] = 0.0;
+            a[(i, j)] = 0.0;
         }
     }
-    let mut theta = stats.b_f64(frac_bits);
-    solve_in_place(&l, &mut theta);
-    Ok(Solution { l, theta })
+    Ok(())
 }
 
 /// x ← A⁻¹ x using A = L Lᵀ, sequentially (deterministic).
