@@ -11,12 +11,16 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn lethe(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lethe"))
         .args(args)
         .current_dir(root())
         .output()
-        .expect("run lethe");
+        .expect("run lethe")
+}
+
+fn lethe(args: &[&str]) -> String {
+    let out = run(args);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -27,11 +31,7 @@ fn lethe(args: &[&str]) -> String {
 }
 
 fn lethe_fails(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_lethe"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run lethe");
+    let out = run(args);
     assert!(!out.status.success(), "lethe {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
