@@ -15,11 +15,11 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(CARGO) run --release --quiet -- demo
+	$(CARGO) run --release --quiet -p lethe-cli -- demo
 
 test: setup
-	$(CARGO) test --all-targets
-	$(CARGO) test --doc
+	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --doc
 	ffi/tests/run.sh
 
 # The C and C++ tests alone: C API under ASan/UBSan, threads, C++ wrapper, installed package.
@@ -28,7 +28,7 @@ test-ffi: setup
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # lethe.h, lethe.hpp, liblethe.so, liblethe.a, lethe.pc, lethe-config.cmake (DESTDIR honoured).
 install:

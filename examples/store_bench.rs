@@ -12,7 +12,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use lethe::head::quant::FixedPoint;
+use lethe::FixedPoint;
 use lethe::{Head, HeadOptions, HeadSpec, Result};
 use ndarray::Array2;
 

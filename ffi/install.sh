@@ -27,12 +27,17 @@ for f in "$build/liblethe.so" "$build/liblethe.a"; do
 done
 subst() {
   sed -e "s|@PREFIX@|$prefix|g" -e "s|@LIBDIR@|$libdir|g" -e "s|@INCLUDEDIR@|$includedir|g" \
-      -e "s|@VERSION@|$version|g" -e "s|@NATIVE_LIBS@|$native_libs|g" \
+      -e "s|@VERSION@|$version|g" -e "s|@VERSION_MAJOR@|${version%%.*}|g" -e "s|@NATIVE_LIBS@|$native_libs|g" \
       -e "s|@NATIVE_LIBS_CMAKE@|$(echo "$native_libs" | sed 's/-l//g; s/ /;/g')|g" "$1"
 }
 install -d "$dest$includedir" "$dest$libdir/pkgconfig" "$dest$libdir/cmake/lethe"
 install -m 644 ffi/lethe.h ffi/lethe.hpp "$dest$includedir/"
-install -m 755 "$build/liblethe.so" "$dest$libdir/liblethe.so"
+# The shared library under its full version, with the links a system install has: the SONAME
+# (liblethe.so.MAJOR, what programs record at link time) and the development link.
+major=${version%%.*}
+install -m 755 "$build/liblethe.so" "$dest$libdir/liblethe.so.$version"
+ln -sf "liblethe.so.$version" "$dest$libdir/liblethe.so.$major"
+ln -sf "liblethe.so.$version" "$dest$libdir/liblethe.so"
 install -m 644 "$build/liblethe.a" "$dest$libdir/liblethe.a"
 subst ffi/lethe.pc.in > "$dest$libdir/pkgconfig/lethe.pc"
 subst ffi/cmake/lethe-config.cmake.in > "$dest$libdir/cmake/lethe/lethe-config.cmake"

@@ -1,5 +1,5 @@
 // Helpers shared by Lethe's kernels. NVRTC receives this header by name ("common.cuh") from
-// src/head/cuda/nvrtc.rs, so the kernels compile without a CUDA toolkit on the include path.
+// src/device/nvrtc.rs, so the kernels compile without a CUDA toolkit on the include path.
 #pragma once
 
 #define LETHE_WARP_SIZE 32

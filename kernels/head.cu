@@ -3,7 +3,7 @@
 // Shapes (f32, row-major, contiguous): phi [n, d], w [C, d], b [C], out [n, C]; z as described
 // at lethe_core_logit in common.cuh. Dimensions are 32-bit, offsets 64-bit.
 //
-// The reference is src/head/cpu.rs; tests/cuda_parity.rs compares the two.
+// The reference is src/device/cpu.rs; tests/cuda_parity.rs compares the two.
 #include "common.cuh"
 
 // ---------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""scikit-learn baselines for `lethe eval` (src/cli/eval.rs), which writes the arrays and runs
+"""scikit-learn baselines for `lethe eval` (cli/src/eval.rs), which writes the arrays and runs
 
     .lethe/venv/bin/python scripts/eval_sklearn.py JOBS.json
 

@@ -4,7 +4,7 @@
 #   .lethe/nvrtc/libnvrtc.so.13, .lethe/nvrtc/libnvrtc-builtins.so.13.*
 # They come from the PyPI wheel nvidia-cuda-nvrtc; nothing else of the wheel is kept. Version
 # 13.0 matches the CUDA 13.0 driver of the GPU machines (PTX from a newer NVRTC would be too new
-# for that driver's JIT). Lethe finds this folder by itself (src/head/cuda/nvrtc.rs); elsewhere,
+# for that driver's JIT). Lethe finds this folder by itself (src/device/nvrtc.rs); elsewhere,
 # point LETHE_NVRTC at the library. Safe to run again: it only installs what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -17,7 +17,7 @@ pub const MANIFEST_FORMAT: &str = "lethe-bundle";
 /// The manifest version this build reads.
 pub const MANIFEST_VERSION: u32 = 1;
 /// Fixed-point values (features and targets) must satisfy `|q| <= QUANT_LIMIT`; the exact
-/// statistics rely on it (see [`crate::head::quant`]).
+/// statistics rely on it (see [`crate::math::fixed`]).
 pub const QUANT_LIMIT: f64 = (1u64 << 24) as f64;
 
 /// `manifest.json`, as written by the scripts in `models/`.

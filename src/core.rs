@@ -8,7 +8,7 @@
 //!
 //! The core runs on ONNX Runtime's CPU execution provider unless [`CoreOptions::backend`] asks
 //! for CUDA and the loaded ONNX Runtime has the CUDA execution provider (the `onnxruntime-gpu`
-//! wheel); see [`crate::backend`].
+//! wheel); see [`crate::placement`].
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -17,10 +17,11 @@ use ndarray::Array2;
 use ort::session::Session;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
-use crate::backend::{BackendOptions, CoreBackend, Placement};
 use crate::bundle::Bundle;
+use crate::device::cuda;
 use crate::error::{Error, Result};
-use crate::runtime;
+use crate::placement::{self, Backend, BackendOptions, CpuReason, Placement};
+use crate::runtime::{self, Runtime};
 
 /// How to open a core.
 #[derive(Debug, Clone, Default)]
@@ -412,4 +413,81 @@ fn shape_matches(dims: &[i64], expected: &[Option<u64>]) -> bool {
             None => d < 0,
             Some(e) => d == *e as i64,
         })
+}
+
+/// Where a core runs: the CUDA EP's device ordinal, or why not.
+struct CoreBackend {
+    pub placement: Placement,
+    pub cuda_device: Option<usize>,
+}
+
+impl CoreBackend {
+    /// Chooses the core's backend for the ONNX Runtime `rt`. Nothing is logged yet: the
+    /// caller may still fall back when the CUDA EP does not start ([`CoreBackend::fall_back`]),
+    /// and then [`CoreBackend::announce`]s.
+    pub fn choose(options: &BackendOptions, rt: &Runtime) -> Result<CoreBackend> {
+        options.check()?;
+        if options.backend == Backend::Cpu {
+            return Ok(CoreBackend {
+                placement: Placement::Cpu(CpuReason::Requested),
+                cuda_device: None,
+            });
+        }
+        Ok(match core_device(options.device, rt) {
+            Ok(name) => CoreBackend {
+                placement: Placement::Cuda(format!(
+                    "ONNX Runtime's CUDA execution provider on {name} (device {})",
+                    options.device
+                )),
+                cuda_device: Some(options.device),
+            },
+            Err(reason) => {
+                placement::allow_cpu("core", options, &reason)?;
+                CoreBackend {
+                    placement: Placement::Cpu(reason),
+                    cuda_device: None,
+                }
+            }
+        })
+    }
+
+    /// The CUDA EP did not start (`why`): the CPU then, unless the GPU is required.
+    pub fn fall_back(&mut self, options: &BackendOptions, why: String) -> Result<()> {
+        let reason = CpuReason::Failed(format!(
+            "ONNX Runtime's CUDA execution provider failed: {why}"
+        ));
+        placement::allow_cpu("core", options, &reason)?;
+        self.placement = Placement::Cpu(reason);
+        self.cuda_device = None;
+        Ok(())
+    }
+
+    pub fn announce(&self, options: &BackendOptions) {
+        placement::announce("core", &self.placement, options.backend);
+    }
+}
+
+/// The name of CUDA device `ordinal` if the core can use it through the loaded ONNX Runtime.
+fn core_device(ordinal: usize, rt: &Runtime) -> std::result::Result<String, CpuReason> {
+    let count = cuda::device_count()?;
+    if ordinal >= count {
+        return Err(CpuReason::NoDevice(format!(
+            "device {ordinal} was requested, the driver sees {count}"
+        )));
+    }
+    use ort::ep::ExecutionProvider;
+    match ort::ep::CUDA::is_available() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(CpuReason::NoCudaEp(format!(
+                "the loaded ONNX Runtime ({}) is a CPU build; the onnxruntime-gpu wheel has it",
+                rt.library.display()
+            )))
+        }
+        Err(e) => return Err(CpuReason::NoCudaEp(e.to_string())),
+    }
+    let name = cudarc::driver::result::device::get(ordinal as i32)
+        .and_then(cudarc::driver::result::device::get_name)
+        .unwrap_or_else(|_| "an unnamed device".into());
+    Ok(name)
 }

@@ -50,7 +50,7 @@ pub enum Error {
     Backend(String),
 }
 
-/// A failure in the CUDA path (see [`crate::backend`]). Lethe checks that the libraries load
+/// A failure in the CUDA path (see [`crate::device`]). Lethe checks that the libraries load
 /// before calling into them, so a missing driver or NVRTC is an error here, never a panic.
 /// Callers see it as [`Error::Backend`].
 #[derive(Debug, thiserror::Error)]
@@ -85,14 +85,16 @@ pub enum CudaError {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    /// A file could not be read or written.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
             source,
         }
     }
 
-    pub(crate) fn state(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+    /// A state dir is unusable, for the reason `message` gives.
+    pub fn state(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
         Error::State {
             path: path.into(),
             message: message.into(),

@@ -24,8 +24,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::backend::{Backend, BackendOptions, Placement};
-use crate::{Core, CoreOptions, Error, Head, HeadOptions};
+use crate::core::{Core, CoreOptions};
+use crate::error::Error;
+use crate::head::{Head, HeadOptions};
+use crate::placement::{Backend, BackendOptions, Placement};
 
 /// The major version of this header (0 for 0.1.0).
 pub const LETHE_VERSION_MAJOR: u32 = 0;

@@ -18,21 +18,36 @@
 //! head.close()?;
 //! # Ok::<(), lethe::Error>(())
 //! ```
+//!
+//! # Layers
+//! Modules form layers; each imports only those below it (tests/layers.rs checks this and that
+//! no two modules import each other, directly or through others):
+//!
+//! 0. [`error`]
+//! 1. [`bundle`], [`runtime`] (shared libraries), [`data`] (`.npy`), [`placement`]
+//! 2. [`math`]: fixed point, exact statistics, solver, spec, weights, samples (no I/O)
+//! 3. [`device`]: the CPU and CUDA forward passes, CUDA context, NVRTC
+//! 4. [`core`] (ONNX Runtime) and [`store`] (the state dir)
+//! 5. [`head`]: composes math, store, core and device
+//! 6. [`ffi`]: the C API
 
-pub mod backend;
 pub mod bundle;
-pub mod cli;
 pub mod core;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod ffi;
 pub mod head;
-pub mod progress;
+pub mod math;
+pub mod placement;
 pub mod runtime;
 pub mod store;
 
-pub use crate::backend::{Backend, BackendOptions, BackendReport};
 pub use crate::bundle::{Bundle, Manifest};
 pub use crate::core::{Core, CoreOptions, CoreOutputs};
 pub use crate::error::{Error, Result};
-pub use crate::head::{Head, HeadInfo, HeadOptions, HeadSpec, Weights};
+pub use crate::head::{Head, HeadInfo, HeadOptions, VerifyReport};
+pub use crate::math::fixed::FixedPoint;
+pub use crate::math::spec::HeadSpec;
+pub use crate::math::weights::{ServedWeights, Weights};
+pub use crate::placement::{Backend, BackendOptions, BackendReport, Placement};

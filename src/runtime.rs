@@ -1,4 +1,6 @@
-//! Finding and loading ONNX Runtime's shared library.
+//! The shared libraries Lethe loads at run time: finding a project-local install
+//! ([`find_local`], shared with NVRTC's lookup in [`crate::device`]), and finding and loading
+//! ONNX Runtime.
 //!
 //! Lethe never downloads ONNX Runtime: it loads `libonnxruntime.so` from the PyPI wheel
 //! `onnxruntime` (or `onnxruntime-gpu`). The library is looked up in this order:
@@ -44,25 +46,28 @@ pub fn find_library(explicit: Option<&Path>) -> Result<PathBuf> {
             return existing(Path::new(&value), ORT_DYLIB_ENV);
         }
     }
-    let mut roots = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.push(cwd);
-    }
-    if let Some(dir) = std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(Path::to_path_buf))
-    {
-        roots.push(dir);
-    }
-    for root in roots {
-        for dir in root.ancestors() {
-            let candidate = dir.join(LOCAL_ORT);
-            if candidate.is_file() {
-                return Ok(candidate);
-            }
-        }
-    }
-    Ok(PathBuf::from("libonnxruntime.so"))
+    Ok(find_local(LOCAL_ORT).unwrap_or_else(|| PathBuf::from("libonnxruntime.so")))
+}
+
+/// The project-local file `relative` (e.g. `.lethe/ort/libonnxruntime.so`, made by
+/// `scripts/setup.sh`): under the current directory or one of its parents, then under the
+/// running executable's directory or one of its parents.
+pub fn find_local(relative: &str) -> Option<PathBuf> {
+    let roots = [
+        std::env::current_dir().ok(),
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf)),
+    ];
+    roots
+        .into_iter()
+        .flatten()
+        .flat_map(|root| {
+            root.ancestors()
+                .map(|dir| dir.join(relative))
+                .collect::<Vec<_>>()
+        })
+        .find(|candidate| candidate.is_file())
 }
 
 fn existing(path: &Path, source: &str) -> Result<PathBuf> {

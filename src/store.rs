@@ -65,7 +65,7 @@
 //!   crash can leave there: a record of the call in flight (seq = the next entry), torn or
 //!   whole, or a record the last entry released before its zeroing finished; it is zeroed and
 //!   synced. Anything else means a damaged or cut journal. Then the statistics are recomputed
-//!   (with a progress bar) and the dir is compacted as by close.
+//!   (reporting progress as `tracing` events) and the dir is compacted as by close.
 //!
 //! Every inconsistency is an [`Error::State`] that names the file; nothing is ever repaired by
 //! dropping samples.
@@ -100,10 +100,10 @@ use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
-use crate::head::samples::{Entry, SampleIndex, SampleRef};
-use crate::head::solver::{self, Solution};
-use crate::head::stats::ExactStats;
-use crate::head::HeadSpec;
+use crate::math::samples::{Entry, SampleIndex, SampleRef};
+use crate::math::solver::{self, Solution};
+use crate::math::spec::HeadSpec;
+use crate::math::stats::ExactStats;
 use format::{
     decode_rows, encode_header, encode_record, encode_stats, parse_header, parse_record,
     parse_stats, record_len, restamp, Header, Meta, SamplesDigest, Slot, HEADER_LEN, SAMPLES_MAGIC,
@@ -177,7 +177,7 @@ impl Store {
         }
         let meta_bytes = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
         let meta = Meta::parse(&meta_bytes).map_err(|m| corrupt(dir, META, m))?;
-        let spec = meta.spec();
+        let spec = meta.head.clone();
         let header = Header {
             dim: spec.dim,
             classes: spec.num_classes(),
@@ -425,12 +425,14 @@ impl Store {
     fn recompute_stats(&self) -> Result<ExactStats> {
         let mut stats = ExactStats::new(self.header.dim, self.header.classes);
         let one = self.spec.fixed.one();
-        let bar = crate::progress::bar(self.index.len() as u64, "recomputing the statistics");
+        let total = self.index.len() as u64;
+        let mut done = 0u64;
+        tracing::info!(done, total, "recomputing the statistics");
         self.for_each_batch(&mut |q, r| {
             stats.accumulate(q, r, one, 1);
-            bar.inc((r.len() / self.header.classes) as u64);
+            done += (r.len() / self.header.classes) as u64;
+            tracing::info!(done, total, "recomputing the statistics");
         })?;
-        bar.finish_and_clear();
         Ok(stats)
     }
 

@@ -6,9 +6,9 @@ mod cuda_common;
 
 use std::sync::Arc;
 
-use lethe::backend::{Backend, BackendOptions, CpuReason, Placement};
-use lethe::head::cuda;
-use lethe::head::quant::FixedPoint;
+use lethe::device::cuda;
+use lethe::placement::{Backend, BackendOptions, CpuReason, Placement};
+use lethe::FixedPoint;
 use lethe::{Core, CoreOptions, Error, Head, HeadOptions, HeadSpec};
 use ndarray::Array2;
 

@@ -21,9 +21,11 @@ use std::time::{Duration, Instant};
 use cuda_common::Values;
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
-use lethe::backend::{Backend, BackendOptions};
-use lethe::head::cuda::{nvrtc, CudaHead, ForwardKernel, GpuDevice};
-use lethe::head::{cpu, ServedWeights};
+use lethe::device::cpu;
+use lethe::device::cuda::{CudaHead, ForwardKernel, GpuDevice};
+use lethe::device::nvrtc;
+use lethe::ServedWeights;
+use lethe::{Backend, BackendOptions};
 use lethe::{Core, CoreOptions, Head, HeadOptions};
 use ndarray::Array2;
 

@@ -6,8 +6,8 @@ mod cuda_common;
 
 use std::collections::BTreeSet;
 
+use lethe::device::nvrtc::{self, Nvrtc, Target};
 use lethe::error::CudaError;
-use lethe::head::cuda::nvrtc::{self, Nvrtc, Target};
 
 /// NVRTC, or `None` after saying why the test is skipped.
 fn nvrtc_or_skip(test: &str) -> Option<&'static Nvrtc> {

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use cuda_common::{assert_logits_close, Values};
 use cudarc::driver::DevicePtr;
-use lethe::backend::{Backend, BackendOptions};
-use lethe::head::cuda::{CudaHead, DeviceCoreLogits, ForwardKernel, GEMV_MAX_ROWS};
-use lethe::head::quant::FixedPoint;
-use lethe::head::{cpu, ServedWeights};
+use lethe::device::cpu;
+use lethe::device::cuda::{CudaHead, DeviceCoreLogits, ForwardKernel, GEMV_MAX_ROWS};
+use lethe::FixedPoint;
+use lethe::ServedWeights;
+use lethe::{Backend, BackendOptions};
 use lethe::{Core, CoreOptions, Head, HeadOptions, HeadSpec};
 use ndarray::{s, Array2};
 

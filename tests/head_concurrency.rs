@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use lethe::head::cpu;
-use lethe::head::quant::FixedPoint;
+use lethe::device::cpu;
+use lethe::FixedPoint;
 use lethe::{Core, Head, HeadOptions, HeadSpec};
 use ndarray::Array2;
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use lethe::head::quant::FixedPoint;
+use lethe::FixedPoint;
 use lethe::{Error, Head, HeadOptions, HeadSpec};
 use ndarray::Array2;
 use proptest::prelude::*;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use lethe::head::quant::FixedPoint;
+use lethe::FixedPoint;
 use lethe::{Bundle, Head, HeadOptions, HeadSpec};
 use libfuzzer_sys::fuzz_target;
 use ndarray::Array2;

@@ -19,12 +19,8 @@
 //! lock): it never waits for learn/forget and sees either the old or the new weights. Calls that
 //! change the head are serialized.
 
-pub mod cpu;
-pub mod cuda;
-pub mod quant;
-pub mod samples;
-pub mod solver;
-pub mod stats;
+mod backend;
+mod samples;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -35,15 +31,17 @@ use std::thread::JoinHandle;
 use faer::Mat;
 use ndarray::Array2;
 
-use crate::backend::{BackendOptions, BackendReport, HeadBackend};
-use crate::bundle::Bundle;
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::math::samples::{SampleRef, SampleSet};
+use crate::math::solver::{self, Solution};
+use crate::math::spec::HeadSpec;
+use crate::math::stats::{self, ExactStats};
+use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
+use crate::placement::{BackendOptions, BackendReport};
 use crate::store::{Loaded, Store};
-use quant::FixedPoint;
-use samples::{SampleRef, SampleSet, Samples};
-use solver::Solution;
-use stats::ExactStats;
+use backend::HeadBackend;
+use samples::Samples;
 
 /// Choices made when a head is created. `None` takes the bundle's default.
 #[derive(Debug, Clone, Default)]
@@ -59,96 +57,6 @@ pub struct HeadOptions {
     pub synchronous_resolve: bool,
     /// Where the head's forward pass runs; `None` follows its core (the CPU without a core).
     pub backend: Option<BackendOptions>,
-}
-
-/// What a head is: its dimensions and the constants of its objective. Fixed at creation and
-/// recorded in its state dir.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HeadSpec {
-    /// The features output the head is linear in.
-    pub features: String,
-    /// Feature dimension d.
-    pub dim: usize,
-    /// Class labels (C of them).
-    pub classes: Vec<String>,
-    /// The core's logits output and, per column, the head class it feeds; `None` = z is 0.
-    pub core_logits: Option<(String, Vec<usize>)>,
-    pub lambda: f64,
-    pub target_scale: f64,
-    pub fixed: FixedPoint,
-}
-
-impl HeadSpec {
-    /// The spec a head over `bundle` gets with `options`.
-    pub fn from_bundle(bundle: &Bundle, options: &HeadOptions) -> Result<HeadSpec> {
-        let m = &bundle.manifest;
-        let features = bundle.features(options.features.as_deref())?;
-        let lambda = options.lambda.unwrap_or(m.head.lambda);
-        if !(lambda.is_finite() && lambda > 0.0) {
-            return Err(Error::InvalidInput(format!(
-                "lambda must be finite and > 0, got {lambda}"
-            )));
-        }
-        let target_scale = options.target_scale.unwrap_or(m.head.target_scale);
-        if !(target_scale.is_finite()
-            && target_scale > 0.0
-            && target_scale <= m.head.target_max_abs)
-        {
-            return Err(Error::InvalidInput(format!(
-                "target scale must be in (0, {}], got {target_scale}",
-                m.head.target_max_abs
-            )));
-        }
-        Ok(HeadSpec {
-            features: features.output.clone(),
-            dim: features.dim,
-            classes: m.classes.clone(),
-            core_logits: m
-                .core_logits
-                .as_ref()
-                .map(|cl| (cl.output.clone(), cl.classes.clone())),
-            lambda,
-            target_scale,
-            fixed: FixedPoint {
-                frac_bits: m.head.frac_bits,
-                feature_max_abs: features.max_abs,
-                target_max_abs: m.head.target_max_abs,
-            },
-        })
-    }
-
-    pub fn num_classes(&self) -> usize {
-        self.classes.len()
-    }
-
-    /// Maps core logits `[n, K]` onto the head's classes `[n, C]` (zeros elsewhere).
-    pub fn map_core_logits(&self, z: Option<&Array2<f32>>, n: usize) -> Array2<f32> {
-        let mut out = Array2::<f32>::zeros((n, self.num_classes()));
-        if let (Some(z), Some((_, classes))) = (z, &self.core_logits) {
-            for (j, &c) in classes.iter().enumerate() {
-                out.column_mut(c).assign(&z.column(j));
-            }
-        }
-        out
-    }
-}
-
-/// The f32 weights predictions use: an immutable snapshot.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ServedWeights {
-    /// W, C × d row-major.
-    pub w: Array2<f32>,
-    /// b, C.
-    pub b: Vec<f32>,
-}
-
-/// W and b in f64 (canonical), as returned by [`Head::weights`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Weights {
-    /// W, C × d.
-    pub w: Array2<f64>,
-    /// b, C.
-    pub b: Vec<f64>,
 }
 
 /// Counts and settings of a head.
@@ -189,7 +97,12 @@ pub struct Head {
 impl Head {
     /// A head over `core` that keeps nothing on disk.
     pub fn in_memory(core: Arc<Core>, options: &HeadOptions) -> Result<Head> {
-        let spec = HeadSpec::from_bundle(core.bundle(), options)?;
+        let spec = HeadSpec::from_bundle(
+            core.bundle(),
+            options.features.as_deref(),
+            options.lambda,
+            options.target_scale,
+        )?;
         let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
         Head::build(spec, Some(core), samples, None, options)
     }
@@ -209,7 +122,12 @@ impl Head {
     ) -> Result<Head> {
         let dir = state_dir.as_ref();
         let bundle = core.bundle();
-        let requested = HeadSpec::from_bundle(bundle, options)?;
+        let requested = HeadSpec::from_bundle(
+            bundle,
+            options.features.as_deref(),
+            options.lambda,
+            options.target_scale,
+        )?;
         let (store, loaded) =
             Store::open(dir, &bundle.manifest.name, bundle.core_sha256(), &requested)?;
         let spec = store.spec().clone();
@@ -491,7 +409,7 @@ impl Head {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
         } else {
-            let (mut x, mut t) = real_rows(q, r, spec, one);
+            let (mut x, mut t) = spec.real_rows(q, r);
             let updated = solver::apply(&mut st.solution, &x, &t, sign as f64);
             stats::scrub(&mut x);
             stats::scrub(&mut t);
@@ -751,33 +669,4 @@ fn distinct(ids: &[u64]) -> Result<()> {
         return Err(Error::Id(format!("id {id} appears twice in one call")));
     }
     Ok(())
-}
-
-/// Fixed-point rows as real-valued X = [φ, 1] (k × p) and T (k × C).
-fn real_rows(q: &[i32], r: &[i32], spec: &HeadSpec, one: i32) -> (Mat<f64>, Mat<f64>) {
-    let (d, c) = (spec.dim, spec.num_classes());
-    let k = r.len() / c;
-    let unit = 1.0 / spec.fixed.scale();
-    let x = Mat::from_fn(k, d + 1, |s, j| {
-        let v = if j < d { q[s * d + j] } else { one };
-        v as f64 * unit
-    });
-    let t = Mat::from_fn(k, c, |s, j| r[s * c + j] as f64 * unit);
-    (x, t)
-}
-
-fn to_served(theta: &Mat<f64>, d: usize) -> ServedWeights {
-    let c = theta.ncols();
-    ServedWeights {
-        w: Array2::from_shape_fn((c, d), |(i, j)| theta[(j, i)] as f32),
-        b: (0..c).map(|i| theta[(d, i)] as f32).collect(),
-    }
-}
-
-fn to_weights(theta: &Mat<f64>, d: usize) -> Weights {
-    let c = theta.ncols();
-    Weights {
-        w: Array2::from_shape_fn((c, d), |(i, j)| theta[(j, i)]),
-        b: (0..c).map(|i| theta[(d, i)]).collect(),
-    }
 }

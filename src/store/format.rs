@@ -6,14 +6,13 @@ use faer::Mat;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
-use crate::head::quant::FixedPoint;
-use crate::head::samples::SampleRef;
-use crate::head::solver::Solution;
-use crate::head::stats::ExactStats;
-use crate::head::HeadSpec;
+use crate::math::samples::SampleRef;
+use crate::math::solver::Solution;
+use crate::math::spec::HeadSpec;
+use crate::math::stats::ExactStats;
 
 /// The version of every state file's format.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 /// `meta.json`'s `format` field.
 pub const STATE_FORMAT: &str = "lethe-state";
 pub const SAMPLES_MAGIC: &[u8; 8] = b"LETHESMP";
@@ -21,16 +20,12 @@ pub const STATS_MAGIC: &[u8; 8] = b"LETHESTA";
 pub const JOURNAL_MAGIC: &[u8; 8] = b"LETHEJNL";
 /// The header of every binary file.
 pub const HEADER_LEN: usize = 64;
-/// Limits on a recorded spec, so that a hostile `meta.json` cannot make Lethe allocate
-/// absurd amounts of memory.
-const MAX_DIM: usize = 1 << 16;
-const MAX_CLASSES: usize = 1 << 16;
-/// The most fractional bits a fixed-point format may have (values stay within ±2^24).
-const MAX_FRAC_BITS: u32 = 24;
 
 type Parsed<T> = std::result::Result<T, String>;
 
-/// `meta.json`: what the head is and which bundle it belongs to.
+/// `meta.json`: which bundle the head belongs to and what it is (its spec, in the spec's own
+/// serde form; the file's `version` is the state dir's format version, so the spec's on-disk
+/// form changes only with it).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Meta {
@@ -38,15 +33,7 @@ pub struct Meta {
     pub version: u32,
     pub bundle_name: String,
     pub core_sha256: String,
-    pub features: String,
-    pub dim: usize,
-    pub classes: Vec<String>,
-    pub core_logits: Option<(String, Vec<usize>)>,
-    pub lambda: f64,
-    pub target_scale: f64,
-    pub frac_bits: u32,
-    pub feature_max_abs: f64,
-    pub target_max_abs: f64,
+    pub head: HeadSpec,
 }
 
 impl Meta {
@@ -56,15 +43,7 @@ impl Meta {
             version: FORMAT_VERSION,
             bundle_name: bundle_name.into(),
             core_sha256: core_sha256.into(),
-            features: spec.features.clone(),
-            dim: spec.dim,
-            classes: spec.classes.clone(),
-            core_logits: spec.core_logits.clone(),
-            lambda: spec.lambda,
-            target_scale: spec.target_scale,
-            frac_bits: spec.fixed.frac_bits,
-            feature_max_abs: spec.fixed.feature_max_abs,
-            target_max_abs: spec.fixed.target_max_abs,
+            head: spec.clone(),
         }
     }
 
@@ -83,44 +62,10 @@ impl Meta {
                 meta.format, meta.version
             ));
         }
-        let c = meta.classes.len();
-        let in_range = |v: f64| v.is_finite() && v > 0.0;
-        let limit = (MAX_FRAC_BITS as f64).exp2();
-        let scale = (meta.frac_bits as f64).exp2();
-        if !(1..=MAX_DIM).contains(&meta.dim)
-            || !(1..=MAX_CLASSES).contains(&c)
-            || meta.frac_bits > MAX_FRAC_BITS
-            || !in_range(meta.lambda)
-            || !in_range(meta.feature_max_abs)
-            || !in_range(meta.target_max_abs)
-            || !in_range(meta.target_scale)
-            || meta.target_scale > meta.target_max_abs
-            || meta.feature_max_abs * scale > limit
-            || meta.target_max_abs * scale > limit
-            || meta
-                .core_logits
-                .as_ref()
-                .is_some_and(|(_, map)| map.iter().any(|&k| k >= c))
-        {
-            return Err("the recorded head settings are out of range".into());
-        }
+        meta.head
+            .validate()
+            .map_err(|m| format!("the recorded head settings are out of range: {m}"))?;
         Ok(meta)
-    }
-
-    pub fn spec(&self) -> HeadSpec {
-        HeadSpec {
-            features: self.features.clone(),
-            dim: self.dim,
-            classes: self.classes.clone(),
-            core_logits: self.core_logits.clone(),
-            lambda: self.lambda,
-            target_scale: self.target_scale,
-            fixed: FixedPoint {
-                frac_bits: self.frac_bits,
-                feature_max_abs: self.feature_max_abs,
-                target_max_abs: self.target_max_abs,
-            },
-        }
     }
 }
 

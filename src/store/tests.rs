@@ -18,8 +18,10 @@ use ndarray::Array2;
 
 use super::io::failpoint::{self, Mode};
 use crate::error::Result;
-use crate::head::quant::FixedPoint;
-use crate::head::{Head, HeadOptions, HeadSpec, Weights};
+use crate::head::{Head, HeadOptions};
+use crate::math::fixed::FixedPoint;
+use crate::math::spec::HeadSpec;
+use crate::math::weights::Weights;
 
 const D: usize = 5;
 const C: usize = 3;

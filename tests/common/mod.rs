@@ -8,9 +8,15 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, ArrayView2, Axis};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
-/// The repository root (cargo runs integration tests with this as the cwd, too).
+/// The repository root: the package's dir (cargo runs integration tests with that as the cwd)
+/// or, for the command line's tests in `cli/`, its parent.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    package
+        .ancestors()
+        .find(|dir| dir.join("models").is_dir())
+        .unwrap_or(package)
+        .to_path_buf()
 }
 
 /// A bundle under `models/`.

@@ -7,7 +7,7 @@ use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use lethe::head::cuda::{self, GpuDevice};
+use lethe::device::cuda::{self, GpuDevice};
 use ndarray::Array2;
 
 /// The repository root: `CARGO_MANIFEST_DIR` at run time (cargo sets it, and so does

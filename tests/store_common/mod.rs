@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lethe::head::quant::FixedPoint;
+use lethe::FixedPoint;
 use lethe::{Head, HeadOptions, HeadSpec, Result};
 use ndarray::Array2;
 

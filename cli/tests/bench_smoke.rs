@@ -4,12 +4,18 @@
 use std::sync::Mutex;
 
 use clap::Parser;
-use lethe::cli::{Cli, Command};
+use lethe_cli::commands::{Cli, Command};
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
 
 /// The two runs time things: keep them from running at once.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
+/// The arguments parsed as `lethe ARGS` run from the repository root, whose relative paths
+/// (models/, tests/data, .lethe/) the defaults name.
 fn cli(args: &[&str]) -> Cli {
+    std::env::set_current_dir(common::repo_root()).expect("cd to the repository root");
     Cli::try_parse_from(std::iter::once("lethe").chain(args.iter().copied()))
         .expect("valid arguments")
 }
@@ -23,7 +29,7 @@ fn quick_bench_completes_and_is_sane() {
     let Command::Bench(args) = &cli.command else {
         panic!("parsed as another command")
     };
-    let report = lethe::cli::bench::run(&cli.global, args).expect("bench --quick runs");
+    let report = lethe_cli::bench::run(&cli.global, args).expect("bench --quick runs");
 
     assert!(!report.predict.is_empty());
     for r in &report.predict {
@@ -80,7 +86,7 @@ fn quick_eval_forgets_exactly() {
     let Command::Eval(args) = &cli.command else {
         panic!("parsed as another command")
     };
-    let report = lethe::cli::eval::run(&cli.global, args).expect("eval --quick runs");
+    let report = lethe_cli::eval::run(&cli.global, args).expect("eval --quick runs");
 
     assert!(!report.setups.is_empty());
     for u in &report.setups {

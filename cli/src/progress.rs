@@ -1,4 +1,4 @@
-//! Progress bars for long work (shown on a terminal only).
+//! Progress bars for long work (drawn on stderr when it is a terminal).
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 

@@ -7,8 +7,11 @@ use std::process::Command;
 use ndarray::{Array1, Array4};
 use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
 fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::repo_root()
 }
 
 fn run(args: &[&str]) -> std::process::Output {

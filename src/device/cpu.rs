@@ -2,7 +2,7 @@
 
 use ndarray::{Array2, Axis};
 
-use super::ServedWeights;
+use crate::math::weights::ServedWeights;
 
 /// Logits `[n, C]` for features `phi` `[n, d]` and mapped core logits `z` `[n, C]`.
 pub fn logits(phi: &Array2<f32>, z: &Array2<f32>, weights: &ServedWeights) -> Array2<f32> {

@@ -1,7 +1,7 @@
 //! The exact statistics of a head: A = Σ φ̃ φ̃ᵀ and B = Σ φ̃ rᵀ over the current samples, in
 //! integers.
 //!
-//! φ̃ = [q(φ); 2^F] and r are fixed-point integers with |value| ≤ 2^24 (see [`super::quant`]), so
+//! φ̃ = [q(φ); 2^F] and r are fixed-point integers with |value| ≤ 2^24 (see [`super::fixed`]), so
 //! each product is at most 2^48 in magnitude. Sums are kept in i128: overflow would need more
 //! than 2^78 samples, far beyond the documented limit of [`MAX_SAMPLES`]. Integer addition is
 //! exact and commutative, so A and B depend only on the set of samples, never on the order of

@@ -5,18 +5,44 @@
 //! every product of two stored values is at most 2^48 in magnitude, which the exact statistics
 //! rely on. Values out of range or not finite are errors: nothing is ever clamped.
 
+use serde::{Deserialize, Serialize};
+
 use crate::bundle::QUANT_LIMIT;
 use crate::error::{Error, Result};
 
 /// The fixed-point format of one head.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct FixedPoint {
     pub frac_bits: u32,
     pub feature_max_abs: f64,
     pub target_max_abs: f64,
 }
 
+/// The most fractional bits a fixed-point format may have.
+pub const MAX_FRAC_BITS: u32 = 24;
+
 impl FixedPoint {
+    /// Checks that stored values stay within ±2^24 (what the exact statistics rely on).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let scale = (self.frac_bits as f64).exp2();
+        let fits = |v: f64| v.is_finite() && v > 0.0 && v * scale <= QUANT_LIMIT;
+        if !(1..=MAX_FRAC_BITS).contains(&self.frac_bits) {
+            return Err(format!(
+                "frac_bits = {} is not in 1..={MAX_FRAC_BITS}",
+                self.frac_bits
+            ));
+        }
+        if !fits(self.feature_max_abs) || !fits(self.target_max_abs) {
+            return Err(format!(
+                "feature_max_abs = {} and target_max_abs = {} must be positive with \
+                 max_abs·2^frac_bits ≤ 2^24",
+                self.feature_max_abs, self.target_max_abs
+            ));
+        }
+        Ok(())
+    }
+
     /// 2^F: the fixed-point value of 1.0 (the bias feature).
     pub fn one(&self) -> i32 {
         1 << self.frac_bits

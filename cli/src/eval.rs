@@ -24,11 +24,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::bench::{fmt_secs, time_forget, TempDir};
-use super::{accuracy, Global};
-use crate::data::Digits;
-use crate::error::{Error, Result};
-use crate::{Bundle, Core, Head, HeadOptions};
+use crate::bench::{fmt_secs, time_forget, TempDir};
+use crate::commands::{accuracy, Global};
+use lethe::data::Digits;
+use lethe::{Bundle, Core, Head, HeadOptions};
+use lethe::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -141,7 +141,7 @@ pub struct EvalReport {
     pub quick: bool,
     pub seed: u64,
     pub forget_class: u32,
-    pub machine: super::bench::Machine,
+    pub machine: crate::bench::Machine,
     pub setups: Vec<Setup>,
     pub seconds: f64,
 }
@@ -159,7 +159,7 @@ const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Runs the evaluation, writes the report and returns it.
 pub fn run(g: &Global, args: &EvalArgs) -> Result<EvalReport> {
     let start = Instant::now();
-    let load_start = super::bench::loadavg();
+    let load_start = crate::bench::loadavg();
     if !args.python.is_file() {
         return Err(Error::InvalidInput(format!(
             "{} not found: `lethe eval` runs scikit-learn there; run scripts/setup.sh first",
@@ -204,7 +204,7 @@ pub fn run(g: &Global, args: &EvalArgs) -> Result<EvalReport> {
         quick: args.quick,
         seed: args.seed,
         forget_class: args.forget_class,
-        machine: super::bench::machine(g, load_start)?,
+        machine: crate::bench::machine(g, load_start)?,
         setups: results,
         seconds: start.elapsed().as_secs_f64(),
     };
@@ -371,7 +371,7 @@ fn attack(members: &[f64], non_members: &[f64]) -> Attack {
     }
 }
 
-fn max_weight_diff(a: &crate::Weights, b: &crate::Weights) -> f64 {
+fn max_weight_diff(a: &lethe::Weights, b: &lethe::Weights) -> f64 {
     a.w.iter()
         .zip(b.w.iter())
         .chain(a.b.iter().zip(b.b.iter()))
@@ -384,7 +384,7 @@ fn write_npy<A: ndarray_npy::WritableElement>(
     name: &str,
     a: &ndarray::ArrayD<A>,
 ) -> Result<String> {
-    crate::data::write(&dir.join(name), a)?;
+    lethe::data::write(&dir.join(name), a)?;
     Ok(name.to_string())
 }
 
@@ -748,14 +748,14 @@ impl EvalReport {
     /// The report as Markdown (docs/EVALUATION.md).
     pub fn markdown(&self) -> String {
         let command = if self.quick {
-            "cargo run --release -- eval --quick"
+            "cargo run --release -p lethe-cli -- eval --quick"
         } else {
-            "cargo run --release -- eval"
+            "cargo run --release -p lethe-cli -- eval"
         };
         let m = &self.machine;
         let mut s = String::from("# Evaluation: does forgetting forget?\n\n");
         s += &format!(
-            "Written by `{command}` (src/cli/eval.rs, with scikit-learn in \
+            "Written by `{command}` (cli/src/eval.rs, with scikit-learn in \
              scripts/eval_sklearn.py) in {} on {} ({} cores; 1, 5, 15-minute load averages {} at the \
              start, {} at the end), seed {}, forgotten class {}. Accuracies and attack results are \
              deterministic; times are medians on a shared, noisy machine.\n\n",

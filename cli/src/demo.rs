@@ -14,11 +14,11 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use super::bench::TempDir;
-use super::{accuracy, Global};
-use crate::data::Digits;
-use crate::error::{Error, Result};
-use crate::{Core, Head, HeadOptions};
+use crate::bench::TempDir;
+use crate::commands::{accuracy, Global};
+use lethe::data::Digits;
+use lethe::{Core, Head, HeadOptions};
+use lethe::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
@@ -115,8 +115,16 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let all_train: Vec<usize> = (0..train.len()).collect();
     let all_test: Vec<usize> = (0..test.len()).collect();
     let ev = Eval {
-        train: super::core_features_in_chunks(&probe, &train.inputs(&all_train), train.len())?,
-        test: super::core_features_in_chunks(&probe, &test.inputs(&all_test), test.len())?,
+        train: crate::commands::core_features_in_chunks(
+            &probe,
+            &train.inputs(&all_train),
+            train.len(),
+        )?,
+        test: crate::commands::core_features_in_chunks(
+            &probe,
+            &test.inputs(&all_test),
+            test.len(),
+        )?,
         train_labels: train.labels.clone(),
         test_labels: test.labels.clone(),
     };

@@ -31,16 +31,16 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use sha2::{Digest, Sha256};
 
-use super::Global;
-use crate::bundle::{
+use crate::commands::Global;
+use lethe::bundle::{
     hex, CoreFile, FeaturesSpec, HeadDefaults, InputSpec, Manifest, MANIFEST_FORMAT,
     MANIFEST_VERSION,
 };
-use crate::data::Digits;
-use crate::error::{Error, Result};
-use crate::head::solver;
-use crate::head::stats::ExactStats;
-use crate::{runtime, Bundle, Core, Head, HeadOptions};
+use lethe::data::Digits;
+use lethe::math::solver;
+use lethe::math::stats::ExactStats;
+use lethe::{runtime, Bundle, Core, Head, HeadOptions};
+use lethe::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -503,7 +503,7 @@ fn bench_predict(
         let taught: Vec<usize> = (0..digits.len().min(PREDICT_HEAD_DIGITS)).collect();
         learn_digits(&head, digits, &taught)?;
         let rows_in: Vec<usize> = (0..batch).map(|i| i % digits.len()).collect();
-        let input = super::eval::digit_inputs(core.bundle(), digits, &rows_in)?;
+        let input = crate::eval::digit_inputs(core.bundle(), digits, &rows_in)?;
         let mut session = bare_session(core.bundle(), g.threads)?;
         let (bare, lethe, repeats) = time_pair(
             7,
@@ -542,7 +542,7 @@ fn bench_predict(
 
 /// Learns the given digits (ids = row numbers) through the head's core.
 fn learn_digits(head: &Head, digits: &Digits, rows: &[usize]) -> Result<()> {
-    let (phi, z) = super::eval::digit_features(head, digits, rows)?;
+    let (phi, z) = crate::eval::digit_features(head, digits, rows)?;
     let ids: Vec<u64> = rows.iter().map(|&r| r as u64).collect();
     let labels: Vec<u32> = rows.iter().map(|&r| digits.labels[r]).collect();
     head.learn_features(&ids, &phi, &z, &labels)
@@ -566,7 +566,7 @@ fn bench_learn(
         let durable = Head::open(core.clone(), &dir, &HeadOptions::default())?;
         let memory = Head::in_memory(core.clone(), &HeadOptions::default())?;
         let picked: Vec<usize> = (0..batch).map(|i| i % digits.len()).collect();
-        let input = super::eval::digit_inputs(core.bundle(), digits, &picked)?;
+        let input = crate::eval::digit_inputs(core.bundle(), digits, &picked)?;
         let labels: Vec<u32> = picked.iter().map(|&r| digits.labels[r]).collect();
         let (phi, z) = durable.core_features(&input, batch)?;
         let mut next_id = 0u64;
@@ -823,7 +823,7 @@ fn refit(x: MatRef<'_, f64>, t: MatRef<'_, f64>, lambda: f64) -> Result<Mat<f64>
 }
 
 /// max |Θ_refit − Θ_Lethe| / max |Θ_Lethe|.
-fn agreement_with(w: &crate::Weights, theta: &Mat<f64>, d: usize) -> f64 {
+fn agreement_with(w: &lethe::Weights, theta: &Mat<f64>, d: usize) -> f64 {
     let mut diff = 0.0f64;
     let mut scale = 0.0f64;
     for (k, row) in w.w.rows().into_iter().enumerate() {
@@ -1199,13 +1199,13 @@ impl BenchReport {
         let mut s = String::new();
         let m = &self.machine;
         let command = if self.quick {
-            "cargo run --release -- bench --quick"
+            "cargo run --release -p lethe-cli -- bench --quick"
         } else {
-            "cargo run --release -- bench"
+            "cargo run --release -p lethe-cli -- bench"
         };
         s += "# Benchmarks\n\n";
         s += &format!(
-            "Written by `{command}` (src/cli/bench.rs) in {} on {} ({} cores), ONNX Runtime \
+            "Written by `{command}` (cli/src/bench/) in {} on {} ({} cores), ONNX Runtime \
              `{}` on the CPU, intra-op threads {}. Every figure is the median of repeats; each \
              ratio compares two numbers measured in the same run. The machine is shared and \
              noisy (1, 5, 15-minute load averages {} at the start, {} at the end): expect a few percent of \

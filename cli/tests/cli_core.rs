@@ -1,6 +1,7 @@
 //! The `lethe` binary: `bundle check`, `features`, the error when ONNX Runtime is missing,
 //! `--help`, and the demo.
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::path::Path;

@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use cudarc::nvrtc::{result, sys};
 
 use crate::error::CudaError;
+use crate::runtime;
 
 /// The environment variable naming an NVRTC library file.
 pub const NVRTC_ENV: &str = "LETHE_NVRTC";
@@ -37,14 +38,14 @@ pub struct KernelSource {
 /// The head's kernels, compiled when a GPU head is created.
 pub const HEAD: KernelSource = KernelSource {
     file: "head.cu",
-    source: include_str!("../../../kernels/head.cu"),
+    source: include_str!("../../kernels/head.cu"),
     kernels: &["head_forward_f32", "head_forward_tiled_f32", "zero_f32"],
 };
 
 /// The benchmark's yardsticks (tests/cuda_bench.rs).
 pub const BENCH: KernelSource = KernelSource {
     file: "bench.cu",
-    source: include_str!("../../../kernels/bench.cu"),
+    source: include_str!("../../kernels/bench.cu"),
     kernels: &["fma_peak_f32"],
 };
 
@@ -52,7 +53,7 @@ pub const BENCH: KernelSource = KernelSource {
 pub const SOURCES: &[KernelSource] = &[HEAD, BENCH];
 
 /// The shared header, handed to NVRTC by the name the sources include it as.
-const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../../../kernels/common.cuh"))];
+const HEADERS: &[(&str, &str)] = &[("common.cuh", include_str!("../../kernels/common.cuh"))];
 
 /// What NVRTC produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +117,7 @@ fn load() -> Result<Nvrtc, String> {
         (path.display().to_string(), libs)
     } else if present() {
         ("the system loader path".to_string(), Vec::new())
-    } else if let Some(path) = local_install() {
+    } else if let Some(path) = runtime::find_local(LOCAL_NVRTC) {
         let libs = preload(&path)?;
         (path.display().to_string(), libs)
     } else {
@@ -145,25 +146,6 @@ fn load() -> Result<Nvrtc, String> {
 fn present() -> bool {
     // SAFETY: only tries to load the library (running its initializers), as any dlopen does.
     unsafe { sys::is_culib_present() }
-}
-
-/// `.lethe/nvrtc/libnvrtc.so.13` in the current directory or the executable's, or a parent.
-fn local_install() -> Option<PathBuf> {
-    let roots = [
-        std::env::current_dir().ok(),
-        std::env::current_exe()
-            .ok()
-            .and_then(|exe| exe.parent().map(Path::to_path_buf)),
-    ];
-    roots
-        .into_iter()
-        .flatten()
-        .flat_map(|root| {
-            root.ancestors()
-                .map(|dir| dir.join(LOCAL_NVRTC))
-                .collect::<Vec<_>>()
-        })
-        .find(|candidate| candidate.is_file())
 }
 
 /// Loads NVRTC from `path`, and first the builtins library beside it, which NVRTC itself opens

@@ -14,8 +14,8 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = lethe::cli::Cli::parse();
-    match lethe::cli::run(cli) {
+    let cli = lethe_cli::commands::Cli::parse();
+    match lethe_cli::commands::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -7,12 +7,8 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use ndarray::{Array1, ArrayD, IxDyn};
 
-use crate::error::{Error, Result};
-use crate::{data, Bundle, Core, CoreOptions, Head, HeadOptions};
-
-pub mod bench;
-pub mod demo;
-pub mod eval;
+use lethe::{data, Bundle, Core, CoreOptions, Head, HeadOptions};
+use lethe::{Error, Result};
 
 /// Lethe: an inference runtime that can forget, exactly.
 #[derive(Debug, Parser)]
@@ -35,7 +31,7 @@ pub struct Global {
     pub threads: usize,
     /// Where the core and head run: cpu, cuda or auto (the GPU when usable, else the CPU).
     #[arg(long, global = true, default_value = "cpu")]
-    pub backend: crate::backend::Backend,
+    pub backend: lethe::Backend,
     /// Fail instead of falling back to the CPU when the GPU cannot be used.
     #[arg(long, global = true)]
     pub require_gpu: bool,
@@ -45,13 +41,13 @@ pub struct Global {
 pub enum Command {
     /// Learn, forget and forget-all on real MNIST digits with the bundled mnist-core, next to
     /// heads retrained from scratch.
-    Demo(demo::DemoArgs),
+    Demo(crate::demo::DemoArgs),
     /// Benchmarks against baselines measured in the same run; writes docs/BENCHMARKS.md and a
     /// plot.
-    Bench(bench::BenchArgs),
+    Bench(crate::bench::BenchArgs),
     /// The forgetting evaluation on real digits, against retraining from scratch and
     /// scikit-learn; writes docs/EVALUATION.md.
-    Eval(eval::EvalArgs),
+    Eval(crate::eval::EvalArgs),
     /// Run a bundle's core and write one of its outputs (features or core logits) as .npy.
     Features {
         #[arg(long, default_value = "models/mnist-core")]
@@ -156,7 +152,7 @@ impl Global {
         CoreOptions {
             ort_library: self.ort_library.clone(),
             intra_threads: self.threads,
-            backend: crate::backend::BackendOptions {
+            backend: lethe::BackendOptions {
                 backend: self.backend,
                 require_gpu: self.require_gpu,
                 ..Default::default()
@@ -181,9 +177,9 @@ impl HeadArgs {
 pub fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match cli.command {
-        Command::Demo(args) => demo::run(g, &args),
-        Command::Bench(args) => bench::run(g, &args).map(drop),
-        Command::Eval(args) => eval::run(g, &args).map(drop),
+        Command::Demo(args) => crate::demo::run(g, &args),
+        Command::Bench(args) => crate::bench::run(g, &args).map(drop),
+        Command::Eval(args) => crate::eval::run(g, &args).map(drop),
         Command::Features {
             bundle,
             input,

@@ -9,7 +9,7 @@
 //!   Θ' = Θ ± A'⁻¹ Xᵀ (T − X Θ). Cost O(k·p² + k·p·C).
 //!
 //! The head serves the result of `apply` at once and restores the canonical solution off the
-//! caller's path (see [`super::Head`]).
+//! caller's path (see `crate::head::Head`).
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
@@ -29,6 +29,24 @@ pub struct Solution {
 /// A factorization or update met a non-positive pivot (rounding broke positive definiteness).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NotPositiveDefinite;
+
+/// The largest diagonal entry A may have (in real units, λ included) for its canonical
+/// Cholesky factorization in f64 to be certain to succeed, for ridge `lambda` and size p.
+///
+/// Demmel's condition (Higham, *Accuracy and Stability of Numerical Algorithms*, Thm 10.7):
+/// Cholesky of a symmetric A with positive diagonal D runs to completion in floating point
+/// when λ_min(D^-½ A D^-½) > p·γ_{p+1} / (1 − p·γ_{p+1}), γ_k = k·u / (1 − k·u). Every
+/// eigenvalue of A is at least λ, so λ_min(D^-½ A D^-½) ≥ λ / max_i A_ii, and the condition
+/// holds when max_i A_ii ≤ λ / bound. A factor of 2 covers rounding A's exact integer entries
+/// to f64 (a perturbation of at most p·u in the scaled matrix, far below the bound). The
+/// condition does not depend on the operation order, so it holds for every code path.
+pub fn max_solvable_diagonal(lambda: f64, p: usize) -> f64 {
+    let u = f64::EPSILON / 2.0;
+    let p = p as f64;
+    let gamma = (p + 1.0) * u / (1.0 - (p + 1.0) * u);
+    let bound = p * gamma / (1.0 - p * gamma);
+    lambda / (2.0 * bound)
+}
 
 /// The canonical solution for `stats` with ridge `lambda`.
 pub fn canonical(

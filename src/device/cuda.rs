@@ -10,9 +10,7 @@
 //! waits for predictions. Forget-all zeroes a buffer on the device instead of copying zeros.
 //!
 //! Nothing here panics without CUDA: [`open_device`] checks that the driver and NVRTC load
-//! before calling into them (see [`crate::backend`] for selection and reporting).
-
-pub mod nvrtc;
+//! before calling into them (see [`crate::placement`] for how a part's placement is reported).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
@@ -23,10 +21,10 @@ use cudarc::driver::{
 };
 use ndarray::{Array2, ArrayView2};
 
-use super::ServedWeights;
-use crate::backend::CpuReason;
+use super::nvrtc::{self, Target};
 use crate::error::CudaError;
-use nvrtc::Target;
+use crate::math::weights::ServedWeights;
+use crate::placement::CpuReason;
 
 /// Batches up to this many samples always use the bandwidth-bound kernel (`head_forward_f32`);
 /// larger ones use the tiled one (`head_forward_tiled_f32`) when it has enough tiles (see

@@ -1,0 +1,14 @@
+//! The exact math of a head, with no I/O: how features become fixed-point integers
+//! ([`fixed`]), the exact integer statistics A and B ([`stats`]), the solve for the weights
+//! ([`solver`]), what a head is ([`spec`]), its weights ([`weights`]) and the sample set it
+//! sums ([`samples`]). See DESIGN.md for the math.
+//!
+//! Everything here is a pure function of its inputs; the state dir ([`crate::store`]) persists
+//! these types and the head ([`crate::head`]) composes them.
+
+pub mod fixed;
+pub mod samples;
+pub mod solver;
+pub mod spec;
+pub mod stats;
+pub mod weights;
