@@ -155,15 +155,23 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the state dir for a head over the bundle with this core sha256,
-    /// with the `requested` spec. An existing dir keeps the spec it was created with. Returns
-    /// what it held, or `None` when it was created.
+    /// Opens the state dir for a head over the bundle with this core sha256, creating it with
+    /// the `requested` spec when `create` allows and `dir` is not a state dir yet. An existing
+    /// dir keeps the spec it was created with. Returns what it held, or `None` when it was
+    /// created.
     pub fn open(
         dir: &Path,
         bundle_name: &str,
         core_sha256: &str,
         requested: &HeadSpec,
+        create: bool,
     ) -> Result<(Store, Option<Loaded>)> {
+        if !create && !dir.join(META).is_file() {
+            return Err(Error::state(
+                dir,
+                format!("is not a state dir (it has no {META}); only a learn creates one"),
+            ));
+        }
         prepare_dir(dir)?;
         let meta_path = dir.join(META);
         if !meta_path.exists() {

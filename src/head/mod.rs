@@ -57,6 +57,9 @@ pub struct HeadOptions {
     pub synchronous_resolve: bool,
     /// Where the head's forward pass runs; `None` follows its core (the CPU without a core).
     pub backend: Option<BackendOptions>,
+    /// Opening a state dir: refuse a path that is not a state dir yet instead of creating one
+    /// there.
+    pub must_exist: bool,
 }
 
 /// Counts and settings of a head.
@@ -128,8 +131,13 @@ impl Head {
             options.lambda,
             options.target_scale,
         )?;
-        let (store, loaded) =
-            Store::open(dir, &bundle.manifest.name, bundle.core_sha256(), &requested)?;
+        let (store, loaded) = Store::open(
+            dir,
+            &bundle.manifest.name,
+            bundle.core_sha256(),
+            &requested,
+            !options.must_exist,
+        )?;
         let spec = store.spec().clone();
         check_recorded(&spec, options, dir)?;
         if bundle.features(Some(&spec.features))?.dim != spec.dim {
@@ -161,7 +169,8 @@ impl Head {
         options: &HeadOptions,
     ) -> Result<Head> {
         let dir = state_dir.as_ref();
-        let (store, loaded) = Store::open(dir, "(detached)", core_sha256, &spec)?;
+        let (store, loaded) =
+            Store::open(dir, "(detached)", core_sha256, &spec, !options.must_exist)?;
         if *store.spec() != spec {
             return Err(Error::state(
                 dir,
