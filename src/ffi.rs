@@ -494,6 +494,7 @@ unsafe fn head_options(options: &lethe_options) -> Result<HeadOptions, Failure> 
         target_scale: explicit(options.target_scale),
         synchronous_resolve: false,
         backend: None,
+        must_exist: false,
     })
 }
 
