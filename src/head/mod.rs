@@ -18,12 +18,22 @@
 //! `predict` reads an immutable snapshot of the f32 weights (an `Arc` swapped under a short
 //! lock): it never waits for learn/forget and sees either the old or the new weights. Calls that
 //! change the head are serialized.
+//!
+//! # Panics
+//! A panic (a bug) while the state lock is held may leave the statistics, the solution and the
+//! sample set half-updated. From then on the head refuses every call that changes the state or
+//! derives weights from it ([`Error::State`], "panicked"), its re-solve thread stops, and
+//! closing it releases the state dir without persisting: the journal holds every committed
+//! change, and the next open recovers from it. Counts and ids stay readable, and predictions
+//! keep the last weights published (each publish swaps one complete snapshot). The other locks
+//! guard a single assignment (the served weights, the backend's failure note), which a panic
+//! cannot leave half-done, so they ignore poisoning.
 
 mod backend;
 mod samples;
 
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
@@ -83,6 +93,8 @@ struct State {
 
 struct Inner {
     spec: HeadSpec,
+    /// The state dir (`None` for a head that keeps nothing on disk).
+    dir: Option<PathBuf>,
     core: Option<Arc<Core>>,
     served: RwLock<Arc<ServedWeights>>,
     backend: HeadBackend,
@@ -107,13 +119,13 @@ impl Head {
             options.target_scale,
         )?;
         let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
-        Head::build(spec, Some(core), samples, None, options)
+        Head::build(spec, Some(core), None, samples, None, options)
     }
 
     /// A head with no core: the caller supplies features (and core logits) directly.
     pub fn detached(spec: HeadSpec, options: &HeadOptions) -> Result<Head> {
         let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
-        Head::build(spec, None, samples, None, options)
+        Head::build(spec, None, None, samples, None, options)
     }
 
     /// Opens the head persisted in `state_dir`, creating it if absent. An existing state dir
@@ -152,6 +164,7 @@ impl Head {
         Head::build(
             spec,
             Some(core),
+            Some(dir),
             Samples::Stored(Box::new(store)),
             loaded,
             options,
@@ -183,6 +196,7 @@ impl Head {
         Head::build(
             spec,
             None,
+            Some(dir),
             Samples::Stored(Box::new(store)),
             loaded,
             options,
@@ -193,6 +207,7 @@ impl Head {
     fn build(
         spec: HeadSpec,
         core: Option<Arc<Core>>,
+        dir: Option<&Path>,
         samples: Samples,
         loaded: Option<Loaded>,
         options: &HeadOptions,
@@ -224,6 +239,7 @@ impl Head {
                 canonical: 0,
             }),
             spec,
+            dir: dir.map(Path::to_path_buf),
             core,
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -408,7 +424,7 @@ impl Head {
             return Ok(());
         }
         let spec = &self.inner.spec;
-        let mut st = self.inner.lock();
+        let mut st = self.inner.lock_sound()?;
         let (q, r, sign) = prepare(&mut st)?;
         let one = spec.fixed.one();
         st.stats.accumulate(q, r, one, sign);
@@ -437,7 +453,7 @@ impl Head {
     /// exactly the core's logits.
     pub fn forget_all(&self) -> Result<()> {
         let spec = &self.inner.spec;
-        let mut st = self.inner.lock();
+        let mut st = self.inner.lock_sound()?;
         st.samples.forget_all()?;
         st.stats.clear();
         let p = spec.dim + 1;
@@ -492,7 +508,7 @@ impl Head {
 
     /// The canonical weights in f64 (finishing a pending re-solve first).
     pub fn weights(&self) -> Result<Weights> {
-        let mut st = self.inner.lock();
+        let mut st = self.inner.lock_sound()?;
         self.inner.make_canonical(&mut st)?;
         Ok(to_weights(&st.solution.theta, self.inner.spec.dim))
     }
@@ -519,7 +535,7 @@ impl Head {
     /// the largest relative difference from what is served (0 when they agree bit for bit).
     pub fn verify(&self) -> Result<VerifyReport> {
         let spec = &self.inner.spec;
-        let mut st = self.inner.lock();
+        let mut st = self.inner.lock_sound()?;
         self.inner.make_canonical(&mut st)?;
         let mut fresh = ExactStats::new(spec.dim, spec.num_classes());
         let one = spec.fixed.one();
@@ -539,7 +555,9 @@ impl Head {
         })
     }
 
-    /// Finishes pending work, persists the canonical state and releases the state dir.
+    /// Finishes pending work, persists the canonical state and releases the state dir. After a
+    /// panic while the state was locked it releases the state dir without persisting (see
+    /// "Panics" above) and returns that refusal.
     pub fn close(mut self) -> Result<()> {
         self.shutdown()
     }
@@ -550,13 +568,23 @@ impl Head {
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
-        let mut st = self.inner.lock();
+        let spec = &self.inner.spec;
+        let released = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
+        let mut st = match self.inner.state.lock() {
+            Ok(st) => st,
+            Err(poisoned) => {
+                // Dropping the store releases the state dir as a crash would.
+                let mut st = poisoned.into_inner();
+                return match std::mem::replace(&mut st.samples, released) {
+                    Samples::Stored(_) => Err(self.inner.poisoned()),
+                    Samples::Memory(_) => Ok(()),
+                };
+            }
+        };
         if !matches!(st.samples, Samples::Stored(_)) {
             return Ok(());
         }
         self.inner.make_canonical(&mut st)?;
-        let spec = &self.inner.spec;
-        let released = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
         match std::mem::replace(&mut st.samples, released) {
             Samples::Stored(store) => store.close(&st.stats, &st.solution),
             Samples::Memory(_) => Ok(()),
@@ -591,8 +619,32 @@ impl Drop for Head {
 }
 
 impl Inner {
+    /// The state for reads that a half-finished change cannot make unsound (counts, ids).
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The state for calls that change it or derive weights from it: refused after a panic
+    /// while it was locked (see "Panics" above).
+    fn lock_sound(&self) -> Result<MutexGuard<'_, State>> {
+        self.state.lock().map_err(|_| self.poisoned())
+    }
+
+    fn poisoned(&self) -> Error {
+        let (dir, recover) = match &self.dir {
+            Some(dir) => (
+                dir.clone(),
+                "reopen the state dir: its journal holds every committed change",
+            ),
+            None => (PathBuf::from("(none, in memory)"), "use a new head"),
+        };
+        Error::state(
+            dir,
+            format!(
+                "not usable: an earlier call panicked while changing the head, which may have left \
+                 it half-updated, so it refuses changes and is not persisted; {recover}"
+            ),
+        )
     }
 
     fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
@@ -616,6 +668,7 @@ impl Inner {
     fn publish(&self, solution: &Solution) {
         let served = Arc::new(to_served(&solution.theta, self.spec.dim));
         self.backend.publish(&served);
+        // One assignment: a panic cannot leave it half-done (see "Panics" above).
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = served;
     }
 }
@@ -625,9 +678,14 @@ impl Inner {
 fn resolve_loop(inner: &Inner) {
     loop {
         let (stats, version) = {
-            let mut st = inner.lock();
+            let Ok(mut st) = inner.lock_sound() else {
+                return;
+            };
             while st.canonical == st.version && !inner.stop.load(Ordering::SeqCst) {
-                st = inner.wake.wait(st).unwrap_or_else(|e| e.into_inner());
+                let Ok(woken) = inner.wake.wait(st) else {
+                    return;
+                };
+                st = woken;
             }
             if inner.stop.load(Ordering::SeqCst) {
                 return;
@@ -636,7 +694,9 @@ fn resolve_loop(inner: &Inner) {
         };
         let solved = inner.canonical_of(&stats);
         drop(stats);
-        let mut st = inner.lock();
+        let Ok(mut st) = inner.lock_sound() else {
+            return;
+        };
         match solved {
             Ok(solution) if st.version == version => {
                 st.solution = solution;
@@ -678,4 +738,80 @@ fn distinct(ids: &[u64]) -> Result<()> {
         return Err(Error::Id(format!("id {id} appears twice in one call")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::panic::{catch_unwind, AssertUnwindSafe};
+
+    use super::*;
+    use crate::math::fixed::FixedPoint;
+
+    const CORE_SHA256: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+
+    fn spec() -> HeadSpec {
+        HeadSpec {
+            features: "features".into(),
+            dim: 4,
+            classes: (0..3).map(|i| i.to_string()).collect(),
+            core_logits: None,
+            lambda: 0.5,
+            target_scale: 1.0,
+            fixed: FixedPoint {
+                frac_bits: 16,
+                feature_max_abs: 8.0,
+                target_max_abs: 16.0,
+            },
+        }
+    }
+
+    fn learn(head: &Head, ids: &[u64]) -> Result<()> {
+        let phi = Array2::from_shape_fn((ids.len(), 4), |(i, j)| {
+            ((ids[i] * 5 + j as u64 * 3) % 11) as f32 * 0.25 - 1.0
+        });
+        let z = Array2::zeros((ids.len(), 3));
+        let labels: Vec<u32> = ids.iter().map(|&id| (id % 3) as u32).collect();
+        head.learn_features(ids, &phi, &z, &labels)
+    }
+
+    /// A panic in the middle of a change (simulated: the statistics cleared, the sample set
+    /// not) must not be built on or persisted: the head refuses changes and weights, and its
+    /// close leaves the state dir to recovery, which rebuilds the statistics from the samples.
+    #[test]
+    fn a_panic_while_changing_is_refused_and_not_persisted() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Head::open_detached(spec(), CORE_SHA256, dir.path(), &HeadOptions::default());
+        let head = open().unwrap();
+        learn(&head, &[1, 2, 3, 4, 5, 6]).unwrap();
+        let expected = head.weights().unwrap();
+        let served = head.served();
+        let half_done = catch_unwind(AssertUnwindSafe(|| {
+            let mut st = head.inner.lock();
+            st.stats.clear();
+            panic!("a bug in the middle of a change");
+        }));
+        assert!(half_done.is_err());
+
+        let refusals = [
+            learn(&head, &[7]),
+            head.forget(&[1]),
+            head.forget_all(),
+            head.weights().map(drop),
+            head.verify().map(drop),
+        ];
+        for refusal in refusals {
+            let message = refusal.unwrap_err().to_string();
+            assert!(message.contains("panicked"), "{message}");
+        }
+        assert_eq!(head.ids(), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(*head.served(), *served);
+        let message = head.close().unwrap_err().to_string();
+        assert!(message.contains("not persisted"), "{message}");
+
+        let reopened = open().unwrap();
+        assert_eq!(reopened.ids(), [1, 2, 3, 4, 5, 6]);
+        assert!(reopened.verify().unwrap().ok());
+        assert_eq!(reopened.weights().unwrap(), expected);
+        reopened.close().unwrap();
+    }
 }
