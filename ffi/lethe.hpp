@@ -3,7 +3,11 @@
  *
  * - lethe::Core and lethe::Head own a handle each (RAII, move-only); the destructor closes it.
  *   Head::close() closes explicitly and reports a failure to persist, which a destructor cannot.
- * - Every failure throws lethe::Error, which carries the lethe_status and lethe_last_error().
+ * - Every failure throws lethe::Error, which carries the lethe_status and lethe_last_error()
+ *   (e.g. LETHE_ERROR_POISONED: the head must be closed and opened again).
+ * - lethe::Options fills a lethe_options with lethe_options_default(), so struct_size is that of
+ *   the lethe.h the program is built with.
+ * - lethe::set_log_callback() sends Lethe's log messages to a std::function.
  * - Arrays are taken as std::vector, as std::span (C++20, when the library has <span>), or as
  *   pointer + count. Vector and span overloads check their sizes against the core's input
  *   length and the head's classes before calling Lethe.
@@ -22,6 +26,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -73,6 +80,43 @@ inline void same_count(std::size_t a, std::size_t b, const char *what) {
 /// The library's version ("0.1.0"); LETHE_VERSION_NUMBER is the header's.
 inline std::string version() { return lethe_version(); }
 
+/// Receives Lethe's log messages (see lethe_set_log_callback in lethe.h): it may be called on
+/// any thread, on several at once, and must not call Lethe. What it throws is dropped: an
+/// exception must not cross into Lethe.
+using LogFunction = std::function<void(lethe_log_level level, const char *message)>;
+
+namespace detail {
+struct LogState {
+  std::mutex mutex;
+  std::unique_ptr<LogFunction> current;
+};
+
+/// Never destroyed: Lethe's threads may log while the program exits.
+inline LogState &log_state() {
+  static LogState *state = new LogState;
+  return *state;
+}
+
+inline void log_trampoline(void *function, lethe_log_level level, const char *message) noexcept {
+  try {
+    (*static_cast<LogFunction *>(function))(level, message);
+  } catch (...) {
+  }
+}
+}  // namespace detail
+
+/// Sends Lethe's messages of `max_level` and more severe to `function`; an empty function stops
+/// logging. The previous function is destroyed once Lethe no longer calls it.
+inline void set_log_callback(LogFunction function, lethe_log_level max_level = LETHE_LOG_WARN) {
+  detail::LogState &state = detail::log_state();
+  std::lock_guard<std::mutex> lock(state.mutex);
+  std::unique_ptr<LogFunction> next;
+  if (function) next.reset(new LogFunction(std::move(function)));
+  detail::check(lethe_set_log_callback(next ? detail::log_trampoline : nullptr, next.get(),
+                                       max_level));
+  state.current = std::move(next);
+}
+
 /// Options for opening a core and a head (see lethe_options in lethe.h). Empty strings and
 /// zeros mean "the default".
 struct Options {
@@ -88,11 +132,11 @@ struct Options {
   /// The C struct; its strings point into this object, which must outlive its use.
   lethe_options c_options() const {
     lethe_options o;
-    detail::check(lethe_options_default(&o));
+    detail::check(lethe_options_default(&o, sizeof o));
     o.ort_library = ort_library.empty() ? nullptr : ort_library.c_str();
     o.intra_threads = intra_threads;
     o.backend = backend;
-    o.require_gpu = require_gpu;
+    o.require_gpu = require_gpu ? 1 : 0;
     o.cuda_device = cuda_device;
     o.features = features.empty() ? nullptr : features.c_str();
     o.lambda = lambda;
@@ -189,7 +233,7 @@ class Head {
   Head &operator=(const Head &) = delete;
 
   /// Persists and releases the head; throws if persisting failed (the handle is released
-  /// either way).
+  /// either way, as lethe_head_close does: open the state dir again to recover it).
   void close() { detail::check(lethe_head_close(std::exchange(handle_, nullptr))); }
 
   /// Learns n samples (inputs: n * input_len floats). All or nothing.
@@ -214,7 +258,7 @@ class Head {
 
   /// Writes n * C logits for n samples to `logits` (which holds logits_len floats).
   void predict(const float *inputs, std::size_t n, float *logits, std::size_t logits_len) const {
-    detail::check(lethe_head_predict(handle_, inputs, n, logits, logits_len));
+    detail::check(lethe_head_predict(handle_, inputs, n, logits, logits_len, nullptr));
   }
   /// The logits (n x C, row-major) of the samples in `inputs`.
   std::vector<float> predict(const std::vector<float> &inputs) const {
@@ -242,32 +286,32 @@ class Head {
   Weights weights() const {
     Weights out;
     lethe_head_summary s = info();
-    out.num_classes = s.num_classes;
-    out.feature_dim = s.feature_dim;
-    out.w.resize(s.num_classes * s.feature_dim);
-    out.b.resize(s.num_classes);
+    out.num_classes = static_cast<std::size_t>(s.num_classes);
+    out.feature_dim = static_cast<std::size_t>(s.feature_dim);
+    out.w.resize(out.num_classes * out.feature_dim);
+    out.b.resize(out.num_classes);
     detail::check(lethe_head_weights(handle_, out.w.data(), out.w.size(), out.b.data(),
-                                     out.b.size()));
+                                     out.b.size(), nullptr, nullptr));
     return out;
   }
 
   lethe_head_summary info() const {
     lethe_head_summary s;
-    detail::check(lethe_head_info(handle_, &s));
+    detail::check(lethe_head_info(handle_, &s, sizeof s));
     return s;
   }
 
   /// The learned ids, in increasing order.
   std::vector<std::uint64_t> ids() const {
+    std::vector<std::uint64_t> out;
     for (;;) {
-      std::vector<std::uint64_t> out(info().samples);
       std::size_t count = 0;
-      // An empty vector's data() may be NULL; Lethe wants a buffer, so give it one slot.
-      if (out.empty()) out.resize(1);
-      lethe_status status = lethe_head_ids(handle_, out.data(), out.size(), &count);
-      if (status == LETHE_ERROR_BUFFER_TOO_SMALL) continue;  // a concurrent learn
-      detail::check(status);
+      lethe_status status =
+          lethe_head_ids(handle_, out.empty() ? nullptr : out.data(), out.size(), &count);
       out.resize(count);
+      // Too small: `count` says how many there are now (a concurrent learn may add more).
+      if (status == LETHE_ERROR_BUFFER_TOO_SMALL) continue;
+      detail::check(status);
       return out;
     }
   }

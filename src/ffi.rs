@@ -9,20 +9,39 @@
 //! core passed as a head is a clear `LETHE_ERROR_INVALID_HANDLE`, never a use-after-free (G5).
 //! A head lives in an `RwLock<Option<Head>>`: calls share it (predict runs concurrently with
 //! learn/forget, which [`Head`] serializes itself); close takes it out under the write lock, so
-//! it waits for calls in progress and then calls [`Head::close`] exactly once.
+//! it waits for calls in progress and then calls [`Head::close`] exactly once. A panic in a call
+//! on a head marks its slot poisoned: the caller cannot know what the call left behind, so every
+//! later call on that handle is refused (`LETHE_ERROR_POISONED`).
+//!
+//! The doc comments of the exported items are the header's documentation, written for C
+//! programmers: each function states what it requires of its pointer arguments in C terms
+//! (where Rust would write a `# Safety` section).
+//!
+//! [`lethe_set_log_callback`] installs [`CallbackLog`], a minimal `tracing` subscriber, as the
+//! process's global default, so Lethe's events (a GPU fallback, a recovered state dir) reach the
+//! host's log.
 
 // The C names (`lethe_head`, `LETHE_OK`) are the API.
 #![allow(non_camel_case_types)]
+// Each function's requirements on its pointers are in its C documentation (see above).
+#![allow(clippy::missing_safety_doc)]
 
 use std::any::Any;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
-use std::ffi::{c_char, CStr, CString, OsStr};
+use std::ffi::{c_char, c_void, CStr, CString, OsStr};
+use std::fmt::{self, Write as _};
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tracing::field::{Field, Visit};
+use tracing::level_filters::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Level, Metadata, Subscriber};
 
 use crate::core::{Core, CoreOptions};
 use crate::error::Error;
@@ -73,9 +92,12 @@ pub const LETHE_OK: lethe_status = lethe_status(0);
 /// A pointer argument that must not be NULL was NULL. Nothing was changed.
 pub const LETHE_ERROR_NULL_ARGUMENT: lethe_status = lethe_status(1);
 /// An argument is out of range: n = 0, a NaN or infinite input, a label that is not a class, a
-/// bad option value, an unknown features output. Nothing was changed.
+/// bad option value or struct_size, an unknown features output, buffers that overlap. Nothing
+/// was changed.
 pub const LETHE_ERROR_INVALID_ARGUMENT: lethe_status = lethe_status(2);
-/// An output buffer is too small; lethe_last_error() says the size needed. Nothing was written.
+/// An output buffer is too small. Nothing was written but the call's "needed" out-parameter
+/// (the one exception to "out-parameters only on success"); lethe_last_error() also says the
+/// size needed.
 pub const LETHE_ERROR_BUFFER_TOO_SMALL: lethe_status = lethe_status(3);
 /// The handle was closed, or is not a handle of the expected kind. Nothing was changed.
 pub const LETHE_ERROR_INVALID_HANDLE: lethe_status = lethe_status(4);
@@ -97,8 +119,14 @@ pub const LETHE_ERROR_ORT: lethe_status = lethe_status(10);
 pub const LETHE_ERROR_LIMIT: lethe_status = lethe_status(11);
 /// The requested backend is not available (e.g. require_gpu without a usable GPU).
 pub const LETHE_ERROR_BACKEND_UNAVAILABLE: lethe_status = lethe_status(12);
-/// A bug in Lethe (a caught Rust panic). The handle stays usable; please report it.
+/// A bug in Lethe (a caught Rust panic); please report it with lethe_last_error(). A head on
+/// which this happened is poisoned: later calls on it return LETHE_ERROR_POISONED.
 pub const LETHE_ERROR_INTERNAL: lethe_status = lethe_status(13);
+/// An earlier call on this head failed with LETHE_ERROR_INTERNAL, which may have left it
+/// half-updated, so the head refuses every call. Close it (lethe_head_close() releases it and
+/// also returns this code) and open its state dir again: the state dir holds every change
+/// acknowledged with LETHE_OK.
+pub const LETHE_ERROR_POISONED: lethe_status = lethe_status(14);
 
 /// Where a core runs: one of the LETHE_BACKEND_* values.
 #[repr(transparent)]
@@ -112,8 +140,32 @@ pub const LETHE_BACKEND_CPU: lethe_backend = lethe_backend(0);
 pub const LETHE_BACKEND_AUTO: lethe_backend = lethe_backend(1);
 /// A CUDA GPU: ONNX Runtime's CUDA execution provider for the core (it needs the
 /// onnxruntime-gpu wheel's library), Lethe's kernels for the head. Where the GPU cannot be
-/// used, Lethe logs a warning once and uses the CPU, or fails if require_gpu is set.
+/// used, Lethe logs a warning (see lethe_set_log_callback()) and uses the CPU, or fails if
+/// require_gpu is 1.
 pub const LETHE_BACKEND_CUDA: lethe_backend = lethe_backend(2);
+
+/// The severity of a log message: one of the LETHE_LOG_* values. A larger value is more
+/// verbose.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct lethe_log_level(pub u32);
+
+/// Something failed that no call's status reports (e.g. a background re-solve).
+pub const LETHE_LOG_ERROR: lethe_log_level = lethe_log_level(1);
+/// Lethe works, but not as asked (e.g. a GPU fallback, a state dir recovered after a crash).
+pub const LETHE_LOG_WARN: lethe_log_level = lethe_log_level(2);
+/// Notable events (where a core runs, ONNX Runtime loaded, recovery progress).
+pub const LETHE_LOG_INFO: lethe_log_level = lethe_log_level(3);
+/// Details for debugging.
+pub const LETHE_LOG_DEBUG: lethe_log_level = lethe_log_level(4);
+/// Everything.
+pub const LETHE_LOG_TRACE: lethe_log_level = lethe_log_level(5);
+
+/// Receives a log message: `user_data` as given to lethe_set_log_callback(), the level, and the
+/// message (UTF-8, NUL-terminated, valid only during the call: copy it to keep it).
+pub type lethe_log_callback = Option<
+    unsafe extern "C" fn(user_data: *mut c_void, level: lethe_log_level, message: *const c_char),
+>;
 
 /// An opened core (a bundle's ONNX network). Shared by the heads opened over it.
 pub struct lethe_core {
@@ -126,10 +178,21 @@ pub struct lethe_head {
 }
 
 /// Options for lethe_core_open and lethe_head_open. Fill with lethe_options_default(), then
-/// change fields. Strings are read during the call only.
+/// change fields; 0 or NULL in a field means its default. Strings are read during the call
+/// only.
+///
+/// Compatibility: new versions only append fields, and struct_size says which version of the
+/// struct the caller was built with, so a program built against an older lethe.h keeps working
+/// with a newer library (the fields it lacks take their defaults). Fields are fixed-size
+/// integers, pointers and doubles, so any value the caller leaves in them is checked, never
+/// undefined behaviour.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct lethe_options {
+    /// Bytes: sizeof(lethe_options) in the caller's lethe.h, set by lethe_options_default().
+    /// A size no lethe.h has had (0, garbage, or a newer header's larger struct on an older
+    /// library) is LETHE_ERROR_INVALID_ARGUMENT.
+    pub struct_size: u64,
     /// lethe_core_open: path of libonnxruntime.so. NULL = the search described in ffi/README.md
     /// (ORT_DYLIB_PATH, then .lethe/ort/ above the current directory or the executable, then the
     /// system loader path). ONNX Runtime is loaded once per process: the first core opened
@@ -139,21 +202,31 @@ pub struct lethe_options {
     /// (one per physical core).
     pub intra_threads: u32,
     /// lethe_core_open: where the core and its heads run: LETHE_BACKEND_CPU (0, the default),
-    /// LETHE_BACKEND_AUTO or LETHE_BACKEND_CUDA. lethe_head_info() reports where a head runs.
+    /// LETHE_BACKEND_AUTO or LETHE_BACKEND_CUDA. Other values are LETHE_ERROR_INVALID_ARGUMENT.
+    /// lethe_core_backend() and lethe_head_info() report where they actually run.
     pub backend: lethe_backend,
-    /// lethe_core_open: fail with LETHE_ERROR_BACKEND_UNAVAILABLE instead of falling back to the
-    /// CPU when the GPU cannot be used. false = fall back. Invalid with LETHE_BACKEND_CPU.
-    pub require_gpu: bool,
+    /// lethe_core_open: 1 = fail with LETHE_ERROR_BACKEND_UNAVAILABLE instead of falling back to
+    /// the CPU when the GPU cannot be used; 0 = fall back (the default). Other values, and 1
+    /// with LETHE_BACKEND_CPU, are LETHE_ERROR_INVALID_ARGUMENT.
+    pub require_gpu: u32,
     /// lethe_core_open: the CUDA device ordinal. 0 = the first GPU.
     pub cuda_device: u32,
     /// lethe_head_open: the core output (UTF-8 name) the head is linear in. NULL = the bundle's
     /// default features.
     pub features: *const c_char,
-    /// lethe_head_open: ridge strength lambda > 0 of a new head. 0 = the bundle's default.
+    /// lethe_head_open: ridge strength lambda > 0 of a new head: the weight of the penalty
+    /// lambda * (|W|^2 + |b|^2) in its least-squares loss (see DESIGN.md). 0 = the bundle's
+    /// default.
     pub lambda: f64,
-    /// lethe_head_open: target scale s > 0 of a new head. 0 = the bundle's default.
+    /// lethe_head_open: target scale s > 0 of a new head: a learned sample's target is s times
+    /// its one-hot label (in logits). 0 = the bundle's default.
     pub target_scale: f64,
 }
+
+/// sizeof(lethe_options) in each released lethe.h, oldest first. Fields are only appended, so
+/// every older layout is a prefix of the current one.
+const OPTIONS_SIZES: [u64; 1] = [56];
+const _: () = assert!(OPTIONS_SIZES[OPTIONS_SIZES.len() - 1] == size_of::<lethe_options>() as u64);
 
 /// What lethe_head_info reports about a head.
 #[repr(C)]
@@ -162,9 +235,9 @@ pub struct lethe_head_summary {
     /// Samples currently learned.
     pub samples: u64,
     /// Classes C: each prediction has C logits, W has C rows.
-    pub num_classes: usize,
+    pub num_classes: u64,
     /// Feature dimension d: W has d columns.
-    pub feature_dim: usize,
+    pub feature_dim: u64,
     /// The ridge strength lambda in effect (recorded in the state dir when it was created).
     pub lambda: f64,
     /// The target scale s in effect.
@@ -172,6 +245,11 @@ pub struct lethe_head_summary {
     /// The backend that actually runs the head (LETHE_BACKEND_CPU or LETHE_BACKEND_CUDA).
     pub backend: lethe_backend,
 }
+
+/// sizeof(lethe_head_summary) in each released lethe.h, oldest first (see [`OPTIONS_SIZES`]).
+const SUMMARY_SIZES: [u64; 1] = [48];
+const _: () =
+    assert!(SUMMARY_SIZES[SUMMARY_SIZES.len() - 1] == size_of::<lethe_head_summary>() as u64);
 
 /// A failed call: its status and the message for `lethe_last_error`.
 #[derive(Debug)]
@@ -279,12 +357,34 @@ enum Handle {
     Head(Arc<HeadSlot>),
 }
 
-/// A head; `None` once closed (calls that looked it up just before the close see that).
-struct HeadSlot(RwLock<Option<Head>>);
+struct HeadSlot {
+    /// `None` once closed (calls that looked it up just before the close see that).
+    head: RwLock<Option<Head>>,
+    /// Set by the first call on the head that panicked: what the panic said.
+    poisoned: OnceLock<String>,
+}
 
 /// Every open handle, by token. Tokens count up from 1 and are never reused.
 static HANDLES: RwLock<BTreeMap<usize, Handle>> = RwLock::new(BTreeMap::new());
 static NEXT_TOKEN: AtomicUsize = AtomicUsize::new(1);
+
+/// The handle table is only changed by one map insert or remove, which leaves it whole even if
+/// it panicked; its lock being poisoned would still mean a bug, so it is reported, not ignored.
+fn table_poisoned() -> Failure {
+    Failure::new(
+        LETHE_ERROR_POISONED,
+        "the handle table is unusable after an internal error (a panic while it was changed); \
+         restart the process",
+    )
+}
+
+fn handles() -> Result<RwLockReadGuard<'static, BTreeMap<usize, Handle>>, Failure> {
+    HANDLES.read().map_err(|_| table_poisoned())
+}
+
+fn handles_mut() -> Result<RwLockWriteGuard<'static, BTreeMap<usize, Handle>>, Failure> {
+    HANDLES.write().map_err(|_| table_poisoned())
+}
 
 fn register(handle: Handle) -> Result<usize, Failure> {
     let token = NEXT_TOKEN
@@ -295,10 +395,7 @@ fn register(handle: Handle) -> Result<usize, Failure> {
                 "every handle value has been used once; restart the process",
             )
         })?;
-    HANDLES
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(token, handle);
+    handles_mut()?.insert(token, handle);
     Ok(token)
 }
 
@@ -310,40 +407,57 @@ fn unknown_handle(kind: &str) -> Failure {
 }
 
 fn core_of(core: *const lethe_core) -> Result<Arc<Core>, Failure> {
-    match HANDLES
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&core.addr())
-    {
+    match handles()?.get(&core.addr()) {
         Some(Handle::Core(core)) => Ok(core.clone()),
         _ => Err(unknown_handle("lethe_core")),
     }
 }
 
 fn slot_of(head: *const lethe_head) -> Result<Arc<HeadSlot>, Failure> {
-    match HANDLES
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&head.addr())
-    {
+    match handles()?.get(&head.addr()) {
         Some(Handle::Head(slot)) => Ok(slot.clone()),
         _ => Err(unknown_handle("lethe_head")),
     }
 }
 
-/// Runs `f` on an open head. Holds the head's read lock, so a concurrent close waits for it.
+fn head_poisoned(why: &str) -> Failure {
+    Failure::new(
+        LETHE_ERROR_POISONED,
+        format!(
+            "the head refuses calls after an internal error in an earlier call ({why}); close it \
+             and open its state dir again"
+        ),
+    )
+}
+
+/// Runs `f` on an open head. Holds the head's read lock, so a concurrent close waits for it. A
+/// panic in `f` poisons the head: this call returns `LETHE_ERROR_INTERNAL`, later ones
+/// `LETHE_ERROR_POISONED`.
 fn with_head<T>(
     head: *const lethe_head,
     f: impl FnOnce(&Head) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let slot = slot_of(head)?;
-    let guard = slot.0.read().unwrap_or_else(|e| e.into_inner());
-    f(guard.as_ref().ok_or_else(|| unknown_handle("lethe_head"))?)
+    // Only close takes the write lock, to move the head out: a panic there is a bug too.
+    let guard = slot
+        .head
+        .read()
+        .map_err(|_| head_poisoned("a panic while closing it"))?;
+    let head = guard.as_ref().ok_or_else(|| unknown_handle("lethe_head"))?;
+    if let Some(why) = slot.poisoned.get() {
+        return Err(head_poisoned(why));
+    }
+    catch_unwind(AssertUnwindSafe(|| f(head))).unwrap_or_else(|payload| {
+        let failure = Failure::panic(payload);
+        // A concurrent panic may have set it first; either message says why.
+        let _ = slot.poisoned.set(failure.message.clone());
+        Err(failure)
+    })
 }
 
 /// Removes the handle `token` from the table if it is of the kind `pick` accepts.
 fn unregister<T>(token: usize, kind: &str, pick: fn(&Handle) -> Option<T>) -> Result<T, Failure> {
-    let mut handles = HANDLES.write().unwrap_or_else(|e| e.into_inner());
+    let mut handles = handles_mut()?;
     let picked = handles
         .get(&token)
         .and_then(pick)
@@ -359,7 +473,7 @@ fn check_slice<T>(ptr: *const T, len: usize, name: &str) -> Outcome {
             "`{name}` is not aligned for its element type"
         )));
     }
-    match len.checked_mul(std::mem::size_of::<T>()) {
+    match len.checked_mul(size_of::<T>()) {
         Some(bytes) if bytes <= isize::MAX as usize => Ok(()),
         _ => Err(Failure::invalid(format!(
             "`{name}`: {len} values do not fit in memory"
@@ -370,7 +484,8 @@ fn check_slice<T>(ptr: *const T, len: usize, name: &str) -> Outcome {
 /// The caller's `len` values at `ptr` (non-NULL, checked by the boundary).
 ///
 /// # Safety
-/// `ptr` must point to `len` initialized values that stay valid and unchanged for `'a`.
+/// `ptr` must point to `len` initialized values that stay valid and unchanged for `'a`, and no
+/// output of the call may overlap them ([`disjoint`]).
 unsafe fn input<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T], Failure> {
     check_slice(ptr, len, name)?;
     Ok(std::slice::from_raw_parts(ptr, len))
@@ -379,14 +494,84 @@ unsafe fn input<'a, T>(ptr: *const T, len: usize, name: &str) -> Result<&'a [T],
 /// The caller's output buffer of `len` values at `ptr` (non-NULL, checked by the boundary).
 ///
 /// # Safety
-/// `ptr` must point to `len` writable values, not aliased during `'a`.
+/// `ptr` must point to `len` writable values, not aliased during `'a` ([`disjoint`]).
 unsafe fn output<'a, T>(ptr: *mut T, len: usize, name: &str) -> Result<&'a mut [T], Failure> {
     check_slice(ptr, len, name)?;
     Ok(std::slice::from_raw_parts_mut(ptr, len))
 }
 
-fn need_buffer(name: &str, have: usize, need: usize, what: &str) -> Outcome {
+/// A caller's array in memory: its name, first byte and size in bytes.
+struct Region {
+    name: &'static str,
+    start: usize,
+    bytes: usize,
+}
+
+/// The `len` values of `T` at `ptr` (NULL = no region).
+fn region<T>(name: &'static str, ptr: *const T, len: usize) -> Region {
+    Region {
+        name,
+        start: ptr.addr(),
+        bytes: if ptr.is_null() {
+            0
+        } else {
+            len.saturating_mul(size_of::<T>())
+        },
+    }
+}
+
+/// Refuses arrays of one call that share memory where one of them is written: Rust would see
+/// the same bytes through a shared and a unique reference, which is undefined behaviour even
+/// when the results look right. Checked before any reference to them exists.
+fn disjoint(regions: &[Region]) -> Outcome {
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            let overlap = a.bytes > 0
+                && b.bytes > 0
+                && a.start < b.start.saturating_add(b.bytes)
+                && b.start < a.start.saturating_add(a.bytes);
+            if overlap {
+                return Err(Failure::invalid(format!(
+                    "`{}` and `{}` overlap; pass arrays that do not share memory",
+                    a.name, b.name
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `value` to the optional out-parameter `out` (NULL = not wanted).
+///
+/// # Safety
+/// `out` must be NULL or writable (alignment is checked).
+unsafe fn write_optional(out: *mut usize, name: &str, value: usize) -> Outcome {
+    if !out.is_null() {
+        check_slice(out, 1, name)?;
+        out.write(value);
+    }
+    Ok(())
+}
+
+/// A needed out-parameter: where to write the size needed, and the size.
+type Needed = (*mut usize, &'static str, usize);
+
+/// Refuses an output buffer of `have` values that needs `need`, writing every needed size of
+/// the call to its out-parameter first (see LETHE_ERROR_BUFFER_TOO_SMALL).
+///
+/// # Safety
+/// The pointers in `needed` must be NULL or writable.
+unsafe fn need_buffer(
+    name: &str,
+    have: usize,
+    need: usize,
+    what: &str,
+    needed: &[Needed],
+) -> Outcome {
     if have < need {
+        for &(out, out_name, value) in needed {
+            write_optional(out, out_name, value)?;
+        }
         return Err(Failure::new(
             LETHE_ERROR_BUFFER_TOO_SMALL,
             format!("`{name}` holds {have} values but {what} need {need}"),
@@ -430,12 +615,44 @@ unsafe fn optional_str(s: *const c_char, name: &str) -> Result<Option<String>, F
         .map_err(|_| Failure::invalid(format!("`{name}` is not valid UTF-8")))
 }
 
+/// Checks a caller's struct size against the sizes its struct has had in released headers.
+fn known_size(name: &str, size: u64, sizes: &[u64]) -> Result<usize, Failure> {
+    let newest = sizes[sizes.len() - 1];
+    if sizes.contains(&size) {
+        return Ok(size as usize);
+    }
+    let why = if size > newest {
+        format!(
+            "larger than this library's ({newest} bytes): the program was built with a newer \
+             lethe.h than liblethe {}",
+            env!("CARGO_PKG_VERSION")
+        )
+    } else {
+        format!("not a size this struct has had ({sizes:?})")
+    };
+    Err(Failure::invalid(format!(
+        "{name} is {size}, {why}; fill the struct with its lethe_*_default() function and pass \
+         sizeof of it"
+    )))
+}
+
+/// Writes the first `size` bytes of `value` to `out`: all of it, or the fields an older,
+/// smaller version of the struct has.
+///
+/// # Safety
+/// `out` must point to `size` writable bytes; `size` is at most `size_of::<T>()`.
+unsafe fn write_prefix<T>(out: *mut T, value: &T, size: usize) {
+    debug_assert!(size <= size_of::<T>());
+    std::ptr::copy_nonoverlapping((value as *const T).cast::<u8>(), out.cast::<u8>(), size);
+}
+
 fn default_options() -> lethe_options {
     lethe_options {
+        struct_size: size_of::<lethe_options>() as u64,
         ort_library: std::ptr::null(),
         intra_threads: 0,
         backend: LETHE_BACKEND_CPU,
-        require_gpu: false,
+        require_gpu: 0,
         cuda_device: 0,
         features: std::ptr::null(),
         lambda: 0.0,
@@ -443,16 +660,27 @@ fn default_options() -> lethe_options {
     }
 }
 
-/// The caller's options, or the defaults for NULL.
+/// The caller's options, or the defaults for NULL. `sizes` are the known struct sizes
+/// ([`OPTIONS_SIZES`]); fields beyond an older caller's struct_size take their defaults.
 ///
 /// # Safety
-/// `options` must be NULL or point to a valid `lethe_options`.
-unsafe fn options_arg(options: *const lethe_options) -> lethe_options {
+/// `options` must be NULL or point to `options->struct_size` readable bytes.
+unsafe fn options_arg(
+    options: *const lethe_options,
+    sizes: &[u64],
+) -> Result<lethe_options, Failure> {
+    let mut out = default_options();
     if options.is_null() {
-        default_options()
-    } else {
-        *options
+        return Ok(out);
     }
+    check_slice(options, 1, "options")?;
+    let size = known_size("options->struct_size", options.cast::<u64>().read(), sizes)?;
+    std::ptr::copy_nonoverlapping(
+        options.cast::<u8>(),
+        (&raw mut out).cast::<u8>(),
+        size.min(size_of::<lethe_options>()),
+    );
+    Ok(out)
 }
 
 /// The core options `options` ask for.
@@ -470,12 +698,21 @@ unsafe fn core_options(options: &lethe_options) -> Result<CoreOptions, Failure> 
             )))
         }
     };
+    let require_gpu = match options.require_gpu {
+        0 => false,
+        1 => true,
+        other => {
+            return Err(Failure::invalid(format!(
+                "require_gpu is {other}, not 0 or 1"
+            )))
+        }
+    };
     Ok(CoreOptions {
         ort_library: (!options.ort_library.is_null()).then(|| path_arg(options.ort_library)),
         intra_threads: options.intra_threads as usize,
         backend: BackendOptions {
             backend,
-            require_gpu: options.require_gpu,
+            require_gpu,
             device: options.cuda_device as usize,
         },
     })
@@ -505,10 +742,155 @@ fn backend_code(placement: &Placement) -> lethe_backend {
     }
 }
 
+/// The host's log callback.
+#[derive(Clone, Copy)]
+struct Sink {
+    callback: unsafe extern "C" fn(*mut c_void, lethe_log_level, *const c_char),
+    user_data: *mut c_void,
+}
+
+// SAFETY: lethe_set_log_callback's contract makes the callback and its user_data usable from
+// any thread.
+unsafe impl Send for Sink {}
+unsafe impl Sync for Sink {}
+
+/// The callback; held shared while it runs, so replacing it waits for calls in progress.
+static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+/// The most verbose level delivered (0 = none), read on every event without a lock.
+static MAX_LEVEL: AtomicU32 = AtomicU32::new(0);
+/// Whether [`CallbackLog`] is the global subscriber (or why it could not be).
+static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
+
+thread_local! {
+    /// Set while this thread runs the callback: events it causes are dropped, not delivered
+    /// re-entrantly, and it may not replace the callback (that would wait for itself).
+    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+fn level_code(level: &Level) -> u32 {
+    match *level {
+        Level::ERROR => LETHE_LOG_ERROR.0,
+        Level::WARN => LETHE_LOG_WARN.0,
+        Level::INFO => LETHE_LOG_INFO.0,
+        Level::DEBUG => LETHE_LOG_DEBUG.0,
+        Level::TRACE => LETHE_LOG_TRACE.0,
+    }
+}
+
+fn level_filter(code: u32) -> LevelFilter {
+    match code {
+        0 => LevelFilter::OFF,
+        1 => LevelFilter::ERROR,
+        2 => LevelFilter::WARN,
+        3 => LevelFilter::INFO,
+        4 => LevelFilter::DEBUG,
+        _ => LevelFilter::TRACE,
+    }
+}
+
+/// A `tracing` subscriber that hands events to the host's callback. Spans are not recorded.
+struct CallbackLog;
+
+impl Subscriber for CallbackLog {
+    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
+        // Events are asked each time: the level filter changes at run time.
+        if metadata.is_event() {
+            Interest::sometimes()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.is_event() && level_code(metadata.level()) <= MAX_LEVEL.load(Ordering::Relaxed)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(level_filter(MAX_LEVEL.load(Ordering::Relaxed)))
+    }
+
+    fn new_span(&self, _: &Attributes<'_>) -> Id {
+        // Never called: spans are disabled above.
+        Id::from_u64(1)
+    }
+
+    fn record(&self, _: &Id, _: &Record<'_>) {}
+
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        if IN_CALLBACK.get() {
+            return;
+        }
+        // A panic here would be a bug in this function; the lock is never held while one can
+        // happen, so poisoning cannot mean a half-set callback.
+        let guard = SINK.read().unwrap_or_else(|e| e.into_inner());
+        let Some(sink) = *guard else { return };
+        let level = level_code(event.metadata().level());
+        if level > MAX_LEVEL.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut text = EventText::default();
+        event.record(&mut text);
+        let message = CString::new(text.finish().replace('\0', "\\0")).unwrap_or_default();
+        IN_CALLBACK.set(true);
+        // SAFETY: lethe_set_log_callback's contract.
+        unsafe { (sink.callback)(sink.user_data, lethe_log_level(level), message.as_ptr()) };
+        IN_CALLBACK.set(false);
+    }
+
+    fn enter(&self, _: &Id) {}
+
+    fn exit(&self, _: &Id) {}
+}
+
+/// An event as one line: its message, then its other fields as `name=value`.
+#[derive(Default)]
+struct EventText {
+    message: String,
+    fields: String,
+}
+
+impl EventText {
+    fn finish(self) -> String {
+        self.message + &self.fields
+    }
+}
+
+impl Visit for EventText {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            let _ = write!(self.message, "{value:?}");
+        } else {
+            let _ = write!(self.fields, " {}={value:?}", field.name());
+        }
+    }
+}
+
+/// Installs [`CallbackLog`] as the global subscriber, once per process.
+fn install_log() -> Outcome {
+    let installed = INSTALLED.get_or_init(|| {
+        tracing::subscriber::set_global_default(CallbackLog).map_err(|e| e.to_string())
+    });
+    installed.clone().map_err(|why| {
+        Failure::new(
+            LETHE_ERROR_LIMIT,
+            format!(
+                "this process already has a global tracing subscriber ({why}): a Rust program \
+                 that links Lethe and installs its own receives Lethe's events there"
+            ),
+        )
+    })
+}
+
 /// The version of the library as MAJOR * 1000000 + MINOR * 1000 + PATCH. Compare with
 /// LETHE_VERSION_NUMBER to check that the header matches the library at run time.
 ///
-/// Thread-safe; cannot fail.
+/// Thread-safe: may run at any time, concurrently with anything. Cannot fail.
 #[no_mangle]
 pub extern "C" fn lethe_version_number() -> u32 {
     infallible!(LETHE_VERSION_NUMBER, { LETHE_VERSION_NUMBER })
@@ -516,7 +898,7 @@ pub extern "C" fn lethe_version_number() -> u32 {
 
 /// The version of the library as a static string, e.g. "0.1.0". Never NULL; do not free.
 ///
-/// Thread-safe; cannot fail.
+/// Thread-safe: may run at any time, concurrently with anything. Cannot fail.
 #[no_mangle]
 pub extern "C" fn lethe_version() -> *const c_char {
     const VERSION: &CStr =
@@ -530,7 +912,8 @@ pub extern "C" fn lethe_version() -> *const c_char {
 /// A static English description of `status` ("unknown status" for values this library does
 /// not define). Never NULL; do not free.
 ///
-/// Thread-safe; cannot fail; does not change lethe_last_error().
+/// Thread-safe: may run at any time, concurrently with anything (also inside the log
+/// callback). Cannot fail; does not change lethe_last_error().
 #[no_mangle]
 pub extern "C" fn lethe_status_str(status: lethe_status) -> *const c_char {
     infallible!(c"unknown status".as_ptr(), { status_text(status).as_ptr() })
@@ -552,6 +935,7 @@ fn status_text(status: lethe_status) -> &'static CStr {
         LETHE_ERROR_LIMIT => c"limit exceeded",
         LETHE_ERROR_BACKEND_UNAVAILABLE => c"backend unavailable",
         LETHE_ERROR_INTERNAL => c"internal error in Lethe",
+        LETHE_ERROR_POISONED => c"head unusable after an internal error",
         _ => c"unknown status",
     }
 }
@@ -562,23 +946,103 @@ fn status_text(status: lethe_status) -> &'static CStr {
 ///
 /// The string belongs to this thread and stays valid until its next call of a function that
 /// returns a lethe_status; copy it to keep it. Other threads' calls do not change it.
+///
+/// Thread-safe: may run at any time, concurrently with anything.
 #[no_mangle]
 pub extern "C" fn lethe_last_error() -> *const c_char {
     infallible!(c"".as_ptr(), { LAST_ERROR.with(|e| e.borrow().as_ptr()) })
 }
 
+/// Sends Lethe's log messages of `max_level` and more severe (LETHE_LOG_WARN is a good choice)
+/// to `callback`, with `user_data` passed through; a NULL `callback` stops logging. Without a
+/// callback Lethe logs nothing. Warnings include a fallback from the GPU to the CPU and a state
+/// dir recovered after a crash; errors include a failed background re-solve. ONNX Runtime's own
+/// messages come through too.
+///
+/// The callback is called on the thread that logs: any thread that calls Lethe, and Lethe's own
+/// background threads, possibly on several threads at once, so it must be thread-safe. It may
+/// run while Lethe holds internal locks, so it must not call Lethe functions other than
+/// lethe_status_str, lethe_version and lethe_version_number (lethe_set_log_callback() called
+/// from inside it returns LETHE_ERROR_INVALID_ARGUMENT, and what Lethe logs on that thread while
+/// the callback runs is dropped). It must return normally: a C++ exception leaving it aborts
+/// the process, and a longjmp out of it is undefined behaviour.
+///
+/// Thread-safe: may run concurrently with any call. When it returns, calls of the previous
+/// callback have finished and no new ones start, so its user_data may be freed.
+///
+/// Returns LETHE_OK; LETHE_ERROR_INVALID_ARGUMENT (`max_level` not a LETHE_LOG_* value with a
+/// callback, or called from inside the callback); LETHE_ERROR_LIMIT (only in a Rust program
+/// that installed its own global tracing subscriber, which then receives Lethe's events).
+///
+/// The behaviour is undefined unless `callback` is NULL or a function of this type that may be
+/// called with `user_data` from any thread until it is replaced.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_set_log_callback(
+    callback: lethe_log_callback,
+    user_data: *mut c_void,
+    max_level: lethe_log_level,
+) -> lethe_status {
+    boundary!("lethe_set_log_callback", [], {
+        if IN_CALLBACK.get() {
+            return Err(Failure::invalid(
+                "called from inside the log callback, which it would wait for",
+            ));
+        }
+        let sink = match callback {
+            Some(callback) if (LETHE_LOG_ERROR..=LETHE_LOG_TRACE).contains(&max_level) => {
+                install_log()?;
+                Some(Sink {
+                    callback,
+                    user_data,
+                })
+            }
+            Some(_) => {
+                return Err(Failure::invalid(format!(
+                    "max_level {} is not a LETHE_LOG_* value",
+                    max_level.0
+                )))
+            }
+            None => None,
+        };
+        // A single assignment under the lock: poisoning cannot leave it half-done.
+        let mut current = SINK.write().unwrap_or_else(|e| e.into_inner());
+        *current = sink;
+        MAX_LEVEL.store(sink.map_or(0, |_| max_level.0), Ordering::Relaxed);
+        drop(current);
+        // Recomputes tracing's global level filter from CallbackLog::max_level_hint.
+        tracing::callsite::rebuild_interest_cache();
+        Ok(())
+    })
+}
+
 /// Fills `*options` with the defaults: ONNX Runtime found by the documented search, ONNX
 /// Runtime's default threads, LETHE_BACKEND_CPU, the bundle's default features, lambda and
-/// target scale. Call it before setting fields: future versions may add fields.
+/// target scale, and struct_size = `options_size`. Call it before setting fields: future
+/// versions may add fields.
 ///
-/// Thread-safe. Returns LETHE_OK, or LETHE_ERROR_NULL_ARGUMENT if `options` is NULL.
+/// `options_size` must be sizeof(lethe_options) (write exactly that): it tells the library which
+/// version of the struct the caller's lethe.h declares, so that it writes no more than that.
 ///
-/// # Safety
-/// `options` must be NULL or point to memory for one lethe_options.
+/// Thread-safe: may run concurrently with any call.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_ARGUMENT (an
+/// `options_size` that no lethe.h has had; nothing is written).
+///
+/// The behaviour is undefined unless `options` is NULL or points to `options_size` writable
+/// bytes.
 #[no_mangle]
-pub unsafe extern "C" fn lethe_options_default(options: *mut lethe_options) -> lethe_status {
+pub unsafe extern "C" fn lethe_options_default(
+    options: *mut lethe_options,
+    options_size: usize,
+) -> lethe_status {
     boundary!("lethe_options_default", [options], {
-        options.write(default_options());
+        check_slice(options.cast_const(), 1, "options")?;
+        let size = known_size("options_size", options_size as u64, &OPTIONS_SIZES)?;
+        let defaults = lethe_options {
+            struct_size: size as u64,
+            ..default_options()
+        };
+        write_prefix(options, &defaults, size);
         Ok(())
     })
 }
@@ -586,22 +1050,22 @@ pub unsafe extern "C" fn lethe_options_default(options: *mut lethe_options) -> l
 /// Opens the bundle in the folder `bundle_dir` (manifest.json + core.onnx), checks it (the
 /// manifest, the core's sha256, the ONNX graph) and loads its core into ONNX Runtime, loading
 /// ONNX Runtime itself on first use. `options` may be NULL for the defaults; this call reads
-/// its ort_library, intra_threads, backend, require_gpu and cuda_device fields.
+/// its struct_size, ort_library, intra_threads, backend, require_gpu and cuda_device fields.
 ///
 /// Ownership: on success `*out` is a new core handle owned by the caller, to be released with
 /// lethe_core_close(). Heads opened over it keep what they need, so it may be closed before
 /// them. On failure `*out` is not written.
 ///
-/// Thread-safe; any number of cores may be open.
+/// Thread-safe: may run concurrently with any call; any number of cores may be open.
 ///
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (bundle_dir, out); LETHE_ERROR_INVALID_ARGUMENT
-/// (an option value); LETHE_ERROR_IO (a missing or unreadable file); LETHE_ERROR_BUNDLE;
-/// LETHE_ERROR_ORT_LIBRARY; LETHE_ERROR_ORT; LETHE_ERROR_BACKEND_UNAVAILABLE (require_gpu
-/// without a usable GPU).
+/// (struct_size or an option value); LETHE_ERROR_IO (a missing or unreadable file);
+/// LETHE_ERROR_BUNDLE; LETHE_ERROR_ORT_LIBRARY; LETHE_ERROR_ORT;
+/// LETHE_ERROR_BACKEND_UNAVAILABLE (require_gpu without a usable GPU).
 ///
-/// # Safety
-/// `bundle_dir` must be a NUL-terminated path; `options` NULL or a valid lethe_options whose
-/// strings are NULL or NUL-terminated; `out` writable.
+/// The behaviour is undefined unless `bundle_dir` is a NUL-terminated path, `options` is NULL or
+/// points to a lethe_options whose struct_size bytes are readable and whose strings are NULL or
+/// NUL-terminated, and `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_core_open(
     bundle_dir: *const c_char,
@@ -610,7 +1074,7 @@ pub unsafe extern "C" fn lethe_core_open(
 ) -> lethe_status {
     boundary!("lethe_core_open", [bundle_dir, out], {
         let dir = path_arg(bundle_dir);
-        let core_options = core_options(&options_arg(options))?;
+        let core_options = core_options(&options_arg(options, &OPTIONS_SIZES)?)?;
         let core = Core::open(&dir, &core_options)?;
         let token = register(Handle::Core(Arc::new(core)))?;
         out.write(std::ptr::without_provenance_mut(token));
@@ -645,10 +1109,10 @@ pub extern "C" fn lethe_core_close(core: *mut lethe_core) -> lethe_status {
 /// core's input shape without the batch axis (784 for mnist-core's [n, 1, 28, 28]). Inputs
 /// passed to learn and predict hold n times this many floats, sample after sample.
 ///
-/// Thread-safe. Returns LETHE_OK, LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
+/// Thread-safe: may run concurrently with any call. Returns LETHE_OK,
+/// LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
 ///
-/// # Safety
-/// `out` must be writable.
+/// The behaviour is undefined unless `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_core_input_len(
     core: *const lethe_core,
@@ -663,10 +1127,10 @@ pub unsafe extern "C" fn lethe_core_input_len(
 
 /// Writes to `*out` the number of classes C of heads over this core (the bundle's classes).
 ///
-/// Thread-safe. Returns LETHE_OK, LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
+/// Thread-safe: may run concurrently with any call. Returns LETHE_OK,
+/// LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
 ///
-/// # Safety
-/// `out` must be writable.
+/// The behaviour is undefined unless `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_core_num_classes(
     core: *const lethe_core,
@@ -682,11 +1146,12 @@ pub unsafe extern "C" fn lethe_core_num_classes(
 /// Writes to `*out` the dimension d of the core's features output named `features` (UTF-8),
 /// or of the bundle's default features when `features` is NULL.
 ///
-/// Thread-safe. Returns LETHE_OK, LETHE_ERROR_NULL_ARGUMENT, LETHE_ERROR_INVALID_HANDLE, or
-/// LETHE_ERROR_INVALID_ARGUMENT when the bundle has no such features output.
+/// Thread-safe: may run concurrently with any call. Returns LETHE_OK,
+/// LETHE_ERROR_NULL_ARGUMENT, LETHE_ERROR_INVALID_HANDLE, or LETHE_ERROR_INVALID_ARGUMENT when
+/// the bundle has no such features output.
 ///
-/// # Safety
-/// `features` must be NULL or NUL-terminated; `out` writable.
+/// The behaviour is undefined unless `features` is NULL or NUL-terminated and `out` is
+/// writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_core_feature_dim(
     core: *const lethe_core,
@@ -704,10 +1169,10 @@ pub unsafe extern "C" fn lethe_core_feature_dim(
 /// Writes to `*out` where the core runs: LETHE_BACKEND_CPU or LETHE_BACKEND_CUDA (what
 /// options->backend asked for, after any fallback to the CPU).
 ///
-/// Thread-safe. Returns LETHE_OK, LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
+/// Thread-safe: may run concurrently with any call. Returns LETHE_OK,
+/// LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
 ///
-/// # Safety
-/// `out` must be writable.
+/// The behaviour is undefined unless `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_core_backend(
     core: *const lethe_core,
@@ -722,23 +1187,24 @@ pub unsafe extern "C" fn lethe_core_backend(
 
 /// Opens the head persisted in the folder `state_dir` over `core`, creating the folder (mode
 /// 0700) and an empty head if it does not exist. `options` may be NULL for the defaults; this
-/// call reads its features, lambda and target_scale fields. An existing state dir keeps the
-/// settings it was created with; asking for others is LETHE_ERROR_STATE.
+/// call reads its struct_size, features, lambda and target_scale fields. An existing state dir
+/// keeps the settings it was created with; asking for others is LETHE_ERROR_STATE.
 ///
 /// Ownership: on success `*out` is a new head handle owned by the caller, to be released with
 /// lethe_head_close() (which persists it). The head keeps the core alive. A state dir can be
 /// open in one head at a time, across processes. On failure `*out` is not written.
 ///
-/// Thread-safe; heads over one core may be opened and used from any threads.
+/// Thread-safe: may run concurrently with any call; heads over one core may be opened and used
+/// from any threads.
 ///
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (core, state_dir, out);
-/// LETHE_ERROR_INVALID_HANDLE (core); LETHE_ERROR_INVALID_ARGUMENT (an option value or unknown
-/// features); LETHE_ERROR_STATE (corrupt, another bundle's, other settings, or open
-/// elsewhere); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
+/// LETHE_ERROR_INVALID_HANDLE (core); LETHE_ERROR_INVALID_ARGUMENT (struct_size, an option
+/// value or unknown features); LETHE_ERROR_STATE (corrupt, another bundle's, other settings,
+/// or open elsewhere); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
 ///
-/// # Safety
-/// `state_dir` must be a NUL-terminated path; `options` NULL or a valid lethe_options whose
-/// strings are NULL or NUL-terminated; `out` writable.
+/// The behaviour is undefined unless `state_dir` is a NUL-terminated path, `options` is NULL or
+/// points to a lethe_options whose struct_size bytes are readable and whose strings are NULL or
+/// NUL-terminated, and `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_open(
     core: *mut lethe_core,
@@ -749,9 +1215,13 @@ pub unsafe extern "C" fn lethe_head_open(
     boundary!("lethe_head_open", [core, state_dir, out], {
         let core = core_of(core)?;
         let dir = path_arg(state_dir);
-        let head_options = head_options(&options_arg(options))?;
+        let head_options = head_options(&options_arg(options, &OPTIONS_SIZES)?)?;
         let head = Head::open(core, &dir, &head_options)?;
-        let token = register(Handle::Head(Arc::new(HeadSlot(RwLock::new(Some(head))))))?;
+        let slot = HeadSlot {
+            head: RwLock::new(Some(head)),
+            poisoned: OnceLock::new(),
+        };
+        let token = register(Handle::Head(Arc::new(slot)))?;
         out.write(std::ptr::without_provenance_mut(token));
         Ok(())
     })
@@ -760,16 +1230,20 @@ pub unsafe extern "C" fn lethe_head_open(
 /// Closes a head: finishes pending work, writes its canonical state to the state dir and
 /// releases the state dir. NULL is a harmless no-op.
 ///
-/// Ownership: the handle is released whatever the result; closing it again returns
-/// LETHE_ERROR_INVALID_HANDLE. Learned samples are durable without a close (each learn and
-/// forget is); a close makes the state dir canonical and quick to reopen.
+/// Ownership: the handle is released whatever the result, also when persisting fails (an
+/// exception to "a failed call changes nothing": the state dir may already be half rewritten
+/// and cannot be trusted for a retry in this process). Closing it again returns
+/// LETHE_ERROR_INVALID_HANDLE. Nothing acknowledged is lost: every learn and forget that
+/// returned LETHE_OK is durable without a close, and opening the state dir again recovers it;
+/// a successful close makes the state dir canonical and quick to open.
 ///
 /// Thread-safe, also while other threads use the head: it waits for their calls in progress
 /// to finish; calls made after it started return LETHE_ERROR_INVALID_HANDLE.
 ///
-/// Returns LETHE_OK; LETHE_ERROR_INVALID_HANDLE (not an open head); LETHE_ERROR_IO or
-/// LETHE_ERROR_LIMIT if persisting failed (the acknowledged samples are still in the state
-/// dir and are loaded when it is reopened).
+/// Returns LETHE_OK; LETHE_ERROR_INVALID_HANDLE (not an open head); LETHE_ERROR_IO,
+/// LETHE_ERROR_STATE or LETHE_ERROR_LIMIT if persisting failed; LETHE_ERROR_POISONED if the
+/// head was poisoned (it is released, and persisted only if the panic left its state intact:
+/// lethe_last_error() says which).
 #[no_mangle]
 pub extern "C" fn lethe_head_close(head: *mut lethe_head) -> lethe_status {
     boundary!("lethe_head_close", [], {
@@ -780,10 +1254,23 @@ pub extern "C" fn lethe_head_close(head: *mut lethe_head) -> lethe_status {
             Handle::Head(slot) => Some(slot.clone()),
             Handle::Core(_) => None,
         })?;
-        let head = slot.0.write().unwrap_or_else(|e| e.into_inner()).take();
-        match head {
-            Some(head) => Ok(head.close()?),
-            None => Err(unknown_handle("lethe_head")),
+        // Closing proceeds on a poisoned lock: the head is released either way.
+        let head = slot.head.write().unwrap_or_else(|e| e.into_inner()).take();
+        let head = head.ok_or_else(|| unknown_handle("lethe_head"))?;
+        let closed = head.close();
+        match (slot.poisoned.get(), closed) {
+            (None, closed) => Ok(closed?),
+            (Some(why), Ok(())) => Err(Failure::new(
+                LETHE_ERROR_POISONED,
+                format!(
+                    "closed and persisted: the internal error in an earlier call ({why}) left \
+                     the head's state intact"
+                ),
+            )),
+            (Some(why), Err(e)) => Err(Failure::new(
+                LETHE_ERROR_POISONED,
+                format!("closed after an internal error in an earlier call ({why}): {e}"),
+            )),
         }
     })
 }
@@ -796,15 +1283,16 @@ pub extern "C" fn lethe_head_close(head: *mut lethe_head) -> lethe_status {
 /// All or nothing: on any error nothing is learned and the head is unchanged.
 ///
 /// Thread-safe: may run while other threads predict (they see the weights before or after this
-/// call, never a mix); learn/forget/forget_all calls on one head run one at a time.
+/// call, never a mix) or read the head; learn/forget/forget_all calls on one head run one at a
+/// time.
 ///
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
 /// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a NaN or infinite input, a label >= C, features out of
 /// the bundle's range); LETHE_ERROR_SAMPLE_ID (an id already learned or repeated);
-/// LETHE_ERROR_IO; LETHE_ERROR_ORT; LETHE_ERROR_LIMIT.
+/// LETHE_ERROR_IO; LETHE_ERROR_ORT; LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
 ///
-/// # Safety
-/// `ids` and `labels` must point to n values, `inputs` to n * L floats.
+/// The behaviour is undefined unless `ids` and `labels` point to n readable values and `inputs`
+/// to n * L readable floats, none of which change during the call.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_learn(
     head: *mut lethe_head,
@@ -835,10 +1323,9 @@ pub unsafe extern "C" fn lethe_head_learn(
 ///
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
 /// LETHE_ERROR_INVALID_ARGUMENT (n = 0); LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO;
-/// LETHE_ERROR_LIMIT.
+/// LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
 ///
-/// # Safety
-/// `ids` must point to n values.
+/// The behaviour is undefined unless `ids` points to n readable values.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_forget(
     head: *mut lethe_head,
@@ -857,7 +1344,8 @@ pub unsafe extern "C" fn lethe_head_forget(
 ///
 /// Thread-safe: as lethe_head_learn.
 ///
-/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE; LETHE_ERROR_IO.
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE; LETHE_ERROR_IO;
+/// LETHE_ERROR_POISONED.
 #[no_mangle]
 pub extern "C" fn lethe_head_forget_all(head: *mut lethe_head) -> lethe_status {
     boundary!("lethe_head_forget_all", [head], {
@@ -866,19 +1354,22 @@ pub extern "C" fn lethe_head_forget_all(head: *mut lethe_head) -> lethe_status {
 }
 
 /// Predicts n samples: writes their logits, n rows of C floats (row-major), to `logits`, which
-/// holds `logits_len` floats (at least n * C). Inputs as for lethe_head_learn.
+/// holds `logits_len` floats (at least n * C). Inputs as for lethe_head_learn. `inputs` and
+/// `logits` must not overlap. If `logits_needed` is not NULL, `*logits_needed` receives n * C on
+/// LETHE_OK and on LETHE_ERROR_BUFFER_TOO_SMALL.
 ///
-/// Writes nothing on error.
+/// Writes nothing else on error.
 ///
-/// Thread-safe: any number of threads may predict on one head, also while another learns or
-/// forgets; each call uses one snapshot of the weights for all n samples.
+/// Thread-safe: any number of threads may predict on one head, also while another learns,
+/// forgets or reads it; each call uses one snapshot of the weights for all n samples.
 ///
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
-/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a NaN or infinite input); LETHE_ERROR_BUFFER_TOO_SMALL
-/// (logits_len < n * C); LETHE_ERROR_ORT.
+/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a NaN or infinite input, overlapping arrays);
+/// LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C); LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
 ///
-/// # Safety
-/// `inputs` must point to n * L floats, `logits` to `logits_len` writable floats.
+/// The behaviour is undefined unless `inputs` points to n * L readable floats that do not
+/// change during the call, `logits` to `logits_len` writable floats, and `logits_needed` is
+/// NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_predict(
     head: *const lethe_head,
@@ -886,44 +1377,52 @@ pub unsafe extern "C" fn lethe_head_predict(
     n: usize,
     logits: *mut f32,
     logits_len: usize,
+    logits_needed: *mut usize,
 ) -> lethe_status {
     boundary!("lethe_head_predict", [head, inputs, logits], {
         positive_n(n)?;
         with_head(head, |h| {
             let per = h.core().map_or(0, |c| c.input_len());
             let c = h.spec().num_classes();
-            need_buffer(
-                "logits",
-                logits_len,
-                values_of(n, c, "logits")?,
-                &format!("{n} samples x {c} classes"),
-            )?;
-            let inputs = input(inputs, values_of(n, per, "inputs")?, "inputs")?;
+            let need = values_of(n, c, "logits")?;
+            let inputs_len = values_of(n, per, "inputs")?;
+            disjoint(&[
+                region("inputs", inputs, inputs_len),
+                region("logits", logits, logits_len),
+                region("logits_needed", logits_needed, 1),
+            ])?;
+            let what = format!("{n} samples x {c} classes");
+            let needed = [(logits_needed, "logits_needed", need)];
+            need_buffer("logits", logits_len, need, &what, &needed)?;
+            let inputs = input(inputs, inputs_len, "inputs")?;
             let logits = output(logits, logits_len, "logits")?;
             let predicted = h.predict(inputs, n)?;
             let predicted = predicted.as_standard_layout();
             let values = predicted.as_slice().expect("standard layout");
             logits[..values.len()].copy_from_slice(values);
-            Ok(())
+            write_optional(logits_needed, "logits_needed", need)
         })
     })
 }
 
 /// Writes the head's canonical weights in double precision: W (C x d, row-major) to `w`, which
 /// holds `w_len` doubles (at least C * d), and b (C) to `b`, which holds `b_len` doubles (at
-/// least C). Canonical means bit-identical to a fresh head that learned only the current
-/// samples; if a background re-solve is pending, this call finishes it first.
+/// least C); `w` and `b` must not overlap. Canonical means bit-identical to a fresh head that
+/// learned only the current samples; if a background re-solve is pending, this call finishes
+/// it first. If not NULL, `*w_needed` receives C * d and `*b_needed` C, on LETHE_OK and on
+/// LETHE_ERROR_BUFFER_TOO_SMALL (both, whichever buffer is too small).
 ///
-/// Writes nothing on error.
+/// Writes nothing else on error.
 ///
-/// Thread-safe: may run while other threads predict, learn or forget (it sees the head between
-/// two changes).
+/// Thread-safe: may run while other threads predict, learn, forget or read the head (it sees
+/// the head between two changes).
 ///
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
-/// LETHE_ERROR_BUFFER_TOO_SMALL; LETHE_ERROR_LIMIT.
+/// LETHE_ERROR_INVALID_ARGUMENT (overlapping arrays); LETHE_ERROR_BUFFER_TOO_SMALL;
+/// LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
 ///
-/// # Safety
-/// `w` must point to `w_len` and `b` to `b_len` writable doubles.
+/// The behaviour is undefined unless `w` points to `w_len` and `b` to `b_len` writable doubles,
+/// and `w_needed` and `b_needed` are each NULL or writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_weights(
     head: *const lethe_head,
@@ -931,12 +1430,22 @@ pub unsafe extern "C" fn lethe_head_weights(
     w_len: usize,
     b: *mut f64,
     b_len: usize,
+    w_needed: *mut usize,
+    b_needed: *mut usize,
 ) -> lethe_status {
     boundary!("lethe_head_weights", [head, w, b], {
         with_head(head, |h| {
             let (c, d) = (h.spec().num_classes(), h.spec().dim);
-            need_buffer("w", w_len, values_of(c, d, "w")?, &format!("W ({c} x {d})"))?;
-            need_buffer("b", b_len, c, &format!("b ({c} classes)"))?;
+            let w_need = values_of(c, d, "w")?;
+            disjoint(&[
+                region("w", w, w_len),
+                region("b", b, b_len),
+                region("w_needed", w_needed, 1),
+                region("b_needed", b_needed, 1),
+            ])?;
+            let needed = [(w_needed, "w_needed", w_need), (b_needed, "b_needed", c)];
+            need_buffer("w", w_len, w_need, &format!("W ({c} x {d})"), &needed)?;
+            need_buffer("b", b_len, c, &format!("b ({c} classes)"), &needed)?;
             let w = output(w, w_len, "w")?;
             let b = output(b, b_len, "b")?;
             let weights = h.weights()?;
@@ -944,51 +1453,64 @@ pub unsafe extern "C" fn lethe_head_weights(
             let w_values = w_rows.as_slice().expect("standard layout");
             w[..w_values.len()].copy_from_slice(w_values);
             b[..weights.b.len()].copy_from_slice(&weights.b);
-            Ok(())
+            write_optional(w_needed, "w_needed", w_need)?;
+            write_optional(b_needed, "b_needed", c)
         })
     })
 }
 
 /// Writes a summary of the head to `*out`: samples learned, classes, feature dimension, the
-/// lambda and target scale in effect, and the backend that runs it.
+/// lambda and target scale in effect, and the backend that runs it. `out_size` must be
+/// sizeof(lethe_head_summary) (write exactly that): a program built with an older lethe.h gets
+/// the fields its struct has.
 ///
-/// Thread-safe. Returns LETHE_OK, LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
+/// Thread-safe: may run concurrently with any call (it sees the head between two changes).
 ///
-/// # Safety
-/// `out` must be writable.
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (an `out_size` no lethe.h has had); LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `out` points to `out_size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_info(
     head: *const lethe_head,
     out: *mut lethe_head_summary,
+    out_size: usize,
 ) -> lethe_status {
     boundary!("lethe_head_info", [head, out], {
+        check_slice(out.cast_const(), 1, "out")?;
+        let size = known_size("out_size", out_size as u64, &SUMMARY_SIZES)?;
         let summary = with_head(head, |h| {
             let info = h.info();
             Ok(lethe_head_summary {
                 samples: info.samples,
-                num_classes: info.spec.num_classes(),
-                feature_dim: info.spec.dim,
+                num_classes: info.spec.num_classes() as u64,
+                feature_dim: info.spec.dim as u64,
                 lambda: info.spec.lambda,
                 target_scale: info.spec.target_scale,
                 backend: backend_code(&info.backend.head),
             })
         })?;
-        out.write(summary);
+        write_prefix(out, &summary, size);
         Ok(())
     })
 }
 
 /// Writes the ids of the learned samples, in increasing order, to `ids`, which holds `ids_len`
-/// values, and their number to `*count`. lethe_head_info() gives the number to allocate; if a
-/// concurrent learn made it grow, the call returns LETHE_ERROR_BUFFER_TOO_SMALL.
+/// values, and their number to `*count`. `ids` may be NULL when `ids_len` is 0, to ask for the
+/// number only. On LETHE_ERROR_BUFFER_TOO_SMALL, `*count` receives the number of ids (the one
+/// out-parameter a failed call writes): allocate that many and call again (a concurrent learn
+/// may make it grow in between). `ids` and `count` must not overlap.
 ///
-/// Writes nothing on error.
+/// Writes nothing else on error.
 ///
-/// Thread-safe. Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
-/// LETHE_ERROR_BUFFER_TOO_SMALL.
+/// Thread-safe: may run concurrently with any call (it sees the head between two changes).
 ///
-/// # Safety
-/// `ids` must point to `ids_len` writable values; `count` writable.
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (head, count, or ids with ids_len > 0);
+/// LETHE_ERROR_INVALID_HANDLE; LETHE_ERROR_INVALID_ARGUMENT (overlapping arrays);
+/// LETHE_ERROR_BUFFER_TOO_SMALL; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `ids` is NULL or points to `ids_len` writable values and
+/// `count` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_ids(
     head: *const lethe_head,
@@ -996,16 +1518,23 @@ pub unsafe extern "C" fn lethe_head_ids(
     ids_len: usize,
     count: *mut usize,
 ) -> lethe_status {
-    boundary!("lethe_head_ids", [head, ids, count], {
+    boundary!("lethe_head_ids", [head, count], {
+        if ids.is_null() && ids_len > 0 {
+            return Err(Failure::new(
+                LETHE_ERROR_NULL_ARGUMENT,
+                format!("`ids` is NULL but `ids_len` is {ids_len}"),
+            ));
+        }
         with_head(head, |h| {
+            disjoint(&[region("ids", ids, ids_len), region("count", count, 1)])?;
+            check_slice(count.cast_const(), 1, "count")?;
             let learned = h.ids();
-            need_buffer(
-                "ids",
-                ids_len,
-                learned.len(),
-                &format!("{} learned samples", learned.len()),
-            )?;
-            output(ids, ids_len, "ids")?[..learned.len()].copy_from_slice(&learned);
+            let what = format!("{} learned samples", learned.len());
+            let needed = [(count, "count", learned.len())];
+            need_buffer("ids", ids_len, learned.len(), &what, &needed)?;
+            if !learned.is_empty() {
+                output(ids, ids_len, "ids")?[..learned.len()].copy_from_slice(&learned);
+            }
             count.write(learned.len());
             Ok(())
         })
@@ -1014,7 +1543,11 @@ pub unsafe extern "C" fn lethe_head_ids(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
+    use crate::math::fixed::FixedPoint;
+    use crate::math::spec::HeadSpec;
 
     #[test]
     fn version_macros_match_cargo_toml() {
@@ -1038,5 +1571,156 @@ mod tests {
         assert_eq!(lethe_head_close(stale), LETHE_ERROR_INVALID_HANDLE);
         assert_eq!(lethe_head_forget_all(stale), LETHE_ERROR_INVALID_HANDLE);
         assert_eq!(lethe_core_close(std::ptr::null_mut()), LETHE_OK);
+    }
+
+    fn last_error() -> String {
+        unsafe { CStr::from_ptr(lethe_last_error()) }
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A head with no core and no state dir, registered as a C handle.
+    fn detached_handle() -> *mut lethe_head {
+        let spec = HeadSpec {
+            features: "features".into(),
+            dim: 3,
+            classes: vec!["a".into(), "b".into()],
+            core_logits: None,
+            lambda: 1.0,
+            target_scale: 1.0,
+            fixed: FixedPoint {
+                frac_bits: 16,
+                feature_max_abs: 8.0,
+                target_max_abs: 16.0,
+            },
+        };
+        let head = Head::detached(spec, &HeadOptions::default()).unwrap();
+        let slot = HeadSlot {
+            head: RwLock::new(Some(head)),
+            poisoned: OnceLock::new(),
+        };
+        std::ptr::without_provenance_mut(register(Handle::Head(Arc::new(slot))).unwrap())
+    }
+
+    /// No C call can make Lethe panic (that would be a bug), so the panic is injected where the
+    /// C functions run their bodies; every call after it, close included, is refused.
+    #[test]
+    fn a_panic_poisons_the_head() {
+        let head = detached_handle();
+        let mut summary = std::mem::MaybeUninit::<lethe_head_summary>::uninit();
+        let size = size_of::<lethe_head_summary>();
+        assert_eq!(
+            unsafe { lethe_head_info(head, summary.as_mut_ptr(), size) },
+            LETHE_OK
+        );
+        let status = finish(
+            "lethe_head_learn",
+            catch_unwind(|| with_head(head, |_| -> Outcome { panic!("injected") })),
+        );
+        assert_eq!(status, LETHE_ERROR_INTERNAL);
+        assert!(last_error().contains("injected"), "{}", last_error());
+
+        let status = unsafe { lethe_head_info(head, summary.as_mut_ptr(), size) };
+        assert_eq!(status, LETHE_ERROR_POISONED);
+        assert!(last_error().contains("injected"), "{}", last_error());
+        assert_eq!(lethe_head_forget_all(head), LETHE_ERROR_POISONED);
+        let mut count = 0usize;
+        let status = unsafe { lethe_head_ids(head, std::ptr::null_mut(), 0, &mut count) };
+        assert_eq!((status, count), (LETHE_ERROR_POISONED, 0));
+        // Close releases it, and says that the head was poisoned.
+        assert_eq!(lethe_head_close(head), LETHE_ERROR_POISONED);
+        assert!(last_error().contains("intact"), "{}", last_error());
+        assert_eq!(lethe_head_close(head), LETHE_ERROR_INVALID_HANDLE);
+
+        // Other heads are not affected.
+        let other = detached_handle();
+        assert_eq!(lethe_head_forget_all(other), LETHE_OK);
+        assert_eq!(lethe_head_close(other), LETHE_OK);
+    }
+
+    /// An older caller's struct is a prefix of today's: the fields it has are read, the ones it
+    /// lacks take their defaults and are never read.
+    #[test]
+    fn an_older_options_struct_gives_the_fields_it_has() {
+        let older = std::mem::offset_of!(lethe_options, features) as u64;
+        let sizes = [older, size_of::<lethe_options>() as u64];
+        let options = lethe_options {
+            struct_size: older,
+            intra_threads: 3,
+            cuda_device: 2,
+            lambda: 5.0,
+            features: c"beyond the older struct".as_ptr(),
+            ..default_options()
+        };
+        let read = unsafe { options_arg(&options, &sizes) }.unwrap();
+        assert_eq!((read.intra_threads, read.cuda_device), (3, 2));
+        assert!(read.features.is_null());
+        assert_eq!(read.lambda, 0.0);
+
+        for size in [0, older - 8, older + 8, 1 << 40] {
+            let options = lethe_options {
+                struct_size: size,
+                ..default_options()
+            };
+            let failure = unsafe { options_arg(&options, &sizes) }.unwrap_err();
+            assert_eq!(failure.status, LETHE_ERROR_INVALID_ARGUMENT);
+            assert!(
+                failure.message.contains("struct_size"),
+                "{}",
+                failure.message
+            );
+        }
+    }
+
+    /// What the callback received: user_data, level, message, and what replacing the callback
+    /// from inside it returned.
+    type Logged = (usize, u32, String, lethe_status);
+    static LOGGED: Mutex<Vec<Logged>> = Mutex::new(Vec::new());
+
+    // Records only: a panic here could not unwind into Lethe.
+    unsafe extern "C" fn collect(
+        user_data: *mut c_void,
+        level: lethe_log_level,
+        message: *const c_char,
+    ) {
+        let message = CStr::from_ptr(message).to_string_lossy().into_owned();
+        let status = lethe_set_log_callback(None, std::ptr::null_mut(), LETHE_LOG_ERROR);
+        if let Ok(mut logged) = LOGGED.lock() {
+            logged.push((user_data.addr(), level.0, message, status));
+        }
+    }
+
+    /// Events at the level asked for and more severe reach the callback as one line each; the
+    /// callback cannot replace itself; after a NULL callback nothing arrives.
+    #[test]
+    fn log_events_reach_the_callback() {
+        let user_data = std::ptr::without_provenance_mut(42);
+        let status = unsafe { lethe_set_log_callback(Some(collect), user_data, LETHE_LOG_WARN) };
+        assert_eq!(status, LETHE_OK);
+        tracing::warn!(samples = 3, "ffi log test: a warning");
+        tracing::info!("ffi log test: an info");
+        tracing::error!("ffi log test: an error");
+        let status =
+            unsafe { lethe_set_log_callback(Some(collect), user_data, lethe_log_level(0)) };
+        assert_eq!(status, LETHE_ERROR_INVALID_ARGUMENT);
+        let status = unsafe { lethe_set_log_callback(None, std::ptr::null_mut(), LETHE_LOG_WARN) };
+        assert_eq!(status, LETHE_OK);
+        tracing::error!("ffi log test: after removal");
+        let mine: Vec<Logged> = LOGGED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, m, _)| m.starts_with("ffi log test"))
+            .cloned()
+            .collect();
+        let refused = LETHE_ERROR_INVALID_ARGUMENT;
+        assert_eq!(
+            mine,
+            [
+                (42, 2, "ffi log test: a warning samples=3".into(), refused),
+                (42, 1, "ffi log test: an error".into(), refused),
+            ]
+        );
     }
 }

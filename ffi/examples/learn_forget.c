@@ -54,9 +54,10 @@ static double accuracy(const float *logits, size_t classes, const mnist_digits *
 static void report(const char *stage, lethe_head *head, const float *test_inputs,
                    const mnist_digits *test, float *logits, size_t classes) {
   lethe_head_summary info;
-  check(lethe_head_predict(head, test_inputs, TEST_DIGITS, logits, TEST_DIGITS * classes),
+  check(lethe_head_predict(head, test_inputs, TEST_DIGITS, logits, TEST_DIGITS * classes,
+                           NULL),
         "lethe_head_predict");
-  check(lethe_head_info(head, &info), "lethe_head_info");
+  check(lethe_head_info(head, &info, sizeof info), "lethe_head_info");
   printf("%-28s %4llu samples | test accuracy: 0-4 %5.1f%%  5-9 %5.1f%%  all %5.1f%%\n", stage,
          (unsigned long long)info.samples, accuracy(logits, classes, test, 0, 4),
          accuracy(logits, classes, test, 5, 9), accuracy(logits, classes, test, 0, 9));
@@ -86,7 +87,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "liblethe %s does not match lethe.h\n", lethe_version());
     return 1;
   }
-  check(lethe_options_default(&options), "lethe_options_default");
+  check(lethe_options_default(&options, sizeof options), "lethe_options_default");
   options.intra_threads = 1;
   check(lethe_core_open(bundle, &options, &core), "lethe_core_open");
   if (state == NULL && (state = mkdtemp(temp)) == NULL) {

@@ -1,7 +1,9 @@
 /*
  * test_api.c: every function of lethe.h, its success path and its error paths (NULL, n = 0,
- * short buffers, unknown and duplicate ids, NaN inputs, bad options, a broken bundle, a state
- * dir of another bundle, closed and foreign handles), and that a failed call changes nothing.
+ * short buffers and the sizes they report, overlapping arrays, unknown and duplicate ids, NaN
+ * inputs, bad options and struct sizes, a broken bundle, a state dir of another bundle, closed
+ * and foreign handles, a close that cannot persist), that a failed call changes nothing, and
+ * that Lethe's warnings reach the log callback.
  *
  *   usage: test_api   (run from the repository root: it reads models/ and tests/data/)
  *
@@ -9,10 +11,12 @@
  */
 #define _XOPEN_SOURCE 700
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "lethe.h"
@@ -77,16 +81,16 @@ typedef struct snapshot {
 
 static snapshot take(lethe_head *head, const batch *probe) {
   snapshot s;
-  OK(lethe_head_info(head, &s.info));
+  OK(lethe_head_info(head, &s.info, sizeof s.info));
   s.w = (double *)malloc(C * D * sizeof(double));
   s.b = (double *)malloc(C * sizeof(double));
   s.ids = (uint64_t *)malloc((s.info.samples + 1) * sizeof(uint64_t));
   s.logits = (float *)malloc(probe->n * C * sizeof(float));
   CHECK(s.w && s.b && s.ids && s.logits);
   /* weights first: it finishes a pending re-solve, so the predictions below are canonical. */
-  OK(lethe_head_weights(head, s.w, C * D, s.b, C));
+  OK(lethe_head_weights(head, s.w, C * D, s.b, C, NULL, NULL));
   OK(lethe_head_ids(head, s.ids, s.info.samples + 1, &s.n_ids));
-  OK(lethe_head_predict(head, probe->inputs, probe->n, s.logits, probe->n * C));
+  OK(lethe_head_predict(head, probe->inputs, probe->n, s.logits, probe->n * C, NULL));
   return s;
 }
 
@@ -122,37 +126,146 @@ static void test_status_str(void) {
   lethe_status s, t;
   lethe_options o;
   /* Set a message, then check that lethe_status_str and lethe_version keep it. */
-  EXPECT(lethe_options_default(NULL), LETHE_ERROR_NULL_ARGUMENT);
-  for (s = LETHE_OK; s <= LETHE_ERROR_INTERNAL; s++) {
+  EXPECT(lethe_options_default(NULL, sizeof o), LETHE_ERROR_NULL_ARGUMENT);
+  for (s = LETHE_OK; s <= LETHE_ERROR_POISONED; s++) {
     CHECK(lethe_status_str(s) != NULL && lethe_status_str(s)[0] != '\0');
     CHECK(strcmp(lethe_status_str(s), "unknown status") != 0);
     for (t = LETHE_OK; t < s; t++) CHECK(strcmp(lethe_status_str(s), lethe_status_str(t)) != 0);
   }
-  CHECK(strcmp(lethe_status_str(LETHE_ERROR_INTERNAL + 1), "unknown status") == 0);
+  CHECK(strcmp(lethe_status_str(LETHE_ERROR_POISONED + 1), "unknown status") == 0);
   CHECK(strcmp(lethe_status_str(0xFFFFFFFFu), "unknown status") == 0);
   (void)lethe_version();
   CHECK(strstr(lethe_last_error(), "lethe_options_default") != NULL);
   CHECK(strstr(lethe_last_error(), "`options` is NULL") != NULL);
   /* A success clears the message. */
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   CHECK(strcmp(lethe_last_error(), "") == 0);
 }
 
 static void test_options_default(void) {
-  lethe_options o;
+  lethe_options o, garbage;
+  size_t bad_sizes[] = {0, 1, sizeof o - 8, sizeof o + 8, (size_t)0xA5A5A5A5u};
+  size_t i;
   memset(&o, 0xA5, sizeof o);
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
+  CHECK(o.struct_size == sizeof o);
   CHECK(o.ort_library == NULL && o.features == NULL);
-  CHECK(o.intra_threads == 0 && o.backend == LETHE_BACKEND_CPU && !o.require_gpu);
+  CHECK(o.intra_threads == 0 && o.backend == LETHE_BACKEND_CPU && o.require_gpu == 0);
   CHECK(o.cuda_device == 0);
   CHECK(o.lambda == 0.0 && o.target_scale == 0.0);
+  /* A size no lethe.h has had writes nothing. */
+  memset(&garbage, 0xA5, sizeof garbage);
+  for (i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; i++) {
+    memcpy(&o, &garbage, sizeof o);
+    EXPECT_MSG(lethe_options_default(&o, bad_sizes[i]), LETHE_ERROR_INVALID_ARGUMENT,
+               "options_size");
+    CHECK(memcmp(&o, &garbage, sizeof o) == 0);
+  }
+}
+
+/* Options are checked before anything is opened: a struct_size that is not one of lethe.h's
+ * (0, garbage, a newer header's), and integer fields with values they cannot have. */
+static void test_options_checked(void) {
+  lethe_options o;
+  lethe_core *core = NULL;
+  uint64_t sizes[] = {0, 8, sizeof o - 8, sizeof o + 8, 0xA5A5A5A5A5A5A5A5u};
+  size_t i;
+  for (i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    OK(lethe_options_default(&o, sizeof o));
+    o.struct_size = sizes[i];
+    EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT,
+               "struct_size");
+  }
+  o.struct_size = sizeof o + 8;
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT, "newer lethe.h");
+  /* require_gpu is an integer: whatever bytes a caller leaves there are checked. */
+  OK(lethe_options_default(&o, sizeof o));
+  memset(&o.require_gpu, 0xA5, sizeof o.require_gpu);
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT,
+             "require_gpu is 2779096485");
+  o.require_gpu = 2;
+  EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT,
+             "require_gpu is 2");
+  CHECK(core == NULL);
+}
+
+/* The log callback: what it received, guarded by a spin lock (Lethe may log from its own
+ * threads). */
+#define MAX_LOGGED 64
+static struct {
+  atomic_flag lock;
+  int n;
+  lethe_log_level level[MAX_LOGGED];
+  char message[MAX_LOGGED][512];
+  lethe_status reentry[MAX_LOGGED];
+} g_log = {ATOMIC_FLAG_INIT, 0, {0}, {{0}}, {0}};
+static int g_log_cookie;
+
+static void log_to_memory(void *user_data, lethe_log_level level, const char *message) {
+  /* Replacing the callback from inside it is refused (it would wait for itself). */
+  lethe_status reentry = lethe_set_log_callback(NULL, NULL, LETHE_LOG_ERROR);
+  CHECK(user_data == &g_log_cookie);
+  while (atomic_flag_test_and_set(&g_log.lock)) {
+  }
+  if (g_log.n < MAX_LOGGED) {
+    g_log.level[g_log.n] = level;
+    g_log.reentry[g_log.n] = reentry;
+    snprintf(g_log.message[g_log.n], sizeof g_log.message[0], "%s", message);
+    g_log.n++;
+  }
+  atomic_flag_clear(&g_log.lock);
+}
+
+/* The index of the first message that contains `needle`, or -1. */
+static int logged(const char *needle) {
+  int i, found = -1;
+  while (atomic_flag_test_and_set(&g_log.lock)) {
+  }
+  for (i = 0; i < g_log.n && found < 0; i++)
+    if (strstr(g_log.message[i], needle) != NULL) found = i;
+  atomic_flag_clear(&g_log.lock);
+  return found;
+}
+
+/* Installs the callback for warnings and errors, before any core is opened. */
+static void test_log_callback_setup(void) {
+  EXPECT_MSG(lethe_set_log_callback(log_to_memory, &g_log_cookie, 0),
+             LETHE_ERROR_INVALID_ARGUMENT, "max_level 0");
+  EXPECT(lethe_set_log_callback(log_to_memory, &g_log_cookie, LETHE_LOG_TRACE + 1),
+         LETHE_ERROR_INVALID_ARGUMENT);
+  OK(lethe_set_log_callback(log_to_memory, &g_log_cookie, LETHE_LOG_WARN));
+}
+
+/* Asking for CUDA where it cannot be used falls back to the CPU with a warning, which reaches
+ * the callback; a core that runs on the GPU has nothing to warn about. */
+static void test_gpu_fallback_warns(void) {
+  lethe_options o;
+  lethe_core *core = NULL;
+  lethe_backend backend = 99;
+  int i;
+  OK(lethe_options_default(&o, sizeof o));
+  o.backend = LETHE_BACKEND_CUDA;
+  o.intra_threads = 1;
+  OK(lethe_core_open(BUNDLE, &o, &core));
+  OK(lethe_core_backend(core, &backend));
+  OK(lethe_core_close(core));
+  if (backend == LETHE_BACKEND_CUDA) {
+    printf("test_api: a GPU is usable: no fallback warning to check\n");
+    CHECK(logged("core on cpu") < 0);
+    return;
+  }
+  CHECK(backend == LETHE_BACKEND_CPU);
+  i = logged("core on cpu");
+  if (i < 0) FAIL("the fallback to the CPU was not logged");
+  CHECK(g_log.level[i] == LETHE_LOG_WARN);
+  CHECK(g_log.reentry[i] == LETHE_ERROR_INVALID_ARGUMENT);
 }
 
 /* Runs before any core is open: ONNX Runtime is loaded once per process by the first core. */
 static void test_ort_library_not_found(void) {
   lethe_options o;
   lethe_core *core = NULL;
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   o.ort_library = "/nonexistent/libonnxruntime.so";
   EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_ORT_LIBRARY,
              "/nonexistent/libonnxruntime.so");
@@ -175,7 +288,7 @@ static void test_core_open_errors(void) {
   size_t len;
   FILE *f;
 
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   EXPECT_MSG(lethe_core_open(NULL, &o, &core), LETHE_ERROR_NULL_ARGUMENT, "`bundle_dir`");
   EXPECT_MSG(lethe_core_open(BUNDLE, &o, NULL), LETHE_ERROR_NULL_ARGUMENT, "`out`");
   EXPECT_MSG(lethe_core_open("/nonexistent/bundle", &o, &core), LETHE_ERROR_IO,
@@ -184,14 +297,14 @@ static void test_core_open_errors(void) {
   o.backend = 7;
   EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT, "backend 7");
   o.backend = LETHE_BACKEND_CPU;
-  o.require_gpu = true;
+  o.require_gpu = 1;
   EXPECT_MSG(lethe_core_open(BUNDLE, &o, &core), LETHE_ERROR_INVALID_ARGUMENT, "require_gpu");
   CHECK(core == untouched);
 
   /* A manifest that is not a manifest, then a core file that does not match its sha256. */
   CHECK(mkdir(tmp_path("bad-bundle"), 0700) == 0);
   write_file(tmp_path("bad-bundle/manifest.json"), "{}", 2);
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   EXPECT_MSG(lethe_core_open(tmp_path("bad-bundle"), &o, &core), LETHE_ERROR_BUNDLE,
              "manifest.json");
   f = fopen(BUNDLE "/manifest.json", "rb");
@@ -212,9 +325,9 @@ static void test_require_gpu(void) {
   lethe_core *core = NULL;
   lethe_backend backend = 99;
   lethe_status status;
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   o.backend = LETHE_BACKEND_AUTO;
-  o.require_gpu = true;
+  o.require_gpu = 1;
   status = lethe_core_open(BUNDLE, &o, &core);
   if (status == LETHE_OK) {
     OK(lethe_core_backend(core, &backend));
@@ -269,7 +382,7 @@ static void test_head_open_errors(lethe_core *core) {
   lethe_options o;
   const char *dir = tmp_path("never-created");
 
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   EXPECT(lethe_head_open(NULL, dir, &o, &head), LETHE_ERROR_NULL_ARGUMENT);
   EXPECT(lethe_head_open(core, NULL, &o, &head), LETHE_ERROR_NULL_ARGUMENT);
   EXPECT(lethe_head_open(core, dir, &o, NULL), LETHE_ERROR_NULL_ARGUMENT);
@@ -287,6 +400,12 @@ static void test_head_open_errors(lethe_core *core) {
   EXPECT_MSG(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT, "nope");
   o.features = "\xff";
   EXPECT(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT);
+  OK(lethe_options_default(&o, sizeof o));
+  o.struct_size = 0;
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT, "struct_size");
+  o.struct_size = sizeof o + 8;
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &head), LETHE_ERROR_INVALID_ARGUMENT,
+             "newer lethe.h");
   CHECK(head == untouched);
   CHECK(!path_exists(dir)); /* a failed open creates nothing */
 }
@@ -302,22 +421,25 @@ static void test_head_calls(lethe_core *core) {
   double *w = (double *)malloc(C * D * sizeof(double)), b[16];
   uint64_t ids[64], dup[2], unknown = 999999;
   uint32_t labels[2];
-  size_t count = 777, i;
-  CHECK(logits && bad && w);
+  size_t count = 777, needed = 777, w_needed = 777, b_needed = 777, i;
+  /* probe inputs followed by room for their logits, for the overlap checks */
+  float *shared = (float *)malloc((probe.n * L + probe.n * C) * sizeof(float));
+  CHECK(logits && bad && w && shared);
+  memcpy(shared, probe.inputs, probe.n * L * sizeof(float));
 
   OK(lethe_head_open(core, tmp_path("head"), NULL, &head));
   CHECK(path_exists(tmp_path("head")));
-  OK(lethe_head_info(head, &info));
+  OK(lethe_head_info(head, &info, sizeof info));
   CHECK(info.samples == 0 && info.num_classes == C && info.feature_dim == D);
   CHECK(info.lambda == 10.0 && info.target_scale == 16.0);
   CHECK(info.backend == LETHE_BACKEND_CPU);
 
   /* An empty head predicts the core's logits: W = 0, b = 0; mnist-core has none for 5-9. */
-  OK(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C));
+  OK(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C, NULL));
   for (i = 0; i < probe.n; i++) CHECK(logits[i * C + 7] == 0.0f && logits[i * C + 2] != 0.0f);
 
   OK(lethe_head_learn(head, base.ids, base.inputs, base.n, base.labels));
-  OK(lethe_head_info(head, &info));
+  OK(lethe_head_info(head, &info, sizeof info));
   CHECK(info.samples == base.n);
   before = take(head, &probe);
   CHECK(before.n_ids == base.n);
@@ -363,52 +485,110 @@ static void test_head_calls(lethe_core *core) {
   expect_same(&before, &after, probe.n);
   free_snapshot(&after);
 
-  /* predict: errors write nothing. */
+  /* predict: errors write nothing (but the size needed, for a too small buffer). */
   for (i = 0; i < probe.n * C; i++) logits[i] = -7.0f;
-  EXPECT(lethe_head_predict(NULL, probe.inputs, probe.n, logits, probe.n * C),
+  EXPECT(lethe_head_predict(NULL, probe.inputs, probe.n, logits, probe.n * C, &needed),
          LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_predict(head, NULL, probe.n, logits, probe.n * C),
+  EXPECT(lethe_head_predict(head, NULL, probe.n, logits, probe.n * C, &needed),
          LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_predict(head, probe.inputs, probe.n, NULL, probe.n * C),
+  EXPECT(lethe_head_predict(head, probe.inputs, probe.n, NULL, probe.n * C, &needed),
          LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_predict(head, probe.inputs, 0, logits, probe.n * C),
+  EXPECT(lethe_head_predict(head, probe.inputs, 0, logits, probe.n * C, &needed),
          LETHE_ERROR_INVALID_ARGUMENT);
-  /* 8 samples x 10 classes need 80 floats */
-  EXPECT_MSG(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C - 1),
-             LETHE_ERROR_BUFFER_TOO_SMALL, "need 80");
-  EXPECT(lethe_head_predict(head, bad, 2, logits, probe.n * C), LETHE_ERROR_INVALID_ARGUMENT);
+  EXPECT(lethe_head_predict(head, bad, 2, logits, probe.n * C, &needed),
+         LETHE_ERROR_INVALID_ARGUMENT);
   bad[L + 300] = NAN;
-  EXPECT(lethe_head_predict(head, bad, 2, logits, probe.n * C), LETHE_ERROR_INVALID_ARGUMENT);
+  EXPECT(lethe_head_predict(head, bad, 2, logits, probe.n * C, &needed),
+         LETHE_ERROR_INVALID_ARGUMENT);
+  CHECK(needed == 777);
+  /* 8 samples x 10 classes need 80 floats: the call says so in `needed` */
+  EXPECT_MSG(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C - 1, &needed),
+             LETHE_ERROR_BUFFER_TOO_SMALL, "need 80");
+  CHECK(needed == 80);
+  EXPECT(lethe_head_predict(head, probe.inputs, probe.n, logits, 0, NULL),
+         LETHE_ERROR_BUFFER_TOO_SMALL);
   for (i = 0; i < probe.n * C; i++) CHECK(logits[i] == -7.0f);
   /* a larger buffer than needed: only n * C values are written */
-  OK(lethe_head_predict(head, probe.inputs, 1, logits, probe.n * C));
+  needed = 777;
+  OK(lethe_head_predict(head, probe.inputs, 1, logits, probe.n * C, &needed));
+  CHECK(needed == C);
   CHECK(memcmp(logits, before.logits, C * sizeof(float)) == 0);
   CHECK(logits[C] == -7.0f);
 
+  /* Inputs and logits that share memory are refused before Lethe touches either: in place,
+   * logits starting inside the inputs, inputs starting inside the logits, and `needed` inside
+   * the logits. Adjacent arrays are fine. */
+  for (i = 0; i < probe.n * C; i++) logits[i] = -7.0f;
+  EXPECT_MSG(lethe_head_predict(head, shared, probe.n, shared, probe.n * C, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "`inputs` and `logits` overlap");
+  EXPECT_MSG(lethe_head_predict(head, shared, probe.n, shared + probe.n * L - 1, probe.n * C,
+                                NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "overlap");
+  EXPECT_MSG(lethe_head_predict(head, shared + 8, 1, shared, 16, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "overlap");
+  EXPECT_MSG(lethe_head_predict(head, probe.inputs, probe.n, logits, probe.n * C,
+                                (size_t *)(void *)(logits + 4)),
+             LETHE_ERROR_INVALID_ARGUMENT, "`logits` and `logits_needed` overlap");
+  for (i = 0; i < probe.n * C; i++) CHECK(logits[i] == -7.0f);
+  CHECK(memcmp(shared, probe.inputs, probe.n * L * sizeof(float)) == 0);
+  OK(lethe_head_predict(head, shared, probe.n, shared + probe.n * L, probe.n * C, NULL));
+  CHECK(memcmp(shared + probe.n * L, before.logits, probe.n * C * sizeof(float)) == 0);
+
   /* weights */
   b[C] = -7.0;
-  EXPECT(lethe_head_weights(NULL, w, C * D, b, C), LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_weights(head, NULL, C * D, b, C), LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_weights(head, w, C * D, NULL, C), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_weights(NULL, w, C * D, b, C, &w_needed, &b_needed),
+         LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_weights(head, NULL, C * D, b, C, &w_needed, &b_needed),
+         LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_weights(head, w, C * D, NULL, C, &w_needed, &b_needed),
+         LETHE_ERROR_NULL_ARGUMENT);
+  CHECK(w_needed == 777 && b_needed == 777);
   for (i = 0; i < C; i++) b[i] = -7.0;
-  EXPECT_MSG(lethe_head_weights(head, w, C * D - 1, b, C), LETHE_ERROR_BUFFER_TOO_SMALL,
-             "need 1280");
-  EXPECT_MSG(lethe_head_weights(head, w, C * D, b, C - 1), LETHE_ERROR_BUFFER_TOO_SMALL,
-             "need 10");
+  /* either buffer too small: both sizes needed are reported */
+  EXPECT_MSG(lethe_head_weights(head, w, C * D - 1, b, C, &w_needed, &b_needed),
+             LETHE_ERROR_BUFFER_TOO_SMALL, "need 1280");
+  CHECK(w_needed == C * D && b_needed == C);
+  w_needed = b_needed = 777;
+  EXPECT_MSG(lethe_head_weights(head, w, C * D, b, C - 1, &w_needed, &b_needed),
+             LETHE_ERROR_BUFFER_TOO_SMALL, "need 10");
+  CHECK(w_needed == C * D && b_needed == C);
+  EXPECT(lethe_head_weights(head, w, 0, b, 0, NULL, NULL), LETHE_ERROR_BUFFER_TOO_SMALL);
+  /* overlapping outputs: w and b, and a size inside W */
+  EXPECT_MSG(lethe_head_weights(head, w, C * D, w + C * D - 1, C, NULL, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "`w` and `b` overlap");
+  EXPECT_MSG(lethe_head_weights(head, w, C * D, b, C, (size_t *)(void *)w, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "`w` and `w_needed` overlap");
+  EXPECT_MSG(lethe_head_weights(head, w, C * D, b, C, &w_needed, &w_needed),
+             LETHE_ERROR_INVALID_ARGUMENT, "`w_needed` and `b_needed` overlap");
   for (i = 0; i < C; i++) CHECK(b[i] == -7.0);
-  OK(lethe_head_weights(head, w, C * D, b, C + 1));
+  w_needed = b_needed = 777;
+  OK(lethe_head_weights(head, w, C * D, b, C + 1, &w_needed, &b_needed));
+  CHECK(w_needed == C * D && b_needed == C);
   CHECK(memcmp(w, before.w, C * D * sizeof(double)) == 0);
   CHECK(memcmp(b, before.b, C * sizeof(double)) == 0 && b[C] == -7.0);
 
   /* info and ids */
-  EXPECT(lethe_head_info(NULL, &info), LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_info(head, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_info(NULL, &info, sizeof info), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_info(head, NULL, sizeof info), LETHE_ERROR_NULL_ARGUMENT);
+  memset(&info, 0xA5, sizeof info);
+  EXPECT_MSG(lethe_head_info(head, &info, 0), LETHE_ERROR_INVALID_ARGUMENT, "out_size");
+  EXPECT_MSG(lethe_head_info(head, &info, sizeof info + 8), LETHE_ERROR_INVALID_ARGUMENT,
+             "newer lethe.h");
+  CHECK(info.samples == 0xA5A5A5A5A5A5A5A5u);
   EXPECT(lethe_head_ids(NULL, ids, 64, &count), LETHE_ERROR_NULL_ARGUMENT);
-  EXPECT(lethe_head_ids(head, NULL, 64, &count), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT_MSG(lethe_head_ids(head, NULL, 64, &count), LETHE_ERROR_NULL_ARGUMENT, "`ids`");
   EXPECT(lethe_head_ids(head, ids, 64, NULL), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT_MSG(lethe_head_ids(head, ids, 64, (size_t *)(void *)(ids + 3)),
+             LETHE_ERROR_INVALID_ARGUMENT, "`ids` and `count` overlap");
+  CHECK(count == 777);
+  /* too small: `count` says how many there are; (NULL, 0) asks for the number only */
+  ids[0] = 5;
   EXPECT_MSG(lethe_head_ids(head, ids, base.n - 1, &count), LETHE_ERROR_BUFFER_TOO_SMALL,
              "need 40");
-  CHECK(count == 777);
+  CHECK(count == base.n && ids[0] == 5);
+  count = 777;
+  EXPECT(lethe_head_ids(head, NULL, 0, &count), LETHE_ERROR_BUFFER_TOO_SMALL);
+  CHECK(count == base.n);
 
   /* forget: every error, and none changes anything. */
   EXPECT(lethe_head_forget(NULL, base.ids, 1), LETHE_ERROR_NULL_ARGUMENT);
@@ -428,7 +608,7 @@ static void test_head_calls(lethe_core *core) {
 
   /* Forgetting is exact: learn extra, forget it, and the head is bit-identical to before. */
   OK(lethe_head_learn(head, extra.ids, extra.inputs, extra.n, extra.labels));
-  OK(lethe_head_info(head, &info));
+  OK(lethe_head_info(head, &info, sizeof info));
   CHECK(info.samples == base.n + extra.n);
   after = take(head, &probe);
   CHECK(memcmp(before.w, after.w, C * D * sizeof(double)) != 0);
@@ -442,6 +622,9 @@ static void test_head_calls(lethe_core *core) {
   OK(lethe_head_forget_all(head));
   after = take(head, &probe);
   CHECK(after.info.samples == 0 && after.n_ids == 0);
+  count = 777;
+  OK(lethe_head_ids(head, NULL, 0, &count));
+  CHECK(count == 0);
   for (i = 0; i < C * D; i++) CHECK(after.w[i] == 0.0);
   for (i = 0; i < C; i++) CHECK(after.b[i] == 0.0);
   for (i = 0; i < probe.n; i++) CHECK(after.logits[i * C + 7] == 0.0f);
@@ -467,6 +650,7 @@ static void test_head_calls(lethe_core *core) {
   free(logits);
   free(bad);
   free(w);
+  free(shared);
 }
 
 /* A head that learned S and T then forgot T equals, bit for bit, a head that learned only S. */
@@ -499,7 +683,7 @@ static void test_state_dirs(lethe_core *core) {
   lethe_head *head = NULL, *second = NULL;
   lethe_core *other = NULL;
   lethe_options o;
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   o.lambda = 2.5;
   OK(lethe_head_open(core, tmp_path("state"), &o, &head));
   EXPECT_MSG(lethe_head_open(core, tmp_path("state"), &o, &second), LETHE_ERROR_STATE,
@@ -514,7 +698,7 @@ static void test_state_dirs(lethe_core *core) {
   OK(lethe_head_open(core, tmp_path("state"), NULL, &head));
   {
     lethe_head_summary info;
-    OK(lethe_head_info(head, &info));
+    OK(lethe_head_info(head, &info, sizeof info));
     CHECK(info.lambda == 2.5);
   }
   OK(lethe_head_close(head));
@@ -525,6 +709,47 @@ static void test_state_dirs(lethe_core *core) {
              "mnist-core");
   CHECK(second == NULL);
   OK(lethe_core_close(other));
+}
+
+/* A close that cannot persist (a folder where compaction writes samples.bin.tmp) reports it
+ * and still releases the handle and the state dir. Nothing acknowledged is lost: opening the
+ * state dir again recovers every sample bit for bit, and warns about the torn journal entry
+ * this test appends, as after a crash. */
+static void test_close_failure(lethe_core *core) {
+  lethe_head *head = NULL;
+  lethe_head_summary info;
+  batch s = make_batch(500, 20), probe = make_batch(560, 4);
+  snapshot before, after;
+  static const unsigned char torn[8] = {0};
+  char blocker[512];
+  FILE *f;
+  int i;
+  OK(lethe_head_open(core, tmp_path("closefail"), NULL, &head));
+  OK(lethe_head_learn(head, s.ids, s.inputs, s.n, s.labels));
+  before = take(head, &probe);
+  snprintf(blocker, sizeof blocker, "%s", tmp_path("closefail/samples.bin.tmp"));
+  CHECK(mkdir(blocker, 0700) == 0);
+  EXPECT_MSG(lethe_head_close(head), LETHE_ERROR_IO, "samples.bin.tmp");
+  EXPECT(lethe_head_info(head, &info, sizeof info), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_close(head), LETHE_ERROR_INVALID_HANDLE);
+  CHECK(rmdir(blocker) == 0);
+
+  f = fopen(tmp_path("closefail/journal"), "ab");
+  CHECK(f != NULL);
+  CHECK(fwrite(torn, 1, sizeof torn, f) == sizeof torn && fclose(f) == 0);
+  CHECK(logged("incomplete entry") < 0);
+  OK(lethe_head_open(core, tmp_path("closefail"), NULL, &head));
+  i = logged("incomplete entry");
+  if (i < 0) FAIL("the recovery's warning was not logged");
+  CHECK(g_log.level[i] == LETHE_LOG_WARN && strstr(g_log.message[i], "closefail") != NULL);
+  CHECK(logged("recovering") < 0); /* an info message: below the level asked for */
+  after = take(head, &probe);
+  expect_same(&before, &after, probe.n);
+  OK(lethe_head_close(head));
+  free_snapshot(&before);
+  free_snapshot(&after);
+  free_batch(&s);
+  free_batch(&probe);
 }
 
 /* Handles: NULL closes are no-ops; closed, twice-closed and foreign handles are errors. */
@@ -539,7 +764,7 @@ static void test_handles(void) {
   OK(lethe_core_close(NULL));
   OK(lethe_head_close(NULL));
 
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   o.intra_threads = 1;
   OK(lethe_core_open(BUNDLE, &o, &core));
   OK(lethe_head_open(core, tmp_path("handles"), &o, &head));
@@ -555,11 +780,11 @@ static void test_handles(void) {
   EXPECT(lethe_core_input_len(core, &v), LETHE_ERROR_INVALID_HANDLE);
   EXPECT(lethe_head_open(core, tmp_path("handles2"), NULL, &head), LETHE_ERROR_INVALID_HANDLE);
   OK(lethe_head_learn(head, one.ids, one.inputs, 1, one.labels));
-  OK(lethe_head_predict(head, one.inputs, 1, logits, 16));
+  OK(lethe_head_predict(head, one.inputs, 1, logits, 16, NULL));
 
   OK(lethe_head_close(head));
   EXPECT(lethe_head_close(head), LETHE_ERROR_INVALID_HANDLE);
-  EXPECT(lethe_head_predict(head, one.inputs, 1, logits, 16), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_predict(head, one.inputs, 1, logits, 16, NULL), LETHE_ERROR_INVALID_HANDLE);
   EXPECT(lethe_head_learn(head, one.ids, one.inputs, 1, one.labels), LETHE_ERROR_INVALID_HANDLE);
   EXPECT(lethe_head_forget(head, one.ids, 1), LETHE_ERROR_INVALID_HANDLE);
   EXPECT(lethe_head_forget_all(head), LETHE_ERROR_INVALID_HANDLE);
@@ -578,10 +803,13 @@ int main(void) {
   test_version();
   test_status_str();
   test_options_default();
+  test_options_checked();
+  test_log_callback_setup();
   test_ort_library_not_found();
   test_core_open_errors();
+  test_gpu_fallback_warns();
 
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   o.intra_threads = 1;
   OK(lethe_core_open(BUNDLE, &o, &core));
   test_core_getters(core);
@@ -590,8 +818,10 @@ int main(void) {
   test_head_calls(core);
   test_forget_equals_never_learned(core);
   test_state_dirs(core);
+  test_close_failure(core);
   OK(lethe_core_close(core));
   test_handles();
+  OK(lethe_set_log_callback(NULL, NULL, 0));
 
   mnist_free(&g_train);
   remove_tree(g_tmp);

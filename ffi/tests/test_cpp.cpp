@@ -1,6 +1,7 @@
 // test_cpp.cpp: lethe.hpp, the C++ wrapper. RAII and moves, exceptions carrying the status and
 // the message, std::vector overloads (and std::span ones when built as C++20), sizes checked
-// before calling Lethe, and the same learn/forget exactness as through the C API.
+// before calling Lethe, the same learn/forget exactness as through the C API, a close that
+// cannot persist, and Lethe's warnings reaching a std::function.
 //
 //   usage: test_cpp   (run from the repository root)
 //
@@ -11,6 +12,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,8 +87,32 @@ int main() {
   CHECK(lethe::version() == lethe_version());
   CHECK_THROWS(lethe::Core("/nonexistent/bundle"), LETHE_ERROR_IO, "/nonexistent/bundle");
 
+  // Lethe's warnings reach a std::function; what it throws stays in the wrapper.
+  std::mutex log_mutex;
+  std::vector<std::pair<lethe_log_level, std::string>> log;
+  lethe::set_log_callback([&](lethe_log_level level, const char *message) {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    log.emplace_back(level, message);
+    throw std::runtime_error("not for Lethe");
+  });
+  // The level of the first message that contains `needle`, or 0.
+  auto logged = [&](const char *needle) -> lethe_log_level {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    for (const auto &entry : log)
+      if (entry.second.find(needle) != std::string::npos) return entry.first;
+    return 0;
+  };
+  CHECK_THROWS(lethe::set_log_callback([](lethe_log_level, const char *) {}, 9),
+               LETHE_ERROR_INVALID_ARGUMENT, "max_level 9");
+
   lethe::Options options;
   options.intra_threads = 1;
+  lethe::Options cuda = options;
+  cuda.backend = LETHE_BACKEND_CUDA;
+  if (lethe::Core("models/mnist-core", cuda).backend() == LETHE_BACKEND_CPU)
+    CHECK(logged("core on cpu") == LETHE_LOG_WARN);
+  else
+    std::printf("test_cpp: a GPU is usable: no fallback warning to check\n");
   lethe::Core core("models/mnist-core", options);
   CHECK(core.input_len() == 784 && core.num_classes() == 10);
   CHECK(core.feature_dim() == 128 && core.feature_dim("conv_features") == 3136);
@@ -177,6 +205,26 @@ int main() {
   CHECK(reopened.predict(probe.inputs) == before);
   reopened.close();
   CHECK_THROWS(reopened.info(), LETHE_ERROR_NULL_ARGUMENT, "`head` is NULL");
+
+  // A close that cannot persist throws and releases the head; opening the state dir again
+  // recovers what it had learned (and warns about the torn journal entry appended here).
+  {
+    fs::path dir = tmp / "closefail";
+    lethe::Head head(core, dir.string(), options);
+    head.learn(base.ids, base.inputs, base.labels);
+    fs::create_directory(dir / "samples.bin.tmp");
+    CHECK_THROWS(head.close(), LETHE_ERROR_IO, "samples.bin.tmp");
+    CHECK_THROWS(head.info(), LETHE_ERROR_NULL_ARGUMENT, "`head` is NULL");
+    fs::remove(dir / "samples.bin.tmp");
+    const char torn[8] = {0};
+    std::ofstream(dir / "journal", std::ios::binary | std::ios::app).write(torn, sizeof torn);
+    CHECK(logged("incomplete entry") == 0);
+    lethe::Head recovered(core, dir.string(), options);
+    CHECK(logged("incomplete entry") == LETHE_LOG_WARN);
+    CHECK(recovered.ids() == base.ids && recovered.weights().w == weights_before.w);
+    recovered.close();
+  }
+  lethe::set_log_callback(nullptr);
 
   mnist_free(&digits);
   fs::remove_all(tmp);

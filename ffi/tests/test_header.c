@@ -35,7 +35,9 @@ int main(void) {
             (unsigned)lethe_version_number(), macros, (unsigned)LETHE_VERSION_NUMBER);
     return 1;
   }
-  if (lethe_options_default(&options) != LETHE_OK || options.backend != backend) return 1;
+  if (lethe_options_default(&options, sizeof options) != LETHE_OK ||
+      options.backend != backend || options.struct_size != sizeof options)
+    return 1;
   memset(&summary, 0, sizeof summary);
   status = lethe_core_close(core);
   status |= lethe_head_close(head);

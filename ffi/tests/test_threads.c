@@ -56,7 +56,7 @@ static void *predictor(void *arg) {
   CHECK(logits != NULL);
   while (!stop) {
     stop = atomic_load(&g_done);
-    OK(lethe_head_predict(g_head, g_probe, PROBE, logits, PROBE * C));
+    OK(lethe_head_predict(g_head, g_probe, PROBE, logits, PROBE * C, NULL));
     if (matches(logits, g_expected[0]))
       seen[0]++;
     else if (matches(logits, g_expected[1]))
@@ -64,7 +64,7 @@ static void *predictor(void *arg) {
     else
       FAIL("predictor %d: a prediction that is neither the old nor the new weights'", id);
     /* This thread's error message is its own, whatever the other threads do. */
-    EXPECT_MSG(lethe_head_predict(g_head, g_probe, 0, logits, PROBE * C),
+    EXPECT_MSG(lethe_head_predict(g_head, g_probe, 0, logits, PROBE * C, NULL),
                LETHE_ERROR_INVALID_ARGUMENT, "n must be");
     CHECK(strstr(lethe_last_error(), "lethe_head_predict: n must be") != NULL);
   }
@@ -84,14 +84,14 @@ static void *weights_reader(void *arg) {
   CHECK(w && b);
   while (!stop) {
     stop = atomic_load(&g_done);
-    OK(lethe_head_weights(g_head, w, C * D, b, C));
+    OK(lethe_head_weights(g_head, w, C * D, b, C, NULL, NULL));
     for (k = 0; k < 2; k++)
       if (memcmp(w, g_w[k], C * D * sizeof(double)) == 0 &&
           memcmp(b, g_b[k], C * sizeof(double)) == 0)
         break;
     if (k == 2) FAIL("weights that are neither state's canonical weights");
     g_weights_seen[k]++;
-    OK(lethe_head_info(g_head, &info));
+    OK(lethe_head_info(g_head, &info, sizeof info));
     CHECK(info.samples == BASE || info.samples == BASE + EXTRA);
   }
   free(w);
@@ -105,8 +105,9 @@ static void record_state(int k) {
   g_b[k] = (double *)malloc(C * sizeof(double));
   g_expected[k] = (float *)malloc(PROBE * C * sizeof(float));
   CHECK(g_w[k] && g_b[k] && g_expected[k]);
-  OK(lethe_head_weights(g_head, g_w[k], C * D, g_b[k], C)); /* canonical from here on */
-  OK(lethe_head_predict(g_head, g_probe, PROBE, g_expected[k], PROBE * C));
+  /* canonical from here on */
+  OK(lethe_head_weights(g_head, g_w[k], C * D, g_b[k], C, NULL, NULL));
+  OK(lethe_head_predict(g_head, g_probe, PROBE, g_expected[k], PROBE * C, NULL));
 }
 
 int main(void) {
@@ -124,7 +125,7 @@ int main(void) {
 
   CHECK(mkdtemp(tmp) != NULL);
   CHECK(mnist_read("tests/data", "train", &train) == 0);
-  OK(lethe_options_default(&o));
+  OK(lethe_options_default(&o, sizeof o));
   o.intra_threads = 1;
   OK(lethe_core_open("models/mnist-core", &o, &core));
   OK(lethe_core_input_len(core, &L));
