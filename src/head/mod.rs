@@ -89,6 +89,8 @@ struct Inner {
     state: Mutex<State>,
     wake: Condvar,
     stop: AtomicBool,
+    /// [`Head::hold_resolve`]: the background re-solve installs nothing while set.
+    held: AtomicBool,
 }
 
 /// A head. `Send + Sync`: share it across threads (e.g. in an `Arc`).
@@ -227,6 +229,7 @@ impl Head {
             core,
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         });
         let worker = if options.synchronous_resolve {
             None
@@ -490,6 +493,25 @@ impl Head {
             .clone()
     }
 
+    /// A test hook (G1 before the re-solve): the f64 weights that [`Head::served`] rounds,
+    /// without finishing a pending re-solve, i.e. those of the incremental update until the
+    /// re-solve replaces them.
+    #[doc(hidden)]
+    pub fn served_f64(&self) -> Weights {
+        to_weights(&self.inner.lock().solution.theta, self.inner.spec.dim)
+    }
+
+    /// A test hook (G1 before the re-solve, G6): while `held`, the background re-solve installs
+    /// nothing, so the weights a learn or forget served stay served until the hold is released
+    /// or a call that returns canonical weights ([`Head::weights`], `verify`, `close`) re-solves
+    /// itself. No effect with `synchronous_resolve`.
+    #[doc(hidden)]
+    pub fn hold_resolve(&self, held: bool) {
+        let _st = self.inner.lock();
+        self.inner.held.store(held, Ordering::SeqCst);
+        self.inner.wake.notify_all();
+    }
+
     /// The canonical weights in f64 (finishing a pending re-solve first).
     pub fn weights(&self) -> Result<Weights> {
         let mut st = self.inner.lock();
@@ -626,7 +648,9 @@ fn resolve_loop(inner: &Inner) {
     loop {
         let (stats, version) = {
             let mut st = inner.lock();
-            while st.canonical == st.version && !inner.stop.load(Ordering::SeqCst) {
+            while (st.canonical == st.version || inner.held.load(Ordering::SeqCst))
+                && !inner.stop.load(Ordering::SeqCst)
+            {
                 st = inner.wake.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             if inner.stop.load(Ordering::SeqCst) {
@@ -638,7 +662,7 @@ fn resolve_loop(inner: &Inner) {
         drop(stats);
         let mut st = inner.lock();
         match solved {
-            Ok(solution) if st.version == version => {
+            Ok(solution) if st.version == version && !inner.held.load(Ordering::SeqCst) => {
                 st.solution = solution;
                 st.canonical = version;
                 inner.publish(&st.solution);
