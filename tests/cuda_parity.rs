@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use common::cuda::{assert_logits_close, gpu};
@@ -235,36 +234,15 @@ fn concurrent_predictions_see_whole_weights_on_the_gpu() {
     head.publish(&versions[0]).unwrap();
     let probe = uniform(&mut rng, n, d, 1.0);
     let z = Array2::<f32>::zeros((n, c));
-    let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicUsize::new(0));
-    let readers: Vec<_> = (0..READERS)
-        .map(|_| {
-            let (head, probe, z) = (head.clone(), probe.clone(), z.clone());
-            let (done, count) = (done.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                while !done.load(Ordering::SeqCst) {
-                    seen.push(head.logits(probe.view(), z.view()).unwrap());
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                seen
-            })
-        })
-        .collect();
+    let (reader, reader_probe, reader_z) = (head.clone(), probe.clone(), z.clone());
+    let readers = common::Readers::start(READERS, move || {
+        reader.logits(reader_probe.view(), reader_z.view()).unwrap()
+    });
     for round in 0..200 {
         head.publish(&versions[round % versions.len()]).unwrap();
-        // At most one prediction per reader was in flight during the publish.
-        let after = count.load(Ordering::SeqCst) + 2 * READERS;
-        while count.load(Ordering::SeqCst) < after {
-            assert!(!readers.iter().any(|r| r.is_finished()), "a reader failed");
-            std::thread::yield_now();
-        }
+        readers.wait_for_new_calls();
     }
-    done.store(true, Ordering::SeqCst);
-    let seen: Vec<Array2<f32>> = readers
-        .into_iter()
-        .flat_map(|r| r.join().unwrap())
-        .collect();
+    let seen = readers.finish();
     let expected: Vec<Array2<f32>> = versions
         .iter()
         .map(|w| {

@@ -11,7 +11,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,45 +103,25 @@ fn bits(logits: &Array2<f32>) -> Vec<u32> {
 }
 
 /// Runs `script` on `head` while [`READERS`] threads predict `probe`, and returns their
-/// predictions. After each call the writer waits until each reader could have started a
-/// prediction (at most one per reader was in flight during the call), so that they see most
-/// versions.
+/// predictions. After each call the writer waits for predictions started after it, so that the
+/// readers see most versions.
 fn predict_while_changing(
     head: &Arc<Head>,
     script: &[Change],
     probe: &Array2<f32>,
 ) -> Vec<Array2<f32>> {
-    let z = Array2::<f32>::zeros((N, C));
-    let done = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicUsize::new(0));
-    let readers: Vec<_> = (0..READERS)
-        .map(|_| {
-            let (head, probe, z) = (head.clone(), probe.clone(), z.clone());
-            let (done, count) = (done.clone(), count.clone());
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                while !done.load(Ordering::SeqCst) {
-                    seen.push(head.predict_features(&probe, &z).unwrap());
-                    count.fetch_add(1, Ordering::SeqCst);
-                }
-                seen
-            })
-        })
-        .collect();
+    let (reader, probe) = (head.clone(), probe.clone());
+    let readers = common::Readers::start(READERS, move || {
+        reader
+            .predict_features(&probe, &Array2::zeros((N, C)))
+            .unwrap()
+    });
     for (i, change) in script.iter().enumerate() {
         head.hold_resolve(i % 4 < 2);
         apply(head, change);
-        let after = count.load(Ordering::SeqCst) + 2 * READERS;
-        while count.load(Ordering::SeqCst) < after {
-            assert!(!readers.iter().any(|r| r.is_finished()), "a reader failed");
-            std::thread::yield_now();
-        }
+        readers.wait_for_new_calls();
     }
-    done.store(true, Ordering::SeqCst);
-    readers
-        .into_iter()
-        .flat_map(|r| r.join().unwrap())
-        .collect()
+    readers.finish()
 }
 
 /// G6 on a head with `options`: each prediction equals `expected` (the prediction of one

@@ -9,6 +9,9 @@ pub mod cuda;
 pub mod store;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use lethe::{FixedPoint, HeadSpec};
 use ndarray::{Array2, Array3, ArrayView2, Axis};
@@ -130,4 +133,60 @@ pub fn max_rel_diff(actual: ArrayView2<f32>, reference: ArrayView2<f32>) -> f64 
             m.max((f64::from(a) - f64::from(r)).abs())
         });
     diff / scale
+}
+
+/// Threads that call a function in a loop until [`Readers::finish`] (G6: predictions while the
+/// weights change), each keeping what its calls returned.
+pub struct Readers<T> {
+    threads: Vec<JoinHandle<Vec<T>>>,
+    done: Arc<AtomicBool>,
+    calls: Arc<AtomicUsize>,
+}
+
+impl<T: Send + 'static> Readers<T> {
+    pub fn start(n: usize, call: impl Fn() -> T + Send + Sync + 'static) -> Readers<T> {
+        let call = Arc::new(call);
+        let done = Arc::new(AtomicBool::new(false));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let threads = (0..n)
+            .map(|_| {
+                let (call, done, calls) = (call.clone(), done.clone(), calls.clone());
+                std::thread::spawn(move || {
+                    let mut seen = Vec::new();
+                    while !done.load(Ordering::SeqCst) {
+                        seen.push(call());
+                        calls.fetch_add(1, Ordering::SeqCst);
+                    }
+                    seen
+                })
+            })
+            .collect();
+        Readers {
+            threads,
+            done,
+            calls,
+        }
+    }
+
+    /// Waits until each reader could have started a call after this point: at most one call
+    /// per reader is in flight now, so it waits for twice as many calls to end.
+    pub fn wait_for_new_calls(&self) {
+        let after = self.calls.load(Ordering::SeqCst) + 2 * self.threads.len();
+        while self.calls.load(Ordering::SeqCst) < after {
+            assert!(
+                !self.threads.iter().any(|t| t.is_finished()),
+                "a reader failed"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    /// Stops the readers and returns what all their calls returned.
+    pub fn finish(self) -> Vec<T> {
+        self.done.store(true, Ordering::SeqCst);
+        self.threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    }
 }
