@@ -17,8 +17,13 @@ setup:
 demo: setup
 	$(CARGO) run --release --quiet -p lethe-cli -- demo
 
+# Tests that need a GPU are #[ignore]d (they show as ignored, not passed). LETHE_REQUIRE_GPU=1
+# runs them too, and those that also need ONNX Runtime's CUDA EP (named *cuda_ep*) with
+# LETHE_REQUIRE_CUDA_EP=1; the GPU benchmark runs only in scripts/gpu-check.sh.
+GPU_TESTS := $(if $(filter 1,$(LETHE_REQUIRE_GPU)),-- --include-ignored --skip gpu_benchmark $(if $(filter 1,$(LETHE_REQUIRE_CUDA_EP)),,--skip cuda_ep))
+
 test: setup
-	$(CARGO) test --workspace --all-targets
+	$(CARGO) test --workspace --all-targets $(GPU_TESTS)
 	$(CARGO) test --workspace --doc
 	ffi/tests/run.sh
 

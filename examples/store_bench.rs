@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use lethe::FixedPoint;
 use lethe::{Head, HeadOptions, HeadSpec, Result};
 use ndarray::Array2;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 const D: usize = 1280;
 const C: usize = 100;
@@ -23,29 +25,23 @@ const CORE_SHA256: &str = "be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0c4be0
 const REPEATS: usize = 15;
 
 fn spec() -> HeadSpec {
-    HeadSpec {
-        features: "features".into(),
-        dim: D,
-        classes: (0..C).map(|i| i.to_string()).collect(),
-        core_logits: None,
-        lambda: 1.0,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 8.0,
-            target_max_abs: 16.0,
-        },
-    }
+    let fixed = FixedPoint {
+        frac_bits: 16,
+        feature_max_abs: 8.0,
+        target_max_abs: 16.0,
+    };
+    HeadSpec::detached(D, C, 1.0, fixed).expect("a valid spec")
 }
 
-/// Synthetic features of samples `ids` (deterministic, in [−1, 1]).
+/// Synthetic features of samples `ids`: each row drawn from [−1, 1) by a generator seeded
+/// with the sample's id.
 fn batch(ids: &[u64]) -> (Array2<f32>, Array2<f32>, Vec<u32>) {
-    let phi = Array2::from_shape_fn((ids.len(), D), |(i, j)| {
-        let x = ids[i]
-            .wrapping_mul(0x9e3779b97f4a7c15)
-            .wrapping_add(j as u64 * 0xbf58476d1ce4e5b9);
-        ((x >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    });
+    let mut phi = Array2::zeros((ids.len(), D));
+    for (mut row, &id) in phi.rows_mut().into_iter().zip(ids) {
+        let mut rng = StdRng::seed_from_u64(id);
+        row.iter_mut()
+            .for_each(|v| *v = rng.random_range(-1.0..1.0));
+    }
     let z = Array2::zeros((ids.len(), C));
     let labels = ids.iter().map(|&id| (id % C as u64) as u32).collect();
     (phi, z, labels)

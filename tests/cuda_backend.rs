@@ -1,72 +1,70 @@
 //! Backend selection and reporting: cpu by default; auto and cuda use the GPU when they can
 //! and otherwise run on the CPU and say why; require_gpu turns that into an error, never a
-//! panic. These run everywhere: the expected outcome is what this machine has.
+//! panic. The fallback is checked everywhere on a device that does not exist (ordinal 4096);
+//! the GPU outcomes are `#[ignore = "needs a GPU"]` (run with `--include-ignored` on a GPU
+//! machine, see tests/common/cuda.rs).
 
-mod cuda_common;
+mod common;
 
 use std::sync::Arc;
 
 use lethe::device::cuda;
 use lethe::placement::{Backend, BackendOptions, CpuReason, Placement};
-use lethe::FixedPoint;
-use lethe::{Core, CoreOptions, Error, Head, HeadOptions, HeadSpec};
+use lethe::{Core, CoreOptions, Error, Head, HeadOptions};
 use ndarray::Array2;
 
-fn spec(dim: usize, classes: usize) -> HeadSpec {
-    HeadSpec {
-        features: "f".into(),
-        dim,
-        classes: (0..classes).map(|i| i.to_string()).collect(),
-        core_logits: None,
-        lambda: 1.0,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 4.0,
-            target_max_abs: 2.0,
-        },
-    }
-}
+/// A CUDA device ordinal no machine has.
+const MISSING_DEVICE: usize = 4096;
 
-fn on(backend: Backend, require_gpu: bool) -> BackendOptions {
+fn on(backend: Backend, require_gpu: bool, device: usize) -> BackendOptions {
     BackendOptions {
         backend,
         require_gpu,
-        device: 0,
+        device,
     }
 }
 
-fn head_options(backend: Backend, require_gpu: bool) -> HeadOptions {
+fn head_options(backend: BackendOptions) -> HeadOptions {
     HeadOptions {
-        backend: Some(on(backend, require_gpu)),
+        backend: Some(backend),
         synchronous_resolve: true,
         ..Default::default()
     }
 }
 
-fn mnist_core(options: &BackendOptions) -> lethe::Result<Core> {
-    let dir = cuda_common::repo_root().join("models/mnist-core");
+fn detached(backend: BackendOptions) -> lethe::Result<Head> {
+    Head::detached(common::detached_spec(4, 3, 1.0), &head_options(backend))
+}
+
+fn mnist_core(options: BackendOptions) -> lethe::Result<Core> {
+    let dir = common::repo_root().join("models/mnist-core");
     Core::open(
         dir,
         &CoreOptions {
-            backend: options.clone(),
+            backend: options,
             ..Default::default()
         },
     )
 }
 
-/// Under LETHE_REQUIRE_GPU=1 the outcomes below must be the GPU ones.
-#[test]
-fn the_gpu_is_usable_when_required() {
-    match cuda::open_device(0) {
-        Ok(device) => eprintln!("GPU: {}", device.describe()),
-        Err(reason) => cuda_common::skip("the_gpu_is_usable_when_required", reason),
+/// Whatever runs it, a head without samples predicts exactly the core's logits z.
+fn assert_predicts_z(head: &Head) {
+    let (phi, z) = (Array2::<f32>::ones((2, 4)), Array2::<f32>::ones((2, 3)));
+    assert_eq!(head.predict_features(&phi, &z).unwrap(), z);
+}
+
+/// Why device [`MISSING_DEVICE`] cannot be used: no driver, or no such device.
+fn assert_missing_device_reason(reason: &CpuReason) {
+    if !cuda::driver_present() {
+        assert_eq!(*reason, CpuReason::NoDriver);
+    } else {
+        assert!(matches!(reason, CpuReason::NoDevice(_)), "{reason:?}");
     }
 }
 
 #[test]
 fn the_cpu_is_the_default() {
-    let head = Head::detached(spec(4, 3), &HeadOptions::default()).unwrap();
+    let head = Head::detached(common::detached_spec(4, 3, 1.0), &HeadOptions::default()).unwrap();
     let info = head.info();
     assert_eq!(info.backend.head, Placement::Cpu(CpuReason::Requested));
     assert_eq!(info.backend.core, None);
@@ -78,63 +76,38 @@ fn the_cpu_is_the_default() {
 }
 
 #[test]
-fn auto_uses_the_gpu_or_says_why_not() {
-    let head = Head::detached(spec(4, 3), &head_options(Backend::Auto, false)).unwrap();
-    let report = head.info().backend;
-    eprintln!("{report}");
-    match cuda::open_device(0) {
-        Ok(device) => {
-            assert!(report.head.is_gpu(), "a usable GPU, but {report}");
-            assert!(report.to_string().contains(&device.name), "{report}");
-        }
-        Err(reason) => {
-            assert_ne!(reason, CpuReason::Requested);
-            assert_eq!(report.head, Placement::Cpu(reason));
-            if !cuda::driver_present() {
-                assert_eq!(report.head, Placement::Cpu(CpuReason::NoDriver));
-                assert!(report.to_string().contains("no CUDA driver"), "{report}");
-            }
-        }
-    }
-    // Whatever runs it, the head predicts z + φWᵀ + b.
-    let (phi, z) = (Array2::<f32>::ones((2, 4)), Array2::<f32>::ones((2, 3)));
-    assert_eq!(head.predict_features(&phi, &z).unwrap(), z);
-}
-
-#[test]
-fn cuda_without_a_gpu_falls_back_to_the_cpu() {
-    let head = Head::detached(spec(4, 3), &head_options(Backend::Cuda, false)).unwrap();
-    let report = head.info().backend;
-    match cuda::open_device(0) {
-        Ok(_) => assert!(report.head.is_gpu(), "{report}"),
-        Err(reason) => assert_eq!(report.head, Placement::Cpu(reason)),
+fn auto_and_cuda_without_the_device_run_on_the_cpu_and_say_why() {
+    for backend in [Backend::Auto, Backend::Cuda] {
+        let head = detached(on(backend, false, MISSING_DEVICE)).unwrap();
+        let report = head.info().backend;
+        eprintln!("{backend}: {report}");
+        let Placement::Cpu(reason) = &report.head else {
+            panic!("{backend}: device {MISSING_DEVICE} does not exist, but {report}");
+        };
+        assert_missing_device_reason(reason);
+        assert!(report.to_string().contains(&reason.to_string()), "{report}");
+        assert_predicts_z(&head);
     }
 }
 
 #[test]
-fn require_gpu_without_a_gpu_is_a_clear_error() {
+fn require_gpu_without_the_device_is_a_clear_error() {
     for backend in [Backend::Cuda, Backend::Auto] {
-        let result = Head::detached(spec(4, 3), &head_options(backend, true));
-        match (cuda::open_device(0), result) {
-            (Ok(_), Ok(head)) => assert!(head.info().backend.head.is_gpu()),
-            (Err(reason), Err(Error::Backend(message))) => {
-                assert!(
-                    message.contains("head") && message.contains(&reason.to_string()),
-                    "the error should say what cannot run on the GPU and why: {message}"
-                );
-            }
-            (expected, got) => panic!(
-                "{backend}: GPU {:?}, but creating the head gave {:?}",
-                expected.map(|d| d.describe()),
-                got.map(|h| h.info().backend)
+        match detached(on(backend, true, MISSING_DEVICE)) {
+            Err(Error::Backend(message)) => assert!(
+                message.contains("head")
+                    && (message.contains("no CUDA driver") || message.contains("no CUDA device")),
+                "{backend}: the error should say what cannot run on the GPU and why: {message}"
             ),
+            Err(other) => panic!("{backend}: expected a backend error, got {other}"),
+            Ok(head) => panic!("{backend}: created on {}", head.info().backend),
         }
     }
 }
 
 #[test]
 fn require_gpu_with_the_cpu_backend_is_invalid() {
-    let result = Head::detached(spec(4, 3), &head_options(Backend::Cpu, true));
+    let result = detached(on(Backend::Cpu, true, 0));
     assert!(
         matches!(result, Err(Error::InvalidInput(_))),
         "{:?}",
@@ -155,38 +128,81 @@ fn backends_parse() {
 }
 
 #[test]
-fn a_core_and_its_head_report_where_they_run() {
-    let core = Arc::new(mnist_core(&on(Backend::Auto, false)).unwrap());
+fn a_core_without_the_device_runs_on_the_cpu_and_its_head_follows() {
+    let core = Arc::new(mnist_core(on(Backend::Auto, false, MISSING_DEVICE)).unwrap());
     let placement = core.placement().clone();
     eprintln!("core on {placement}");
-    if !cuda::driver_present() {
-        assert_eq!(placement, Placement::Cpu(CpuReason::NoDriver));
-    } else if let Placement::Cpu(reason) = &placement {
-        assert_ne!(*reason, CpuReason::Requested);
-    }
+    let Placement::Cpu(reason) = &placement else {
+        panic!("device {MISSING_DEVICE} does not exist, but the core runs on {placement}");
+    };
+    assert_missing_device_reason(reason);
     // A head without backend options follows its core's.
     let head = Head::in_memory(core.clone(), &HeadOptions::default()).unwrap();
     let report = head.info().backend;
-    assert_eq!(report.core, Some(placement));
-    match cuda::open_device(0) {
-        Ok(_) => assert!(report.head.is_gpu(), "{report}"),
-        Err(reason) => assert_eq!(report.head, Placement::Cpu(reason)),
-    }
+    assert_eq!(report.core, Some(placement.clone()));
+    let Placement::Cpu(reason) = &report.head else {
+        panic!("the head should follow its core's options: {report}");
+    };
+    assert_missing_device_reason(reason);
     assert!(report.to_string().contains("; core on "), "{report}");
     let logits = head.predict(&vec![0.0; 2 * core.input_len()], 2).unwrap();
     assert_eq!(logits.dim(), (2, head.spec().num_classes()));
 }
 
 #[test]
-fn a_core_with_require_gpu_fails_cleanly_without_cuda() {
-    match mnist_core(&on(Backend::Cuda, true)) {
-        Ok(core) => assert!(core.placement().is_gpu(), "{}", core.placement()),
-        Err(Error::Backend(message)) => {
-            assert!(message.contains("core"), "{message}");
-            if !cuda::driver_present() {
-                assert!(message.contains("no CUDA driver"), "{message}");
-            }
-        }
+fn a_core_with_require_gpu_without_the_device_fails_cleanly() {
+    match mnist_core(on(Backend::Cuda, true, MISSING_DEVICE)) {
+        Err(Error::Backend(message)) => assert!(
+            message.contains("core")
+                && (message.contains("no CUDA driver") || message.contains("no CUDA device")),
+            "{message}"
+        ),
         Err(other) => panic!("expected a backend error, got {other}"),
+        Ok(core) => panic!("opened on {}", core.placement()),
     }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn the_gpu_opens() {
+    let device = common::cuda::gpu();
+    eprintln!("GPU: {}", device.describe());
+    assert!(!device.name.is_empty());
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn auto_and_cuda_put_the_head_on_the_gpu() {
+    let device = common::cuda::gpu();
+    for backend in [Backend::Auto, Backend::Cuda] {
+        for require_gpu in [false, true] {
+            let head = detached(on(backend, require_gpu, 0)).unwrap();
+            let report = head.info().backend;
+            assert!(report.head.is_gpu(), "{backend}: {report}");
+            assert_eq!(report.name(), "cuda", "{report}");
+            assert!(report.to_string().contains(&device.name), "{report}");
+            assert_predicts_z(&head);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn a_head_follows_its_core_onto_the_gpu() {
+    let core = Arc::new(mnist_core(on(Backend::Auto, false, 0)).unwrap());
+    eprintln!("core on {}", core.placement());
+    let head = Head::in_memory(core.clone(), &HeadOptions::default()).unwrap();
+    let report = head.info().backend;
+    assert!(report.head.is_gpu(), "{report}");
+    assert_eq!(report.core.as_ref(), Some(core.placement()));
+    let logits = head.predict(&vec![0.0; 2 * core.input_len()], 2).unwrap();
+    assert_eq!(logits.dim(), (2, head.spec().num_classes()));
+}
+
+#[test]
+#[ignore = "needs a GPU and the CUDA EP"]
+fn a_core_with_require_gpu_runs_on_the_cuda_ep() {
+    let core = mnist_core(on(Backend::Cuda, true, 0))
+        .unwrap_or_else(|e| panic!("this test needs a GPU and the CUDA EP: {e}"));
+    assert!(core.placement().is_gpu(), "{}", core.placement());
 }

@@ -11,14 +11,14 @@
 //! The table goes to stdout and, with LETHE_BENCH_OUT=DIR, to DIR/gpu-bench.md. Compare timings
 //! only within one run: they depend on the card (its name heads the table).
 
-mod cuda_common;
+mod common;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cuda_common::Values;
+use common::uniform;
 use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 use lethe::device::cpu;
@@ -28,6 +28,7 @@ use lethe::ServedWeights;
 use lethe::{Backend, BackendOptions};
 use lethe::{Core, CoreOptions, Head, HeadOptions};
 use ndarray::Array2;
+use rand::Rng;
 
 const BATCHES: [usize; 3] = [1, 64, 1024];
 const DIMS: [usize; 3] = [128, 1280, 2048];
@@ -123,9 +124,7 @@ fn micros(seconds: f64) -> String {
 #[test]
 #[ignore = "a benchmark: scripts/gpu-check.sh runs it on a GPU machine"]
 fn gpu_benchmark() {
-    let Some(device) = cuda_common::gpu("gpu_benchmark") else {
-        return;
-    };
+    let device = common::cuda::gpu();
     let stream = device.context().new_stream().unwrap();
     let bandwidth = measured_bandwidth(&stream);
     let compute = measured_compute(&device, &stream);
@@ -153,17 +152,17 @@ fn gpu_benchmark() {
     )
     .unwrap();
     writeln!(table, "|---|---|---|---|---|---|---|---|---|---|---|").unwrap();
-    let mut values = Values::new(7);
+    let mut rng = common::rng(7);
     for d in DIMS {
         for c in CLASSES {
             let head = CudaHead::new(device.clone(), d, c, None).unwrap();
             let weights = ServedWeights {
-                w: values.matrix(c, d),
-                b: (0..c).map(|_| values.next()).collect(),
+                w: uniform(&mut rng, c, d, 1.0),
+                b: (0..c).map(|_| rng.random_range(-1.0..1.0)).collect(),
             };
             head.publish(&weights).unwrap();
             for n in BATCHES {
-                let phi = values.matrix(n, d);
+                let phi = uniform(&mut rng, n, d, 1.0);
                 let z = Array2::<f32>::zeros((n, c));
                 let phi_dev = stream.clone_htod(phi.as_slice().unwrap()).unwrap();
                 let mut out = stream.alloc_zeros::<f32>(n * c).unwrap();
@@ -226,7 +225,7 @@ fn gpu_benchmark() {
 
 /// Core + head against the core alone (mobilenetv2-imagenet, d = 1280, C = 10).
 fn core_and_head() -> String {
-    let dir = cuda_common::repo_root().join("models/mobilenetv2-imagenet");
+    let dir = common::repo_root().join("models/mobilenetv2-imagenet");
     let options = CoreOptions {
         backend: BackendOptions {
             backend: Backend::Auto,
@@ -255,10 +254,12 @@ fn core_and_head() -> String {
         core.bundle().manifest.name,
         head.info().backend
     );
-    let mut values = Values::new(8);
+    let mut rng = common::rng(8);
     let features = head.spec().features.clone();
     for n in [1, 64] {
-        let inputs: Vec<f32> = (0..n * core.input_len()).map(|_| values.next()).collect();
+        let inputs: Vec<f32> = (0..n * core.input_len())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let alone = time_host(MIN_HOST_TIME, || {
             core.run(&inputs, n, &[features.as_str()]).unwrap();
         });

@@ -3,23 +3,26 @@
 //! head_forward_f32, 64 × 64 tiles for head_forward_tiled_f32, float4 loads), weight updates
 //! through learn/forget, forget-all, and concurrent predictions during updates.
 //!
-//! They need a GPU: without one they skip, unless LETHE_REQUIRE_GPU=1 (scripts/gpu-check.sh).
+//! They need a GPU: `#[ignore]`d, run with `--include-ignored` (see tests/common/cuda.rs).
 
-mod cuda_common;
+mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cuda_common::{assert_logits_close, Values};
+use common::cuda::{assert_logits_close, gpu};
+use common::uniform;
 use cudarc::driver::DevicePtr;
 use lethe::device::cpu;
 use lethe::device::cuda::{CudaHead, DeviceCoreLogits, ForwardKernel, GEMV_MAX_ROWS};
-use lethe::FixedPoint;
 use lethe::ServedWeights;
 use lethe::{Backend, BackendOptions};
-use lethe::{Core, CoreOptions, Head, HeadOptions, HeadSpec};
+use lethe::{Core, CoreOptions, Head, HeadOptions};
 use ndarray::{s, Array2};
+use rand::rngs::StdRng;
+use rand::Rng;
 
+/// Threads predicting while weights are published.
+const READERS: usize = 3;
 /// Batch sizes around the kernels' boundaries: 4-row groups, the GEMV/tiled switch, 64-row tiles.
 const BATCHES: &[usize] = &[0, 1, 2, 3, 4, 5, 15, 16, 17, 63, 64, 65, 130, 1000];
 /// (d, C): odd and even, below and above the 4-wide vector loads, the 32-lane warps and the
@@ -38,28 +41,27 @@ const SHAPES: &[(usize, usize)] = &[
     (2048, 1000),
 ];
 
-fn random_weights(values: &mut Values, c: usize, d: usize) -> ServedWeights {
+fn random_weights(rng: &mut StdRng, c: usize, d: usize) -> ServedWeights {
     ServedWeights {
-        w: values.matrix(c, d),
-        b: (0..c).map(|_| values.next()).collect(),
+        w: uniform(rng, c, d, 1.0),
+        b: (0..c).map(|_| rng.random_range(-1.0..1.0)).collect(),
     }
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn forward_matches_the_cpu_head() {
-    let Some(device) = cuda_common::gpu("forward_matches_the_cpu_head") else {
-        return;
-    };
-    let mut values = Values::new(1);
+    let device = gpu();
+    let mut rng = common::rng(1);
     for &(d, c) in SHAPES {
         let head = CudaHead::new(device.clone(), d, c, None).unwrap();
-        let weights = random_weights(&mut values, c, d);
+        let weights = random_weights(&mut rng, c, d);
         head.publish(&weights).unwrap();
         for &n in BATCHES {
-            let phi = values.matrix(n, d);
+            let phi = uniform(&mut rng, n, d, 1.0);
             // Every other batch without core logits: the kernels then read no z at all.
             let z = if n % 2 == 0 {
-                values.matrix(n, c)
+                uniform(&mut rng, n, c, 1.0)
             } else {
                 Array2::zeros((n, c))
             };
@@ -75,19 +77,18 @@ fn forward_matches_the_cpu_head() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn strided_inputs_are_read_correctly() {
-    let Some(device) = cuda_common::gpu("strided_inputs_are_read_correctly") else {
-        return;
-    };
-    let mut values = Values::new(2);
+    let device = gpu();
+    let mut rng = common::rng(2);
     let (n, d, c) = (7, 12, 5);
     let head = CudaHead::new(device, d, c, None).unwrap();
-    let weights = random_weights(&mut values, c, d);
+    let weights = random_weights(&mut rng, c, d);
     head.publish(&weights).unwrap();
     // Column views and transposes are not contiguous: the head copies them into row-major.
-    let wide = values.matrix(n, 2 * d);
+    let wide = uniform(&mut rng, n, 2 * d, 1.0);
     let phi = wide.slice(s![.., ..;2]).to_owned();
-    let zt = values.matrix(c, n);
+    let zt = uniform(&mut rng, c, n, 1.0);
     let got = head.logits(wide.slice(s![.., ..;2]), zt.t()).unwrap();
     let z = zt.t().to_owned();
     let want = cpu::logits(&phi, &z, &weights);
@@ -95,22 +96,21 @@ fn strided_inputs_are_read_correctly() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn features_on_the_device_with_core_logits_mapped_in_the_kernel() {
-    let Some(device) = cuda_common::gpu("features_on_the_device_with_core_logits_mapped") else {
-        return;
-    };
-    let mut values = Values::new(3);
+    let device = gpu();
+    let mut rng = common::rng(3);
     let (d, c, k) = (130, 12, 7);
     // Core logits column j feeds head class columns[j]; classes 1, 4, 6, 8, 11 get none.
     let columns = [0, 2, 3, 5, 7, 9, 10];
     assert_eq!(columns.len(), k);
     let head = CudaHead::new(device.clone(), d, c, Some(&columns)).unwrap();
-    let weights = random_weights(&mut values, c, d);
+    let weights = random_weights(&mut rng, c, d);
     head.publish(&weights).unwrap();
     let stream = device.context().new_stream().unwrap();
     for n in [1, 4, 5, GEMV_MAX_ROWS, GEMV_MAX_ROWS + 1, 100] {
-        let phi = values.matrix(n, d);
-        let raw_z = values.matrix(n, k);
+        let phi = uniform(&mut rng, n, d, 1.0);
+        let raw_z = uniform(&mut rng, n, k, 1.0);
         let mut z = Array2::<f32>::zeros((n, c));
         for (j, &class) in columns.iter().enumerate() {
             z.column_mut(class).assign(&raw_z.column(j));
@@ -140,15 +140,14 @@ fn features_on_the_device_with_core_logits_mapped_in_the_kernel() {
 }
 
 #[test]
+#[ignore = "needs a GPU"]
 fn published_weights_reach_the_device_exactly_and_forget_all_zeroes_them() {
-    let Some(device) = cuda_common::gpu("published_weights_reach_the_device_exactly") else {
-        return;
-    };
-    let mut values = Values::new(4);
+    let device = gpu();
+    let mut rng = common::rng(4);
     for (d, c) in [(1, 1), (37, 5), (1280, 1000)] {
         let head = CudaHead::new(device.clone(), d, c, None).unwrap();
         for _ in 0..3 {
-            let weights = random_weights(&mut values, c, d);
+            let weights = random_weights(&mut rng, c, d);
             head.publish(&weights).unwrap();
             assert_eq!(head.served_weights().unwrap(), weights);
         }
@@ -160,41 +159,24 @@ fn published_weights_reach_the_device_exactly_and_forget_all_zeroes_them() {
         assert_eq!(head.served_weights().unwrap(), zeros);
         // With W = 0 and b = 0 the head adds exactly nothing to the core's logits.
         for n in [1, 40] {
-            let phi = values.matrix(n, d);
-            let z = values.matrix(n, c);
+            let phi = uniform(&mut rng, n, d, 1.0);
+            let z = uniform(&mut rng, n, c, 1.0);
             assert_eq!(head.logits(phi.view(), z.view()).unwrap(), z);
         }
-    }
-}
-
-fn spec(dim: usize, classes: usize) -> HeadSpec {
-    HeadSpec {
-        features: "f".into(),
-        dim,
-        classes: (0..classes).map(|i| i.to_string()).collect(),
-        core_logits: None,
-        lambda: 0.5,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 4.0,
-            target_max_abs: 2.0,
-        },
     }
 }
 
 /// Learn, forget and forget-all on a head whose forward pass runs on the GPU: after each
 /// change its predictions agree with the CPU forward pass over the weights it serves.
 #[test]
+#[ignore = "needs a GPU"]
 fn a_gpu_head_follows_learn_forget_and_forget_all() {
-    if cuda_common::gpu("a_gpu_head_follows_learn_forget_and_forget_all").is_none() {
-        return;
-    }
-    let mut values = Values::new(5);
+    gpu();
+    let mut rng = common::rng(5);
     for synchronous_resolve in [true, false] {
         let (d, c) = (67, 9);
         let head = Head::detached(
-            spec(d, c),
+            common::detached_spec(d, c, 0.5),
             &HeadOptions {
                 backend: Some(BackendOptions {
                     backend: Backend::Cuda,
@@ -207,8 +189,8 @@ fn a_gpu_head_follows_learn_forget_and_forget_all() {
         )
         .unwrap();
         assert!(head.info().backend.head.is_gpu());
-        let probe = values.matrix(33, d);
-        let z = values.matrix(33, c);
+        let probe = uniform(&mut rng, 33, d, 1.0);
+        let z = uniform(&mut rng, 33, c, 1.0);
         let check = |what: &str| {
             // Finishes a background re-solve, so the served weights stay put while we compare.
             head.weights().unwrap();
@@ -224,7 +206,7 @@ fn a_gpu_head_follows_learn_forget_and_forget_all() {
             let ids: Vec<u64> = (next_id..next_id + k as u64).collect();
             next_id += k as u64;
             let labels: Vec<u32> = ids.iter().map(|&i| (i % c as u64) as u32).collect();
-            let phi = values.matrix(k, d);
+            let phi = uniform(&mut rng, k, d, 1.0);
             head.learn_features(&ids, &phi, &Array2::zeros((k, c)), &labels)
                 .unwrap();
             check(&format!("after learning round {round}"));
@@ -239,41 +221,28 @@ fn a_gpu_head_follows_learn_forget_and_forget_all() {
 
 /// Predictions running while new weights are published see one whole version each. The
 /// kernels are deterministic, so each prediction must equal, bit for bit, the prediction of
-/// one published version.
+/// one published version. After each publish the writer waits until each reader could have
+/// started a prediction, so every version is seen.
 #[test]
+#[ignore = "needs a GPU"]
 fn concurrent_predictions_see_whole_weights_on_the_gpu() {
-    let Some(device) = cuda_common::gpu("concurrent_predictions_see_whole_weights_on_the_gpu")
-    else {
-        return;
-    };
-    let mut values = Values::new(6);
+    let device = gpu();
+    let mut rng = common::rng(6);
     let (d, c, n) = (1280, 100, 3);
     let head = Arc::new(CudaHead::new(device, d, c, None).unwrap());
-    let versions: Vec<ServedWeights> = (0..30).map(|_| random_weights(&mut values, c, d)).collect();
+    let versions: Vec<ServedWeights> = (0..30).map(|_| random_weights(&mut rng, c, d)).collect();
     head.publish(&versions[0]).unwrap();
-    let probe = values.matrix(n, d);
+    let probe = uniform(&mut rng, n, d, 1.0);
     let z = Array2::<f32>::zeros((n, c));
-    let done = Arc::new(AtomicBool::new(false));
-    let readers: Vec<_> = (0..3)
-        .map(|_| {
-            let (head, probe, z, done) = (head.clone(), probe.clone(), z.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                while !done.load(Ordering::SeqCst) {
-                    seen.push(head.logits(probe.view(), z.view()).unwrap());
-                }
-                seen
-            })
-        })
-        .collect();
+    let (reader, reader_probe, reader_z) = (head.clone(), probe.clone(), z.clone());
+    let readers = common::Readers::start(READERS, move || {
+        reader.logits(reader_probe.view(), reader_z.view()).unwrap()
+    });
     for round in 0..200 {
         head.publish(&versions[round % versions.len()]).unwrap();
+        readers.wait_for_new_calls();
     }
-    done.store(true, Ordering::SeqCst);
-    let seen: Vec<Array2<f32>> = readers
-        .into_iter()
-        .flat_map(|r| r.join().unwrap())
-        .collect();
+    let seen = readers.finish();
     let expected: Vec<Array2<f32>> = versions
         .iter()
         .map(|w| {
@@ -296,34 +265,34 @@ fn concurrent_predictions_see_whole_weights_on_the_gpu() {
         distinct.len(),
         versions.len()
     );
+    assert_eq!(distinct.len(), versions.len(), "versions never seen");
 }
 
 /// With the core on ONNX Runtime's CUDA EP, `Head::predict` feeds the core's features and
 /// logits from device memory straight into the head's kernel; it must agree with the host path
 /// (features copied to the host, then the CPU forward pass).
 #[test]
+#[ignore = "needs a GPU and the CUDA EP"]
 fn a_core_on_the_cuda_ep_feeds_the_head_on_the_device() {
-    let test = "a_core_on_the_cuda_ep_feeds_the_head_on_the_device";
-    if cuda_common::gpu(test).is_none() {
-        return;
-    }
+    gpu();
     let on_gpu = BackendOptions {
         backend: Backend::Cuda,
         require_gpu: false,
         device: 0,
     };
     let core = Core::open(
-        cuda_common::repo_root().join("models/mnist-core"),
+        common::repo_root().join("models/mnist-core"),
         &CoreOptions {
             backend: on_gpu.clone(),
             ..Default::default()
         },
     )
     .unwrap();
-    if !core.placement().is_gpu() {
-        cuda_common::skip_without_cuda_ep(test, format!("the core runs on {}", core.placement()));
-        return;
-    }
+    assert!(
+        core.placement().is_gpu(),
+        "this test needs the CUDA EP: the core runs on {}",
+        core.placement()
+    );
     let core = Arc::new(core);
     let head = Head::in_memory(
         core.clone(),
@@ -342,10 +311,10 @@ fn a_core_on_the_cuda_ep_feeds_the_head_on_the_device() {
         report.head.is_gpu() && report.core.as_ref().is_some_and(|c| c.is_gpu()),
         "{report}"
     );
-    let mut values = Values::new(9);
+    let mut rng = common::rng(9);
     let mut pixels = |n: usize| -> Vec<f32> {
         (0..n * core.input_len())
-            .map(|_| 0.5 + 0.5 * values.next())
+            .map(|_| rng.random_range(0.0..1.0))
             .collect()
     };
     let train = pixels(30);

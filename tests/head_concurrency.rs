@@ -1,114 +1,235 @@
-//! G6: predictions from many threads while learn/forget runs see the old or the new weights,
-//! never a mix. And a head persisted in a state dir reopens with identical predictions.
+//! G6: while learn, forget and forget-all run, every prediction from other threads equals, bit
+//! for bit, the prediction of one weights version the head can have published: never a mix.
+//! On the default asynchronous path the head serves an incremental update at once and the
+//! background re-solve later publishes the canonical weights; the writer holds the re-solve back
+//! during every other pair of calls, so that the readers certainly see incremental updates, and
+//! releases it during the others, so that re-solves publish while they read. With
+//! `synchronous_resolve` only canonical weights are served. The GPU version of the check is
+//! ignored without a GPU.
+//! And a head persisted in a state dir reopens with identical predictions.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lethe::device::cpu;
-use lethe::FixedPoint;
-use lethe::{Core, Head, HeadOptions, HeadSpec};
+use lethe::device::cuda::CudaHead;
+use lethe::placement::{Backend, BackendOptions};
+use lethe::{Core, Head, HeadOptions, HeadSpec, ServedWeights};
 use ndarray::Array2;
 
-fn features(k: usize, d: usize, seed: u64) -> Array2<f32> {
-    let mut s = seed;
-    Array2::from_shape_fn((k, d), |_| {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-    })
+/// Large enough that the incremental and the canonical weights differ in f32 (and that a
+/// re-solve takes a while).
+const D: usize = 256;
+const C: usize = 7;
+const READERS: usize = 3;
+/// The probe's rows.
+const N: usize = 5;
+
+/// One call of the writer.
+enum Change {
+    Learn(Vec<u64>),
+    Forget(Vec<u64>),
+    ForgetAll,
+}
+
+/// The writer's calls: 40 learns of 1 to 4 samples, a forget after every third, a forget-all
+/// halfway.
+fn script() -> Vec<Change> {
+    let mut out = Vec::new();
+    for round in 0..40u64 {
+        let k = 1 + round % 4;
+        out.push(Change::Learn((0..k).map(|i| round * 10 + i).collect()));
+        if round % 3 == 2 {
+            out.push(Change::Forget(vec![round * 10]));
+        }
+        if round == 20 {
+            out.push(Change::ForgetAll);
+        }
+    }
+    out
+}
+
+fn spec() -> HeadSpec {
+    common::detached_spec(D, C, 1.0)
+}
+
+/// The features of samples `ids`, one row each, a function of the id.
+fn features(ids: &[u64]) -> Array2<f32> {
+    let mut phi = Array2::zeros((ids.len(), D));
+    for (mut row, &id) in phi.rows_mut().into_iter().zip(ids) {
+        row.assign(&common::uniform(&mut common::rng(id), 1, D, 2.0).row(0));
+    }
+    phi
+}
+
+fn apply(head: &Head, change: &Change) {
+    match change {
+        Change::Learn(ids) => {
+            let labels: Vec<u32> = ids.iter().map(|&i| (i % C as u64) as u32).collect();
+            let z = Array2::zeros((ids.len(), C));
+            head.learn_features(ids, &features(ids), &z, &labels)
+                .unwrap();
+        }
+        Change::Forget(ids) => head.forget(ids).unwrap(),
+        Change::ForgetAll => head.forget_all().unwrap(),
+    }
+}
+
+/// The weights a head running `script` can serve. `canonical[m]`: those of the samples after
+/// change m (`canonical[0]`: none). `incremental`: after change m, the incremental updates of
+/// changes j+1..=m applied to `canonical[j]`, for every j < m (the background re-solve last
+/// finished after change j). Each is computed by a head whose re-solve is held back.
+fn reachable(script: &[Change]) -> (Vec<ServedWeights>, Vec<ServedWeights>) {
+    let (mut canonical, mut incremental) = (Vec::new(), Vec::new());
+    for j in 0..=script.len() {
+        let head = Head::detached(spec(), &HeadOptions::default()).unwrap();
+        head.hold_resolve(true);
+        script[..j].iter().for_each(|change| apply(&head, change));
+        head.weights().unwrap();
+        canonical.push((*head.served()).clone());
+        for change in &script[j..] {
+            apply(&head, change);
+            incremental.push((*head.served()).clone());
+        }
+    }
+    (canonical, incremental)
+}
+
+fn bits(logits: &Array2<f32>) -> Vec<u32> {
+    logits.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Runs `script` on `head` while [`READERS`] threads predict `probe`, and returns their
+/// predictions. After each call the writer waits for predictions started after it, so that the
+/// readers see most versions.
+fn predict_while_changing(
+    head: &Arc<Head>,
+    script: &[Change],
+    probe: &Array2<f32>,
+) -> Vec<Array2<f32>> {
+    let (reader, probe) = (head.clone(), probe.clone());
+    let readers = common::Readers::start(READERS, move || {
+        reader
+            .predict_features(&probe, &Array2::zeros((N, C)))
+            .unwrap()
+    });
+    for (i, change) in script.iter().enumerate() {
+        head.hold_resolve(i % 4 < 2);
+        apply(head, change);
+        readers.wait_for_new_calls();
+    }
+    readers.finish()
+}
+
+/// G6 on a head with `options`: each prediction equals `expected` (the prediction of one
+/// version, on the head's device) of a weights version it can have served.
+fn predictions_see_whole_weights(
+    options: HeadOptions,
+    expected: impl Fn(&Array2<f32>, &ServedWeights) -> Array2<f32>,
+) {
+    let script = script();
+    let head = Arc::new(Head::detached(spec(), &options).unwrap());
+    let report = head.info().backend;
+    let wanted_gpu = options
+        .backend
+        .as_ref()
+        .is_some_and(|b| b.backend != Backend::Cpu);
+    assert_eq!(report.head.is_gpu(), wanted_gpu, "{report}");
+    let probe = features(&(1000..1000 + N as u64).collect::<Vec<_>>());
+    let seen = predict_while_changing(&head, &script, &probe);
+
+    let (canonical, incremental) = reachable(&script);
+    let mut versions = canonical.clone();
+    if !options.synchronous_resolve {
+        versions.extend(incremental);
+    }
+    // The prediction of each version, and whether it is one of a canonical version.
+    let mut outputs: HashMap<Vec<u32>, (usize, bool)> = HashMap::new();
+    for (i, w) in versions.iter().enumerate().rev() {
+        outputs.insert(bits(&expected(&probe, w)), (i, i < canonical.len()));
+    }
+    let mut distinct = HashSet::new();
+    let mut incremental_seen = 0;
+    for logits in &seen {
+        let Some(&(which, is_canonical)) = outputs.get(&bits(logits)) else {
+            panic!("a prediction matches no weights version the head can have served: a torn read");
+        };
+        distinct.insert(which);
+        incremental_seen += usize::from(!is_canonical);
+    }
+    eprintln!(
+        "{} predictions saw {} of {} weights versions during {} calls; {incremental_seen} saw \
+         incremental updates",
+        seen.len(),
+        distinct.len(),
+        versions.len(),
+        script.len()
+    );
+    if !options.synchronous_resolve {
+        assert!(
+            incremental_seen > 0,
+            "no prediction saw an incremental update: the asynchronous path was not exercised"
+        );
+    }
+    assert!(
+        distinct.len() >= script.len() / 2,
+        "the readers saw only {} versions during {} calls: the check saw too little",
+        distinct.len(),
+        script.len()
+    );
+    // With the re-solve in the background, it publishes the canonical weights by itself.
+    let last = canonical.last().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while *head.served() != *last {
+        assert!(
+            Instant::now() < deadline,
+            "the canonical weights were not published"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 #[test]
-fn concurrent_predictions_see_whole_weights() {
-    let (d, c) = (48, 7);
-    let spec = HeadSpec {
-        features: "f".into(),
-        dim: d,
-        classes: (0..c).map(|i| i.to_string()).collect(),
-        core_logits: None,
-        lambda: 1.0,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 4.0,
-            target_max_abs: 2.0,
-        },
+fn predictions_see_whole_weights_during_background_resolves() {
+    predictions_see_whole_weights(HeadOptions::default(), |probe, w| {
+        cpu::logits(probe, &Array2::zeros((N, C)), w)
+    });
+}
+
+#[test]
+fn predictions_see_whole_weights_with_synchronous_resolves() {
+    let options = HeadOptions {
+        synchronous_resolve: true,
+        ..Default::default()
     };
-    // Canonical re-solves inside each call: every weights version is published by the writer
-    // thread, which records it.
-    let head = Arc::new(
-        Head::detached(
-            spec,
-            &HeadOptions {
-                synchronous_resolve: true,
-                ..Default::default()
-            },
-        )
-        .unwrap(),
-    );
-    let probe = features(5, d, 99);
-    let zero_z = Array2::<f32>::zeros((5, c));
-    let versions = Arc::new(Mutex::new(vec![head.served()]));
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (head, versions, done) = (head.clone(), versions.clone(), done.clone());
-        std::thread::spawn(move || {
-            for round in 0..40u64 {
-                let k = 1 + (round % 4) as usize;
-                let ids: Vec<u64> = (0..k as u64).map(|i| round * 10 + i).collect();
-                let labels: Vec<u32> = ids.iter().map(|&i| (i % c as u64) as u32).collect();
-                head.learn_features(
-                    &ids,
-                    &features(k, d, round),
-                    &Array2::zeros((k, c)),
-                    &labels,
-                )
-                .unwrap();
-                versions.lock().unwrap().push(head.served());
-                if round % 3 == 2 {
-                    head.forget(&[round * 10]).unwrap();
-                    versions.lock().unwrap().push(head.served());
-                }
-            }
-            done.store(true, std::sync::atomic::Ordering::SeqCst);
-        })
+    predictions_see_whole_weights(options, |probe, w| {
+        cpu::logits(probe, &Array2::zeros((N, C)), w)
+    });
+}
+
+/// The same on the GPU: the expected predictions are those of the head's kernels (which are
+/// deterministic) over each version.
+#[test]
+#[ignore = "needs a GPU"]
+fn predictions_see_whole_weights_on_the_gpu() {
+    let kernels = CudaHead::new(common::cuda::gpu(), D, C, None).unwrap();
+    let options = HeadOptions {
+        backend: Some(BackendOptions {
+            backend: Backend::Cuda,
+            require_gpu: true,
+            device: 0,
+        }),
+        ..Default::default()
     };
-    let readers: Vec<_> = (0..3)
-        .map(|_| {
-            let (head, probe, z) = (head.clone(), probe.clone(), zero_z.clone());
-            let done = done.clone();
-            std::thread::spawn(move || {
-                let mut seen = Vec::new();
-                while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                    seen.push(head.predict_features(&probe, &z).unwrap());
-                }
-                seen
-            })
-        })
-        .collect();
-    writer.join().unwrap();
-    let versions = versions.lock().unwrap();
-    let expected: Vec<Array2<f32>> = versions
-        .iter()
-        .map(|w| cpu::logits(&probe, &zero_z, w))
-        .collect();
-    let mut distinct = std::collections::HashSet::new();
-    for r in readers {
-        for logits in r.join().unwrap() {
-            let which = expected.iter().position(|e| *e == logits);
-            assert!(
-                which.is_some(),
-                "a prediction matches no published weights: torn read"
-            );
-            distinct.insert(which.unwrap());
-        }
-    }
-    assert!(versions.len() > 40);
-    eprintln!(
-        "predictions saw {} of {} weight versions",
-        distinct.len(),
-        versions.len()
-    );
+    predictions_see_whole_weights(options, |probe, w| {
+        kernels.publish(w).unwrap();
+        kernels
+            .logits(probe.view(), Array2::zeros((N, C)).view())
+            .unwrap()
+    });
 }
 
 #[test]
@@ -124,8 +245,9 @@ fn a_state_dir_reopens_with_identical_predictions() {
     let head = Head::open(core.clone(), &dir, &HeadOptions::default()).unwrap();
     head.learn(&ids, &inputs, &labels).unwrap();
     head.forget(&[3, 50, 299]).unwrap();
-    let before = head.predict(&inputs, 300).unwrap();
+    // Canonical weights first: predictions before the re-solve may differ by rounding (G1).
     let weights = head.weights().unwrap();
+    let before = head.predict(&inputs, 300).unwrap();
     head.close().unwrap();
 
     let head = Head::open(core.clone(), &dir, &HeadOptions::default()).unwrap();

@@ -5,30 +5,26 @@
 // The reference solve is written as plain index loops on purpose: obviously right beats idiomatic.
 #![allow(clippy::needless_range_loop)]
 
-use std::collections::BTreeMap;
+mod common;
 
-use lethe::FixedPoint;
-use lethe::{Error, Head, HeadOptions, HeadSpec};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use lethe::{Error, Head, HeadOptions, HeadSpec, Weights};
 use ndarray::Array2;
 use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::Rng;
 
 /// G1's tolerance against an independent reference.
 const EXACT_REL_TOL: f64 = 1e-9;
+/// G1's bound for the weights served before the re-solve, relative to the canonical ones.
+const BEFORE_RESOLVE_REL_TOL: f64 = 1e-12;
 
 fn spec(d: usize, c: usize, with_logits: bool) -> HeadSpec {
-    HeadSpec {
-        features: "features".into(),
-        dim: d,
-        classes: (0..c).map(|i| i.to_string()).collect(),
-        core_logits: with_logits.then(|| ("logits".to_string(), (0..c.min(2)).collect())),
-        lambda: 0.5,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 8.0,
-            target_max_abs: 16.0,
-        },
-    }
+    let mut spec = common::detached_spec(d, c, 0.5);
+    spec.core_logits = with_logits.then(|| ("logits".to_string(), (0..c.min(2)).collect()));
+    spec
 }
 
 #[derive(Clone, Debug)]
@@ -38,25 +34,28 @@ struct Sample {
     label: u32,
 }
 
-fn sample(rng: &mut u64, d: usize, c: usize, with_logits: bool) -> Sample {
-    let mut next = || {
-        *rng = rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*rng >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    };
-    let phi = (0..d).map(|_| next() * 3.0).collect();
+fn sample(rng: &mut StdRng, d: usize, c: usize, with_logits: bool) -> Sample {
+    let phi = (0..d).map(|_| rng.random_range(-3.0..3.0)).collect();
     let z = (0..c)
         .map(|j| {
             if with_logits && j < 2 {
-                next() * 4.0
+                rng.random_range(-4.0..4.0)
             } else {
                 0.0
             }
         })
         .collect();
-    let label = ((next() + 1.0) * 0.5 * c as f32) as u32 % c as u32;
+    let label = rng.random_range(0..c as u32);
     Sample { phi, z, label }
+}
+
+/// The samples as (id, sample), numbered from 0.
+fn numbered(samples: &[Sample]) -> Vec<(u64, &Sample)> {
+    samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (i as u64, s))
+        .collect()
 }
 
 fn learn(head: &Head, items: &[(u64, &Sample)], d: usize, c: usize) -> Result<(), Error> {
@@ -155,7 +154,7 @@ proptest! {
     ) {
         let s = spec(d, c, with_logits);
         let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
-        let mut rng = seed;
+        let mut rng = common::rng(seed);
         let mut live: BTreeMap<u64, Sample> = BTreeMap::new();
         for op in ops {
             match op {
@@ -215,7 +214,7 @@ fn bad_ids_change_nothing() {
     let (d, c) = (4, 3);
     let s = spec(d, c, false);
     let head = Head::detached(s, &HeadOptions::default()).unwrap();
-    let mut rng = 1;
+    let mut rng = common::rng(1);
     let samples: Vec<Sample> = (0..4).map(|_| sample(&mut rng, d, c, false)).collect();
     learn(&head, &[(1, &samples[0]), (2, &samples[1])], d, c).unwrap();
     let before = head.weights().unwrap();
@@ -281,14 +280,9 @@ fn bad_values_and_shapes_change_nothing() {
 fn forget_all_serves_exactly_the_core_logits() {
     let (d, c) = (6, 4);
     let head = Head::detached(spec(d, c, true), &HeadOptions::default()).unwrap();
-    let mut rng = 5;
+    let mut rng = common::rng(5);
     let samples: Vec<Sample> = (0..10).map(|_| sample(&mut rng, d, c, true)).collect();
-    let items: Vec<(u64, &Sample)> = samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u64, s))
-        .collect();
-    learn(&head, &items, d, c).unwrap();
+    learn(&head, &numbered(&samples), d, c).unwrap();
     let phi = Array2::from_shape_fn((10, d), |(i, j)| samples[i].phi[j]);
     let z = Array2::from_shape_fn((10, c), |(i, j)| samples[i].z[j]);
     assert_ne!(head.predict_features(&phi, &z).unwrap(), z);
@@ -298,11 +292,14 @@ fn forget_all_serves_exactly_the_core_logits() {
     assert!(w.w.iter().chain(&w.b).all(|&v| v == 0.0));
 }
 
+/// Served before the re-solve (held back, so that they are), the weights of the incremental
+/// update round to within one f32 step of the canonical ones.
 #[test]
 fn predictions_before_the_resolve_differ_by_rounding_only() {
     let (d, c) = (12, 3);
     let s = spec(d, c, false);
     let lazy = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+    lazy.hold_resolve(true);
     let eager = Head::detached(
         s,
         &HeadOptions {
@@ -311,15 +308,10 @@ fn predictions_before_the_resolve_differ_by_rounding_only() {
         },
     )
     .unwrap();
-    let mut rng = 9;
+    let mut rng = common::rng(9);
     let samples: Vec<Sample> = (0..40).map(|_| sample(&mut rng, d, c, false)).collect();
-    let items: Vec<(u64, &Sample)> = samples
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i as u64, s))
-        .collect();
     for h in [&lazy, &eager] {
-        learn(h, &items, d, c).unwrap();
+        learn(h, &numbered(&samples), d, c).unwrap();
         h.forget(&[3, 7, 11]).unwrap();
     }
     let (a, b) = (lazy.served(), eager.served());
@@ -332,5 +324,93 @@ fn predictions_before_the_resolve_differ_by_rounding_only() {
         // f32 rounding of f64 weights that agree to ~1e-12: at most one f32 ulp apart.
         assert!((x - y).abs() <= scale * f32::EPSILON, "{x} vs {y}");
     }
+    assert_ne!(
+        lazy.served_f64(),
+        eager.weights().unwrap(),
+        "the held-back head served canonical weights: nothing was compared"
+    );
     assert_eq!(lazy.weights().unwrap(), eager.weights().unwrap());
+}
+
+/// ‖got − want‖ / ‖want‖ over W and b (Frobenius; 0 when both are 0).
+fn rel_diff(got: &Weights, want: &Weights) -> f64 {
+    let flat = |w: &Weights| -> Vec<f64> { w.w.iter().chain(&w.b).copied().collect() };
+    let (got, want) = (flat(got), flat(want));
+    assert_eq!(got.len(), want.len(), "shapes differ");
+    let diff: f64 = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum();
+    let norm: f64 = want.iter().map(|v| v * v).sum();
+    (diff / norm.max(f64::MIN_POSITIVE)).sqrt()
+}
+
+/// G1 before the re-solve, on the default (asynchronous) path: with the background re-solve
+/// held back, each learn and forget serves the incremental update's weights; in f64 they are
+/// within 1e-12 relative of a fresh head's canonical weights on the remaining samples, and the
+/// served f32 weights are exactly their rounding. Released, the background re-solve installs
+/// the canonical weights by itself.
+#[test]
+fn weights_served_before_the_resolve_are_within_1e_12_of_canonical() {
+    let (d, c) = (24, 4);
+    let s = spec(d, c, true);
+    let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+    head.hold_resolve(true);
+    let mut rng = common::rng(12);
+    let samples: Vec<Sample> = (0..80).map(|_| sample(&mut rng, d, c, true)).collect();
+    let mut live: BTreeMap<u64, &Sample> = BTreeMap::new();
+    let (mut incremental, mut largest) = (0, 0.0f64);
+    let mut check = |live: &BTreeMap<u64, &Sample>, what: &str| -> Weights {
+        let fresh = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+        let items: Vec<(u64, &Sample)> = live.iter().map(|(&id, &s)| (id, s)).collect();
+        learn(&fresh, &items, d, c).unwrap();
+        let canonical = fresh.weights().unwrap();
+        let pending = head.served_f64();
+        let rel = rel_diff(&pending, &canonical);
+        assert!(
+            rel <= BEFORE_RESOLVE_REL_TOL,
+            "{what}: served weights {rel:e} from canonical (relative)"
+        );
+        let served = head.served();
+        let rounded: Vec<f32> = pending
+            .w
+            .iter()
+            .chain(&pending.b)
+            .map(|&v| v as f32)
+            .collect();
+        assert!(
+            served.w.iter().chain(&served.b).eq(rounded.iter()),
+            "{what}: the served f32 weights are not the rounding of the f64 ones"
+        );
+        if pending != canonical {
+            incremental += 1;
+        }
+        largest = largest.max(rel);
+        canonical
+    };
+    let mut canonical = check(&live, "empty");
+    for (step, batch) in numbered(&samples).chunks(10).enumerate() {
+        learn(&head, batch, d, c).unwrap();
+        live.extend(batch.iter().copied());
+        check(&live, &format!("learn, step {step}"));
+        let ids: Vec<u64> = live.keys().copied().step_by(4).take(3).collect();
+        head.forget(&ids).unwrap();
+        for id in &ids {
+            live.remove(id);
+        }
+        canonical = check(&live, &format!("forget, step {step}"));
+    }
+    eprintln!("{incremental} calls served incremental updates, at most {largest:e} from canonical");
+    assert!(
+        incremental > 8,
+        "only {incremental} calls served weights other than the canonical ones: the re-solve \
+         was not held back"
+    );
+    head.hold_resolve(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while head.served_f64() != canonical {
+        assert!(
+            Instant::now() < deadline,
+            "the background re-solve did not install the canonical weights"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(head.weights().unwrap(), canonical);
 }

@@ -2,10 +2,10 @@
 //! starts ("try") and after it returns OK ("ok"); the parent kills it with SIGKILL at random
 //! moments and reopens the state dir, which must hold exactly the acknowledged samples, or
 //! those plus the one call in flight. 10 kills by default; `LETHE_STRESS=1` makes it 200.
-//! The child is this test binary itself, running the ignored test `child` with
-//! `LETHE_CRASH_CHILD` set.
+//! The child is this test binary itself, running this same test with `LETHE_CRASH_CHILD` set
+//! to the state dir: it then never returns (it calls until it is killed), so it cannot pass.
 
-mod store_common;
+mod common;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -13,28 +13,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::store::*;
 use lethe::Error;
-use store_common::*;
+use rand::Rng;
 
 const CHILD_DIR: &str = "LETHE_CRASH_CHILD";
 const CHILD_SEED: &str = "LETHE_CRASH_SEED";
-
-/// A small deterministic generator (splitmix64).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e3779b97f4a7c15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-        x ^ (x >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+const TEST: &str = "kill_9_at_random_moments_loses_no_acknowledged_call";
 
 /// One call, as logged: `learn 1 2 3`, `forget 4 5`, `forget-all`, `reopen`.
 fn apply(state: &mut BTreeSet<u64>, line: &str) {
@@ -50,39 +35,34 @@ fn apply(state: &mut BTreeSet<u64>, line: &str) {
     }
 }
 
-#[test]
-#[ignore = "the child process of kill_9_at_random_moments_loses_no_acknowledged_call"]
-fn child() {
-    let Some(dir) = std::env::var_os(CHILD_DIR) else {
-        return;
-    };
-    let dir = Path::new(&dir);
+/// The child: learns and forgets in `dir` until it is killed.
+fn child(dir: &Path) -> ! {
     let seed: u64 = std::env::var(CHILD_SEED).unwrap().parse().unwrap();
     let mut log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.with_extension("log"))
         .unwrap();
-    let mut rng = Rng(seed);
+    let mut rng = common::rng(seed);
     let mut next_id = seed << 32;
     let mut head = Some(open(dir).unwrap());
     loop {
         let h = head.as_ref().unwrap();
         let present = h.ids();
-        let line = match rng.below(20) {
+        let line = match rng.random_range(0..20) {
             0 => "reopen".to_string(),
             1 if present.len() > 40 => "forget-all".to_string(),
             k if k < 9 && !present.is_empty() => {
-                let n = 1 + rng.below(4.min(present.len() as u64)) as usize;
+                let n = 1 + rng.random_range(0..4.min(present.len() as u64)) as usize;
                 let mut chosen = BTreeSet::new();
                 while chosen.len() < n {
-                    chosen.insert(present[rng.below(present.len() as u64) as usize]);
+                    chosen.insert(present[rng.random_range(0..present.len() as u64) as usize]);
                 }
                 let ids: Vec<String> = chosen.iter().map(u64::to_string).collect();
                 format!("forget {}", ids.join(" "))
             }
             _ => {
-                let n = 1 + rng.below(6);
+                let n = 1 + rng.random_range(0..6);
                 let ids: Vec<String> = (0..n).map(|i| (next_id + i).to_string()).collect();
                 next_id += n;
                 format!("learn {}", ids.join(" "))
@@ -108,20 +88,23 @@ fn child() {
 
 #[test]
 fn kill_9_at_random_moments_loses_no_acknowledged_call() {
+    if let Some(dir) = std::env::var_os(CHILD_DIR) {
+        child(Path::new(&dir));
+    }
     let stress = std::env::var_os("LETHE_STRESS").is_some_and(|v| v == "1");
     let kills = if stress { 200 } else { 10 };
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("state");
     let log_path = dir.with_extension("log");
     let exe = std::env::current_exe().unwrap();
-    let mut rng = Rng(0x5eed);
+    let mut rng = common::rng(0x5eed);
     let mut state = BTreeSet::new();
     let started = Instant::now();
     let mut calls = 0;
     for round in 1..=kills {
         std::fs::write(&log_path, "").unwrap();
         let mut child = Command::new(&exe)
-            .args(["child", "--exact", "--ignored", "--test-threads=1"])
+            .args([TEST, "--exact", "--test-threads=1"])
             .env(CHILD_DIR, &dir)
             .env(CHILD_SEED, round.to_string())
             .stdout(Stdio::null())
@@ -145,7 +128,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_call() {
                 ),
             }
         }
-        std::thread::sleep(Duration::from_millis(30 + rng.below(300)));
+        std::thread::sleep(Duration::from_millis(30 + rng.random_range(0..300)));
         child.kill().unwrap();
         child.wait().unwrap();
 

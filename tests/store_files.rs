@@ -2,16 +2,16 @@
 //! files and damaged files (G5). Fault injection at every step of every call is in
 //! `src/store/tests.rs`; kill -9 is in `tests/store_crash.rs`.
 
-mod store_common;
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use common::store::*;
 use lethe::{Error, Head, HeadOptions};
 use proptest::prelude::*;
-use store_common::*;
 
 /// Ids that stay (S) and ids that are learned and then forgotten (F).
 const S: std::ops::Range<u64> = 1..41;

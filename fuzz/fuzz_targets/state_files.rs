@@ -8,60 +8,25 @@
 #![no_main]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use lethe::FixedPoint;
-use lethe::{Bundle, Head, HeadOptions, HeadSpec};
+use lethe::Bundle;
 use libfuzzer_sys::fuzz_target;
-use ndarray::Array2;
 
-const CORE_SHA256: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+// The integration tests' support module: a small detached head in a state dir.
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::store::{learn, open};
+
 const MANIFEST: &str = include_str!("../../models/mnist-core/manifest.json");
 
-fn spec() -> HeadSpec {
-    HeadSpec {
-        features: "features".into(),
-        dim: 4,
-        classes: vec!["a".into(), "b".into(), "c".into()],
-        core_logits: None,
-        lambda: 0.5,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 8.0,
-            target_max_abs: 16.0,
-        },
-    }
-}
-
-fn open(dir: &Path) -> lethe::Result<Head> {
-    let options = HeadOptions {
-        synchronous_resolve: true,
-        ..Default::default()
-    };
-    Head::open_detached(spec(), CORE_SHA256, dir, &options)
-}
-
-fn learn(head: &Head, ids: &[u64]) {
-    let phi = Array2::from_shape_fn((ids.len(), 4), |(i, j)| (ids[i] as f32 + j as f32) * 0.125);
-    let z = Array2::zeros((ids.len(), 3));
-    let labels: Vec<u32> = ids.iter().map(|&id| (id % 3) as u32).collect();
-    head.learn_features(ids, &phi, &z, &labels).unwrap();
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap())
-        .filter(|e| e.file_name() != "lock")
-        .map(|e| {
-            (
-                e.file_name().into_string().unwrap(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect()
+/// The files of a state dir but its lock.
+fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = common::store::files(dir);
+    files.remove("lock");
+    files
 }
 
 struct Fixture {
@@ -78,12 +43,12 @@ fn fixture() -> &'static Fixture {
         let root = tempfile::tempdir().unwrap();
         let state = root.path().join("state");
         let head = open(&state).unwrap();
-        learn(&head, &[1, 2, 3, 4]);
+        learn(&head, &[1, 2, 3, 4]).unwrap();
         head.close().unwrap();
         let closed = files(&state);
         let head = open(&state).unwrap();
         head.forget(&[2]).unwrap();
-        learn(&head, &[7, 8]);
+        learn(&head, &[7, 8]).unwrap();
         let crashed = files(&state);
         head.close().unwrap();
         let bundle = root.path().join("bundle");

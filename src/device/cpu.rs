@@ -20,6 +20,8 @@ pub fn logits(phi: &Array2<f32>, z: &Array2<f32>, weights: &ServedWeights) -> Ar
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     /// The obvious loop, for comparison.
     fn naive(phi: &Array2<f32>, z: &Array2<f32>, w: &ServedWeights) -> Array2<f64> {
@@ -40,11 +42,8 @@ mod tests {
     proptest! {
         #[test]
         fn matches_the_naive_loop(n in 0usize..9, d in 1usize..70, c in 1usize..13, seed in any::<u64>()) {
-            let mut s = seed;
-            let mut next = move || {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            };
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut next = move || rng.random_range(-1.0f32..1.0);
             let phi = Array2::from_shape_fn((n, d), |_| next());
             let z = Array2::from_shape_fn((n, c), |_| next());
             let w = ServedWeights {

@@ -101,6 +101,8 @@ struct Inner {
     state: Mutex<State>,
     wake: Condvar,
     stop: AtomicBool,
+    /// [`Head::hold_resolve`]: the background re-solve installs nothing while set.
+    held: AtomicBool,
 }
 
 /// A head. `Send + Sync`: share it across threads (e.g. in an `Arc`).
@@ -243,6 +245,7 @@ impl Head {
             core,
             wake: Condvar::new(),
             stop: AtomicBool::new(false),
+            held: AtomicBool::new(false),
         });
         let worker = if options.synchronous_resolve {
             None
@@ -506,6 +509,25 @@ impl Head {
             .clone()
     }
 
+    /// A test hook (G1 before the re-solve): the f64 weights that [`Head::served`] rounds,
+    /// without finishing a pending re-solve, i.e. those of the incremental update until the
+    /// re-solve replaces them.
+    #[doc(hidden)]
+    pub fn served_f64(&self) -> Weights {
+        to_weights(&self.inner.lock().solution.theta, self.inner.spec.dim)
+    }
+
+    /// A test hook (G1 before the re-solve, G6): while `held`, the background re-solve installs
+    /// nothing, so the weights a learn or forget served stay served until the hold is released
+    /// or a call that returns canonical weights ([`Head::weights`], `verify`, `close`) re-solves
+    /// itself. No effect with `synchronous_resolve`.
+    #[doc(hidden)]
+    pub fn hold_resolve(&self, held: bool) {
+        let _st = self.inner.lock();
+        self.inner.held.store(held, Ordering::SeqCst);
+        self.inner.wake.notify_all();
+    }
+
     /// The canonical weights in f64 (finishing a pending re-solve first).
     pub fn weights(&self) -> Result<Weights> {
         let mut st = self.inner.lock_sound()?;
@@ -681,7 +703,9 @@ fn resolve_loop(inner: &Inner) {
             let Ok(mut st) = inner.lock_sound() else {
                 return;
             };
-            while st.canonical == st.version && !inner.stop.load(Ordering::SeqCst) {
+            while (st.canonical == st.version || inner.held.load(Ordering::SeqCst))
+                && !inner.stop.load(Ordering::SeqCst)
+            {
                 let Ok(woken) = inner.wake.wait(st) else {
                     return;
                 };
@@ -698,7 +722,7 @@ fn resolve_loop(inner: &Inner) {
             return;
         };
         match solved {
-            Ok(solution) if st.version == version => {
+            Ok(solution) if st.version == version && !inner.held.load(Ordering::SeqCst) => {
                 st.solution = solution;
                 st.canonical = version;
                 inner.publish(&st.solution);

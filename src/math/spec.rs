@@ -71,6 +71,28 @@ impl HeadSpec {
         Ok(spec)
     }
 
+    /// The spec of a head whose features are computed elsewhere (a head without a core, see
+    /// `Head::detached`): features output `"features"`, classes `"0"` to `"C-1"` for
+    /// `num_classes` = C, no core logits, target scale 1. Set the fields that differ afterwards.
+    pub fn detached(
+        dim: usize,
+        num_classes: usize,
+        lambda: f64,
+        fixed: FixedPoint,
+    ) -> Result<HeadSpec> {
+        let spec = HeadSpec {
+            features: "features".into(),
+            dim,
+            classes: (0..num_classes).map(|c| c.to_string()).collect(),
+            core_logits: None,
+            lambda,
+            target_scale: 1.0,
+            fixed,
+        };
+        spec.validate().map_err(Error::InvalidInput)?;
+        Ok(spec)
+    }
+
     /// Checks every field against the documented ranges: d in 1..=[`MAX_DIM`], C in
     /// 1..=[`MAX_CLASSES`], λ in [[`MIN_LAMBDA`], [`MAX_LAMBDA`]], the target scale in
     /// (0, target_max_abs], and a fixed point whose values stay within ±2^24.
@@ -137,5 +159,39 @@ impl HeadSpec {
         });
         let t = Mat::from_fn(k, c, |s, j| r[s * c + j] as f64 * unit);
         (x, t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXED: FixedPoint = FixedPoint {
+        frac_bits: 16,
+        feature_max_abs: 8.0,
+        target_max_abs: 16.0,
+    };
+
+    #[test]
+    fn a_detached_spec_has_the_documented_defaults() {
+        let spec = HeadSpec::detached(3, 4, 0.5, FIXED).unwrap();
+        assert_eq!(spec.features, "features");
+        assert_eq!((spec.dim, spec.lambda, spec.fixed), (3, 0.5, FIXED));
+        assert_eq!(spec.classes, ["0", "1", "2", "3"]);
+        assert_eq!(spec.core_logits, None);
+        assert_eq!(spec.target_scale, 1.0);
+    }
+
+    #[test]
+    fn a_detached_spec_is_validated() {
+        for (d, c, lambda) in [(0, 3, 1.0), (4, 0, 1.0), (4, 3, 0.0), (MAX_DIM + 1, 3, 1.0)] {
+            assert!(
+                matches!(
+                    HeadSpec::detached(d, c, lambda, FIXED),
+                    Err(Error::InvalidInput(_))
+                ),
+                "d = {d}, C = {c}, lambda = {lambda}"
+            );
+        }
     }
 }

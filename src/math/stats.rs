@@ -258,6 +258,8 @@ pub(crate) fn scrub(m: &mut Mat<f64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     /// The plain definition, for comparison: Σ over samples of products, one at a time.
     fn naive(
@@ -290,21 +292,25 @@ mod tests {
     fn matches_the_definition_at_the_range_limits() {
         let (d, c, one) = (5, 3, 1 << 24);
         let lim = 1 << 24;
+        let mut rng = StdRng::seed_from_u64(1);
         // The direct path (k < 4) and the block path, with partial and several blocks.
         for k in [1, 2, 3, 4, 16, 17, 37] {
+            // Every third value at each limit, the others anywhere in range.
             let q: Vec<i32> = (0..k * d)
-                .map(|i| {
-                    if i % 3 == 0 {
-                        lim
-                    } else if i % 3 == 1 {
-                        -lim
-                    } else {
-                        (i as i32) * 7919 % lim
-                    }
+                .map(|i| match i % 3 {
+                    0 => lim,
+                    1 => -lim,
+                    _ => rng.random_range(-lim..=lim),
                 })
                 .collect();
             let r: Vec<i32> = (0..k * c)
-                .map(|i| if i % 2 == 0 { lim } else { -(i as i32) })
+                .map(|i| {
+                    if i % 2 == 0 {
+                        lim
+                    } else {
+                        rng.random_range(-lim..=lim)
+                    }
+                })
                 .collect();
             let mut s = ExactStats::new(d, c);
             s.accumulate(&q, &r, one, 1);
@@ -330,10 +336,10 @@ mod tests {
     #[test]
     fn subtracting_restores_the_bits() {
         let (d, c, one) = (4, 2, 256);
-        let q1: Vec<i32> = (0..20 * d as i32).map(|i| i * 31 % 977 - 400).collect();
-        let r1: Vec<i32> = (0..20 * c as i32).map(|i| i * 17 % 301 - 150).collect();
-        let q2: Vec<i32> = (0..3 * d as i32).map(|i| i * 13 % 511 - 255).collect();
-        let r2: Vec<i32> = (0..3 * c as i32).map(|i| i % 7).collect();
+        let mut rng = StdRng::seed_from_u64(2);
+        let mut values =
+            |n: usize| -> Vec<i32> { (0..n).map(|_| rng.random_range(-1000..=1000)).collect() };
+        let (q1, r1, q2, r2) = (values(20 * d), values(20 * c), values(3 * d), values(3 * c));
         let mut s = ExactStats::new(d, c);
         s.accumulate(&q1, &r1, one, 1);
         let before = s.clone();
