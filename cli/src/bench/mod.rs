@@ -41,6 +41,7 @@ use rand::SeedableRng;
 use crate::digits::MOBILENET;
 use crate::global::Global;
 use crate::harness::{loadavg, machine};
+use crate::python::DEFAULT_PYTHON;
 use crate::scratch::Scratch;
 use crate::units::fmt_secs;
 use forget::{forget_breakdown, ForgetSweep};
@@ -66,9 +67,14 @@ pub struct BenchArgs {
     /// Folder with the MNIST digits (test_images.npy) fed to the real cores.
     #[arg(long, default_value = "tests/data")]
     pub data: PathBuf,
-    /// Keep the state dirs and synthetic bundles here instead of a temporary folder.
+    /// Keep the state dirs and synthetic bundles here (a new or empty folder) instead of a
+    /// temporary folder.
     #[arg(long)]
     pub work: Option<PathBuf>,
+    /// The Python with the `onnx` package (made by scripts/setup.sh), which writes the
+    /// synthetic bundles' core.
+    #[arg(long, default_value = DEFAULT_PYTHON)]
+    pub python: PathBuf,
     /// Seed for the synthetic features and the choice of samples to forget.
     #[arg(long, default_value_t = 20240531)]
     pub seed: u64,
@@ -102,7 +108,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
     let mut breakdown = None;
     for (i, (d, c, ns)) in plan.heads.iter().enumerate() {
         eprintln!("bench: forget, d = {d}, C = {c}");
-        let bundle = synthetic_bundle(work, *d, *c)?;
+        let bundle = synthetic_bundle(&args.python, work, *d, *c)?;
         let core = Arc::new(Core::open(&bundle, &g.core_options())?);
         let state = work.join(format!("state-d{d}-c{c}"));
         let sweep = ForgetSweep {

@@ -286,7 +286,7 @@ impl BenchReport {
              d = 1280, that core's width.\n\n\
              Features are **synthetic** (uniform in [0, 4), like post-ReLU6 features; one-hot \
              targets, λ = 1): timing does not depend on their values. The bundle is synthetic \
-             too: its core is an ONNX `Identity` graph written by the benchmark, so that d and C \
+             too: its core is an ONNX `Identity` graph (scripts/make_identity_core.py), so that d and C \
              can be chosen freely, while the head and its state dir are exactly those of a real \
              bundle. Each (d, C) head is grown through its n values; at each, k random samples \
              are forgotten and learned back, repeatedly.\n\n",
