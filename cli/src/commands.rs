@@ -7,12 +7,14 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use ndarray::Array1;
 
-use crate::batches::{core_features, core_output};
+use crate::batches::{check_input_len, core_features, core_output};
 use crate::bench::BenchArgs;
 use crate::demo::DemoArgs;
 use crate::eval::EvalArgs;
 use crate::global::Global;
 use crate::logits::argmax;
+use crate::state::{bundle_for, Creation};
+use lethe::store::recorded_bundle;
 use lethe::{data, Bundle, Core, Head, HeadOptions};
 use lethe::{Error, Result};
 
@@ -60,6 +62,7 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct FeaturesArgs {
+    /// The bundle whose core to run.
     #[arg(long, default_value = "models/mnist-core")]
     pub bundle: PathBuf,
     /// Preprocessed inputs, float32, first axis = samples.
@@ -76,22 +79,31 @@ pub struct FeaturesArgs {
 #[derive(Debug, Subcommand)]
 pub enum BundleCommand {
     /// Check a bundle: manifest fields, core sha256, and the ONNX graph against the manifest.
-    Check { dir: PathBuf },
+    Check(BundleCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BundleCheckArgs {
+    /// The bundle's folder (manifest.json and the core).
+    pub dir: PathBuf,
 }
 
 /// Which head to open.
 #[derive(Debug, Args)]
 pub struct HeadArgs {
-    /// The head's state dir.
+    /// The head's state dir (only `lethe learn` creates one).
     #[arg(long)]
     pub state: PathBuf,
-    /// The bundle the head belongs to.
-    #[arg(long, default_value = "models/mnist-core")]
-    pub bundle: PathBuf,
-    /// The features output to linearize at (only when creating the state dir).
+    /// The bundle the head belongs to [default: the one the state dir records, found at
+    /// models/<its name>; for a new state dir, models/mnist-core].
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
+    /// The features output to linearize at (when creating the state dir; otherwise it must
+    /// be the recorded one).
     #[arg(long)]
     pub features: Option<String>,
-    /// Ridge strength λ (only when creating the state dir; default from the manifest).
+    /// Ridge strength λ (when creating the state dir, default from the manifest; otherwise it
+    /// must be the recorded one).
     #[arg(long)]
     pub lambda: Option<f64>,
 }
@@ -127,6 +139,7 @@ pub struct ForgetArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub head: HeadArgs,
+    /// Preprocessed inputs, float32, first axis = samples.
     #[arg(long)]
     pub input: PathBuf,
     /// Where to write the logits (float32 [n, C]); without it, top-1 classes are printed.
@@ -138,19 +151,30 @@ pub struct PredictArgs {
 pub struct WeightsArgs {
     #[command(flatten)]
     pub head: HeadArgs,
+    /// Where to write the weights (.npz with W and b).
     #[arg(long)]
     pub out: PathBuf,
 }
 
+/// The bundle of a new state dir when `--bundle` is not given.
+const DEFAULT_BUNDLE: &str = "models/mnist-core";
+
 impl HeadArgs {
-    fn open(&self, global: &Global) -> Result<Head> {
-        let core = Arc::new(Core::open(&self.bundle, &global.core_options())?);
-        let options = HeadOptions {
+    fn options(&self, must_exist: bool) -> HeadOptions {
+        HeadOptions {
             features: self.features.clone(),
             lambda: self.lambda,
+            must_exist,
             ..Default::default()
-        };
-        Head::open(core, &self.state, &options)
+        }
+    }
+
+    /// Opens the head of an existing state dir: a missing or non-Lethe dir is refused, and
+    /// nothing is created.
+    fn open(&self, g: &Global) -> Result<Head> {
+        let bundle = bundle_for(&self.state, self.bundle.as_deref(), None)?;
+        let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
+        Head::open(core, &self.state, &self.options(true))
     }
 }
 
@@ -162,7 +186,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => crate::bench::run(g, &args).map(drop),
         Command::Eval(args) => crate::eval::run(g, &args).map(drop),
         Command::Features(args) => features(g, &args),
-        Command::Bundle(BundleCommand::Check { dir }) => bundle_check(g, &dir),
+        Command::Bundle(BundleCommand::Check(args)) => bundle_check(g, &args.dir),
         Command::Learn(args) => learn(g, &args),
         Command::Forget(args) => forget(g, &args),
         Command::ForgetAll(head) => forget_all(g, &head),
@@ -226,7 +250,7 @@ fn bundle_check(g: &Global, dir: &Path) -> Result<()> {
 }
 
 fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
-    let h = args.head.open(g)?;
+    // Every input is read and checked before the state dir is touched.
     let (n, x) = data::samples_of(data::read_f32(&args.input)?);
     let labels: Vec<u32> = data::read_ids(&args.labels)?
         .into_iter()
@@ -242,17 +266,55 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
             ids.len()
         )));
     }
+    let head = &args.head;
+    let is_new = recorded_bundle(&head.state)?.is_none();
+    let bundle = bundle_for(
+        &head.state,
+        head.bundle.as_deref(),
+        Some(Path::new(DEFAULT_BUNDLE)),
+    )?;
+    let classes = bundle.manifest.classes.len();
+    if let Some(l) = labels.iter().find(|&&l| l as usize >= classes) {
+        return Err(Error::InvalidInput(format!(
+            "label {l} is out of range: the bundle has {classes} classes"
+        )));
+    }
+    let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
+    check_input_len(&core, &x, n)?;
+
+    // Only a successful learn leaves a state dir behind.
+    let creation = is_new.then(|| Creation::before(&head.state)).transpose()?;
     let start = Instant::now();
-    // One call: all-or-nothing. Run the core in chunks with progress first.
-    let (phi, z) = core_features(&h, &x, n)?;
-    h.learn_features(&ids, &phi, &z, &labels)?;
-    let samples = h.info().samples;
-    h.close()?;
+    let learned = learn_into(core, head, &x, n, &ids, &labels);
+    if let (Err(_), Some(creation)) = (&learned, creation) {
+        if let Err(e) = creation.undo() {
+            eprintln!("warning: could not remove the new state dir: {e}");
+        }
+    }
+    let samples = learned?;
     eprintln!(
         "learned {n} samples ({samples} in the head) in {:.2} s",
         start.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Opens (or creates) the state dir and learns in one call (all-or-nothing), after running the
+/// core in chunks with progress; returns the samples in the head.
+fn learn_into(
+    core: Arc<Core>,
+    head: &HeadArgs,
+    x: &[f32],
+    n: usize,
+    ids: &[u64],
+    labels: &[u32],
+) -> Result<u64> {
+    let h = Head::open(core, &head.state, &head.options(false))?;
+    let (phi, z) = core_features(&h, x, n)?;
+    h.learn_features(ids, &phi, &z, labels)?;
+    let samples = h.info().samples;
+    h.close()?;
+    Ok(samples)
 }
 
 fn forget(g: &Global, args: &ForgetArgs) -> Result<()> {
