@@ -41,10 +41,12 @@ use crate::scratch::Scratch;
 use crate::units::fmt_secs;
 use attack::attack;
 use lethe::data::Digits;
-use lethe::{Core, Head, HeadOptions, Weights};
+use lethe::{Core, Head, HeadOptions, HeadSpec, Weights};
 use lethe::{Error, Result};
-use results::{Accuracies, EvalReport, Probe, Scenario, Setup, Trio, PROBE_VIEWS};
-use sklearn::{number, write_npy, Jobs};
+use results::{
+    Accuracies, EvalReport, ForgetAll, Probe, RidgeRetrain, Scenario, Setup, Trio, PROBE_VIEWS,
+};
+use sklearn::{number, Jobs};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
@@ -157,7 +159,7 @@ struct Data {
     test_phi: Array2<f32>,
     test_z: Array2<f32>,
     test_labels: Vec<u32>,
-    target_scale: f32,
+    spec: HeadSpec,
 }
 
 impl Data {
@@ -190,7 +192,7 @@ impl Data {
                     .enumerate()
                     .map(|(c, &v)| {
                         let y = if c == labels[r] as usize {
-                            self.target_scale
+                            self.spec.target_scale as f32
                         } else {
                             0.0
                         };
@@ -221,11 +223,11 @@ impl Context<'_> {
             ..Default::default()
         };
         let probe = Head::in_memory(core.clone(), &options)?;
+        let probe_spec = probe.spec().clone();
         let t = Instant::now();
         let (phi, z) = digit_features(&probe, self.train, &self.train_rows)?;
         let (test_phi, test_z) = digit_features(&probe, self.test, &self.test_rows)?;
         let core_seconds = t.elapsed().as_secs_f64();
-        let spec = probe.spec().clone();
         drop(probe);
         let data = Data {
             phi,
@@ -242,8 +244,9 @@ impl Context<'_> {
                 .iter()
                 .map(|&r| self.test.labels[r])
                 .collect(),
-            target_scale: spec.target_scale as f32,
+            spec: probe_spec,
         };
+        let spec = &data.spec;
         let all_test: Vec<usize> = (0..data.test_labels.len()).collect();
         let core_test = accuracy(&data.test_z, &data.test_labels, &all_test);
 
@@ -271,11 +274,13 @@ impl Context<'_> {
         jobs.push(serde_json::json!({
             "id": "logreg",
             "kind": "logreg",
-            "train": [write_npy(self.dir, "phi.npy", &data.phi.clone().into_dyn())?],
-            "train_y": write_npy(self.dir, "y.npy", &train_y)?,
-            "test": [write_npy(self.dir, "test_phi.npy", &data.test_phi.clone().into_dyn())?],
-            "test_y": write_npy(self.dir, "test_y.npy", &test_y)?,
+            "train": [jobs.write(PHI, &data.phi.clone().into_dyn())?],
+            "train_y": jobs.write(Y, &train_y)?,
+            "test": [jobs.write(TEST_PHI, &data.test_phi.clone().into_dyn())?],
+            "test_y": jobs.write(TEST_Y, &test_y)?,
         }));
+        jobs.write(Z, &data.z.clone().into_dyn())?;
+        jobs.write(TEST_Z, &data.test_z.clone().into_dyn())?;
 
         // Forget a random 10 %, then a whole class of what remains.
         let mut shuffled = user.clone();
@@ -298,6 +303,7 @@ impl Context<'_> {
             &random,
             &remaining,
             &all_test,
+            &mut jobs,
             None,
         )?);
         let class = self.args.forget_class;
@@ -317,23 +323,40 @@ impl Context<'_> {
             &class_rows,
             &remaining,
             &class_test,
-            Some((class, self.dir, &mut jobs)),
+            &mut jobs,
+            Some(class),
         )?);
 
         // Forget everything: the head is the core alone again.
         head.forget_all()?;
         let (_, after_all) = data.logits(&head)?;
-        let max_diff = max_abs_diff(&after_all, &data.test_z);
-        let forget_all = (
-            accuracy(&after_all, &data.test_labels, &all_test),
+        let zero = head.weights()?;
+        let forget_all = ForgetAll {
+            test: accuracy(&after_all, &data.test_labels, &all_test),
             core_test,
-            max_diff,
-        );
+            max_logit_diff: max_abs_diff(&after_all, &data.test_z),
+            max_weight: zero
+                .w
+                .iter()
+                .chain(&zero.b)
+                .fold(0.0, |m, v| m.max(v.abs())),
+        };
         head.close()?;
 
         eprintln!("eval: scikit-learn ({} jobs)", jobs.len());
         let results = jobs.run(&self.args.python)?;
         let logreg_test = number(&results, "logreg", "test_accuracy")?;
+        for (i, sc) in scenarios.iter_mut().enumerate() {
+            let id = format!("ridge/{i}");
+            sc.ridge = RidgeRetrain {
+                accuracies: Accuracies {
+                    forgotten: number(&results, &id, "forgotten_accuracy")?,
+                    retained: number(&results, &id, "retained_accuracy")?,
+                    test: number(&results, &id, "test_accuracy")?,
+                },
+                weight_rel_diff: number(&results, &id, "relative_difference")?,
+            };
+        }
         if let Some(probes) = scenarios.last_mut().and_then(|s| s.probes.as_mut()) {
             for (view, trio) in PROBE_VIEWS.iter().zip(probes.iter_mut()) {
                 for (model, probe) in [
@@ -368,6 +391,44 @@ impl Context<'_> {
     }
 }
 
+/// The arrays every job of a setup shares.
+const PHI: &str = "phi.npy";
+const Z: &str = "z.npy";
+const Y: &str = "y.npy";
+const TEST_PHI: &str = "test_phi.npy";
+const TEST_Z: &str = "test_z.npy";
+const TEST_Y: &str = "test_y.npy";
+
+/// The job for scikit-learn's Ridge on the `remaining` rows (the `k`-th such job of a setup is
+/// `ridge/k`), next to Lethe's canonical weights `lethe` after forgetting `forgotten`.
+fn ridge_job(
+    jobs: &Jobs,
+    data: &Data,
+    forgotten: &[usize],
+    remaining: &[usize],
+    lethe: &Weights,
+) -> Result<serde_json::Value> {
+    let k = jobs.count_of("ridge");
+    let rows = |r: &[usize]| Array1::from_iter(r.iter().map(|&r| r as i64)).into_dyn();
+    Ok(serde_json::json!({
+        "id": format!("ridge/{k}"),
+        "kind": "ridge",
+        "phi": PHI,
+        "z": Z,
+        "y": Y,
+        "test_phi": TEST_PHI,
+        "test_z": TEST_Z,
+        "test_y": TEST_Y,
+        "remaining": jobs.write(&format!("ridge_{k}_remaining.npy"), &rows(remaining))?,
+        "forgotten": jobs.write(&format!("ridge_{k}_forgotten.npy"), &rows(forgotten))?,
+        "W": jobs.write(&format!("ridge_{k}_W.npy"), &lethe.w.clone().into_dyn())?,
+        "b": jobs.write(&format!("ridge_{k}_b.npy"), &Array1::from(lethe.b.clone()).into_dyn())?,
+        "lambda": data.spec.lambda,
+        "target_scale": data.spec.target_scale,
+        "frac_bits": data.spec.fixed.frac_bits,
+    }))
+}
+
 /// One forget step of a setup.
 struct Step<'a> {
     core: &'a Arc<Core>,
@@ -377,16 +438,17 @@ struct Step<'a> {
 }
 
 impl Step<'_> {
-    /// Forgets `rows` from the head, retrains a fresh head on `remaining`, compares them;
-    /// `never_seen` are the test rows the attack uses as non-members. With a class, also
-    /// queues the probes.
+    /// Forgets `rows` from the head, retrains a fresh head on `remaining`, compares them, and
+    /// queues scikit-learn's Ridge on `remaining` as an independent retrain; `never_seen` are
+    /// the test rows the attack uses as non-members. With a class, also queues the probes.
     fn forget(
         &self,
         title: &str,
         rows: &[usize],
         remaining: &[usize],
         never_seen: &[usize],
-        class: Option<(u32, &Path, &mut Jobs)>,
+        jobs: &mut Jobs,
+        class: Option<u32>,
     ) -> Result<Scenario> {
         let data = self.data;
         let before = data.logits(self.head)?;
@@ -423,18 +485,19 @@ impl Step<'_> {
                 &data.losses(test, &data.test_labels, never_seen),
             )
         };
+        let ridge = ridge_job(jobs, self.data, rows, remaining, &lethe_w)?;
+        jobs.push(ridge);
         let probes = match class {
-            Some((class, dir, jobs)) => {
+            Some(class) => {
                 let y = Array1::from_iter(
                     data.test_labels
                         .iter()
                         .map(|&l| u8::from(l == class) as i64),
                 )
                 .into_dyn();
-                let test_y = write_npy(dir, "probe_y.npy", &y)?;
-                let test_phi = write_npy(dir, "probe_phi.npy", &data.test_phi.clone().into_dyn())?;
-                let forgotten_phi = write_npy(
-                    dir,
+                let test_y = jobs.write("probe_y.npy", &y)?;
+                let test_phi = jobs.write("probe_phi.npy", &data.test_phi.clone().into_dyn())?;
+                let forgotten_phi = jobs.write(
                     "probe_forgotten_phi.npy",
                     &data.phi.select(Axis(0), rows).into_dyn(),
                 )?;
@@ -443,13 +506,11 @@ impl Step<'_> {
                     ("lethe", &after),
                     ("retrained", &retrained),
                 ] {
-                    let logits = write_npy(
-                        dir,
+                    let logits = jobs.write(
                         &format!("probe_logits_{model}.npy"),
                         &test.clone().into_dyn(),
                     )?;
-                    let forgotten = write_npy(
-                        dir,
+                    let forgotten = jobs.write(
                         &format!("probe_forgotten_logits_{model}.npy"),
                         &train.select(Axis(0), rows).into_dyn(),
                     )?;
@@ -482,6 +543,7 @@ impl Step<'_> {
             lethe: accs(&after),
             retrained: accs(&retrained),
             max_weight_diff: max_weight_diff(&lethe_w, &fresh_w),
+            ridge: RidgeRetrain::default(),
             logits_identical: after.1 == retrained.1 && after.0 == retrained.0,
             attack: Trio {
                 before: attack_on(&before),

@@ -8,16 +8,6 @@ use lethe::{Error, Result};
 /// The scikit-learn side, relative to the source tree (like the other default paths).
 const SKLEARN_SCRIPT: &str = "scripts/eval_sklearn.py";
 
-/// Writes `a` as `dir/name` and returns `name` (jobs name their arrays relative to `dir`).
-pub fn write_npy<A: ndarray_npy::WritableElement>(
-    dir: &Path,
-    name: &str,
-    a: &ndarray::ArrayD<A>,
-) -> Result<String> {
-    lethe::data::write(&dir.join(name), a)?;
-    Ok(name.to_string())
-}
-
 /// Python jobs for one setup, run together.
 pub struct Jobs {
     dir: PathBuf,
@@ -33,8 +23,24 @@ impl Jobs {
         }
     }
 
+    /// Writes `a` as `name` in the jobs' folder and returns `name` (jobs name their arrays
+    /// relative to that folder).
+    pub fn write<A: ndarray_npy::WritableElement>(
+        &self,
+        name: &str,
+        a: &ndarray::ArrayD<A>,
+    ) -> Result<String> {
+        lethe::data::write(&self.dir.join(name), a)?;
+        Ok(name.to_string())
+    }
+
     pub fn len(&self) -> usize {
         self.jobs.len()
+    }
+
+    /// How many jobs of this kind there are.
+    pub fn count_of(&self, kind: &str) -> usize {
+        self.jobs.iter().filter(|j| j["kind"] == kind).count()
     }
 
     pub fn push(&mut self, job: serde_json::Value) {
