@@ -214,6 +214,10 @@ pub fn forget_breakdown(work: &Path, d: usize, c: usize, seed: u64) -> Result<Fo
     for path in [&in_place, &appended] {
         std::fs::remove_file(path).map_err(io(path))?;
     }
+    let fsync_range = t_sync
+        .iter()
+        .chain(&t_append)
+        .fold((f64::MAX, 0.0f64), |(lo, hi), &t| (lo.min(t), hi.max(t)));
     Ok(ForgetBreakdown {
         d,
         c,
@@ -221,6 +225,7 @@ pub fn forget_breakdown(work: &Path, d: usize, c: usize, seed: u64) -> Result<Fo
         update: median(t_update),
         fsync: median(t_sync),
         fsync_append: median(t_append),
+        fsync_range,
     })
 }
 

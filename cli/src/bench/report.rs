@@ -1,7 +1,7 @@
 //! The report as Markdown (docs/BENCHMARKS.md).
 
 use super::plot::PLOT_FILE;
-use super::results::BenchReport;
+use super::results::{BenchReport, PredictRow};
 use crate::units::{fmt_n, fmt_ratio, fmt_secs};
 
 fn met(ok: bool) -> &'static str {
@@ -9,6 +9,20 @@ fn met(ok: bool) -> &'static str {
         "met"
     } else {
         "**missed**"
+    }
+}
+
+/// The ratios of `p`'s bundle's other predict rows.
+fn others_of(rows: &[PredictRow], p: &PredictRow) -> String {
+    let others: Vec<String> = rows
+        .iter()
+        .filter(|r| r.bundle == p.bundle && r.batch != p.batch)
+        .map(|r| format!("{} at batch {}", fmt_ratio(r.lethe / r.bare), r.batch))
+        .collect();
+    if others.is_empty() {
+        "none measured".into()
+    } else {
+        others.join(", ")
     }
 }
 
@@ -26,9 +40,9 @@ impl BenchReport {
         s += &format!(
             "Written by `{command}` (cli/src/bench/) in {} on {} ({} cores), ONNX Runtime \
              `{}` on the CPU, intra-op threads {}. Every figure is the median of repeats; each \
-             ratio compares two numbers measured in the same run. The machine is shared and \
-             noisy (1, 5, 15-minute load averages {} at the start, {} at the end): expect a few percent of \
-             run-to-run variation in the ratios, more at the smallest times.\n\n",
+             ratio compares two numbers measured in the same run. Other work on the machine \
+             adds noise, most to the smallest times (1, 5, 15-minute load averages {} at the \
+             start, {} at the end).\n\n",
             fmt_secs(self.seconds),
             m.cpu,
             m.cores,
@@ -70,16 +84,17 @@ impl BenchReport {
                  which the head's forward pass is {}. The rest is Lethe's handling of the core \
                  run (it checks every input value for NaN/Inf, copies the outputs out of ONNX \
                  Runtime into owned arrays and maps the core logits onto the head's classes) \
-                 and this machine's noise: where the difference is far above the head's part \
-                 and other rows of the same bundle show none, it is noise. Reading the outputs \
-                 in place (views, or ONNX Runtime I/O binding into preallocated buffers) would \
-                 remove the copies.\n",
+                 or noise from other work on the machine; {}'s other rows: {}. Reading the \
+                 outputs in place (views, or ONNX Runtime I/O binding into preallocated buffers) \
+                 would remove the copies.\n",
                 p.bundle,
                 p.batch,
                 fmt_ratio(p.lethe / p.bare),
                 fmt_secs(p.lethe - p.bare),
                 fmt_secs(p.bare),
-                fmt_secs(p.head)
+                fmt_secs(p.head),
+                p.bundle,
+                others_of(&self.predict, p)
             );
         }
         if let Some(h) = self.headline().filter(|h| h.refit < 1000.0 * h.forget) {
@@ -92,18 +107,15 @@ impl BenchReport {
                  {}, {} is the head's own work (the same forget on an in-memory head: {} vs \
                  the refit) and {} the state dir's: writing and syncing before the call returns \
                  (G3, G4); on this machine's shared disk `fdatasync` took {} after an in-place \
-                 overwrite and {} after an append when probed (it drifts from about 0.1 ms to \
-                 several ms during a run). The head's own work for one sample at d = {}: {} to subtract \
+                 overwrite and {} after an append when probed (medians; the probes ranged from \
+                 {} to {}). The head's own work for one sample at d = {}: {} to subtract \
                  it from the exact integer statistics (one memory-bound pass over A's packed \
                  i128 triangle, {:.0} MB) and {} for the rank-1 Cholesky downdate and Newton \
                  step (three memory-bound passes over the {:.0} MB factor L: the downdate, then \
                  the forward and backward solves). The two touch different memory and do not \
                  depend on each other, so they could run on two cores at once; fusing the \
                  downdate with the forward solve would save a pass. Reaching 1000× at this n \
-                 needs the whole durable forget under {}, {:.1}× less than now: more than \
-                 those changes and a disk that syncs in well under a millisecond can give, \
-                 since the head's part alone is several memory-bound passes over those \
-                 matrices. The \
+                 needs the whole durable forget under {}, {:.1}× less than now; {}. The \
                  ratio grows linearly with n (the refit is O(n·d²), a forget O(d²)): at \
                  today's forget time it reaches 1000× at about n = {}.\n",
                 fmt_n(h.n),
@@ -116,6 +128,8 @@ impl BenchReport {
                 fmt_secs(sync.max(0.0)),
                 fmt_secs(b.fsync),
                 fmt_secs(b.fsync_append),
+                fmt_secs(b.fsync_range.0),
+                fmt_secs(b.fsync_range.1),
                 b.d,
                 fmt_secs(b.stats),
                 ((b.d + 1) * (b.d + 2) / 2 * 16) as f64 / 1e6,
@@ -123,6 +137,19 @@ impl BenchReport {
                 ((b.d + 1) * (b.d + 1) * 8) as f64 / 1e6,
                 fmt_secs(h.refit / 1000.0),
                 1000.0 * h.forget / h.refit,
+                if memory > h.refit / 1000.0 {
+                    format!(
+                        "the in-memory forget alone ({}) is above that, so a faster disk \
+                         would not be enough",
+                        fmt_secs(memory)
+                    )
+                } else {
+                    format!(
+                        "the in-memory forget ({}) is below it: the state dir's writing and \
+                         syncing is what is missing",
+                        fmt_secs(memory)
+                    )
+                },
                 fmt_n((h.n as f64 * 1000.0 * h.forget / h.refit / 1000.0).ceil() as usize * 1000)
             );
         }
@@ -164,7 +191,8 @@ impl BenchReport {
             any = true;
             s += &format!(
                 "- **Open** ({} at n = {}, d = {}, state dir {:.0} MB; reading its files alone \
-                 takes {}): what `Head::open` reads and checks grows with n·d. Only the \
+                 takes {}): `Head::open` reads and checks every record of the state dir (n·d \
+                 values). Only the \
                  statistics, the factor and an id → slot index are needed to serve and to \
                  forget; reading a sample's record only when it is forgotten (or verified) \
                  keeps open at O(d² + n).\n",
@@ -275,9 +303,9 @@ impl BenchReport {
              - **in memory**: the same on an in-memory head holding the same samples (no \
              state dir, so no `fsync`), for the first (d, C) only.\n\
              - **canonical**: from the forget call until `Head::weights` returns the canonical \
-             weights (bit-identical to retraining; the background re-solve, finished on the \
-             caller's thread).\n\
-             - **refit**: the strongest baseline: the n − k remaining features already in \
+             weights (those `lethe verify` compares with a recomputation from scratch; the \
+             background re-solve, finished on the caller's thread).\n\
+             - **refit**: the head refitted in closed form from the n − k remaining features already in \
              memory as f64; A = XᵀX + λI (lower triangle) and B = XᵀT with faer's GEMM on every \
              core (one block of rows per core), then Cholesky and solve.\n\
              - **full retrain**: the core re-run over the n − k remaining inputs plus the refit. \
@@ -348,15 +376,16 @@ impl BenchReport {
              Where a one-sample forget's time goes at d = {d}, C = {c}, each part timed alone: \
              subtracting the sample from the exact integer statistics {}, the rank-1 Cholesky \
              downdate and Newton step {}; on this machine's disk, `fdatasync` after \
-             overwriting one record in place takes {}, after appending one to a file {} (the \
+             overwriting one record in place took {}, after appending one to a file {} (the \
              file's size changes, so the file system commits metadata too). How many of each \
              a durable forget makes is the store's protocol (src/store.rs). These parts were \
-             timed right after the forgets above; the disk is shared, and its sync latency \
-             drifts during a run (from about 0.1 ms to several ms).\n\n",
+             timed right after the forgets above (medians; the syncs ranged from {} to {}).\n\n",
             fmt_secs(self.breakdown.stats),
             fmt_secs(self.breakdown.update),
             fmt_secs(self.breakdown.fsync),
             fmt_secs(self.breakdown.fsync_append),
+            fmt_secs(self.breakdown.fsync_range.0),
+            fmt_secs(self.breakdown.fsync_range.1),
         );
         s
     }
@@ -368,7 +397,7 @@ impl BenchReport {
              the head's `learn_features` on those features, durable (state dir, synced) and in \
              memory. The last column is `Head::weights` called right after the durable learn \
              returned: the wait until the canonical weights are ready (their re-solve starts on \
-             another thread when the learn returns; at small d it is done before the call).\n\n\
+             another thread when the learn returns).\n\n\
              | bundle | batch | core | head, durable | share | head, in memory | share | canonical weights ready after |\n\
              | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );

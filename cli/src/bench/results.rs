@@ -49,6 +49,8 @@ pub struct ForgetBreakdown {
     /// One `sync_data` after appending a record to a file (its size changes, so the file
     /// system commits metadata too).
     pub fsync_append: f64,
+    /// The fastest and the slowest of those syncs (both kinds).
+    pub fsync_range: (f64, f64),
 }
 
 /// The head's part of a learn on one bundle, in seconds.
