@@ -64,6 +64,25 @@ fn inputs(dir: &Path, n: usize) -> Inputs {
     Inputs { x, y, ids }
 }
 
+impl Inputs {
+    /// `lethe learn --state STATE` of these inputs, then `extra`; asserts success.
+    fn learn(&self, state: &Path, extra: &[&str]) {
+        let mut args = vec![
+            "learn",
+            "--state",
+            s(state),
+            "--input",
+            s(&self.x),
+            "--labels",
+            s(&self.y),
+            "--ids",
+            s(&self.ids),
+        ];
+        args.extend(extra);
+        lethe_ok(&args);
+    }
+}
+
 fn s(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
@@ -96,17 +115,7 @@ fn commands_other_than_learn_refuse_a_missing_or_foreign_dir_and_create_nothing(
     let dir = tmp.path();
     let inp = inputs(dir, 20);
     let real = dir.join("real");
-    lethe_ok(&[
-        "learn",
-        "--state",
-        s(&real),
-        "--input",
-        s(&inp.x),
-        "--labels",
-        s(&inp.y),
-        "--ids",
-        s(&inp.ids),
-    ]);
+    inp.learn(&real, &[]);
     let typo = dir.join("typo").join("state");
     let foreign = dir.join("foreign");
     std::fs::create_dir(&foreign).unwrap();
@@ -193,17 +202,7 @@ fn a_refused_learn_leaves_no_state_dir_behind() {
         }
     }
     // The same learn with good inputs creates the state dir.
-    lethe_ok(&[
-        "learn",
-        "--state",
-        s(&new),
-        "--input",
-        xs,
-        "--labels",
-        ys,
-        "--ids",
-        is,
-    ]);
+    inp.learn(&new, &[]);
     assert!(lethe_ok(&["info", "--state", s(&new)]).contains("samples     20"));
 }
 
@@ -213,19 +212,7 @@ fn a_state_dir_records_its_bundle() {
     let dir = tmp.path();
     let inp = inputs(dir, 12);
     let state = dir.join("state");
-    lethe_ok(&[
-        "learn",
-        "--state",
-        s(&state),
-        "--bundle",
-        "models/mnist-core",
-        "--input",
-        s(&inp.x),
-        "--labels",
-        s(&inp.y),
-        "--ids",
-        s(&inp.ids),
-    ]);
+    inp.learn(&state, &["--bundle", "models/mnist-core"]);
     // Without --bundle: models/mnist-core, as the state dir records.
     let info = lethe_ok(&["info", "--state", s(&state)]);
     assert!(info.contains("bundle      mnist-core"), "{info}");
