@@ -1,7 +1,8 @@
 //! `lethe bench`: how fast Lethe is, each figure next to a baseline measured in the same run.
 //!
-//! Writes `docs/BENCHMARKS.md` (tables) and `docs/forget-latency.png` (a log-log plot of forget
-//! latency vs n). Every figure is a median of repeats; baselines run in the same process,
+//! Writes the report where `--out` says (docs/BENCHMARKS.md by default) and a log-log plot of
+//! forget latency vs n next to it (forget-latency.png); scratch files (state dirs, synthetic
+//! bundles) go to a temporary folder, or to `--work`. Every figure is a median of repeats; baselines run in the same process,
 //! interleaved with Lethe where that is cheap, so a noisy machine shifts both alike.
 //!
 //! - **predict**: `Head::predict` (core + head) vs a bare ONNX Runtime session of the same core

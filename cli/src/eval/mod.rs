@@ -4,15 +4,16 @@
 //! digits of `tests/data` (user data = the train split, test = the test split):
 //! 1. the head's test accuracy next to scikit-learn's logistic regression on the same features
 //!    and the core alone;
-//! 2. forget a random 10 %, then a whole class, each time next to a head retrained from scratch
-//!    on what remains: accuracies, the weight difference, a loss-threshold membership-inference
+//! 2. forget a random 10 %, then a whole class, each time next to heads retrained from scratch
+//!    on what remains, by Lethe's solver (the bit-identity check) and by scikit-learn's Ridge
+//!    (independent): accuracies, the weight difference, a loss-threshold membership-inference
 //!    attack, and (for the class) a linear probe on what the served model exposes;
 //! 3. forget-all, compared with the core alone;
 //! 4. forget latency at each features output (the linearization point).
 //!
-//! Writes `docs/EVALUATION.md`. scikit-learn runs in `scripts/eval_sklearn.py`, called with the
-//! Python of `scripts/setup.sh`.
-
+//! Writes the report where `--out` says (docs/EVALUATION.md by default); scratch files (state
+//! dirs, the arrays handed to Python) go to a temporary folder, or to `--work`. scikit-learn
+//! runs in `scripts/eval_sklearn.py`, called with the Python of `scripts/setup.sh`.
 //!
 //! Modules: `results` (what was measured), `attack` (membership inference), `sklearn` (the
 //! jobs for scripts/eval_sklearn.py), `report` (Markdown).
