@@ -34,6 +34,7 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// How long `f` took (seconds).
 pub fn seconds_of(f: impl FnOnce() -> Result<()>) -> Result<f64> {
     let t = Instant::now();
     f()?;
@@ -130,6 +131,7 @@ pub fn loadavg() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// The machine this process runs on, with the load average now as the run's end.
 pub fn machine(g: &Global, load_start: String) -> Result<Machine> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo

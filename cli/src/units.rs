@@ -38,6 +38,7 @@ pub fn fmt_ratio(r: f64) -> String {
     }
 }
 
+/// A count like 50k (multiples of a thousand) or 1234.
 pub fn fmt_n(n: usize) -> String {
     if n >= 1000 && n.is_multiple_of(1000) {
         format!("{}k", n / 1000)

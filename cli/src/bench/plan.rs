@@ -19,6 +19,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// A quick run (small sizes, few repeats) or the full one.
     pub fn new(quick: bool) -> Plan {
         if quick {
             Plan {

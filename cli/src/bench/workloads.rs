@@ -26,6 +26,7 @@ pub fn synthetic_feature(seed: u64, id: u64, j: usize) -> f32 {
     (h >> 40) as f32 / (1u64 << 24) as f32 * SYNTHETIC_FEATURE_MAX
 }
 
+/// Synthetic sample `id`'s label among `classes`.
 pub fn synthetic_label(seed: u64, id: u64, classes: usize) -> u32 {
     (splitmix(seed.wrapping_add(id) ^ 0xA5A5_A5A5) % classes as u64) as u32
 }
