@@ -996,3 +996,28 @@ impl<T: Copy + Default> Drop for Scratch<T> {
         std::hint::black_box(&mut self.0);
     }
 }
+
+/// The bundle name and core sha256 that the state dir `dir` records, read from its `meta.json`
+/// without following a symlink there, and without opening the state dir (no lock, nothing
+/// created). `None` when `dir` has no `meta.json` (it is not a state dir, or does not exist).
+pub fn recorded_bundle(dir: &Path) -> Result<Option<(String, String)>> {
+    use std::io::Read;
+    let path = dir.join(META);
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::state(dir, format!("{META} is a symlink")))
+        }
+        Err(e) => return Err(Error::io(&path, e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(|e| Error::io(&path, e))?;
+    let meta = Meta::parse(&bytes).map_err(|m| corrupt(dir, META, m))?;
+    Ok(Some((meta.bundle_name, meta.core_sha256)))
+}

@@ -14,8 +14,10 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::bench::TempDir;
-use crate::commands::{accuracy, Global};
+use crate::batches::core_features;
+use crate::global::Global;
+use crate::logits::{accuracy, max_abs_diff};
+use crate::scratch::Scratch;
 use lethe::data::Digits;
 use lethe::{Core, Head, HeadOptions};
 use lethe::{Error, Result};
@@ -115,16 +117,8 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let all_train: Vec<usize> = (0..train.len()).collect();
     let all_test: Vec<usize> = (0..test.len()).collect();
     let ev = Eval {
-        train: crate::commands::core_features_in_chunks(
-            &probe,
-            &train.inputs(&all_train),
-            train.len(),
-        )?,
-        test: crate::commands::core_features_in_chunks(
-            &probe,
-            &test.inputs(&all_test),
-            test.len(),
-        )?,
+        train: core_features(&probe, &train.inputs(&all_train), train.len())?,
+        test: core_features(&probe, &test.inputs(&all_test), test.len())?,
         train_labels: train.labels.clone(),
         test_labels: test.labels.clone(),
     };
@@ -148,11 +142,14 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let user: Vec<usize> = (0..train.len())
         .filter(|&r| ev.train_labels[r] >= 5 || r % 5 == 0)
         .collect();
+    let scratch;
     let state_dir = match &args.state {
         Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("lethe-demo-{}", std::process::id())),
+        None => {
+            scratch = Scratch::new(None, "lethe-demo-")?;
+            scratch.path().join("state")
+        }
     };
-    let _cleanup = args.state.is_none().then(|| TempDir(state_dir.clone()));
     let head = Head::open(core.clone(), &state_dir, &HeadOptions::default())?;
     let spec = head.spec().clone();
     println!(
@@ -214,8 +211,9 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let class_test = rows_where(&ev.test_labels, |l| l == class);
     let logits = head.predict_features(&ev.test.0, &ev.test.1)?;
     println!(
-        "  test digits {class}: {} recognised (the class is no longer taught)\n",
-        pct(accuracy(&logits, &ev.test_labels, &class_test))
+        "  test digits {class}: {} recognised ({} samples of class {class} left in the head)\n",
+        pct(accuracy(&logits, &ev.test_labels, &class_test)),
+        head.info().class_counts[class as usize]
     );
 
     // Forget everything.
@@ -223,18 +221,21 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     head.forget_all()?;
     let took = secs(t);
     let logits = head.predict_features(&ev.test.0, &ev.test.1)?;
-    let max_diff = logits
-        .iter()
-        .zip(core_logits.iter())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let max_diff = max_abs_diff(&logits, core_logits);
     println!("forget-all in {took}: {} samples left", head.info().samples);
     println!(
-        "  head on test digits:     0–4 {}  5–9 {}  max |head − core| logit difference {max_diff:e}",
+        "  head on test digits:     0–4 {}  5–9 {}",
         pct(accuracy(&logits, &ev.test_labels, &test04)),
         pct(accuracy(&logits, &ev.test_labels, &test59)),
     );
-    println!("  the head is exactly the core again: digits 5–9 unrecognised, 0–4 intact");
+    println!(
+        "  max |head logits − core logits| = {max_diff:e} on the test digits: {}",
+        if max_diff == 0.0 {
+            "the head is exactly the core again"
+        } else {
+            "the head DIFFERS from the core"
+        }
+    );
     let t = Instant::now();
     head.close()?;
     println!("\nclosed the state dir in {}", secs(t));

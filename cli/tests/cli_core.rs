@@ -7,7 +7,9 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
+use clap::CommandFactory;
 use lethe::{Core, CoreOptions};
+use lethe_cli::commands::Cli;
 
 /// `lethe features` vs `Core::run` in this process: same library, but the CLI runs the core in
 /// chunks of 256 samples, so kernels may see other batch sizes.
@@ -274,11 +276,57 @@ fn help_works_for_every_subcommand() {
     assert_eq!(run(&mut lethe(&["no-such-command"])).status.code(), Some(2));
 }
 
+/// `path` and every subcommand below it, with their paths (`lethe bundle check`).
+fn all_commands(cmd: &clap::Command, path: String, out: &mut Vec<(String, clap::Command)>) {
+    for sub in cmd.get_subcommands() {
+        all_commands(sub, format!("{path} {}", sub.get_name()), out);
+    }
+    out.push((path, cmd.clone()));
+}
+
+#[test]
+fn every_subcommand_and_argument_has_help() {
+    let mut commands = Vec::new();
+    all_commands(&Cli::command(), "lethe".into(), &mut commands);
+    assert!(commands.len() > 10, "{} commands", commands.len());
+    let mut missing = Vec::new();
+    for (path, cmd) in &commands {
+        if cmd.get_about().is_none() {
+            missing.push(path.clone());
+        }
+        for arg in cmd.get_arguments() {
+            let generated = ["help", "version"].contains(&arg.get_id().as_str());
+            if !generated && arg.get_help().is_none() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "no help text: {missing:?}");
+}
+
+/// The numbers the demo prints after `label` (`label 1.5e-3 ...` → 1.5e-3), one per line that
+/// has it.
+fn numbers_after(out: &str, label: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|line| line.split_once(label))
+        .map(|(_, rest)| {
+            let word = rest.split_whitespace().next().unwrap_or("");
+            word.parse()
+                .unwrap_or_else(|_| panic!("{label} is followed by {word:?}, not a number"))
+        })
+        .collect()
+}
+
 #[test]
 fn demo_forgets_exactly() {
     let out = run_ok(&mut lethe(&["demo"]));
-    assert!(out.contains("bit-identical"), "{out}");
-    assert!(out.contains("the head is exactly the core again"), "{out}");
+    // Each forget next to a head retrained from scratch: the canonical weights are the same.
+    let weights = numbers_after(&out, "max |W − W_retrained| =");
+    assert_eq!(weights, [0.0, 0.0], "{out}");
+    // After forget-all, W = 0 and b = 0 exactly (the canonical solve of empty statistics), and
+    // z + φ·0 + 0 = z in floating point for finite φ, with no rounding: the bound is exactly 0.
+    let core = numbers_after(&out, "max |head logits − core logits| =");
+    assert_eq!(core, [0.0], "{out}");
     assert!(
         !out.contains("differs") && !out.contains("DIFFER"),
         "the demo reports a difference:\n{out}"

@@ -16,12 +16,11 @@ README.md quotes (accuracy, max |feature|, max |logit|, ridge-head check).
 
 import argparse
 import gzip
-import hashlib
 import importlib.util
-import json
 import os
 import pickle
 import random
+import sys
 import time
 
 import numpy as np
@@ -29,8 +28,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bundle_tools import OPSET, cpu_session, export_core, write_manifest  # noqa: E402
+
 SEED = 20240531
-OPSET = 17
 CORE_CLASSES = [0, 1, 2, 3, 4]
 N_CLASSES = 10
 FRAC_BITS = 15
@@ -183,8 +184,6 @@ def main():
     ap.add_argument("--skip-checks", action="store_true", help="skip the ridge-head check")
     args = ap.parse_args()
 
-    import onnxruntime as ort  # noqa: E402  (imported late: only the checks need it)
-
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     seed_everything(SEED)
     data = load_mnist()
@@ -199,27 +198,9 @@ def main():
     print(f"training took {time.time() - t0:.1f} s")
 
     # --- export ------------------------------------------------------------------------
-    os.makedirs(args.out_dir, exist_ok=True)
-    onnx_path = os.path.join(args.out_dir, "core.onnx")
     dummy = torch.zeros(2, 1, 28, 28)
-    dyn = {n: {0: "batch"} for n in ["image"] + OUTPUT_NAMES}
-    torch.onnx.export(model, (dummy,), onnx_path, input_names=["image"],
-                      output_names=OUTPUT_NAMES, dynamic_axes=dyn, opset_version=OPSET,
-                      do_constant_folding=True, dynamo=False)
-    import onnx
-    m = onnx.load(onnx_path)
-    onnx.checker.check_model(m, full_check=True)
-    print("onnx opset:", [(o.domain or "ai.onnx", o.version) for o in m.opset_import])
-    with open(onnx_path, "rb") as f:
-        onnx_bytes = f.read()
-    sha = hashlib.sha256(onnx_bytes).hexdigest()
-    print(f"core.onnx: {len(onnx_bytes)} bytes, sha256 {sha}")
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-    for o in sess.get_outputs():
-        print(f"  output {o.name}: {o.type} {o.shape}")
+    onnx_path, sha = export_core(model, dummy, args.out_dir, OUTPUT_NAMES)
+    sess = cpu_session(onnx_path)
 
     # --- parity torch vs onnxruntime -----------------------------------------------------
     xte, yte = data["test"]
@@ -318,10 +299,8 @@ def main():
         "head": {"lambda": LAMBDA, "target_scale": TARGET_SCALE, "frac_bits": FRAC_BITS,
                  "target_max_abs": target_max_abs},
     }
-    with open(os.path.join(args.out_dir, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
-    print("wrote", os.path.join(os.path.basename(args.out_dir), "manifest.json"))
+    path = write_manifest(args.out_dir, manifest)
+    print("wrote", os.path.join(os.path.basename(args.out_dir), os.path.basename(path)))
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import glob
 import gzip
 import hashlib
 import importlib.util
-import json
 import os
 import pickle
+import sys
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-OPSET = 17
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bundle_tools import OPSET, cpu_session, export_core, write_manifest  # noqa: E402
+
 WEIGHTS_FILE = "mobilenet_v2-b0353104.pth"
 WEIGHTS_SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 MEAN = [0.485, 0.456, 0.406]
@@ -128,9 +130,6 @@ def main():
                     help="skip the photo check and the ridge-head check on digits")
     args = ap.parse_args()
 
-    import onnx
-    import onnxruntime as ort
-
     torch.manual_seed(0)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -148,26 +147,9 @@ def main():
     extractor = FeatureExtractor(net).eval()
 
     # --- export ------------------------------------------------------------------------
-    os.makedirs(args.out_dir, exist_ok=True)
-    onnx_path = os.path.join(args.out_dir, "core.onnx")
     dummy = torch.zeros(2, 3, 224, 224)
-    torch.onnx.export(extractor, (dummy,), onnx_path, input_names=["image"],
-                      output_names=["features"],
-                      dynamic_axes={"image": {0: "batch"}, "features": {0: "batch"}},
-                      opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    m = onnx.load(onnx_path)
-    onnx.checker.check_model(m, full_check=True)
-    print("onnx opset:", [(o.domain or "ai.onnx", o.version) for o in m.opset_import])
-    with open(onnx_path, "rb") as f:
-        onnx_bytes = f.read()
-    sha = hashlib.sha256(onnx_bytes).hexdigest()
-    print(f"core.onnx: {len(onnx_bytes)} bytes, sha256 {sha}")
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(onnx_path, so, providers=["CPUExecutionProvider"])
-    for o in sess.get_outputs():
-        print(f"  output {o.name}: {o.type} {o.shape}")
+    onnx_path, sha = export_core(extractor, dummy, args.out_dir, ["features"])
+    sess = cpu_session(onnx_path)
 
     # --- inputs for parity and magnitudes ------------------------------------------------
     mnist = load_mnist_u8()
@@ -268,9 +250,7 @@ def main():
         "head": {"lambda": LAMBDA, "target_scale": TARGET_SCALE, "frac_bits": FRAC_BITS,
                  "target_max_abs": TARGET_MAX_ABS},
     }
-    with open(os.path.join(args.out_dir, "manifest.json"), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2)
-        f.write("\n")
+    write_manifest(args.out_dir, manifest)
     print("wrote manifest.json")
 
 

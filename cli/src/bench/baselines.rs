@@ -1,0 +1,120 @@
+//! The baselines Lethe is measured against: a bare ONNX Runtime session of the same core, and
+//! the head refitted in closed form from the stored features.
+
+use faer::linalg::matmul::triangular::BlockStructure;
+use faer::{Accum, Mat, MatRef, Par};
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use lethe::math::solver;
+use lethe::{runtime, Bundle, Error, Result, Weights};
+
+/// A bare ONNX Runtime session of a bundle's core, as an application without Lethe would run.
+pub fn bare_session(bundle: &Bundle, threads: usize) -> Result<Session> {
+    let rt = runtime::ensure_loaded(None)?;
+    let mut builder = Session::builder(&rt.env)?;
+    if threads > 0 {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(ort::Error::from)?;
+    }
+    Ok(builder.commit_from_file(bundle.core_path())?)
+}
+
+/// One bare run: feed the batch, read every output (as views, no copies).
+pub fn bare_run(session: &mut Session, bundle: &Bundle, input: &[f32], n: usize) -> Result<()> {
+    let m = &bundle.manifest;
+    let mut shape = vec![n];
+    shape.extend(
+        m.inputs[0]
+            .shape
+            .iter()
+            .skip(1)
+            .map(|d| d.unwrap_or(1) as usize),
+    );
+    let view = ndarray::ArrayViewD::from_shape(shape, input)
+        .map_err(|e| Error::InvalidInput(e.to_string()))?;
+    let outputs = session
+        .run(ort::inputs![m.inputs[0].name.as_str() => TensorRef::from_array_view(view)?])?;
+    for (_, value) in outputs.iter() {
+        std::hint::black_box(value.try_extract_array::<f32>()?);
+    }
+    Ok(())
+}
+
+/// The strongest baseline: the head refitted in closed form from the stored features, in f64.
+/// The two products A = XᵀX (lower triangle) and B = XᵀT take almost all the time; they run on
+/// every core, each thread one contiguous block of rows with faer's sequential GEMM, and the
+/// blocks' sums are added. (faer's own rayon-parallel GEMM was several times slower than this
+/// for tall, thin X on this 2-core machine, and slower than one thread when the machine was
+/// busy.) The Cholesky factorization and solve, O(p³) with p ≤ 2049, take a few percent and run
+/// sequentially.
+pub fn refit(x: MatRef<'_, f64>, t: MatRef<'_, f64>, lambda: f64) -> Result<Mat<f64>> {
+    let (n, p) = (x.nrows(), x.ncols());
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let per = n.div_ceil(threads).max(1);
+    let parts: Vec<(Mat<f64>, Mat<f64>)> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..n.div_ceil(per))
+            .map(|i| {
+                let rows = per.min(n - i * per);
+                let (xs, ts) = (x.subrows(i * per, rows), t.subrows(i * per, rows));
+                scope.spawn(move || {
+                    let mut a = Mat::<f64>::zeros(p, p);
+                    faer::linalg::matmul::triangular::matmul(
+                        a.as_mut(),
+                        BlockStructure::TriangularLower,
+                        Accum::Replace,
+                        xs.transpose(),
+                        BlockStructure::Rectangular,
+                        xs,
+                        BlockStructure::Rectangular,
+                        1.0,
+                        Par::Seq,
+                    );
+                    let mut b = Mat::<f64>::zeros(p, ts.ncols());
+                    faer::linalg::matmul::matmul(
+                        b.as_mut(),
+                        Accum::Replace,
+                        xs.transpose(),
+                        ts,
+                        1.0,
+                        Par::Seq,
+                    );
+                    (a, b)
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("refit worker"))
+            .collect()
+    });
+    let mut a = Mat::<f64>::zeros(p, p);
+    let mut theta = Mat::<f64>::zeros(p, t.ncols());
+    for (pa, pb) in &parts {
+        a += pa;
+        theta += pb;
+    }
+    for j in 0..p {
+        a[(j, j)] += lambda;
+    }
+    solver::cholesky_in_place(&mut a)
+        .map_err(|_| Error::Limit("the refit's XᵀX + λI is not positive definite".into()))?;
+    solver::solve_in_place(&a, &mut theta);
+    Ok(theta)
+}
+
+/// max |Θ_refit − Θ_Lethe| / max |Θ_Lethe|.
+pub fn agreement_with(w: &Weights, theta: &Mat<f64>, d: usize) -> f64 {
+    let mut diff = 0.0f64;
+    let mut scale = 0.0f64;
+    for (k, row) in w.w.rows().into_iter().enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            diff = diff.max((v - theta[(j, k)]).abs());
+            scale = scale.max(v.abs());
+        }
+        diff = diff.max((w.b[k] - theta[(d, k)]).abs());
+        scale = scale.max(w.b[k].abs());
+    }
+    diff / scale
+}

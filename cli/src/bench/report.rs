@@ -1,0 +1,445 @@
+//! The report as Markdown (docs/BENCHMARKS.md).
+
+use super::plot::PLOT_FILE;
+use super::results::{BenchReport, PredictRow};
+use crate::units::{fmt_n, fmt_ratio, fmt_secs};
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// The ratios of `p`'s bundle's other predict rows.
+fn others_of(rows: &[PredictRow], p: &PredictRow) -> String {
+    let others: Vec<String> = rows
+        .iter()
+        .filter(|r| r.bundle == p.bundle && r.batch != p.batch)
+        .map(|r| format!("{} at batch {}", fmt_ratio(r.lethe / r.bare), r.batch))
+        .collect();
+    if others.is_empty() {
+        "none measured".into()
+    } else {
+        others.join(", ")
+    }
+}
+
+impl BenchReport {
+    /// The report as Markdown (docs/BENCHMARKS.md).
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let m = &self.machine;
+        let command = if self.quick {
+            "cargo run --release -p lethe-cli -- bench --quick"
+        } else {
+            "cargo run --release -p lethe-cli -- bench"
+        };
+        s += "# Benchmarks\n\n";
+        s += &format!(
+            "Written by `{command}` (cli/src/bench/) in {} on {} ({} cores), ONNX Runtime \
+             `{}` on the CPU, intra-op threads {}. Every figure is the median of repeats; each \
+             ratio compares two numbers measured in the same run. Other work on the machine \
+             adds noise, most to the smallest times (1, 5, 15-minute load averages {} at the \
+             start, {} at the end).\n\n",
+            fmt_secs(self.seconds),
+            m.cpu,
+            m.cores,
+            m.ort_library,
+            if m.threads == 0 {
+                "ONNX Runtime's default".to_string()
+            } else {
+                m.threads.to_string()
+            },
+            m.load_start,
+            m.load_end
+        );
+        if self.quick {
+            s += "**Quick run** (small sizes, few repeats): a smoke test, not the targets' \
+                  sizes.\n\n";
+        }
+        s += &self.targets_section();
+        s += &self.predict_section();
+        s += &self.forget_section();
+        s += &self.learn_section();
+        s += &self.open_section();
+        s += &self.findings_section();
+        s
+    }
+
+    /// For each missed target: the measured cause and what would fix it.
+    fn findings_section(&self) -> String {
+        let mut s = String::from("## Missed targets: why, and what would fix them\n\n");
+        let mut any = false;
+        if let Some(p) = self
+            .predict
+            .iter()
+            .filter(|r| r.lethe > 1.03 * r.bare)
+            .max_by(|a, b| (a.lethe / a.bare).total_cmp(&(b.lethe / b.bare)))
+        {
+            any = true;
+            s += &format!(
+                "- **Predict overhead** ({}, batch {}: {}): {} per call on top of {}, of \
+                 which the head's forward pass is {}. The rest is Lethe's handling of the core \
+                 run (it checks every input value for NaN/Inf, copies the outputs out of ONNX \
+                 Runtime into owned arrays and maps the core logits onto the head's classes) \
+                 or noise from other work on the machine; {}'s other rows: {}. Reading the \
+                 outputs in place (views, or ONNX Runtime I/O binding into preallocated buffers) \
+                 would remove the copies.\n",
+                p.bundle,
+                p.batch,
+                fmt_ratio(p.lethe / p.bare),
+                fmt_secs(p.lethe - p.bare),
+                fmt_secs(p.bare),
+                fmt_secs(p.head),
+                p.bundle,
+                others_of(&self.predict, p)
+            );
+        }
+        if let Some(h) = self.headline().filter(|h| h.refit < 1000.0 * h.forget) {
+            any = true;
+            let b = &self.breakdown;
+            let memory = h.memory.unwrap_or(f64::NAN);
+            let sync = h.forget - memory;
+            s += &format!(
+                "- **Forget vs refit** (n = {}, d = {}, C = {}: {}). Of the durable forget's \
+                 {}, {} is the head's own work (the same forget on an in-memory head: {} vs \
+                 the refit) and {} the state dir's: writing and syncing before the call returns \
+                 (G3, G4); on this machine's shared disk `fdatasync` took {} after an in-place \
+                 overwrite and {} after an append when probed (medians; the probes ranged from \
+                 {} to {}). The head's own work for one sample at d = {}: {} to subtract \
+                 it from the exact integer statistics (one memory-bound pass over A's packed \
+                 i128 triangle, {:.0} MB) and {} for the rank-1 Cholesky downdate and Newton \
+                 step (three memory-bound passes over the {:.0} MB factor L: the downdate, then \
+                 the forward and backward solves). The two touch different memory and do not \
+                 depend on each other, so they could run on two cores at once; fusing the \
+                 downdate with the forward solve would save a pass. Reaching 1000× at this n \
+                 needs the whole durable forget under {}, {:.1}× less than now; {}. The \
+                 ratio grows linearly with n (the refit is O(n·d²), a forget O(d²)): at \
+                 today's forget time it reaches 1000× at about n = {}.\n",
+                fmt_n(h.n),
+                h.d,
+                h.c,
+                fmt_ratio(h.refit / h.forget),
+                fmt_secs(h.forget),
+                fmt_secs(memory),
+                fmt_ratio(h.refit / memory),
+                fmt_secs(sync.max(0.0)),
+                fmt_secs(b.fsync),
+                fmt_secs(b.fsync_append),
+                fmt_secs(b.fsync_range.0),
+                fmt_secs(b.fsync_range.1),
+                b.d,
+                fmt_secs(b.stats),
+                ((b.d + 1) * (b.d + 2) / 2 * 16) as f64 / 1e6,
+                fmt_secs(b.update),
+                ((b.d + 1) * (b.d + 1) * 8) as f64 / 1e6,
+                fmt_secs(h.refit / 1000.0),
+                1000.0 * h.forget / h.refit,
+                if memory > h.refit / 1000.0 {
+                    format!(
+                        "the in-memory forget alone ({}) is above that, so a faster disk \
+                         would not be enough",
+                        fmt_secs(memory)
+                    )
+                } else {
+                    format!(
+                        "the in-memory forget ({}) is below it: the state dir's writing and \
+                         syncing is what is missing",
+                        fmt_secs(memory)
+                    )
+                },
+                fmt_n((h.n as f64 * 1000.0 * h.forget / h.refit / 1000.0).ceil() as usize * 1000)
+            );
+        }
+        if let Some(h) = self
+            .headline()
+            .filter(|h| h.retrain.is_some_and(|t| t < 1e5 * h.forget))
+        {
+            any = true;
+            s += &format!(
+                "- **Forget vs full retrain**: {} at n = {}; the same causes as above, and the \
+                 ratio grows with n.\n",
+                fmt_ratio(h.retrain.unwrap_or(0.0) / h.forget),
+                fmt_n(h.n)
+            );
+        }
+        for l in self
+            .learn
+            .iter()
+            .filter(|l| l.batch > 1 && l.durable > 0.1 * l.core)
+        {
+            any = true;
+            s += &format!(
+                "- **Learn share** ({}, batch {}: {:.0} % durable, {:.0} % in memory). The \
+                 core takes {} per batch; the state dir adds {} per learn call (writing the \
+                 records and syncing before the call returns), the head's O(k·d²) update of \
+                 its statistics and factor the rest. Committing several learn calls with one \
+                 sync (group commit), or larger batches, amortizes the first; the second is \
+                 what the in-memory share shows.\n",
+                l.bundle,
+                l.batch,
+                100.0 * l.durable / l.core,
+                100.0 * l.memory / l.core,
+                fmt_secs(l.core),
+                fmt_secs((l.durable - l.memory).max(0.0))
+            );
+        }
+        let o = &self.open;
+        if o.open > 0.1 {
+            any = true;
+            s += &format!(
+                "- **Open** ({} at n = {}, d = {}, state dir {:.0} MB; reading its files alone \
+                 takes {}): `Head::open` reads and checks every record of the state dir (n·d \
+                 values). Only the \
+                 statistics, the factor and an id → slot index are needed to serve and to \
+                 forget; reading a sample's record only when it is forgotten (or verified) \
+                 keeps open at O(d² + n).\n",
+                fmt_secs(o.open),
+                fmt_n(o.n),
+                o.d,
+                o.bytes as f64 / 1e6,
+                fmt_secs(o.read)
+            );
+        }
+        if !any {
+            s += "None.\n";
+        }
+        s
+    }
+
+    fn targets_section(&self) -> String {
+        let mut s = String::from(
+            "## Targets (DESIGN.md)\n\n| target | goal | measured | |\n| --- | --- | --- | --- |\n",
+        );
+        let worst = self
+            .predict
+            .iter()
+            .map(|r| r.lethe / r.bare)
+            .fold(0.0, f64::max);
+        s += &format!(
+            "| predict, core + head vs bare ONNX Runtime (worst row) | ≤ 1.03× | {} | {} |\n",
+            fmt_ratio(worst),
+            met(worst <= 1.03)
+        );
+        if let Some(h) = self.headline() {
+            let at = format!("n = {}, d = {}, C = {}, one sample", fmt_n(h.n), h.d, h.c);
+            let r = h.refit / h.forget;
+            s += &format!(
+                "| forget vs closed-form refit ({at}) | ≥ 1000× | {} ({} vs {}) | {} |\n",
+                fmt_ratio(r),
+                fmt_secs(h.forget),
+                fmt_secs(h.refit),
+                met(r >= 1000.0)
+            );
+            if let Some(retrain) = h.retrain {
+                let r = retrain / h.forget;
+                s += &format!(
+                    "| forget vs full retrain pipeline ({at}; extrapolated) | ≥ 10^5× | {} ({} vs {}) | {} |\n",
+                    fmt_ratio(r),
+                    fmt_secs(h.forget),
+                    fmt_secs(retrain),
+                    met(r >= 1e5)
+                );
+            }
+        }
+        for l in self.learn.iter().filter(|l| l.batch > 1) {
+            let share = l.durable / l.core;
+            s += &format!(
+                "| learn: head's share of the core's time ({}, batch {}, durable) | ≤ 10 % | {:.1} % | {} |\n",
+                l.bundle,
+                l.batch,
+                100.0 * share,
+                met(share <= 0.10)
+            );
+        }
+        let o = &self.open;
+        s += &format!(
+            "| open a closed state dir (n = {}, d = {}), beyond the ORT session | ≤ 100 ms | {} | {} |\n\n",
+            fmt_n(o.n),
+            o.d,
+            fmt_secs(o.open),
+            met(o.open <= 0.1)
+        );
+        s
+    }
+
+    fn predict_section(&self) -> String {
+        let mut s = String::from(
+            "## Predict: head overhead\n\n\
+             `Head::predict` (Lethe's core run, the head's f32 forward pass, core logits mapped \
+             onto the head's classes) vs a bare ONNX Runtime session of the same `core.onnx` with \
+             the same threads, reading every output. Inputs are real MNIST test digits, \
+             preprocessed per each manifest. The two are timed in alternating blocks (the \
+             first call of a block discarded: ONNX Runtime's thread pools spin after a run and \
+             slow down another session's run right after). The last column times the head's \
+             forward pass alone (`Head::predict_features`: z + φ Wᵀ + b on the core's outputs), \
+             which is what the head adds beyond Lethe's handling of the core run.\n\n\
+             | bundle | batch | bare ORT | Lethe predict | ratio | timings each | the head's part alone |\n\
+             | --- | --- | --- | --- | --- | --- | --- |\n",
+        );
+        for r in &self.predict {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} ({:.2} %) |\n",
+                r.bundle,
+                r.batch,
+                fmt_secs(r.bare),
+                fmt_secs(r.lethe),
+                fmt_ratio(r.lethe / r.bare),
+                r.repeats,
+                fmt_secs(r.head),
+                100.0 * r.head / r.bare
+            );
+        }
+        s + "\n"
+    }
+
+    fn forget_section(&self) -> String {
+        let mut s = String::from(
+            "## Forget\n\n\
+             - **Lethe forget**: `Head::forget` returning on a durable state dir (the forgotten \
+             records overwritten and synced), the weights served from then on.\n\
+             - **in memory**: the same on an in-memory head holding the same samples (no \
+             state dir, so no `fsync`), for the first (d, C) only.\n\
+             - **canonical**: from the forget call until `Head::weights` returns the canonical \
+             weights (those `lethe verify` compares with a recomputation from scratch; the \
+             background re-solve, finished on the caller's thread).\n\
+             - **refit**: the head refitted in closed form from the n − k remaining features already in \
+             memory as f64; A = XᵀX + λI (lower triangle) and B = XᵀT with faer's GEMM on every \
+             core (one block of rows per core), then Cholesky and solve.\n\
+             - **full retrain**: the core re-run over the n − k remaining inputs plus the refit. \
+             The core time is **extrapolated**: mobilenetv2-imagenet's measured per-sample time \
+             (bare ONNX Runtime, largest batch measured) × (n − k); nothing is re-run. Only for \
+             d = 1280, that core's width.\n\n\
+             Features are **synthetic** (uniform in [0, 4), like post-ReLU6 features; one-hot \
+             targets, λ = 1): timing does not depend on their values. The bundle is synthetic \
+             too: its core is an ONNX `Identity` graph (scripts/make_identity_core.py), so that d and C \
+             can be chosen freely, while the head and its state dir are exactly those of a real \
+             bundle. Each (d, C) head is grown through its n values; at each, k random samples \
+             are forgotten and learned back, repeatedly.\n\n",
+        );
+        let mut pairs: Vec<(usize, usize)> = self.forget.iter().map(|r| (r.d, r.c)).collect();
+        pairs.dedup();
+        let pairs: Vec<String> = pairs
+            .iter()
+            .map(|(d, c)| {
+                let ns: Vec<String> = self
+                    .forget
+                    .iter()
+                    .filter(|r| (r.d, r.c) == (*d, *c) && r.k == 1)
+                    .map(|r| fmt_n(r.n))
+                    .collect();
+                format!("d = {d}, C = {c} at n ∈ {{{}}}", ns.join(", "))
+            })
+            .collect();
+        s += &if self.quick {
+            format!("Sizes measured: {}.\n\n", pairs.join("; "))
+        } else {
+            format!(
+                "The grid is a cross through d ∈ {{128, 1280, 2048}} × C ∈ {{10, 100, 1000}} × \
+                 n ∈ {{1k, 10k, 50k}} rather than its full product (which would take about \
+                 twice as long): {}; k ∈ {{1, 100}} everywhere.\n\n",
+                pairs.join("; ")
+            )
+        };
+        s += &format!(
+            "mobilenetv2-imagenet's core: {} per sample (batch {}). The refit baseline's weights \
+             agree with Lethe's to {:.1e} (max relative difference; Lethe quantizes features \
+             to 2^-21).\n\n",
+            fmt_secs(self.core_per_sample),
+            self.core_batch,
+            self.baseline_agreement
+        );
+        s += "| n | d | C | k | Lethe forget | in memory | canonical | refit | full retrain | refit / forget | refit / canonical | retrain / forget |\n\
+              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+        for r in &self.forget {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                fmt_n(r.n),
+                r.d,
+                r.c,
+                r.k,
+                fmt_secs(r.forget),
+                r.memory.map_or("–".into(), fmt_secs),
+                fmt_secs(r.canonical),
+                fmt_secs(r.refit),
+                r.retrain.map_or("–".into(), fmt_secs),
+                fmt_ratio(r.refit / r.forget),
+                fmt_ratio(r.refit / r.canonical),
+                r.retrain.map_or("–".into(), |t| fmt_ratio(t / r.forget)),
+            );
+        }
+        let (d, c) = (self.breakdown.d, self.breakdown.c);
+        s += &format!(
+            "\n![Forget latency vs n, log-log: d = {d}, C = {c}]({PLOT_FILE})\n\n\
+             Where a one-sample forget's time goes at d = {d}, C = {c}, each part timed alone: \
+             subtracting the sample from the exact integer statistics {}, the rank-1 Cholesky \
+             downdate and Newton step {}; on this machine's disk, `fdatasync` after \
+             overwriting one record in place took {}, after appending one to a file {} (the \
+             file's size changes, so the file system commits metadata too). How many of each \
+             a durable forget makes is the store's protocol (src/store.rs). These parts were \
+             timed right after the forgets above (medians; the syncs ranged from {} to {}).\n\n",
+            fmt_secs(self.breakdown.stats),
+            fmt_secs(self.breakdown.update),
+            fmt_secs(self.breakdown.fsync),
+            fmt_secs(self.breakdown.fsync_append),
+            fmt_secs(self.breakdown.fsync_range.0),
+            fmt_secs(self.breakdown.fsync_range.1),
+        );
+        s
+    }
+
+    fn learn_section(&self) -> String {
+        let mut s = String::from(
+            "## Learn: the head's share\n\n\
+             For one batch of real digits: the core's inference (`Head::core_features`), then \
+             the head's `learn_features` on those features, durable (state dir, synced) and in \
+             memory. The last column is `Head::weights` called right after the durable learn \
+             returned: the wait until the canonical weights are ready (their re-solve starts on \
+             another thread when the learn returns).\n\n\
+             | bundle | batch | core | head, durable | share | head, in memory | share | canonical weights ready after |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        );
+        for l in &self.learn {
+            s += &format!(
+                "| {} | {} | {} | {} | {:.1} % | {} | {:.1} % | {} |\n",
+                l.bundle,
+                l.batch,
+                fmt_secs(l.core),
+                fmt_secs(l.durable),
+                100.0 * l.durable / l.core,
+                fmt_secs(l.memory),
+                100.0 * l.memory / l.core,
+                fmt_secs(l.resolve)
+            );
+        }
+        s + "\n"
+    }
+
+    fn open_section(&self) -> String {
+        let o = &self.open;
+        format!(
+            "## Open\n\n\
+             `Head::open` of a closed state dir with n = {} samples, d = {}, C = {} ({:.0} MB on \
+             disk, warm page cache), with the core already open: the time beyond creating the \
+             ONNX Runtime session. For scale: reading every file of the state dir into memory \
+             (`std::fs::read`), and creating mobilenetv2-imagenet's session (`Core::open`, which \
+             also checks the core's sha256 and graph).\n\n\
+             | n | d | C | state dir | Head::open | read the files | Core::open (mobilenetv2-imagenet) |\n\
+             | --- | --- | --- | --- | --- | --- | --- |\n\
+             | {} | {} | {} | {:.0} MB | {} | {} | {} |\n\n",
+            fmt_n(o.n),
+            o.d,
+            o.c,
+            o.bytes as f64 / 1e6,
+            fmt_n(o.n),
+            o.d,
+            o.c,
+            o.bytes as f64 / 1e6,
+            fmt_secs(o.open),
+            fmt_secs(o.read),
+            fmt_secs(o.session)
+        )
+    }
+}

@@ -1,0 +1,116 @@
+//! What `lethe bench` measured.
+
+use crate::harness::Machine;
+
+/// Predict on one bundle at one batch size: medians in seconds.
+#[derive(Debug, Clone)]
+pub struct PredictRow {
+    pub bundle: String,
+    pub batch: usize,
+    pub bare: f64,
+    pub lethe: f64,
+    pub repeats: usize,
+    /// The head's own part alone (`Head::predict_features` on the core's outputs).
+    pub head: f64,
+}
+
+/// Forgetting k of n samples at dimension d with C classes: medians in seconds.
+#[derive(Debug, Clone)]
+pub struct ForgetRow {
+    pub n: usize,
+    pub d: usize,
+    pub c: usize,
+    pub k: usize,
+    /// `Head::forget` returning (durable: the state dir is synced).
+    pub forget: f64,
+    /// `Head::forget` returning on an in-memory head with the same samples (measured for the
+    /// first (d, C) of a run only).
+    pub memory: Option<f64>,
+    /// From the forget call until `Head::weights` returns the canonical weights.
+    pub canonical: f64,
+    /// Closed-form refit of the head from the n − k remaining stored features.
+    pub refit: f64,
+    /// Core re-run over the n − k remaining inputs (extrapolated) plus the refit; only where d
+    /// is the measured core's.
+    pub retrain: Option<f64>,
+}
+
+/// Where the time of one forget call goes, measured piece by piece at one size.
+#[derive(Debug, Clone)]
+pub struct ForgetBreakdown {
+    pub d: usize,
+    pub c: usize,
+    /// Subtracting k samples from the exact integer statistics.
+    pub stats: f64,
+    /// The rank-k Cholesky downdate and Newton step.
+    pub update: f64,
+    /// One `sync_data` after overwriting a record in place in an existing file.
+    pub fsync: f64,
+    /// One `sync_data` after appending a record to a file (its size changes, so the file
+    /// system commits metadata too).
+    pub fsync_append: f64,
+    /// The fastest and the slowest of those syncs (both kinds).
+    pub fsync_range: (f64, f64),
+}
+
+/// The head's part of a learn on one bundle, in seconds.
+#[derive(Debug, Clone)]
+pub struct LearnRow {
+    pub bundle: String,
+    pub batch: usize,
+    /// The core's inference on the batch (features and core logits).
+    pub core: f64,
+    /// `learn_features` on a durable state dir (the caller's path).
+    pub durable: f64,
+    /// `learn_features` on an in-memory head.
+    pub memory: f64,
+    /// `Head::weights` right after the durable learn returned: the wait until the canonical
+    /// weights are ready (the re-solve runs off the caller's path, on another thread).
+    pub resolve: f64,
+}
+
+/// Opening a closed state dir.
+#[derive(Debug, Clone)]
+pub struct OpenRow {
+    pub n: usize,
+    pub d: usize,
+    pub c: usize,
+    pub bytes: u64,
+    /// `Head::open` with the core already open: the time beyond creating the ORT session.
+    pub open: f64,
+    /// Reading every file of the state dir into memory, for comparison.
+    pub read: f64,
+    /// Creating mobilenetv2-imagenet's ONNX Runtime session (`Core::open`), for scale.
+    pub session: f64,
+}
+
+/// Everything `lethe bench` measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub machine: Machine,
+    pub quick: bool,
+    pub predict: Vec<PredictRow>,
+    /// mobilenetv2-imagenet's per-sample core time (bare ORT) at the largest batch measured,
+    /// for the retrain extrapolation.
+    pub core_per_sample: f64,
+    pub core_batch: usize,
+    pub forget: Vec<ForgetRow>,
+    pub breakdown: ForgetBreakdown,
+    /// max |Θ_refit − Θ_Lethe| / max |Θ_Lethe| at the smallest size: the baseline solves the
+    /// same problem (up to Lethe's fixed-point quantization of the features).
+    pub baseline_agreement: f64,
+    pub learn: Vec<LearnRow>,
+    pub open: OpenRow,
+    pub seconds: f64,
+}
+
+impl BenchReport {
+    /// The row of the forget target: (n, d, C, k) = (50k, 1280, 100, 1), or the largest k = 1
+    /// row of a quick run.
+    pub fn headline(&self) -> Option<&ForgetRow> {
+        self.forget
+            .iter()
+            .filter(|r| r.k == 1)
+            .max_by_key(|r| (r.d == 1280 && r.c == 100, r.n, r.d))
+    }
+}

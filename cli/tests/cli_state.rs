@@ -1,0 +1,257 @@
+//! State dirs through the `lethe` binary: only a successful learn creates one, every other
+//! command refuses a missing or non-Lethe dir (creating nothing), and a state dir records its
+//! bundle, which is used when `--bundle` is not given.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::Array1;
+
+/// `lethe ARGS` run in `cwd`.
+fn lethe_in(cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run the lethe binary")
+}
+
+fn lethe_ok(args: &[&str]) -> String {
+    let out = lethe_in(&common::repo_root(), args);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "lethe {args:?} failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// Runs in `cwd`, asserts a clean failure (exit status 1), returns stderr.
+fn lethe_fails_in(cwd: &Path, args: &[&str]) -> String {
+    let out = lethe_in(cwd, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "lethe {args:?} should fail with status 1:\n{}{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+fn lethe_fails(args: &[&str]) -> String {
+    lethe_fails_in(&common::repo_root(), args)
+}
+
+/// Learn inputs for mnist-core in `dir`: (inputs, labels, ids) of `n` test digits.
+struct Inputs {
+    x: PathBuf,
+    y: PathBuf,
+    ids: PathBuf,
+}
+
+fn inputs(dir: &Path, n: usize) -> Inputs {
+    let x = dir.join("x.npy");
+    common::write_npy(&x, &common::mnist_core_input(n));
+    let y = dir.join("y.npy");
+    common::write_npy(&y, &Array1::from_iter((0..n as i64).map(|i| i % 10)));
+    let ids = dir.join("ids.npy");
+    common::write_npy(&ids, &Array1::from_iter(0..n as i64));
+    Inputs { x, y, ids }
+}
+
+impl Inputs {
+    /// `lethe learn --state STATE` of these inputs, then `extra`; asserts success.
+    fn learn(&self, state: &Path, extra: &[&str]) {
+        let mut args = vec![
+            "learn",
+            "--state",
+            s(state),
+            "--input",
+            s(&self.x),
+            "--labels",
+            s(&self.y),
+            "--ids",
+            s(&self.ids),
+        ];
+        args.extend(extra);
+        lethe_ok(&args);
+    }
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().expect("a UTF-8 path")
+}
+
+/// The names in a dir, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every command but learn, on `state`.
+fn non_learn_commands<'a>(state: &'a str, x: &'a str, out: &'a str) -> Vec<Vec<&'a str>> {
+    vec![
+        vec!["info", "--state", state],
+        vec!["verify", "--state", state],
+        vec!["weights", "--state", state, "--out", out],
+        vec!["predict", "--state", state, "--input", x],
+        vec!["forget", "--state", state, "--ids", "1,2"],
+        vec!["forget-all", "--state", state],
+    ]
+}
+
+#[test]
+fn commands_other_than_learn_refuse_a_missing_or_foreign_dir_and_create_nothing() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 20);
+    let real = dir.join("real");
+    inp.learn(&real, &[]);
+    let typo = dir.join("typo").join("state");
+    let foreign = dir.join("foreign");
+    std::fs::create_dir(&foreign).unwrap();
+    std::fs::write(foreign.join("notes.txt"), "not a state dir").unwrap();
+    let empty = dir.join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = dir.join("w.npz");
+    for state in [&typo, &foreign, &empty] {
+        for args in non_learn_commands(s(state), s(&inp.x), s(&out)) {
+            // With the bundle named and without: neither may create a state dir.
+            for bundle in [None, Some("models/mnist-core")] {
+                let mut args = args.clone();
+                if let Some(bundle) = bundle {
+                    args.extend(["--bundle", bundle]);
+                }
+                let err = lethe_fails(&args);
+                assert!(err.contains("not a state dir"), "{args:?}: {err}");
+            }
+        }
+    }
+    assert!(
+        !dir.join("typo").exists(),
+        "a refused command created a dir"
+    );
+    assert_eq!(listing(&foreign), ["notes.txt"]);
+    assert!(listing(&empty).is_empty(), "{:?}", listing(&empty));
+    assert!(!out.exists());
+    // The real state dir next to the typo kept its samples.
+    let info = lethe_ok(&["info", "--state", s(&real)]);
+    assert!(info.contains("samples     20"), "{info}");
+}
+
+#[test]
+fn a_refused_learn_leaves_no_state_dir_behind() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 20);
+    let bad_labels = dir.join("bad_labels.npy");
+    common::write_npy(&bad_labels, &Array1::from_elem(20, 10i64));
+    let few_ids = dir.join("few_ids.npy");
+    common::write_npy(&few_ids, &Array1::from_iter(0..19i64));
+    let not_npy = dir.join("not.npy");
+    std::fs::write(&not_npy, "not an array").unwrap();
+    // The wrong number of values per sample for mnist-core (1 × 28 × 28).
+    let wrong_shape = dir.join("wrong_shape.npy");
+    common::write_npy(&wrong_shape, &ndarray::Array2::<f32>::zeros((20, 100)));
+    // Found only once the core runs, after the state dir is opened.
+    let nan = dir.join("nan.npy");
+    let mut x = common::mnist_core_input(20);
+    x[[3, 0, 5, 5]] = f32::NAN;
+    common::write_npy(&nan, &x);
+
+    let (xs, ys, is) = (s(&inp.x), s(&inp.y), s(&inp.ids));
+    let cases: [(&str, [&str; 3]); 5] = [
+        ("labels out of range", [xs, s(&bad_labels), is]),
+        ("fewer ids than inputs", [xs, ys, s(&few_ids)]),
+        ("not a .npy", [s(&not_npy), ys, is]),
+        ("wrong shape", [s(&wrong_shape), ys, is]),
+        ("a NaN input", [s(&nan), ys, is]),
+    ];
+    let new = dir.join("new").join("state");
+    let existing = dir.join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    for (what, [x, y, ids]) in cases {
+        for state in [&new, &existing] {
+            let args = [
+                "learn",
+                "--state",
+                s(state),
+                "--input",
+                x,
+                "--labels",
+                y,
+                "--ids",
+                ids,
+            ];
+            lethe_fails(&args);
+            assert!(!dir.join("new").exists(), "{what}: a new dir was left");
+            assert!(
+                listing(&existing).is_empty(),
+                "{what}: left {:?} in an existing empty dir",
+                listing(&existing)
+            );
+        }
+    }
+    // The same learn with good inputs creates the state dir.
+    inp.learn(&new, &[]);
+    assert!(lethe_ok(&["info", "--state", s(&new)]).contains("samples     20"));
+}
+
+#[test]
+fn a_state_dir_records_its_bundle() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 12);
+    let state = dir.join("state");
+    inp.learn(&state, &["--bundle", "models/mnist-core"]);
+    // Without --bundle: models/mnist-core, as the state dir records.
+    let info = lethe_ok(&["info", "--state", s(&state)]);
+    assert!(info.contains("bundle      mnist-core"), "{info}");
+    lethe_ok(&["forget", "--state", s(&state), "--ids", "3"]);
+    assert!(lethe_ok(&["info", "--state", s(&state)]).contains("samples     11"));
+
+    // Run from a folder without models/: the recorded bundle is not found.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    let err = lethe_fails_in(&elsewhere, &["info", "--state", s(&state)]);
+    assert!(
+        err.contains("models/mnist-core") && err.contains("pass --bundle"),
+        "{err}"
+    );
+
+    // A models/mnist-core whose core is another one (mobilenetv2-imagenet's, renamed).
+    let impostor = elsewhere.join("models").join("mnist-core");
+    std::fs::create_dir_all(&impostor).unwrap();
+    let source = common::bundle_dir("mobilenetv2-imagenet");
+    std::fs::copy(source.join("core.onnx"), impostor.join("core.onnx")).unwrap();
+    let manifest = std::fs::read_to_string(source.join("manifest.json")).unwrap();
+    let renamed = manifest.replace(
+        "\"name\": \"mobilenetv2-imagenet\"",
+        "\"name\": \"mnist-core\"",
+    );
+    assert_ne!(renamed, manifest, "the manifest's name field moved");
+    std::fs::write(impostor.join("manifest.json"), renamed).unwrap();
+    let err = lethe_fails_in(&elsewhere, &["forget-all", "--state", s(&state)]);
+    assert!(
+        err.contains("sha256") && err.contains("pass --bundle"),
+        "{err}"
+    );
+    assert!(lethe_ok(&["info", "--state", s(&state)]).contains("samples     11"));
+
+    // A state dir whose meta.json is a symlink is not followed.
+    let meta = state.join("meta.json");
+    let moved = dir.join("meta.json");
+    std::fs::rename(&meta, &moved).unwrap();
+    std::os::unix::fs::symlink(&moved, &meta).unwrap();
+    let err = lethe_fails(&["info", "--state", s(&state)]);
+    assert!(err.contains("symlink"), "{err}");
+}
