@@ -28,15 +28,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-use faer::Mat;
 use ndarray::Array2;
 
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::math::samples::{SampleRef, SampleSet};
+use crate::math::secret::{Rows, SecretArray, SecretMat, Zeroizing};
 use crate::math::solver::{self, Solution};
 use crate::math::spec::HeadSpec;
-use crate::math::stats::{self, ExactStats};
+use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
 use crate::placement::{BackendOptions, BackendReport};
 use crate::store::{Loaded, Store};
@@ -259,8 +259,9 @@ impl Head {
         })
     }
 
-    /// Runs the core: (features `[n, d]`, core logits on the head's classes `[n, C]`).
-    pub fn core_features(&self, inputs: &[f32], n: usize) -> Result<(Array2<f32>, Array2<f32>)> {
+    /// Runs the core: (features `[n, d]`, core logits on the head's classes `[n, C]`), both
+    /// zeroized when dropped.
+    pub fn core_features(&self, inputs: &[f32], n: usize) -> Result<(SecretArray, SecretArray)> {
         let core = self.core_or_err()?;
         let spec = &self.inner.spec;
         let mut names = vec![spec.features.as_str()];
@@ -275,7 +276,7 @@ impl Head {
             .core_logits
             .as_ref()
             .and_then(|(name, _)| out.take(name));
-        Ok((phi, spec.map_core_logits(z.as_ref(), n)))
+        Ok((phi, spec.map_core_logits(z.as_deref(), n)))
     }
 
     /// Learns `ids.len()` samples from raw inputs (n × the core's input length).
@@ -329,15 +330,11 @@ impl Head {
         }
         self.check_new_ids(ids, labels)?;
         let (d, c) = (spec.dim, spec.num_classes());
-        let mut q = Vec::with_capacity(k * d);
-        let mut r = Vec::with_capacity(k * c);
-        // Rows are read in place; only an input not in standard layout is copied, and the copy,
-        // like every buffer that held the samples, is zeroed whatever happens (G4).
-        let (phi, z) = (phi.as_standard_layout(), z.as_standard_layout());
-        let (phi_rows, z_rows) = (
-            phi.as_slice().expect("standard layout"),
-            z.as_slice().expect("standard layout"),
-        );
+        // Exact capacities: the rows never reallocate, and they are zeroized whatever happens,
+        // like a copy of an input that is not in standard layout (G4).
+        let mut q = Zeroizing::new(Vec::with_capacity(k * d));
+        let mut r = Zeroizing::new(Vec::with_capacity(k * c));
+        let (phi_rows, z_rows) = (Rows::of(phi.view()), Rows::of(z.view()));
         let quantized = labels.iter().enumerate().try_for_each(|(s, &label)| {
             spec.fixed
                 .quantize_features(&phi_rows[s * d..(s + 1) * d], s, &mut q)?;
@@ -349,13 +346,6 @@ impl Head {
                 &mut r,
             )
         });
-        for copy in [phi, z] {
-            if !copy.is_view() {
-                let mut copy = copy.into_owned();
-                copy.fill(0.0);
-                std::hint::black_box(&mut copy);
-            }
-        }
         let result = quantized.and_then(|()| {
             self.change(ids, |st| {
                 if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
@@ -373,8 +363,6 @@ impl Head {
                 Ok((q.as_slice(), r.as_slice(), 1))
             })
         });
-        q.fill(0);
-        r.fill(0);
         result
     }
 
@@ -383,18 +371,15 @@ impl Head {
         distinct(ids)?;
         let spec = &self.inner.spec;
         let (d, c) = (spec.dim, spec.num_classes());
-        let mut q = Vec::with_capacity(ids.len() * d);
-        let mut r = Vec::with_capacity(ids.len() * c);
-        let result = self.change(ids, |st| {
+        let mut q = Zeroizing::new(Vec::with_capacity(ids.len() * d));
+        let mut r = Zeroizing::new(Vec::with_capacity(ids.len() * c));
+        self.change(ids, |st| {
             if let Some(id) = ids.iter().find(|&&id| !st.samples.contains(id)) {
                 return Err(Error::Id(format!("id {id} is not learned")));
             }
             st.samples.forget(ids, &mut q, &mut r)?;
             Ok((q.as_slice(), r.as_slice(), -1))
-        });
-        q.fill(0);
-        r.fill(0);
-        result
+        })
     }
 
     /// Applies one change under the state lock: `prepare` checks, persists and updates the
@@ -418,11 +403,8 @@ impl Head {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
         } else {
-            let (mut x, mut t) = spec.real_rows(q, r);
-            let updated = solver::apply(&mut st.solution, &x, &t, sign as f64);
-            stats::scrub(&mut x);
-            stats::scrub(&mut t);
-            if updated.is_err() {
+            let (x, t) = spec.real_rows(q, r);
+            if solver::apply(&mut st.solution, &x, &t, sign as f64).is_err() {
                 tracing::debug!("incremental update lost positive definiteness; re-solving");
                 st.solution = self.inner.canonical_of(&st.stats)?;
                 st.canonical = st.version;
@@ -443,8 +425,8 @@ impl Head {
         let p = spec.dim + 1;
         let diag = spec.lambda.sqrt();
         st.solution = Solution {
-            l: Mat::from_fn(p, p, |i, j| if i == j { diag } else { 0.0 }),
-            theta: Mat::zeros(p, spec.num_classes()),
+            l: SecretMat::from_fn(p, p, |i, j| if i == j { diag } else { 0.0 }),
+            theta: SecretMat::zeros(p, spec.num_classes()),
         };
         st.version += 1;
         if self.worker.is_none() {
