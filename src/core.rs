@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayViewD};
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, TensorRefMut, ValueType};
 use zeroize::Zeroize;
@@ -25,7 +25,7 @@ use zeroize::Zeroize;
 use crate::bundle::Bundle;
 use crate::device::cuda;
 use crate::error::{Error, Result};
-use crate::math::secret::SecretArray;
+use crate::math::secret::{Rows, SecretArray};
 use crate::placement::{self, Backend, BackendOptions, CpuReason, Placement};
 use crate::runtime::{self, Runtime};
 
@@ -256,6 +256,21 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// Checks the shape of an input array and returns its number of samples and its values,
+    /// row-major. The shape must be the manifest's input shape `[n, …]` exactly or its flat
+    /// form `[n, input_len]` (see [`Bundle::input_count`]): an array in another layout (NHWC for
+    /// an NCHW core) or with other axes is refused even when its number of values agrees.
+    pub fn input_rows<'a>(&self, input: ArrayViewD<'a, f32>) -> Result<(usize, Rows<'a>)> {
+        let n = self.bundle.input_count(input.shape())?;
+        Ok((n, Rows::of(input)))
+    }
+
+    /// [`Core::run`] for an input array, its shape checked by [`Core::input_rows`].
+    pub fn run_array(&self, input: ArrayViewD<'_, f32>, names: &[&str]) -> Result<CoreOutputs> {
+        let (n, rows) = self.input_rows(input)?;
+        self.run(&rows, n, names)
     }
 
     /// Runs the core on `n` samples (`input` holds n × [`Core::input_len`] f32 values, row-major)

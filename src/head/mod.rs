@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayViewD};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
@@ -286,6 +286,24 @@ impl Head {
         self.learn_features(ids, &phi, &z, labels)
     }
 
+    /// [`Head::learn`] for an input array in the core's input shape `[n, …]` or its flat form
+    /// `[n, input_len]` (see [`Core::input_rows`]); any other shape is refused.
+    pub fn learn_array(
+        &self,
+        ids: &[u64],
+        inputs: ArrayViewD<'_, f32>,
+        labels: &[u32],
+    ) -> Result<()> {
+        let (n, rows) = self.core_or_err()?.input_rows(inputs)?;
+        if n != ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "{n} inputs but {} ids",
+                ids.len()
+            )));
+        }
+        self.learn(ids, &rows, labels)
+    }
+
     fn check_new_ids(&self, ids: &[u64], labels: &[u32]) -> Result<()> {
         if ids.len() != labels.len() {
             return Err(Error::InvalidInput(format!(
@@ -445,6 +463,13 @@ impl Head {
         }
         let (phi, z) = self.core_features(inputs, n)?;
         self.predict_features(&phi, &z)
+    }
+
+    /// [`Head::predict`] for an input array in the core's input shape `[n, …]` or its flat
+    /// form `[n, input_len]` (see [`Core::input_rows`]); any other shape is refused.
+    pub fn predict_array(&self, inputs: ArrayViewD<'_, f32>) -> Result<Array2<f32>> {
+        let (n, rows) = self.core_or_err()?.input_rows(inputs)?;
+        self.predict(&rows, n)
     }
 
     /// Logits `[n, C]` = z + φ Wᵀ + b from features and mapped core logits.
