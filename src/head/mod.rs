@@ -459,6 +459,16 @@ impl Head {
     pub fn predict(&self, inputs: &[f32], n: usize) -> Result<Array2<f32>> {
         let backend = &self.inner.backend;
         if let Some(logits) = backend.predict_on_device(self.core_or_err()?, inputs, n)? {
+            // The features stayed on the GPU; what was not finite there shows in the logits.
+            let c = self.inner.spec.num_classes();
+            if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+                return Err(Error::InvalidInput(format!(
+                    "sample {}: the logit for class {} is {}: the core's outputs are not finite",
+                    i / c,
+                    i % c,
+                    logits[(i / c, i % c)]
+                )));
+            }
             return Ok(logits);
         }
         let (phi, z) = self.core_features(inputs, n)?;
@@ -472,17 +482,28 @@ impl Head {
         self.predict(&rows, n)
     }
 
-    /// Logits `[n, C]` = z + φ Wᵀ + b from features and mapped core logits.
+    /// Logits `[n, C]` = z + φ Wᵀ + b from features and mapped core logits. Features outside
+    /// the head's range (see [`crate::math::fixed::FixedPoint::check_features`]) and core
+    /// logits that are not finite are refused, as learning refuses them.
     pub fn predict_features(&self, phi: &Array2<f32>, z: &Array2<f32>) -> Result<Array2<f32>> {
         let spec = &self.inner.spec;
-        let n = phi.nrows();
-        if phi.ncols() != spec.dim || z.dim() != (n, spec.num_classes()) {
+        let (n, d, c) = (phi.nrows(), spec.dim, spec.num_classes());
+        if phi.ncols() != d || z.dim() != (n, c) {
             return Err(Error::InvalidInput(format!(
-                "expected features [n, {}] and core logits [n, {}], got {:?} and {:?}",
-                spec.dim,
-                spec.num_classes(),
+                "expected features [n, {d}] and core logits [n, {c}], got {:?} and {:?}",
                 phi.dim(),
                 z.dim()
+            )));
+        }
+        for (s, row) in Rows::of(phi.view()).chunks_exact(d).enumerate() {
+            spec.fixed.check_features(row, s)?;
+        }
+        if let Some(i) = Rows::of(z.view()).iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "sample {}: the core's logit for class {} is {}",
+                i / c,
+                i % c,
+                z[(i / c, i % c)]
             )));
         }
         self.inner.backend.logits(phi, z, || self.served())
