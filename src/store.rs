@@ -200,7 +200,7 @@ impl Store {
         parse_header(read.unwrap_or(&[]), SAMPLES_MAGIC, &header)
             .map_err(|m| corrupt(dir, SAMPLES, m))?;
         drop(samples);
-        if meta.core_sha256 != core_sha256 {
+        if meta.core_sha256 != core_sha256 || meta.bundle_name != bundle_name {
             return Err(Error::state(
                 dir,
                 format!(

@@ -117,7 +117,8 @@ impl Head {
     }
 
     /// Opens the head persisted in `state_dir`, creating it if absent. An existing state dir
-    /// must belong to the same bundle; its recorded settings win over `options`.
+    /// must belong to the same bundle (name, core, classes, features); its recorded settings
+    /// win over `options`.
     pub fn open(
         core: Arc<Core>,
         state_dir: impl AsRef<Path>,
@@ -140,15 +141,8 @@ impl Head {
         )?;
         let spec = store.spec().clone();
         check_recorded(&spec, options, dir)?;
-        if bundle.features(Some(&spec.features))?.dim != spec.dim {
-            return Err(Error::state(
-                dir,
-                format!(
-                    "records features {:?} of dimension {}, which the bundle does not have",
-                    spec.features, spec.dim
-                ),
-            ));
-        }
+        let described = HeadSpec::from_bundle(bundle, Some(&spec.features), None, None)?;
+        check_bundle(&spec, &described, dir)?;
         Head::build(
             spec,
             Some(core),
@@ -696,6 +690,47 @@ fn check_recorded(spec: &HeadSpec, options: &HeadOptions, dir: &Path) -> Result<
     }
     if let Some(s) = options.target_scale.filter(|s| *s != spec.target_scale) {
         return conflict("target scale", spec.target_scale.to_string(), s.to_string());
+    }
+    Ok(())
+}
+
+/// A state dir's recorded head must be one the bundle still describes: the same classes, core
+/// logits and features dimension (`bundle`: the bundle's spec for the recorded features).
+fn check_bundle(recorded: &HeadSpec, bundle: &HeadSpec, dir: &Path) -> Result<()> {
+    let differ = |what: &str, recorded: String, bundle: String| {
+        Err(Error::state(
+            dir,
+            format!("records {what} {recorded}, but the bundle has {bundle}"),
+        ))
+    };
+    let (rc, bc) = (&recorded.classes, &bundle.classes);
+    if rc.len() != bc.len() {
+        return differ("classes:", rc.len().to_string(), bc.len().to_string());
+    }
+    if let Some(i) = (0..rc.len()).find(|&i| rc[i] != bc[i]) {
+        return differ(
+            &format!("class {i} as"),
+            format!("{:?}", rc[i]),
+            format!("{:?}", bc[i]),
+        );
+    }
+    if recorded.core_logits != bundle.core_logits {
+        let show = |cl: &Option<(String, Vec<usize>)>| match cl {
+            Some((output, map)) => format!("{output:?} onto classes {map:?}"),
+            None => "none".into(),
+        };
+        return differ(
+            "core logits",
+            show(&recorded.core_logits),
+            show(&bundle.core_logits),
+        );
+    }
+    if recorded.dim != bundle.dim {
+        return differ(
+            &format!("features {:?} of dimension", recorded.features),
+            recorded.dim.to_string(),
+            bundle.dim.to_string(),
+        );
     }
     Ok(())
 }
