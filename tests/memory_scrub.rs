@@ -1,12 +1,15 @@
 //! G4 in process memory: after a sample is forgotten, none of its values is left in the
-//! process's heap or anonymous memory, in any encoding Lethe keeps them in: the core's f32
-//! features and logits, the fixed-point i32 rows, and the f64 rows the solver works on.
+//! process's heap, anonymous or stack memory, in any encoding Lethe keeps them in: the core's
+//! f32 features and logits, the fixed-point i32 rows, and the f64 rows of the solver and the
+//! statistics.
 //!
-//! The test learns a batch of MNIST digits through the core into a state dir, predicts one of
-//! them (the marker), forgets it, waits for the canonical re-solve, and then reads every
-//! readable heap and anonymous mapping of the process (/proc/self/maps, /proc/self/mem) looking
-//! for 16-byte windows of the marker's values. The windows are kept masked (XOR) so that the
-//! test's own copy of them is no match; the inputs, the test's own buffer, hold none of them.
+//! Two heads over the mnist core, one in memory and one with a state dir, learn a batch of
+//! MNIST digits and predict one of them (the marker); the test checks that a scan finds the
+//! marker's rows while the in-memory head holds them, then forgets the marker in both, waits
+//! for the canonical re-solve, and reads every readable heap, anonymous and stack mapping of
+//! the process (/proc/self/maps, /proc/self/mem) for 16-byte windows of the marker's values,
+//! again after closing both heads. The windows are kept masked (XOR) so that the test's own
+//! copy of them is no match; the inputs, the test's own buffer, hold none of them.
 //!
 //! It runs alone in its own binary (no test harness, one thread of its own) so that no other
 //! test's memory can hold the marker.
