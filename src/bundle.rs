@@ -158,12 +158,37 @@ impl Bundle {
 
     /// The number of f32 values in one sample of the (single) input.
     pub fn input_len(&self) -> usize {
-        self.manifest.inputs[0]
-            .shape
-            .iter()
-            .skip(1)
-            .map(|d| d.unwrap_or(1) as usize)
-            .product()
+        self.input_shape(1).iter().product()
+    }
+
+    /// The shape of a batch of `n` inputs: the manifest's input shape `[n, …]`.
+    pub fn input_shape(&self, n: usize) -> Vec<usize> {
+        let sample = self.manifest.inputs[0].shape.iter().skip(1);
+        std::iter::once(n)
+            .chain(sample.map(|d| d.unwrap_or(1) as usize))
+            .collect()
+    }
+
+    /// The number of samples in an input array of shape `shape`: the manifest's input shape
+    /// `[n, …]` exactly, or its flat form `[n, input_len]`. Any other shape is refused even
+    /// when its number of values agrees: an array in another layout (NHWC for an NCHW core) or
+    /// with other axes would be read as scrambled samples.
+    pub fn input_count(&self, shape: &[usize]) -> Result<usize> {
+        let n = shape.first().copied().unwrap_or(0);
+        let exact = self.input_shape(n);
+        if !shape.is_empty() && (shape == exact || shape == [n, self.input_len()]) {
+            return Ok(n);
+        }
+        let sample: Vec<String> = exact[1..].iter().map(usize::to_string).collect();
+        Err(Error::InvalidInput(format!(
+            "inputs of shape {shape:?}: bundle {} takes [n, {}] (its input {:?}), or the flat \
+             form [n, {}]; preprocessing: {}",
+            self.manifest.name,
+            sample.join(", "),
+            self.manifest.inputs[0].name,
+            self.input_len(),
+            self.manifest.preprocessing
+        )))
     }
 }
 

@@ -6,6 +6,10 @@
 //! ONNX Runtime sessions are run through `&mut`, so the core keeps a small pool of sessions:
 //! concurrent callers each take one (a new one is created when all are busy) and put it back.
 //!
+//! On the CPU, ONNX Runtime writes the outputs into buffers Lethe allocated and binds (I/O
+//! binding); they and Lethe's copy of the input are zeroized after use (G4). What ONNX Runtime
+//! keeps in its own memory (its arena of intermediate tensors) is outside G4.
+//!
 //! The core runs on ONNX Runtime's CPU execution provider unless [`CoreOptions::backend`] asks
 //! for CUDA and the loaded ONNX Runtime has the CUDA execution provider (the `onnxruntime-gpu`
 //! wheel); see [`crate::placement`].
@@ -13,13 +17,15 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ndarray::Array2;
+use ndarray::{Array2, ArrayViewD};
 use ort::session::Session;
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::value::{Tensor, TensorElementType, TensorRefMut, ValueType};
+use zeroize::Zeroize;
 
 use crate::bundle::Bundle;
 use crate::device::cuda;
 use crate::error::{Error, Result};
+use crate::math::secret::{Rows, SecretArray};
 use crate::placement::{self, Backend, BackendOptions, CpuReason, Placement};
 use crate::runtime::{self, Runtime};
 
@@ -51,20 +57,23 @@ pub struct DeviceOutput {
     pub width: usize,
 }
 
-/// The named outputs of one run, each `[n, width]`.
+/// The named outputs of one run, each `[n, width]`, zeroized when dropped.
 #[derive(Debug, Clone)]
 pub struct CoreOutputs {
-    outputs: Vec<(String, Array2<f32>)>,
+    outputs: Vec<(String, SecretArray)>,
 }
 
 impl CoreOutputs {
     /// The output called `name`.
     pub fn get(&self, name: &str) -> Option<&Array2<f32>> {
-        self.outputs.iter().find(|(n, _)| n == name).map(|(_, a)| a)
+        self.outputs
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, a)| &**a)
     }
 
     /// Takes the output called `name` out.
-    pub fn take(&mut self, name: &str) -> Option<Array2<f32>> {
+    pub fn take(&mut self, name: &str) -> Option<SecretArray> {
         let i = self.outputs.iter().position(|(n, _)| n == name)?;
         Some(self.outputs.swap_remove(i).1)
     }
@@ -249,45 +258,60 @@ impl Core {
         Ok(())
     }
 
+    /// Checks the shape of an input array and returns its number of samples and its values,
+    /// row-major. The shape must be the manifest's input shape `[n, …]` exactly or its flat
+    /// form `[n, input_len]` (see [`Bundle::input_count`]): an array in another layout (NHWC for
+    /// an NCHW core) or with other axes is refused even when its number of values agrees.
+    pub fn input_rows<'a>(&self, input: ArrayViewD<'a, f32>) -> Result<(usize, Rows<'a>)> {
+        let n = self.bundle.input_count(input.shape())?;
+        Ok((n, Rows::of(input)))
+    }
+
+    /// [`Core::run`] for an input array, its shape checked by [`Core::input_rows`].
+    pub fn run_array(&self, input: ArrayViewD<'_, f32>, names: &[&str]) -> Result<CoreOutputs> {
+        let (n, rows) = self.input_rows(input)?;
+        self.run(&rows, n, names)
+    }
+
     /// Runs the core on `n` samples (`input` holds n × [`Core::input_len`] f32 values, row-major)
     /// and returns the outputs named in `names`, each `[n, width]`.
     pub fn run(&self, input: &[f32], n: usize, names: &[&str]) -> Result<CoreOutputs> {
         self.check_input(input, n)?;
-        let widths = names
+        let mut outputs = names
             .iter()
-            .map(|&name| self.output_width(name))
+            .map(|&name| {
+                let width = self.output_width(name)?;
+                Ok((name.to_string(), SecretArray::zeros((n, width))))
+            })
             .collect::<Result<Vec<_>>>()?;
         if n == 0 {
-            let outputs = names
-                .iter()
-                .zip(&widths)
-                .map(|(&name, &width)| (name.to_string(), Array2::zeros((0, width))))
-                .collect();
             return Ok(CoreOutputs { outputs });
         }
-        let view = self.input_view(input, n)?;
+        let mut input = self.input_tensor(input, n)?;
         let input_name = self.bundle.manifest.inputs[0].name.as_str();
         let mut session = self.take_session()?;
-        let result = (|| -> Result<CoreOutputs> {
-            let outputs =
-                session.run(ort::inputs![input_name => TensorRef::from_array_view(view)?])?;
-            let mut picked = Vec::with_capacity(names.len());
-            for &name in names {
-                let value = outputs
-                    .get(name)
-                    .ok_or_else(|| Error::Ort(format!("the core produced no output {name:?}")))?;
-                let array = value.try_extract_array::<f32>()?;
-                let width = array.len() / n;
-                let array = array
-                    .to_shape((n, width))
-                    .map_err(|e| Error::Ort(format!("output {name:?}: {e}")))?
-                    .to_owned();
-                picked.push((name.to_string(), array));
+        // ONNX Runtime writes each output into Lethe's buffer: the binding points into
+        // `outputs`, and it and its results are dropped before `outputs` is read.
+        let result = (|| -> Result<()> {
+            let mut binding = session.create_binding()?;
+            binding.bind_input(input_name, &input)?;
+            for (name, array) in &mut outputs {
+                binding.bind_output(
+                    name.as_str(),
+                    TensorRefMut::from_array_view_mut(array.view_mut())?,
+                )?;
             }
-            Ok(CoreOutputs { outputs: picked })
+            let produced = session.run_binding(&binding)?;
+            for &name in names {
+                if produced.get(name).is_none() {
+                    return Err(Error::Ort(format!("the core produced no output {name:?}")));
+                }
+            }
+            Ok(())
         })();
         self.put_back(session);
-        result
+        input.extract_tensor_mut().1.zeroize();
+        result.map(|()| CoreOutputs { outputs })
     }
 
     /// Runs the core on the GPU with the outputs named in `names` left in device memory (I/O
@@ -309,7 +333,7 @@ impl Core {
         if n == 0 {
             return Ok(None);
         }
-        let view = self.input_view(input, n)?;
+        let mut input = self.input_tensor(input, n)?;
         let input_name = self.bundle.manifest.inputs[0].name.as_str();
         let mut session = self.take_session()?;
         let result = (|| -> Result<R> {
@@ -320,7 +344,6 @@ impl Core {
                 MemoryType::Default,
             )?;
             let mut binding = session.create_binding()?;
-            let input = TensorRef::from_array_view(view)?;
             binding.bind_input(input_name, &input)?;
             for &name in names {
                 binding.bind_output_to_device(name, &on_gpu)?;
@@ -346,6 +369,7 @@ impl Core {
             use_outputs(&bound)
         })();
         self.put_back(session);
+        input.extract_tensor_mut().1.zeroize();
         result.map(Some)
     }
 
@@ -370,18 +394,14 @@ impl Core {
         Ok(())
     }
 
-    /// `input` as the core's input tensor `[n, …]` (checked by [`Core::check_input`]).
-    fn input_view<'a>(&self, input: &'a [f32], n: usize) -> Result<ndarray::ArrayViewD<'a, f32>> {
-        let mut shape: Vec<usize> = vec![n];
-        shape.extend(
-            self.bundle.manifest.inputs[0]
-                .shape
-                .iter()
-                .skip(1)
-                .map(|d| d.unwrap_or(1) as usize),
-        );
-        ndarray::ArrayViewD::from_shape(shape, input)
-            .map_err(|e| Error::InvalidInput(e.to_string()))
+    /// `input` (checked by [`Core::check_input`]) as an input tensor `[n, …]` of its own, for an
+    /// I/O binding: ort copies a borrowed one through a session of its own, which deadlocks.
+    /// The caller zeroizes it after the run.
+    fn input_tensor(&self, input: &[f32], n: usize) -> Result<Tensor<f32>> {
+        Ok(Tensor::from_array((
+            self.bundle.input_shape(n),
+            input.to_vec(),
+        ))?)
     }
 
     fn output_width(&self, name: &str) -> Result<usize> {

@@ -1,52 +1,217 @@
 //! Reading and writing `.npy` arrays for the CLI, the demo and the tests.
+//!
+//! A file is checked before anything is allocated for its values: its header must be complete
+//! and its declared dtype and shape must account for exactly the bytes that follow the header.
+//! A small file that declares a huge array is an error, never an allocation.
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
-use ndarray_npy::{ReadNpyExt, WritableElement, WriteNpyExt};
+use ndarray_npy::npy::header::Header;
+use ndarray_npy::{ReadNpyExt, ReadableElement, WritableElement, WriteNpyExt};
 
 use crate::error::{Error, Result};
 
-fn open(path: &Path) -> Result<std::fs::File> {
-    std::fs::File::open(path).map_err(|e| Error::io(path, e))
+fn open(path: &Path) -> Result<File> {
+    File::open(path).map_err(|e| Error::io(path, e))
 }
 
 fn npy_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::InvalidInput(format!("{}: {e}", path.display()))
 }
 
-/// An f32 array of any shape (float64 and uint8 files are converted; uint8 is not rescaled).
-pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
-    if let Ok(a) = ArrayD::<f32>::read_npy(open(path)?) {
-        return Ok(a);
+/// What an `.npy` file declares, checked against its length.
+struct Declared {
+    /// The numpy dtype name (`float32`, `uint8`, …) or, for one Lethe does not read, the
+    /// header's descriptor.
+    dtype: String,
+    shape: Vec<usize>,
+}
+
+/// The magic string, the version and the header length of an `.npy` file.
+const PREFIX_LEN: u64 = 8;
+
+/// Reads and checks the header of the `.npy` file `path`; the file is left at its start.
+fn declared(path: &Path, file: &mut File) -> Result<Declared> {
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut prefix = [0u8; PREFIX_LEN as usize + 4];
+    let got = read_up_to(file, &mut prefix).map_err(|e| Error::io(path, e))?;
+    if got < PREFIX_LEN as usize || &prefix[..6] != b"\x93NUMPY" {
+        return Err(npy_err(
+            path,
+            "not an .npy file (no \\x93NUMPY magic string)",
+        ));
     }
-    if let Ok(a) = ArrayD::<f64>::read_npy(open(path)?) {
-        return Ok(a.mapv(|v| v as f32));
-    }
-    ArrayD::<u8>::read_npy(open(path)?)
-        .map(|a| a.mapv(|v| v as f32))
-        .map_err(|e| {
-            npy_err(
+    let (len_bytes, header_len) = match prefix[6] {
+        1 => (2, u16::from_le_bytes([prefix[8], prefix[9]]) as u64),
+        2 | 3 => (
+            4,
+            u32::from_le_bytes(prefix[8..12].try_into().expect("4 bytes")) as u64,
+        ),
+        v => {
+            return Err(npy_err(
                 path,
-                format!("expected a float32, float64 or uint8 array: {e}"),
-            )
-        })
+                format!(".npy format version {v} is not one of 1, 2, 3"),
+            ))
+        }
+    };
+    let data_start = PREFIX_LEN + len_bytes + header_len;
+    if (got as u64) < PREFIX_LEN + len_bytes || data_start > file_len {
+        return Err(npy_err(
+            path,
+            format!(
+                "truncated: the header should end at byte {data_start}, the file has {file_len} bytes"
+            ),
+        ));
+    }
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let header =
+        Header::from_reader(file).map_err(|e| npy_err(path, format!("bad header: {e}")))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    let descriptor = header.type_descriptor.to_string();
+    let (dtype, item) = dtype_of(descriptor.trim_matches('\''))
+        .map_or((descriptor, None), |(name, size)| {
+            (name.to_string(), Some(size))
+        });
+    let declared = Declared {
+        dtype,
+        shape: header.shape,
+    };
+    let Some(item) = item else {
+        return Ok(declared);
+    };
+    let data_len = file_len - data_start;
+    let wanted = declared
+        .shape
+        .iter()
+        .try_fold(item, |bytes, &d| bytes.checked_mul(d as u64));
+    if wanted != Some(data_len) {
+        let (wanted, problem) = match wanted {
+            Some(w) if w < data_len => (w.to_string(), "the header does not describe the data"),
+            Some(w) => (
+                w.to_string(),
+                "the file is truncated or its header is wrong",
+            ),
+            None => (
+                "over 2^64".into(),
+                "the file is truncated or its header is wrong",
+            ),
+        };
+        return Err(npy_err(
+            path,
+            format!(
+                "the header declares {} values of shape {:?} ({wanted} bytes), but {data_len} \
+                 bytes follow the header: {problem}",
+                declared.dtype, declared.shape
+            ),
+        ));
+    }
+    Ok(declared)
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..])? {
+            0 => break,
+            k => got += k,
+        }
+    }
+    Ok(got)
+}
+
+/// The numpy name and item size of a descriptor such as `<f4` (either byte order).
+fn dtype_of(descriptor: &str) -> Option<(&'static str, u64)> {
+    let code = descriptor.strip_prefix(['<', '>', '|', '='])?;
+    Some(match code {
+        "f4" => ("float32", 4),
+        "f8" => ("float64", 8),
+        "u1" => ("uint8", 1),
+        "i1" => ("int8", 1),
+        "u2" => ("uint16", 2),
+        "i2" => ("int16", 2),
+        "u4" => ("uint32", 4),
+        "i4" => ("int32", 4),
+        "u8" => ("uint64", 8),
+        "i8" => ("int64", 8),
+        _ => return None,
+    })
+}
+
+/// Reads a checked file as `T` (whose dtype the caller matched).
+fn read_as<T: ReadableElement>(path: &Path, file: File) -> Result<ArrayD<T>> {
+    ArrayD::<T>::read_npy(file).map_err(|e| npy_err(path, e))
+}
+
+/// An f32 array of any shape, from a float32 or float64 file: inputs must already be
+/// preprocessed as the bundle's manifest says, so other dtypes (uint8 pixels) are refused.
+pub fn read_f32(path: &Path) -> Result<ArrayD<f32>> {
+    let mut file = open(path)?;
+    let declared = declared(path, &mut file)?;
+    match declared.dtype.as_str() {
+        "float32" => read_as::<f32>(path, file),
+        "float64" => read_as::<f64>(path, file).map(|a| a.mapv(|v| v as f32)),
+        other => Err(npy_err(
+            path,
+            format!(
+                "holds {other} values; inputs must be float32 (or float64), preprocessed as the \
+                 bundle's manifest says"
+            ),
+        )),
+    }
 }
 
 /// A 1-d integer array as u64 (any of the common integer dtypes; negatives are an error).
 pub fn read_ids(path: &Path) -> Result<Vec<u64>> {
-    macro_rules! try_dtype {
-        ($($t:ty),*) => {$(
-            if let Ok(a) = ArrayD::<$t>::read_npy(open(path)?) {
-                return a
-                    .iter()
-                    .map(|&v| u64::try_from(v).map_err(|_| npy_err(path, format!("value {v} is not a valid id or label"))))
-                    .collect();
-            }
-        )*};
+    let mut file = open(path)?;
+    let declared = declared(path, &mut file)?;
+    if declared.shape.len() != 1 {
+        return Err(npy_err(
+            path,
+            format!(
+                "has shape {:?}; ids and labels are a 1-d array",
+                declared.shape
+            ),
+        ));
     }
-    try_dtype!(u64, i64, u32, i32, u16, i16, u8, i8);
-    Err(npy_err(path, "expected an integer array"))
+    macro_rules! ids {
+        ($t:ty) => {
+            read_as::<$t>(path, file)?
+                .iter()
+                .map(|&v| {
+                    u64::try_from(v)
+                        .map_err(|_| npy_err(path, format!("value {v} is not a valid id or label")))
+                })
+                .collect()
+        };
+    }
+    match declared.dtype.as_str() {
+        "uint64" => ids!(u64),
+        "int64" => ids!(i64),
+        "uint32" => ids!(u32),
+        "int32" => ids!(i32),
+        "uint16" => ids!(u16),
+        "int16" => ids!(i16),
+        "uint8" => ids!(u8),
+        "int8" => ids!(i8),
+        other => Err(npy_err(
+            path,
+            format!("holds {other} values; ids and labels must be integers"),
+        )),
+    }
+}
+
+/// A uint8 array of any shape.
+fn read_u8(path: &Path) -> Result<ArrayD<u8>> {
+    let mut file = open(path)?;
+    match declared(path, &mut file)?.dtype.as_str() {
+        "uint8" => read_as::<u8>(path, file),
+        other => Err(npy_err(path, format!("holds {other} values, not uint8"))),
+    }
 }
 
 /// Writes an array as `.npy`.
@@ -83,8 +248,7 @@ impl Digits {
     /// Reads `<dir>/<split>_images.npy` and `<dir>/<split>_labels.npy`.
     pub fn read(dir: &Path, split: &str) -> Result<Digits> {
         let images_path = dir.join(format!("{split}_images.npy"));
-        let images =
-            ArrayD::<u8>::read_npy(open(&images_path)?).map_err(|e| npy_err(&images_path, e))?;
+        let images = read_u8(&images_path)?;
         let labels: Vec<u32> = read_ids(&dir.join(format!("{split}_labels.npy")))?
             .into_iter()
             .map(|l| l as u32)
@@ -121,5 +285,151 @@ impl Digits {
             .flat_map(|&r| self.images[r * per..(r + 1) * per].iter())
             .map(|&k| k as f32 / 256.0)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An `.npy` file (format 1.0) with this descriptor and shape, followed by `data`.
+    fn npy(dir: &Path, descr: &str, shape: &str, data: &[u8]) -> std::path::PathBuf {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(data);
+        let path = dir.join(format!("a{}.npy", bytes.len()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    fn message(r: Result<impl std::fmt::Debug>) -> String {
+        r.expect_err("should be refused").to_string()
+    }
+
+    fn f32_bytes(values: &[f32]) -> Vec<u8> {
+        values.iter().flat_map(|v| v.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn reads_what_numpy_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = npy(
+            dir.path(),
+            "<f4",
+            "(2, 3)",
+            &f32_bytes(&[1., 2., 3., 4., 5., 6.]),
+        );
+        let a = read_f32(&path).unwrap();
+        assert_eq!(a.shape(), &[2, 3]);
+        assert_eq!(
+            a.iter().copied().collect::<Vec<_>>(),
+            [1., 2., 3., 4., 5., 6.]
+        );
+        let f8: Vec<u8> = [0.5f64, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let a = read_f32(&npy(dir.path(), "<f8", "(2,)", &f8)).unwrap();
+        assert_eq!(a.iter().copied().collect::<Vec<_>>(), [0.5, -2.0]);
+        let ids: Vec<u8> = [7i64, 9, 11].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(
+            read_ids(&npy(dir.path(), "<i8", "(3,)", &ids)).unwrap(),
+            [7, 9, 11]
+        );
+        assert_eq!(
+            read_ids(&npy(dir.path(), "|u1", "(2,)", &[3, 4])).unwrap(),
+            [3, 4]
+        );
+    }
+
+    #[test]
+    fn a_huge_declared_shape_is_refused_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        // 31 KB of data for a declared 10^12 × 784 floats: reading it would abort the process.
+        let data = vec![0u8; 31 * 1024];
+        for (descr, shape) in [
+            ("<f4", "(1000000000000, 1, 28, 28)"),
+            ("<i8", "(1000000000000,)"),
+            ("|u1", "(1000000000000, 28, 28)"),
+            ("<f4", "(18446744073709551615, 18446744073709551615)"),
+        ] {
+            let path = npy(dir.path(), descr, shape, &data);
+            let read = (read_f32(&path).map(drop), read_ids(&path).map(drop));
+            for m in [message(read.0), message(read.1)] {
+                assert!(
+                    m.contains("declares") && m.contains("31744 bytes follow the header"),
+                    "{m}"
+                );
+            }
+        }
+        let path = npy(dir.path(), "|u1", "(1000000000000, 28, 28)", &data);
+        assert!(message(read_u8(&path)).contains("truncated"));
+    }
+
+    #[test]
+    fn truncated_and_lying_files_say_what_is_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let whole = npy(dir.path(), "<f4", "(4, 2)", &f32_bytes(&[0.5; 8]));
+        let bytes = std::fs::read(&whole).unwrap();
+        // Cut in the data, in the header, and in the prefix.
+        for (cut, expect) in [
+            (
+                bytes.len() - 3,
+                "the file is truncated or its header is wrong",
+            ),
+            (
+                40,
+                "truncated: the header should end at byte 128, the file has 40 bytes",
+            ),
+            (9, "truncated"),
+            (3, "not an .npy file"),
+        ] {
+            let path = dir.path().join(format!("cut{cut}.npy"));
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let m = message(read_f32(&path));
+            assert!(m.contains(expect), "cut at {cut}: {m}");
+        }
+        // More data than the header declares.
+        let m = message(read_f32(&npy(
+            dir.path(),
+            "<f4",
+            "(3,)",
+            &f32_bytes(&[1.0; 4]),
+        )));
+        assert!(m.contains("(12 bytes), but 16 bytes follow"), "{m}");
+        // A header length that points past the end of the file.
+        let mut lying = bytes.clone();
+        lying[8..10].copy_from_slice(&60000u16.to_le_bytes());
+        let path = dir.path().join("lying.npy");
+        std::fs::write(&path, lying).unwrap();
+        assert!(message(read_ids(&path)).contains("truncated"));
+    }
+
+    #[test]
+    fn inputs_must_be_floats_and_ids_integers() {
+        let dir = tempfile::tempdir().unwrap();
+        let pixels = npy(dir.path(), "|u1", "(1, 2, 2)", &[0, 255, 128, 7]);
+        let m = message(read_f32(&pixels));
+        assert!(
+            m.contains("holds uint8 values; inputs must be float32"),
+            "{m}"
+        );
+        let floats = npy(dir.path(), "<f8", "(2,)", &[0; 16]);
+        let m = message(read_ids(&floats));
+        assert!(
+            m.contains("holds float64 values; ids and labels must be integers"),
+            "{m}"
+        );
+        let matrix = npy(dir.path(), "<i8", "(1, 2)", &[0; 16]);
+        assert!(message(read_ids(&matrix)).contains("1-d"));
+        let odd = npy(dir.path(), "<c8", "(1,)", &[0; 8]);
+        assert!(message(read_f32(&odd)).contains("holds '<c8' values"));
     }
 }

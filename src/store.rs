@@ -98,6 +98,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::xxh3_64;
+use zeroize::{DefaultIsZeroes, Zeroize};
 
 use crate::error::{Error, Result};
 use crate::math::samples::{Entry, SampleIndex, SampleRef};
@@ -199,7 +200,7 @@ impl Store {
         parse_header(read.unwrap_or(&[]), SAMPLES_MAGIC, &header)
             .map_err(|m| corrupt(dir, SAMPLES, m))?;
         drop(samples);
-        if meta.core_sha256 != core_sha256 {
+        if meta.core_sha256 != core_sha256 || meta.bundle_name != bundle_name {
             return Err(Error::state(
                 dir,
                 format!(
@@ -675,11 +676,13 @@ impl Store {
             extra: stats.n(),
             ..self.header
         };
-        let mut stats_bytes = encode_stats(&stats_header, stats, solution, digest.finish());
-        let written = write_new(&dir.join(STATS_TMP), &stats_bytes);
-        stats_bytes.fill(0);
-        std::hint::black_box(&mut stats_bytes);
-        drop(written?);
+        let stats_bytes = Scratch(encode_stats(
+            &stats_header,
+            stats,
+            solution,
+            digest.finish(),
+        ));
+        write_new(&dir.join(STATS_TMP), &stats_bytes)?;
         io::link(&dir.join(SAMPLES), &dir.join(SAMPLES_OLD))?;
         io::sync_dir(&dir)?;
         io::rename(&dir.join(STATS_TMP), &dir.join(STATS))?;
@@ -968,32 +971,31 @@ fn tidy(dir: &Path, samples: &StoreFile, clean: bool) -> Result<()> {
     Ok(())
 }
 
-/// A buffer that held sample bytes: zeroed when dropped.
-struct Scratch<T: Copy + Default>(Vec<T>);
+/// A buffer that held sample bytes: zeroized when dropped.
+struct Scratch<T: DefaultIsZeroes>(Vec<T>);
 
-impl<T: Copy + Default> Scratch<T> {
+impl<T: DefaultIsZeroes> Scratch<T> {
     fn new(len: usize) -> Scratch<T> {
         Scratch(vec![T::default(); len])
     }
 }
 
-impl<T: Copy + Default> std::ops::Deref for Scratch<T> {
+impl<T: DefaultIsZeroes> std::ops::Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         &self.0
     }
 }
 
-impl<T: Copy + Default> std::ops::DerefMut for Scratch<T> {
+impl<T: DefaultIsZeroes> std::ops::DerefMut for Scratch<T> {
     fn deref_mut(&mut self) -> &mut [T] {
         &mut self.0
     }
 }
 
-impl<T: Copy + Default> Drop for Scratch<T> {
+impl<T: DefaultIsZeroes> Drop for Scratch<T> {
     fn drop(&mut self) {
-        self.0.fill(T::default());
-        std::hint::black_box(&mut self.0);
+        self.0.zeroize();
     }
 }
 

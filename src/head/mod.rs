@@ -38,15 +38,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
-use faer::Mat;
-use ndarray::Array2;
+use ndarray::{Array2, ArrayViewD};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
 use crate::math::samples::{SampleRef, SampleSet};
+use crate::math::secret::{Rows, SecretArray, SecretMat, Zeroizing};
 use crate::math::solver::{self, Solution};
 use crate::math::spec::HeadSpec;
-use crate::math::stats::{self, ExactStats};
+use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
 use crate::placement::{BackendOptions, BackendReport};
 use crate::store::{Loaded, Store};
@@ -131,7 +131,8 @@ impl Head {
     }
 
     /// Opens the head persisted in `state_dir`, creating it if absent. An existing state dir
-    /// must belong to the same bundle; its recorded settings win over `options`.
+    /// must belong to the same bundle (name, core, classes, features); its recorded settings
+    /// win over `options`.
     pub fn open(
         core: Arc<Core>,
         state_dir: impl AsRef<Path>,
@@ -154,15 +155,8 @@ impl Head {
         )?;
         let spec = store.spec().clone();
         check_recorded(&spec, options, dir)?;
-        if bundle.features(Some(&spec.features))?.dim != spec.dim {
-            return Err(Error::state(
-                dir,
-                format!(
-                    "records features {:?} of dimension {}, which the bundle does not have",
-                    spec.features, spec.dim
-                ),
-            ));
-        }
+        let described = HeadSpec::from_bundle(bundle, Some(&spec.features), None, None)?;
+        check_bundle(&spec, &described, dir)?;
         Head::build(
             spec,
             Some(core),
@@ -278,8 +272,9 @@ impl Head {
         })
     }
 
-    /// Runs the core: (features `[n, d]`, core logits on the head's classes `[n, C]`).
-    pub fn core_features(&self, inputs: &[f32], n: usize) -> Result<(Array2<f32>, Array2<f32>)> {
+    /// Runs the core: (features `[n, d]`, core logits on the head's classes `[n, C]`), both
+    /// zeroized when dropped.
+    pub fn core_features(&self, inputs: &[f32], n: usize) -> Result<(SecretArray, SecretArray)> {
         let core = self.core_or_err()?;
         let spec = &self.inner.spec;
         let mut names = vec![spec.features.as_str()];
@@ -294,7 +289,7 @@ impl Head {
             .core_logits
             .as_ref()
             .and_then(|(name, _)| out.take(name));
-        Ok((phi, spec.map_core_logits(z.as_ref(), n)))
+        Ok((phi, spec.map_core_logits(z.as_deref(), n)))
     }
 
     /// Learns `ids.len()` samples from raw inputs (n × the core's input length).
@@ -302,6 +297,24 @@ impl Head {
         self.check_new_ids(ids, labels)?;
         let (phi, z) = self.core_features(inputs, ids.len())?;
         self.learn_features(ids, &phi, &z, labels)
+    }
+
+    /// [`Head::learn`] for an input array in the core's input shape `[n, …]` or its flat form
+    /// `[n, input_len]` (see [`Core::input_rows`]); any other shape is refused.
+    pub fn learn_array(
+        &self,
+        ids: &[u64],
+        inputs: ArrayViewD<'_, f32>,
+        labels: &[u32],
+    ) -> Result<()> {
+        let (n, rows) = self.core_or_err()?.input_rows(inputs)?;
+        if n != ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "{n} inputs but {} ids",
+                ids.len()
+            )));
+        }
+        self.learn(ids, &rows, labels)
     }
 
     fn check_new_ids(&self, ids: &[u64], labels: &[u32]) -> Result<()> {
@@ -348,15 +361,11 @@ impl Head {
         }
         self.check_new_ids(ids, labels)?;
         let (d, c) = (spec.dim, spec.num_classes());
-        let mut q = Vec::with_capacity(k * d);
-        let mut r = Vec::with_capacity(k * c);
-        // Rows are read in place; only an input not in standard layout is copied, and the copy,
-        // like every buffer that held the samples, is zeroed whatever happens (G4).
-        let (phi, z) = (phi.as_standard_layout(), z.as_standard_layout());
-        let (phi_rows, z_rows) = (
-            phi.as_slice().expect("standard layout"),
-            z.as_slice().expect("standard layout"),
-        );
+        // Exact capacities: the rows never reallocate, and they are zeroized whatever happens,
+        // like a copy of an input that is not in standard layout (G4).
+        let mut q = Zeroizing::new(Vec::with_capacity(k * d));
+        let mut r = Zeroizing::new(Vec::with_capacity(k * c));
+        let (phi_rows, z_rows) = (Rows::of(phi.view()), Rows::of(z.view()));
         let quantized = labels.iter().enumerate().try_for_each(|(s, &label)| {
             spec.fixed
                 .quantize_features(&phi_rows[s * d..(s + 1) * d], s, &mut q)?;
@@ -368,13 +377,6 @@ impl Head {
                 &mut r,
             )
         });
-        for copy in [phi, z] {
-            if !copy.is_view() {
-                let mut copy = copy.into_owned();
-                copy.fill(0.0);
-                std::hint::black_box(&mut copy);
-            }
-        }
         let result = quantized.and_then(|()| {
             self.change(ids, |st| {
                 if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
@@ -392,8 +394,6 @@ impl Head {
                 Ok((q.as_slice(), r.as_slice(), 1))
             })
         });
-        q.fill(0);
-        r.fill(0);
         result
     }
 
@@ -402,18 +402,15 @@ impl Head {
         distinct(ids)?;
         let spec = &self.inner.spec;
         let (d, c) = (spec.dim, spec.num_classes());
-        let mut q = Vec::with_capacity(ids.len() * d);
-        let mut r = Vec::with_capacity(ids.len() * c);
-        let result = self.change(ids, |st| {
+        let mut q = Zeroizing::new(Vec::with_capacity(ids.len() * d));
+        let mut r = Zeroizing::new(Vec::with_capacity(ids.len() * c));
+        self.change(ids, |st| {
             if let Some(id) = ids.iter().find(|&&id| !st.samples.contains(id)) {
                 return Err(Error::Id(format!("id {id} is not learned")));
             }
             st.samples.forget(ids, &mut q, &mut r)?;
             Ok((q.as_slice(), r.as_slice(), -1))
-        });
-        q.fill(0);
-        r.fill(0);
-        result
+        })
     }
 
     /// Applies one change under the state lock: `prepare` checks, persists and updates the
@@ -437,11 +434,8 @@ impl Head {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
         } else {
-            let (mut x, mut t) = spec.real_rows(q, r);
-            let updated = solver::apply(&mut st.solution, &x, &t, sign as f64);
-            stats::scrub(&mut x);
-            stats::scrub(&mut t);
-            if updated.is_err() {
+            let (x, t) = spec.real_rows(q, r);
+            if solver::apply(&mut st.solution, &x, &t, sign as f64).is_err() {
                 tracing::debug!("incremental update lost positive definiteness; re-solving");
                 st.solution = self.inner.canonical_of(&st.stats)?;
                 st.canonical = st.version;
@@ -462,8 +456,8 @@ impl Head {
         let p = spec.dim + 1;
         let diag = spec.lambda.sqrt();
         st.solution = Solution {
-            l: Mat::from_fn(p, p, |i, j| if i == j { diag } else { 0.0 }),
-            theta: Mat::zeros(p, spec.num_classes()),
+            l: SecretMat::from_fn(p, p, |i, j| if i == j { diag } else { 0.0 }),
+            theta: SecretMat::zeros(p, spec.num_classes()),
         };
         st.version += 1;
         if self.worker.is_none() {
@@ -478,23 +472,51 @@ impl Head {
     pub fn predict(&self, inputs: &[f32], n: usize) -> Result<Array2<f32>> {
         let backend = &self.inner.backend;
         if let Some(logits) = backend.predict_on_device(self.core_or_err()?, inputs, n)? {
+            // The features stayed on the GPU; what was not finite there shows in the logits.
+            let c = self.inner.spec.num_classes();
+            if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+                return Err(Error::InvalidInput(format!(
+                    "sample {}: the logit for class {} is {}: the core's outputs are not finite",
+                    i / c,
+                    i % c,
+                    logits[(i / c, i % c)]
+                )));
+            }
             return Ok(logits);
         }
         let (phi, z) = self.core_features(inputs, n)?;
         self.predict_features(&phi, &z)
     }
 
-    /// Logits `[n, C]` = z + φ Wᵀ + b from features and mapped core logits.
+    /// [`Head::predict`] for an input array in the core's input shape `[n, …]` or its flat
+    /// form `[n, input_len]` (see [`Core::input_rows`]); any other shape is refused.
+    pub fn predict_array(&self, inputs: ArrayViewD<'_, f32>) -> Result<Array2<f32>> {
+        let (n, rows) = self.core_or_err()?.input_rows(inputs)?;
+        self.predict(&rows, n)
+    }
+
+    /// Logits `[n, C]` = z + φ Wᵀ + b from features and mapped core logits. Features outside
+    /// the head's range (see [`crate::math::fixed::FixedPoint::check_features`]) and core
+    /// logits that are not finite are refused, as learning refuses them.
     pub fn predict_features(&self, phi: &Array2<f32>, z: &Array2<f32>) -> Result<Array2<f32>> {
         let spec = &self.inner.spec;
-        let n = phi.nrows();
-        if phi.ncols() != spec.dim || z.dim() != (n, spec.num_classes()) {
+        let (n, d, c) = (phi.nrows(), spec.dim, spec.num_classes());
+        if phi.ncols() != d || z.dim() != (n, c) {
             return Err(Error::InvalidInput(format!(
-                "expected features [n, {}] and core logits [n, {}], got {:?} and {:?}",
-                spec.dim,
-                spec.num_classes(),
+                "expected features [n, {d}] and core logits [n, {c}], got {:?} and {:?}",
                 phi.dim(),
                 z.dim()
+            )));
+        }
+        for (s, row) in Rows::of(phi.view()).chunks_exact(d).enumerate() {
+            spec.fixed.check_features(row, s)?;
+        }
+        if let Some(i) = Rows::of(z.view()).iter().position(|v| !v.is_finite()) {
+            return Err(Error::InvalidInput(format!(
+                "sample {}: the core's logit for class {} is {}",
+                i / c,
+                i % c,
+                z[(i / c, i % c)]
             )));
         }
         self.inner.backend.logits(phi, z, || self.served())
@@ -752,6 +774,47 @@ fn check_recorded(spec: &HeadSpec, options: &HeadOptions, dir: &Path) -> Result<
     }
     if let Some(s) = options.target_scale.filter(|s| *s != spec.target_scale) {
         return conflict("target scale", spec.target_scale.to_string(), s.to_string());
+    }
+    Ok(())
+}
+
+/// A state dir's recorded head must be one the bundle still describes: the same classes, core
+/// logits and features dimension (`bundle`: the bundle's spec for the recorded features).
+fn check_bundle(recorded: &HeadSpec, bundle: &HeadSpec, dir: &Path) -> Result<()> {
+    let differ = |what: &str, recorded: String, bundle: String| {
+        Err(Error::state(
+            dir,
+            format!("records {what} {recorded}, but the bundle has {bundle}"),
+        ))
+    };
+    let (rc, bc) = (&recorded.classes, &bundle.classes);
+    if rc.len() != bc.len() {
+        return differ("classes:", rc.len().to_string(), bc.len().to_string());
+    }
+    if let Some(i) = (0..rc.len()).find(|&i| rc[i] != bc[i]) {
+        return differ(
+            &format!("class {i} as"),
+            format!("{:?}", rc[i]),
+            format!("{:?}", bc[i]),
+        );
+    }
+    if recorded.core_logits != bundle.core_logits {
+        let show = |cl: &Option<(String, Vec<usize>)>| match cl {
+            Some((output, map)) => format!("{output:?} onto classes {map:?}"),
+            None => "none".into(),
+        };
+        return differ(
+            "core logits",
+            show(&recorded.core_logits),
+            show(&bundle.core_logits),
+        );
+    }
+    if recorded.dim != bundle.dim {
+        return differ(
+            &format!("features {:?} of dimension", recorded.features),
+            recorded.dim.to_string(),
+            bundle.dim.to_string(),
+        );
     }
     Ok(())
 }

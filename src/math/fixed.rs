@@ -53,20 +53,27 @@ impl FixedPoint {
         (self.frac_bits as f64).exp2()
     }
 
-    /// Quantizes one sample's features, appending to `out`. `index` names the sample in errors.
-    pub fn quantize_features(&self, phi: &[f32], index: usize, out: &mut Vec<i32>) -> Result<()> {
-        let scale = self.scale();
-        for (j, &v) in phi.iter().enumerate() {
-            let v = v as f64;
-            if !v.is_finite() || v.abs() > self.feature_max_abs {
-                return Err(Error::InvalidInput(format!(
-                    "sample {index}: feature {j} is {v}, outside the head's range ±{} (the \
-                     bundle's features max_abs)",
-                    self.feature_max_abs
-                )));
-            }
-            out.push(quantize(v, scale));
+    /// Checks one sample's features against the head's range: finite and |v| ≤ feature_max_abs.
+    /// Learning quantizes only such features and predictions serve only such features. `index`
+    /// names the sample in errors.
+    pub fn check_features(&self, phi: &[f32], index: usize) -> Result<()> {
+        let outside = |v: f64| !v.is_finite() || v.abs() > self.feature_max_abs;
+        match phi.iter().position(|&v| outside(v as f64)) {
+            None => Ok(()),
+            Some(j) => Err(Error::InvalidInput(format!(
+                "sample {index}: feature {j} is {}, outside the head's range ±{} (the bundle's \
+                 features max_abs)",
+                phi[j], self.feature_max_abs
+            ))),
         }
+    }
+
+    /// Quantizes one sample's features (checked by [`FixedPoint::check_features`]), appending
+    /// to `out`. `index` names the sample in errors.
+    pub fn quantize_features(&self, phi: &[f32], index: usize, out: &mut Vec<i32>) -> Result<()> {
+        self.check_features(phi, index)?;
+        let scale = self.scale();
+        out.extend(phi.iter().map(|&v| quantize(v as f64, scale)));
         Ok(())
     }
 

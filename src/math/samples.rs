@@ -5,10 +5,12 @@
 //! label). The rows themselves live either in a [`SampleSet`] (in memory, for heads without a
 //! state dir) or in a state dir (see `crate::store`), where only the index is in memory.
 //!
-//! Memory that held a row is zeroed before it is released or reused (G4), including the old
+//! Memory that held a row is zeroized before it is released or reused (G4), including the old
 //! buffer when a row buffer grows.
 
 use std::collections::HashMap;
+
+use zeroize::{Zeroize, Zeroizing};
 
 /// One sample's stored representation, borrowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,7 +105,7 @@ impl SampleIndex {
 }
 
 /// Rows in memory. Rows are kept dense: removing a row moves the last row into its place and
-/// zeroes the vacated memory.
+/// zeroizes the vacated memory.
 #[derive(Debug, Clone, Default)]
 pub struct SampleSet {
     dim: usize,
@@ -111,8 +113,8 @@ pub struct SampleSet {
     index: SampleIndex,
     /// The id of each row.
     ids: Vec<u64>,
-    q: Vec<i32>,
-    r: Vec<i32>,
+    q: Zeroizing<Vec<i32>>,
+    r: Zeroizing<Vec<i32>>,
 }
 
 impl SampleSet {
@@ -194,28 +196,26 @@ impl SampleSet {
             );
             self.index.relocate(self.ids[row], row as u64);
         }
-        self.q[last * self.dim..].fill(0);
-        self.r[last * self.classes..].fill(0);
+        self.q[last * self.dim..].zeroize();
+        self.r[last * self.classes..].zeroize();
         self.ids.truncate(last);
         self.q.truncate(last * self.dim);
         self.r.truncate(last * self.classes);
     }
 
-    /// Removes every sample, zeroing the memory that held them.
+    /// Removes every sample, zeroizing the memory that held them.
     pub fn clear(&mut self) {
-        self.q.fill(0);
-        self.r.fill(0);
         *self = SampleSet::new(self.dim, self.classes);
     }
 }
 
-/// Appends `data`, growing the buffer by hand so that the old allocation is zeroed before it
+/// Appends `data`, growing the buffer by hand so that the old allocation is zeroized before it
 /// is freed (a plain `extend` would free it with the rows still in it).
 fn extend_zeroing(v: &mut Vec<i32>, data: &[i32]) {
     if v.capacity() - v.len() < data.len() {
         let mut grown = Vec::with_capacity((v.len() + data.len()).max(2 * v.capacity()));
         grown.extend_from_slice(v);
-        v.fill(0);
+        v.zeroize();
         std::mem::swap(v, &mut grown);
     }
     v.extend_from_slice(data);

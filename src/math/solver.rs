@@ -11,19 +11,19 @@
 //! The head serves the result of `apply` at once and restores the canonical solution off the
 //! caller's path (see `crate::head::Head`).
 
-use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::cholesky::llt;
-use faer::{Accum, Col, Mat, Par};
+use faer::{Accum, Mat, Par};
 
+use super::secret::{SecretMat, SecretScratch};
 use super::stats::ExactStats;
 
-/// The Cholesky factor of A and the weights Θ it gives.
+/// The Cholesky factor of A and the weights Θ it gives (both zeroized when dropped).
 #[derive(Clone, PartialEq)]
 pub struct Solution {
     /// Lower-triangular L with A = L Lᵀ (strict upper triangle zero), p × p.
-    pub l: Mat<f64>,
+    pub l: SecretMat,
     /// Θ = A⁻¹ B, p × C: row i < d is column i of W, row d is b.
-    pub theta: Mat<f64>,
+    pub theta: SecretMat,
 }
 
 /// A factorization or update met a non-positive pivot (rounding broke positive definiteness).
@@ -65,7 +65,7 @@ pub fn canonical(
 /// triangle zeroed), sequentially (deterministic).
 pub fn cholesky_in_place(a: &mut Mat<f64>) -> Result<(), NotPositiveDefinite> {
     let p = a.nrows();
-    let mut buf = MemBuffer::new(llt::factor::cholesky_in_place_scratch::<f64>(
+    let mut buf = SecretScratch::new(llt::factor::cholesky_in_place_scratch::<f64>(
         p,
         Par::Seq,
         Default::default(),
@@ -74,7 +74,7 @@ pub fn cholesky_in_place(a: &mut Mat<f64>) -> Result<(), NotPositiveDefinite> {
         a.as_mut(),
         Default::default(),
         Par::Seq,
-        MemStack::new(&mut buf),
+        buf.stack(),
         Default::default(),
     )
     .map_err(|_| NotPositiveDefinite)?;
@@ -88,12 +88,12 @@ pub fn cholesky_in_place(a: &mut Mat<f64>) -> Result<(), NotPositiveDefinite> {
 
 /// x ← A⁻¹ x using A = L Lᵀ, sequentially (deterministic).
 pub fn solve_in_place(l: &Mat<f64>, x: &mut Mat<f64>) {
-    let mut buf = MemBuffer::new(llt::solve::solve_in_place_scratch::<f64>(
+    let mut buf = SecretScratch::new(llt::solve::solve_in_place_scratch::<f64>(
         l.nrows(),
         x.ncols(),
         Par::Seq,
     ));
-    llt::solve::solve_in_place(l.as_ref(), x.as_mut(), Par::Seq, MemStack::new(&mut buf));
+    llt::solve::solve_in_place(l.as_ref(), x.as_mut(), Par::Seq, buf.stack());
 }
 
 /// Updates `sol` for k samples learned (`sign` = 1) or forgotten (`sign` = −1): `x` holds
@@ -109,13 +109,17 @@ pub fn apply(
     if k == 0 {
         return Ok(());
     }
-    let mut w = x.transpose().to_owned();
-    let mut alpha = Col::<f64>::from_fn(k, |_| sign);
-    llt::update::rank_r_update_clobber(sol.l.as_mut(), w.as_mut(), alpha.as_diagonal_mut())
-        .map_err(|_| NotPositiveDefinite)?;
-    super::stats::scrub(&mut w);
+    // Every temporary holds values of the samples: zeroized when dropped, whatever happens.
+    let mut w = SecretMat::from(x.transpose().to_owned());
+    let mut alpha = SecretMat::from_fn(k, 1, |_, _| sign);
+    llt::update::rank_r_update_clobber(
+        sol.l.as_mut(),
+        w.as_mut(),
+        alpha.col_mut(0).as_diagonal_mut(),
+    )
+    .map_err(|_| NotPositiveDefinite)?;
     // E = T − X Θ: the residual of the samples under the current weights.
-    let mut e = t.clone();
+    let mut e = SecretMat::from(t.clone());
     faer::linalg::matmul::matmul(
         e.as_mut(),
         Accum::Add,
@@ -125,7 +129,7 @@ pub fn apply(
         Par::Seq,
     );
     // G = A'⁻¹ Xᵀ, then Θ' = Θ ± G E.
-    let mut g = x.transpose().to_owned();
+    let mut g = SecretMat::from(x.transpose().to_owned());
     solve_in_place(&sol.l, &mut g);
     faer::linalg::matmul::matmul(
         sol.theta.as_mut(),
@@ -135,8 +139,6 @@ pub fn apply(
         sign,
         Par::Seq,
     );
-    super::stats::scrub(&mut g);
-    super::stats::scrub(&mut e);
     let finite = (0..sol.theta.ncols()).all(|j| sol.theta.col(j).iter().all(|v| v.is_finite()))
         && (0..sol.l.ncols()).all(|j| sol.l[(j, j)].is_finite() && sol.l[(j, j)] > 0.0);
     if finite {

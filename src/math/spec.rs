@@ -1,11 +1,11 @@
 //! What a head is: its feature output and dimension, its classes, how the core's logits map
 //! onto them, and the constants of its objective (λ, the target scale, the fixed point).
 
-use faer::Mat;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
 use super::fixed::FixedPoint;
+use super::secret::{SecretArray, SecretMat};
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 
@@ -135,8 +135,8 @@ impl HeadSpec {
     }
 
     /// Maps core logits `[n, K]` onto the head's classes `[n, C]` (zeros elsewhere).
-    pub fn map_core_logits(&self, z: Option<&Array2<f32>>, n: usize) -> Array2<f32> {
-        let mut out = Array2::<f32>::zeros((n, self.num_classes()));
+    pub fn map_core_logits(&self, z: Option<&Array2<f32>>, n: usize) -> SecretArray {
+        let mut out = SecretArray::zeros((n, self.num_classes()));
         if let (Some(z), Some((_, classes))) = (z, &self.core_logits) {
             for (j, &c) in classes.iter().enumerate() {
                 out.column_mut(c).assign(&z.column(j));
@@ -147,17 +147,17 @@ impl HeadSpec {
 
     /// Fixed-point rows (k × d features `q`, k × C targets `r`) as real-valued X = [φ, 1]
     /// (k × p) and T (k × C).
-    pub fn real_rows(&self, q: &[i32], r: &[i32]) -> (Mat<f64>, Mat<f64>) {
+    pub fn real_rows(&self, q: &[i32], r: &[i32]) -> (SecretMat, SecretMat) {
         let spec = self;
         let one = spec.fixed.one();
         let (d, c) = (spec.dim, spec.num_classes());
         let k = r.len() / c;
         let unit = 1.0 / spec.fixed.scale();
-        let x = Mat::from_fn(k, d + 1, |s, j| {
+        let x = SecretMat::from_fn(k, d + 1, |s, j| {
             let v = if j < d { q[s * d + j] } else { one };
             v as f64 * unit
         });
-        let t = Mat::from_fn(k, c, |s, j| r[s * c + j] as f64 * unit);
+        let t = SecretMat::from_fn(k, c, |s, j| r[s * c + j] as f64 * unit);
         (x, t)
     }
 }

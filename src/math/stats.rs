@@ -12,7 +12,10 @@
 //! an integer below 2^52 < 2^53, so every f64 operation in the block is exact, whatever order
 //! the matrix product uses. The block sums are then added into the i128 totals.
 
-use faer::{Accum, Mat, Par};
+use faer::{Accum, Par};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::secret::SecretMat;
 
 /// The most samples a head may hold (far below where the i128 sums could overflow).
 pub const MAX_SAMPLES: u64 = 1 << 40;
@@ -23,7 +26,7 @@ pub const EXACT_BLOCK: usize = 16;
 /// Batches smaller than this are summed directly in integers, without the f64 block product.
 const DIRECT_BELOW: usize = 4;
 
-/// A and B of one head, as exact integers in units of 2^(−2F).
+/// A and B of one head, as exact integers in units of 2^(−2F); zeroized when dropped (G4).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExactStats {
     /// Augmented dimension p = d + 1 (features and the bias).
@@ -121,14 +124,15 @@ impl ExactStats {
             self.accumulate_direct(q, r, one, sign);
             return;
         }
-        let mut x = Mat::<f64>::zeros(0, 0);
-        let mut t = Mat::<f64>::zeros(0, 0);
-        let mut xtx = Mat::<f64>::zeros(self.p, self.p);
-        let mut xtr = Mat::<f64>::zeros(self.p, self.classes);
+        // Fixed shapes (a reallocation would free values unzeroed): the rows past a last,
+        // partial block are zero and add nothing.
+        let rows = EXACT_BLOCK.min(k);
+        let mut x = SecretMat::zeros(rows, self.p);
+        let mut t = SecretMat::zeros(rows, self.classes);
+        let mut xtx = SecretMat::zeros(self.p, self.p);
+        let mut xtr = SecretMat::zeros(self.p, self.classes);
         for start in (0..k).step_by(EXACT_BLOCK) {
             let m = EXACT_BLOCK.min(k - start);
-            x.resize_with(m, self.p, |_, _| 0.0);
-            t.resize_with(m, self.classes, |_, _| 0.0);
             for s in 0..m {
                 let row = &q[(start + s) * d..(start + s + 1) * d];
                 for (j, &v) in row.iter().enumerate() {
@@ -138,6 +142,10 @@ impl ExactStats {
                 for c in 0..self.classes {
                     t[(s, c)] = r[(start + s) * self.classes + c] as f64;
                 }
+            }
+            for s in m..rows {
+                x.row_mut(s).fill(0.0);
+                t.row_mut(s).fill(0.0);
             }
             faer::linalg::matmul::matmul(
                 xtx.as_mut(),
@@ -169,10 +177,6 @@ impl ExactStats {
                 }
             }
         }
-        scrub(&mut x);
-        scrub(&mut t);
-        scrub(&mut xtx);
-        scrub(&mut xtr);
         if sign > 0 {
             self.n += k as u64;
         } else {
@@ -186,7 +190,7 @@ impl ExactStats {
         let (d, c) = (self.p - 1, self.classes);
         let k = r.len() / c;
         let sign = sign as i128;
-        let mut x = vec![0i64; self.p];
+        let mut x = Zeroizing::new(vec![0i64; self.p]);
         for s in 0..k {
             for (xi, &v) in x.iter_mut().zip(&q[s * d..(s + 1) * d]) {
                 *xi = v as i64;
@@ -208,7 +212,6 @@ impl ExactStats {
                 }
             }
         }
-        x.fill(0);
         if sign > 0 {
             self.n += k as u64;
         } else {
@@ -217,9 +220,9 @@ impl ExactStats {
     }
 
     /// A in f64, real units, with the ridge λ added to the diagonal: the matrix to factor.
-    pub fn a_f64(&self, lambda: f64, frac_bits: u32) -> Mat<f64> {
+    pub fn a_f64(&self, lambda: f64, frac_bits: u32) -> SecretMat {
         let unit = (-2.0 * frac_bits as f64).exp2();
-        let mut a = Mat::<f64>::zeros(self.p, self.p);
+        let mut a = SecretMat::zeros(self.p, self.p);
         for j in 0..self.p {
             let off = self.offset(j);
             for i in j..self.p {
@@ -233,9 +236,9 @@ impl ExactStats {
     }
 
     /// B in f64, real units, p × C.
-    pub fn b_f64(&self, frac_bits: u32) -> Mat<f64> {
+    pub fn b_f64(&self, frac_bits: u32) -> SecretMat {
         let unit = (-2.0 * frac_bits as f64).exp2();
-        Mat::from_fn(self.p, self.classes, |i, c| {
+        SecretMat::from_fn(self.p, self.classes, |i, c| {
             self.b[i * self.classes + c] as f64 * unit
         })
     }
@@ -248,10 +251,10 @@ impl ExactStats {
     }
 }
 
-/// Overwrites a matrix that held sample data.
-pub(crate) fn scrub(m: &mut Mat<f64>) {
-    for j in 0..m.ncols() {
-        m.col_mut(j).fill(0.0);
+impl Drop for ExactStats {
+    fn drop(&mut self) {
+        self.a.zeroize();
+        self.b.zeroize();
     }
 }
 

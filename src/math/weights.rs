@@ -2,14 +2,23 @@
 
 use faer::Mat;
 use ndarray::Array2;
+use zeroize::Zeroize;
 
-/// The f32 weights predictions use: an immutable snapshot.
+/// The f32 weights predictions use: an immutable snapshot, zeroized when dropped (G4).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServedWeights {
     /// W, C × d row-major.
     pub w: Array2<f32>,
     /// b, C.
     pub b: Vec<f32>,
+}
+
+impl Drop for ServedWeights {
+    fn drop(&mut self) {
+        let (mut w, _) = std::mem::take(&mut self.w).into_raw_vec_and_offset();
+        w.zeroize();
+        self.b.zeroize();
+    }
 }
 
 /// W and b in f64 (canonical), as returned by `Head::weights`.

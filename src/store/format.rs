@@ -2,11 +2,11 @@
 //! layout). Parsers take untrusted bytes and return a message on any inconsistency; they never
 //! panic and never allocate more than the input's size justifies.
 
-use faer::Mat;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
 use crate::math::samples::SampleRef;
+use crate::math::secret::{SecretMat, Zeroizing};
 use crate::math::solver::Solution;
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
@@ -314,21 +314,24 @@ pub fn parse_stats(bytes: &[u8], expect: &Header, one: i32) -> Parsed<StoredStat
             .map(|b| i128::from_le_bytes(b.try_into().expect("16 bytes")))
             .collect()
     };
-    let a = i128s(tri);
-    let b = i128s(p * c);
-    let mut f64s = |k: usize| -> Vec<f64> {
-        take(8 * k)
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect()
+    // Every buffer below is zeroized when dropped, on errors too (G4).
+    let stats =
+        ExactStats::from_parts(d, c, n, i128s(tri), i128s(p * c)).ok_or("inconsistent sizes")?;
+    let mut f64s = |k: usize| -> Zeroizing<Vec<f64>> {
+        Zeroizing::new(
+            take(8 * k)
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+                .collect(),
+        )
     };
     let l_packed = f64s(tri);
     let theta = f64s(p * c);
     let samples_digest = u128::from_le_bytes(take(16).try_into().expect("16 bytes"));
-    if a[tri - 1] != n as i128 * (one as i128 * one as i128) {
+    if stats.a_packed()[tri - 1] != n as i128 * (one as i128 * one as i128) {
         return Err(format!("A's bias entry does not match its {n} samples"));
     }
-    let mut l = Mat::<f64>::zeros(p, p);
+    let mut l = SecretMat::zeros(p, p);
     let mut k = 0;
     for j in 0..p {
         for i in j..p {
@@ -341,11 +344,10 @@ pub fn parse_stats(bytes: &[u8], expect: &Header, one: i32) -> Parsed<StoredStat
             ));
         }
     }
-    if l_packed.iter().chain(&theta).any(|v| !v.is_finite()) {
+    if l_packed.iter().chain(theta.iter()).any(|v| !v.is_finite()) {
         return Err("the solution holds a value that is not finite".into());
     }
-    let theta = Mat::from_fn(p, c, |i, k| theta[i * c + k]);
-    let stats = ExactStats::from_parts(d, c, n, a, b).ok_or("inconsistent sizes")?;
+    let theta = SecretMat::from_fn(p, c, |i, k| theta[i * c + k]);
     Ok(StoredStats {
         stats,
         solution: Solution { l, theta },

@@ -1,0 +1,148 @@
+//! Buffers that hold sample data or aggregates of it (features, targets, statistics, factors,
+//! weights), zeroized with the `zeroize` crate when dropped (G4).
+//!
+//! A plain `fill(0)` just before a buffer is freed is a dead store the compiler may remove;
+//! `zeroize` writes volatilely. Plain `Vec`s use [`zeroize::Zeroizing`]; faer matrices, ndarray
+//! arrays and faer's scratch memory have no `Zeroize` of their own and use the wrappers here.
+
+use std::ops::{Deref, DerefMut};
+
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::Mat;
+use ndarray::{Array2, ArrayView, Dimension};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+pub use zeroize::Zeroizing;
+
+/// An f64 matrix zeroized when dropped. Never resize it (through `DerefMut`): a reallocation
+/// would free the old memory with its values.
+#[derive(Clone, PartialEq)]
+pub struct SecretMat(Mat<f64>);
+
+impl SecretMat {
+    pub fn zeros(rows: usize, cols: usize) -> SecretMat {
+        SecretMat(Mat::zeros(rows, cols))
+    }
+
+    pub fn from_fn(rows: usize, cols: usize, f: impl FnMut(usize, usize) -> f64) -> SecretMat {
+        SecretMat(Mat::from_fn(rows, cols, f))
+    }
+}
+
+impl From<Mat<f64>> for SecretMat {
+    fn from(m: Mat<f64>) -> SecretMat {
+        SecretMat(m)
+    }
+}
+
+impl Deref for SecretMat {
+    type Target = Mat<f64>;
+    fn deref(&self) -> &Mat<f64> {
+        &self.0
+    }
+}
+
+impl DerefMut for SecretMat {
+    fn deref_mut(&mut self) -> &mut Mat<f64> {
+        &mut self.0
+    }
+}
+
+impl Zeroize for SecretMat {
+    fn zeroize(&mut self) {
+        // Column by column: a column's rows are contiguous, the padding between columns never
+        // held a value.
+        for j in 0..self.0.ncols() {
+            self.0.col_as_slice_mut(j).zeroize();
+        }
+    }
+}
+
+impl Drop for SecretMat {
+    fn drop(&mut self) {
+        self.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretMat {}
+
+/// An f32 array zeroized when dropped (all of its allocation, including elements outside its
+/// current view).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecretArray(Array2<f32>);
+
+impl SecretArray {
+    pub fn zeros(shape: (usize, usize)) -> SecretArray {
+        SecretArray(Array2::zeros(shape))
+    }
+}
+
+
+impl Deref for SecretArray {
+    type Target = Array2<f32>;
+    fn deref(&self) -> &Array2<f32> {
+        &self.0
+    }
+}
+
+impl DerefMut for SecretArray {
+    fn deref_mut(&mut self) -> &mut Array2<f32> {
+        &mut self.0
+    }
+}
+
+impl Drop for SecretArray {
+    fn drop(&mut self) {
+        let (mut data, _) = std::mem::take(&mut self.0).into_raw_vec_and_offset();
+        data.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretArray {}
+
+/// f32 values in row-major order: borrowed from an array that already is, else a copy
+/// zeroized when dropped.
+pub enum Rows<'a> {
+    Borrowed(&'a [f32]),
+    Copied(Zeroizing<Vec<f32>>),
+}
+
+impl<'a> Rows<'a> {
+    pub fn of<D: Dimension>(a: ArrayView<'a, f32, D>) -> Rows<'a> {
+        match a.to_slice() {
+            Some(rows) => Rows::Borrowed(rows),
+            None => Rows::Copied(Zeroizing::new(a.iter().copied().collect())),
+        }
+    }
+}
+
+impl Deref for Rows<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Rows::Borrowed(rows) => rows,
+            Rows::Copied(rows) => rows,
+        }
+    }
+}
+
+/// Scratch memory for faer's factorizations and solves, zeroized when dropped.
+pub struct SecretScratch(MemBuffer);
+
+impl SecretScratch {
+    pub fn new(req: StackReq) -> SecretScratch {
+        SecretScratch(MemBuffer::new(req))
+    }
+
+    pub fn stack(&mut self) -> &mut MemStack {
+        MemStack::new(&mut self.0)
+    }
+}
+
+impl Drop for SecretScratch {
+    fn drop(&mut self) {
+        (*self.0).zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretScratch {}

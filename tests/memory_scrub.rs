@@ -1,0 +1,255 @@
+//! G4 in process memory: after a sample is forgotten, none of its values is left in the
+//! process's heap, anonymous or stack memory, in any encoding Lethe keeps them in: the core's
+//! f32 features and logits, the fixed-point i32 rows, and the f64 rows of the solver and the
+//! statistics.
+//!
+//! Two heads over the mnist core, one in memory and one with a state dir, learn a batch of
+//! MNIST digits and predict one of them (the marker); the test checks that a scan finds the
+//! marker's rows while the in-memory head holds them, then forgets the marker in both, waits
+//! for the canonical re-solve, and reads every readable heap, anonymous and stack mapping of
+//! the process (/proc/self/maps, /proc/self/mem) for 16-byte windows of the marker's values,
+//! again after closing both heads. The windows are kept masked (XOR) so that the test's own
+//! copy of them is no match; the inputs, the test's own buffer, hold none of them.
+//!
+//! It runs alone in its own binary (no test harness, one thread of its own) so that no other
+//! test's memory can hold the marker.
+
+#[cfg(target_os = "linux")]
+mod common;
+
+#[cfg(target_os = "linux")]
+fn main() {
+    scan::run();
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    println!("memory_scrub: skipped, it reads /proc/self/mem (Linux only)");
+}
+
+#[cfg(target_os = "linux")]
+mod scan {
+    use std::fs::File;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    use lethe::{Core, CoreOptions, Head, HeadOptions};
+    use zeroize::Zeroizing;
+
+    use super::common;
+
+    const MASK: u8 = 0xA5;
+    const WINDOW: usize = 16;
+
+    /// 16-byte windows of the marker's values, masked, by encoding.
+    struct Needles(Vec<(&'static str, [u8; WINDOW])>);
+
+    impl Needles {
+        /// Adds every window of `values` (each `size` bytes wide) whose values are all nonzero:
+        /// zeros occur everywhere.
+        fn add<const N: usize>(&mut self, encoding: &'static str, values: &[[u8; N]]) {
+            let per = WINDOW / N;
+            for w in values.windows(per) {
+                if w.iter().any(|v| v.iter().all(|&b| b == 0)) {
+                    continue;
+                }
+                let mut needle = [0u8; WINDOW];
+                for (i, v) in w.iter().enumerate() {
+                    for (j, b) in v.iter().enumerate() {
+                        needle[i * N + j] = b ^ MASK;
+                    }
+                }
+                self.0.push((encoding, needle));
+            }
+        }
+    }
+
+    /// Every encoding of the marker's features φ and mapped core logits z that Lethe uses.
+    fn needles(head: &Head, input: &[f32], label: u32) -> Needles {
+        let spec = head.spec();
+        let (phi, z) = head.core_features(input, 1).expect("run the core");
+        let phi = phi.row(0);
+        let z = z.row(0);
+        let unit = 1.0 / spec.fixed.scale();
+        let mut q = Zeroizing::new(Vec::new());
+        let mut r = Zeroizing::new(Vec::new());
+        let phi_slice = phi.as_slice().expect("contiguous");
+        let z_slice = z.as_slice().expect("contiguous");
+        spec.fixed
+            .quantize_features(phi_slice, 0, &mut q)
+            .expect("in range");
+        spec.fixed
+            .quantize_targets(label as usize, spec.target_scale, z_slice, 0, &mut r)
+            .expect("in range");
+        let mut n = Needles(Vec::new());
+        let f32s = |v: &[f32]| -> Zeroizing<Vec<[u8; 4]>> {
+            Zeroizing::new(v.iter().map(|x| x.to_le_bytes()).collect())
+        };
+        let i32s = |v: &[i32]| -> Zeroizing<Vec<[u8; 4]>> {
+            Zeroizing::new(v.iter().map(|x| x.to_le_bytes()).collect())
+        };
+        let f64s = |v: &[i32], scale: f64| -> Zeroizing<Vec<[u8; 8]>> {
+            Zeroizing::new(
+                v.iter()
+                    .map(|&x| (x as f64 * scale).to_le_bytes())
+                    .collect(),
+            )
+        };
+        n.add("f32 features", &f32s(phi_slice));
+        n.add("f32 core logits", &f32s(z_slice));
+        n.add("i32 fixed-point features", &i32s(&q));
+        n.add("i32 fixed-point targets", &i32s(&r));
+        n.add("f64 features (solver)", &f64s(&q, unit));
+        n.add("f64 targets (solver)", &f64s(&r, unit));
+        n.add("f64 fixed-point features (statistics)", &f64s(&q, 1.0));
+        n.add("f64 fixed-point targets (statistics)", &f64s(&r, 1.0));
+        assert!(
+            n.0.len() >= 10,
+            "the marker has too few distinctive windows"
+        );
+        n
+    }
+
+    /// The readable heap and anonymous mappings of this process: (start, end, name).
+    fn mappings() -> Vec<(u64, u64, String)> {
+        let maps = File::open("/proc/self/maps").expect("open /proc/self/maps");
+        BufReader::new(maps)
+            .lines()
+            .map(|l| l.expect("read /proc/self/maps"))
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                let range = parts.next()?;
+                let perms = parts.next()?;
+                let name = parts.nth(3).unwrap_or("").to_string();
+                let (start, end) = range.split_once('-')?;
+                let anonymous = name.is_empty() || name == "[heap]" || name == "[stack]";
+                (perms.starts_with('r') && anonymous).then(|| {
+                    (
+                        u64::from_str_radix(start, 16).expect("hex"),
+                        u64::from_str_radix(end, 16).expect("hex"),
+                        name,
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// Where the needles occur: (encoding, address, mapping).
+    fn scan(needles: &Needles) -> Vec<(&'static str, u64, String)> {
+        // A first-4-bytes filter (kept masked too) keeps the scan to a few seconds.
+        let key = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
+        let mut first = vec![false; 1 << 16];
+        for (_, needle) in &needles.0 {
+            first[(key(needle) & 0xffff) as usize] = true;
+        }
+        let masked_key = |b: &[u8]| key(b) ^ u32::from_le_bytes([MASK; 4]);
+        let mem = File::open("/proc/self/mem").expect("open /proc/self/mem");
+        let mut found = Vec::new();
+        const CHUNK: usize = 1 << 20;
+        let mut buf = vec![0u8; CHUNK + WINDOW];
+        for (start, end, name) in mappings() {
+            let mut at = start;
+            while at < end {
+                let len = ((end - at) as usize).min(CHUNK + WINDOW);
+                let Ok(got) = mem.read_at(&mut buf[..len], at) else {
+                    break;
+                };
+                // Aligned windows only: every buffer Lethe keeps values in is aligned to them.
+                for offset in (0..got.saturating_sub(WINDOW - 1)).step_by(4) {
+                    let window = &buf[offset..offset + WINDOW];
+                    if !first[(masked_key(window) & 0xffff) as usize] {
+                        continue;
+                    }
+                    for (encoding, needle) in &needles.0 {
+                        if window.iter().zip(needle).all(|(&w, &n)| w ^ MASK == n) {
+                            found.push((*encoding, at + offset as u64, name.clone()));
+                        }
+                    }
+                }
+                at += CHUNK as u64;
+            }
+        }
+        found
+    }
+
+    /// The encodings among `hits`, once each.
+    fn encodings(hits: &[(&'static str, u64, String)]) -> Vec<&'static str> {
+        let mut e: Vec<&str> = hits.iter().map(|h| h.0).collect();
+        e.sort_unstable();
+        e.dedup();
+        e
+    }
+
+    pub fn run() {
+        let core = Arc::new(
+            Core::open(common::bundle_dir("mnist-core"), &CoreOptions::default())
+                .expect("open the core"),
+        );
+        let tmp = common::temp_dir();
+        // Rows in memory, and rows in a state dir (read back when forgotten).
+        let heads = [
+            Head::in_memory(core.clone(), &HeadOptions::default()).expect("a head"),
+            Head::open(
+                core.clone(),
+                tmp.path().join("state"),
+                &HeadOptions::default(),
+            )
+            .expect("open a state dir"),
+        ];
+        let n = 24;
+        let inputs = common::mnist_core_input(n);
+        let inputs = inputs.as_slice().expect("standard layout");
+        let per = core.input_len();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 10).collect();
+        let ids: Vec<u64> = (0..n as u64).map(|i| 1000 + i).collect();
+        let marker = 5;
+        let marker_input = &inputs[marker * per..(marker + 1) * per];
+        let needles = needles(&heads[0], marker_input, labels[marker]);
+
+        // Learn in two batches (the statistics' block path and its direct path) and predict
+        // the marker; then forget it and wait for the canonical weights.
+        for head in &heads {
+            head.learn(&ids[..20], &inputs[..20 * per], &labels[..20])
+                .expect("learn");
+            head.learn(&ids[20..], &inputs[20 * per..], &labels[20..])
+                .expect("learn");
+            head.predict(marker_input, 1).expect("predict");
+            head.weights().expect("weights");
+        }
+        let learned = scan(&needles);
+        for head in &heads {
+            head.forget(&[ids[marker]]).expect("forget");
+            head.weights().expect("weights");
+        }
+        let forgotten = scan(&needles);
+        for head in heads {
+            head.close().expect("close");
+        }
+        let closed = scan(&needles);
+
+        println!(
+            "memory_scrub: {} windows of the marker; {} found while it is learned ({:?})",
+            needles.0.len(),
+            learned.len(),
+            encodings(&learned)
+        );
+        // The scan sees Lethe's buffers: it finds the rows the in-memory head holds.
+        assert!(
+            encodings(&learned).contains(&"i32 fixed-point features"),
+            "the scan should find the learned marker's rows"
+        );
+        for (when, hits) in [("after forget", &forgotten), ("after close", &closed)] {
+            for (encoding, address, mapping) in hits.iter().take(20) {
+                println!("{when}: {encoding} at {address:#x} in {mapping:?}");
+            }
+            assert!(
+                hits.is_empty(),
+                "{when}: {} windows of the forgotten sample are still in memory ({:?})",
+                hits.len(),
+                encodings(hits)
+            );
+        }
+        println!("memory_scrub: ok, none left after forget and after close");
+    }
+}
