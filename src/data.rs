@@ -221,17 +221,6 @@ pub fn write<T: WritableElement>(path: &Path, a: &ArrayD<T>) -> Result<()> {
         .map_err(|e| npy_err(path, e))
 }
 
-/// Reshapes to `[n, rest]`: the first axis is the sample axis.
-pub fn samples_of(a: ArrayD<f32>) -> (usize, Vec<f32>) {
-    let n = a.shape().first().copied().unwrap_or(0);
-    let flat = if a.is_standard_layout() {
-        a.into_raw_vec_and_offset().0
-    } else {
-        a.iter().copied().collect()
-    };
-    (n, flat)
-}
-
 /// An owned array from a shape and data.
 pub fn array(shape: &[usize], data: Vec<f32>) -> ArrayD<f32> {
     ArrayD::from_shape_vec(IxDyn(shape), data).expect("shape matches data")

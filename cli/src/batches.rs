@@ -2,10 +2,22 @@
 
 use ndarray::{s, Array2, ArrayD, IxDyn};
 
-use lethe::{Core, Error, Head, Result};
+use lethe::{Bundle, Core, Error, Head, Result};
 
 /// Samples per core run.
 const CHUNK: usize = 256;
+
+/// The inputs in `a` as `n` rows for `bundle`'s core, after checking that `a` has exactly the
+/// manifest's shape `[n, …]` or the flat form `[n, input_len]` (never silently reshaped).
+pub fn inputs_of(bundle: &Bundle, a: ArrayD<f32>) -> Result<(usize, Vec<f32>)> {
+    let n = bundle.input_count(a.shape())?;
+    let rows = if a.is_standard_layout() {
+        a.into_raw_vec_and_offset().0
+    } else {
+        a.iter().copied().collect()
+    };
+    Ok((n, rows))
+}
 
 /// The per-sample input length, after checking that `x` holds `n` samples.
 pub fn check_input_len(core: &Core, x: &[f32], n: usize) -> Result<usize> {

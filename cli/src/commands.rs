@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use ndarray::Array1;
 
-use crate::batches::{check_input_len, core_features, core_output};
+use crate::batches::{core_features, core_output, inputs_of};
 use crate::bench::BenchArgs;
 use crate::demo::DemoArgs;
 use crate::eval::EvalArgs;
@@ -209,7 +209,7 @@ fn features(g: &Global, args: &FeaturesArgs) -> Result<()> {
         Some(name) if Some(name) == logits => name.clone(),
         other => core.bundle().features(other.as_deref())?.output.clone(),
     };
-    let (n, x) = data::samples_of(data::read_f32(&args.input)?);
+    let (n, x) = inputs_of(core.bundle(), data::read_f32(&args.input)?)?;
     let start = Instant::now();
     let phi = core_output(&core, &x, n, &name)?;
     data::write(&args.out, &phi)?;
@@ -251,7 +251,8 @@ fn bundle_check(g: &Global, dir: &Path) -> Result<()> {
 
 fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
     // Every input is read and checked before the state dir is touched.
-    let (n, x) = data::samples_of(data::read_f32(&args.input)?);
+    let inputs = data::read_f32(&args.input)?;
+    let n = inputs.shape().first().copied().unwrap_or(0);
     let labels: Vec<u32> = data::read_ids(&args.labels)?
         .into_iter()
         .map(|l| {
@@ -279,8 +280,8 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
             "label {l} is out of range: the bundle has {classes} classes"
         )));
     }
+    let (n, x) = inputs_of(&bundle, inputs)?;
     let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
-    check_input_len(&core, &x, n)?;
 
     // Only a successful learn leaves a state dir behind.
     let creation = is_new.then(|| Creation::before(&head.state)).transpose()?;
@@ -346,7 +347,8 @@ fn forget_all(g: &Global, head: &HeadArgs) -> Result<()> {
 
 fn predict(g: &Global, args: &PredictArgs) -> Result<()> {
     let h = args.head.open(g)?;
-    let (n, x) = data::samples_of(data::read_f32(&args.input)?);
+    let bundle = h.core().expect("opened over a core").bundle();
+    let (n, x) = inputs_of(bundle, data::read_f32(&args.input)?)?;
     let (phi, z) = core_features(&h, &x, n)?;
     let logits = h.predict_features(&phi, &z)?;
     match &args.out {
