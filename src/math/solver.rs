@@ -100,87 +100,79 @@ pub fn canonical_with(
     frac_bits: u32,
     kernel: CanonicalKernel,
 ) -> Result<Solution, NotPositiveDefinite> {
-    let mut a = stats.a_f64(lambda, frac_bits);
-    let p = a.nrows();
-    let mut l = Rows::zeros(p, p);
-    for i in 0..p {
-        // Row i of A's lower triangle is column i of its upper one.
-        l.row_mut(i)[..=i].copy_from_slice(&a.col_as_slice(i)[..=i]);
-    }
-    if fixed_order::factor(kernel, &mut l).is_err() {
-        super::stats::scrub(&mut a);
+    // Symmetric A's rows are its columns: the factor replaces them by L's rows, in the upper
+    // triangle (L[i][j] at (j, i)).
+    let mut a = Rows(stats.a_f64(lambda, frac_bits));
+    if fixed_order::factor(kernel, &mut a).is_err() {
+        super::stats::scrub(&mut a.0);
         return Err(NotPositiveDefinite);
     }
-    // A's buffer receives L (every entry is overwritten).
-    store_lower(&l, &mut a);
-
-    let mut b = stats.b_f64(frac_bits);
-    let classes = b.ncols();
-    let mut y = Rows::zeros(classes, p);
-    for c in 0..classes {
-        y.row_mut(c).copy_from_slice(b.col_as_slice(c));
-    }
-    fixed_order::forward_solve(kernel, &l, &mut y);
+    // One right-hand side per column of B, solved in place: Y = L⁻¹ B.
+    let mut y = Rows(stats.b_f64(frac_bits));
+    fixed_order::forward_solve(kernel, &a, &mut y);
 
     // Lᵀ Θ = Y with both index orders reversed is the lower-triangular system
-    // (J Lᵀ J)(J Θ) = J Y (J the reversal), solved by the same forward substitution.
-    reverse_transpose_in_place(&mut l);
-    let mut x = Rows::zeros(classes, p);
-    for c in 0..classes {
-        for (xi, yi) in x.row_mut(c).iter_mut().zip(y.row(c).iter().rev()) {
-            *xi = *yi;
-        }
+    // (J Lᵀ J)(J Θ) = J Y (J the reversal), solved by the same forward substitution. L goes to
+    // the strict lower triangle, where the result keeps it, and the rows of M = J Lᵀ J take the
+    // upper one.
+    let mut l = a.0;
+    mirror_upper_to_lower(&mut l);
+    reverse_transpose_upper(&mut l);
+    let m = Rows(l);
+    for c in 0..y.rows() {
+        y.row_mut(c).reverse();
     }
-    fixed_order::forward_solve(kernel, &l, &mut x);
+    fixed_order::forward_solve(kernel, &m, &mut y);
+    for c in 0..y.rows() {
+        y.row_mut(c).reverse();
+    }
 
-    // B's buffer receives Θ.
-    for c in 0..classes {
-        for (t, xi) in b.col_as_slice_mut(c).iter_mut().zip(x.row(c).iter().rev()) {
-            *t = *xi;
-        }
+    // M's diagonal is L's, reversed; the upper triangle is cleared.
+    let mut l = m.0;
+    let p = l.nrows();
+    for i in 0..p / 2 {
+        let (d, e) = (l[(i, i)], l[(p - 1 - i, p - 1 - i)]);
+        l[(i, i)] = e;
+        l[(p - 1 - i, p - 1 - i)] = d;
     }
-    Ok(Solution { l: a, theta: b })
+    for j in 1..p {
+        l.col_as_slice_mut(j)[..j].fill(0.0);
+    }
+    Ok(Solution { l, theta: y.0 })
 }
 
-/// Side of the square tiles in which the transposes below copy, so that the rows read and the
-/// rows written stay in cache.
+/// Side of the square tiles in which the copies below work, so that the columns read and
+/// written stay in cache.
 const COPY_TILE: usize = 32;
 
-/// Replaces lower-triangular L by J Lᵀ J (J the reversal), also lower-triangular:
-/// M[i][k] = L[p−1−k][p−1−i]. The map (i, k) → (p−1−k, p−1−i) pairs the entries of the lower
-/// triangle, so it is a swap of each pair.
-fn reverse_transpose_in_place(l: &mut Rows) {
-    let p = l.rows();
-    for i0 in (0..p).step_by(COPY_TILE) {
-        for k0 in (0..=i0).step_by(COPY_TILE) {
-            for i in i0..(i0 + COPY_TILE).min(p) {
-                for k in k0..(k0 + COPY_TILE).min(i + 1) {
-                    let (i2, k2) = (p - 1 - k, p - 1 - i);
-                    if (i, k) < (i2, k2) {
-                        let v = l.row(i)[k];
-                        l.row_mut(i)[k] = l.row(i2)[k2];
-                        l.row_mut(i2)[k2] = v;
-                    }
+/// (i, j) ← (j, i) below the diagonal.
+fn mirror_upper_to_lower(m: &mut Mat<f64>) {
+    let p = m.nrows();
+    for j0 in (0..p).step_by(COPY_TILE) {
+        for i0 in (j0..p).step_by(COPY_TILE) {
+            for j in j0..(j0 + COPY_TILE).min(p) {
+                for i in i0.max(j + 1)..(i0 + COPY_TILE).min(p) {
+                    m[(i, j)] = m[(j, i)];
                 }
             }
         }
     }
 }
 
-/// Writes L (row-major, lower triangle) into the column-major `out`, with zeros above the
-/// diagonal.
-fn store_lower(l: &Rows, out: &mut Mat<f64>) {
-    let p = l.rows();
-    for j in 0..p {
-        out.col_as_slice_mut(j)[..j].fill(0.0);
-    }
-    for i0 in (0..p).step_by(COPY_TILE) {
-        for j0 in (0..=i0).step_by(COPY_TILE) {
-            for j in j0..(j0 + COPY_TILE).min(p) {
-                let first = i0.max(j);
-                let last = (i0 + COPY_TILE).min(p);
-                for (i, v) in (first..last).zip(&mut out.col_as_slice_mut(j)[first..last]) {
-                    *v = l.row(i)[j];
+/// Maps the upper triangle (diagonal included) through (r, c) → (p−1−c, p−1−r), which pairs
+/// its entries: the rows of L stored there (L[c][r] at (r, c)) become those of J Lᵀ J.
+fn reverse_transpose_upper(m: &mut Mat<f64>) {
+    let p = m.nrows();
+    for c0 in (0..p).step_by(COPY_TILE) {
+        for r0 in (0..=c0).step_by(COPY_TILE) {
+            for c in c0..(c0 + COPY_TILE).min(p) {
+                for r in r0..(r0 + COPY_TILE).min(c + 1) {
+                    let (r2, c2) = (p - 1 - c, p - 1 - r);
+                    if (r, c) < (r2, c2) {
+                        let v = m[(r, c)];
+                        m[(r, c)] = m[(r2, c2)];
+                        m[(r2, c2)] = v;
+                    }
                 }
             }
         }

@@ -17,6 +17,8 @@
 
 use std::sync::OnceLock;
 
+use faer::Mat;
+
 mod tile;
 #[cfg(target_arch = "x86_64")]
 mod x86;
@@ -153,57 +155,26 @@ fn finish(mut acc: Lanes, x: &[f64], y: &[f64], k0: usize) -> f64 {
     ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))
 }
 
-/// A row-major matrix whose rows start on 64-byte boundaries (one cache line, one AVX-512
-/// register), zeroed when dropped: it holds values derived from the samples.
-pub struct Rows {
-    data: Vec<f64>,
-    /// Offset of row 0 in `data`, for the alignment.
-    start: usize,
-    /// Distance between rows: the columns rounded up to [`LANES`].
-    stride: usize,
-    rows: usize,
-    cols: usize,
-}
+/// A matrix stored by rows, each row a column of a faer matrix: the canonical solve works in
+/// the buffers that hold A and B (symmetric A's rows are its columns) and then L and Θ, without
+/// copies.
+pub struct Rows(pub Mat<f64>);
 
 impl Rows {
-    pub fn zeros(rows: usize, cols: usize) -> Rows {
-        let stride = cols.div_ceil(LANES) * LANES;
-        let data = vec![0.0; rows * stride + LANES];
-        // Alignment only speeds the kernels up; an unaligned start gives the same bits.
-        let start = data.as_ptr().align_offset(64).min(LANES - 1);
-        Rows {
-            data,
-            start,
-            stride,
-            rows,
-            cols,
-        }
-    }
-
     pub fn rows(&self) -> usize {
-        self.rows
+        self.0.ncols()
     }
 
     pub fn cols(&self) -> usize {
-        self.cols
+        self.0.nrows()
     }
 
-    /// Row i (all its columns).
     pub fn row(&self, i: usize) -> &[f64] {
-        let at = self.start + i * self.stride;
-        &self.data[at..at + self.cols]
+        self.0.col_as_slice(i)
     }
 
     pub fn row_mut(&mut self, i: usize) -> &mut [f64] {
-        let at = self.start + i * self.stride;
-        &mut self.data[at..at + self.cols]
-    }
-}
-
-impl Drop for Rows {
-    fn drop(&mut self) {
-        self.data.fill(0.0);
-        std::hint::black_box(&self.data);
+        self.0.col_as_slice_mut(i)
     }
 }
 
@@ -334,9 +305,17 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows) -> Result<(), NonPositivePivot> {
                 let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| a.row((i0 + r).min(p - 1)));
                 // SAFETY: as above.
                 unsafe { K::bulk(&x[..i_end - i0], &rows_from(a, jb), jb, &mut tile) };
-                for i in i0..i_end {
-                    for j in jb..(jb + LANES).min(j_end) {
-                        set_entry(a, i, j, tile[i - i0][j - jb], jb)?;
+                let count = (jb + LANES).min(j_end) - jb;
+                let mut v = [[0.0; TILE_ROWS]; LANES];
+                for (r, i) in (i0..i_end).enumerate() {
+                    for (s, &aij) in a.row(i)[jb..jb + count].iter().enumerate() {
+                        v[s][r] = aij;
+                    }
+                }
+                finish_tile(&tile, a, jb, count, &mut v);
+                for (r, i) in (i0..i_end).enumerate() {
+                    for (s, lij) in a.row_mut(i)[jb..jb + count].iter_mut().enumerate() {
+                        *lij = v[s][r];
                     }
                 }
             }
@@ -349,6 +328,35 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows) -> Result<(), NonPositivePivot> {
 #[inline(always)]
 fn rows_from(m: &Rows, jb: usize) -> [&[f64]; LANES] {
     std::array::from_fn(|s| m.row(if jb + s < m.rows() { jb + s } else { jb }))
+}
+
+/// Finishes the entries of a bulk call past its block's diagonal: for each x row r (an entry
+/// is independent of the other rows') and s = 0..count in order,
+/// `v[s][r] ← (v[s][r] − dot) / m[k0 + s][k0 + s]`, where the dot continues the lanes
+/// `tile[r][s]` with the terms `m[k0 + s][k0 + t] · v[t][r]` for t < s (the entries of the same
+/// row finished before). Every operation on row r is the one [`finish`] would do; the rows go
+/// side by side (SIMD across rows), so that their chains of dependent operations overlap.
+#[inline(always)]
+fn finish_tile(tile: &Tile, m: &Rows, k0: usize, count: usize, v: &mut [[f64; TILE_ROWS]; LANES]) {
+    for s in 0..count {
+        let row = &m.row(k0 + s)[k0..k0 + s + 1];
+        let mut acc = [[0.0; TILE_ROWS]; LANES];
+        for (l, acc_l) in acc.iter_mut().enumerate() {
+            for (r, a) in acc_l.iter_mut().enumerate() {
+                *a = tile[r][s][l];
+            }
+        }
+        for (t, &mt) in row[..s].iter().enumerate() {
+            for r in 0..TILE_ROWS {
+                acc[t][r] = mt.mul_add(v[t][r], acc[t][r]);
+            }
+        }
+        for r in 0..TILE_ROWS {
+            let dot = ((acc[0][r] + acc[1][r]) + (acc[2][r] + acc[3][r]))
+                + ((acc[4][r] + acc[5][r]) + (acc[6][r] + acc[7][r]));
+            v[s][r] = (v[s][r] - dot) / row[s];
+        }
+    }
 }
 
 /// Finishes L[i][j] from the lanes of its dot's first `k0` terms.
@@ -399,11 +407,17 @@ unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows) {
                     std::array::from_fn(|r| yt.row((c0 + r).min(classes - 1)));
                 // SAFETY: the caller guarantees K's features.
                 unsafe { K::bulk(&x[..c_end - c0], &rows_from(m, ib), ib, &mut tile) };
-                for c in c0..c_end {
-                    for i in ib..(ib + LANES).min(i_end) {
-                        let s = finish(tile[c - c0][i - ib], &m.row(i)[..i], &yt.row(c)[..i], ib);
-                        let row = yt.row_mut(c);
-                        row[i] = (row[i] - s) / m.row(i)[i];
+                let count = (ib + LANES).min(i_end) - ib;
+                let mut v = [[0.0; TILE_ROWS]; LANES];
+                for (r, c) in (c0..c_end).enumerate() {
+                    for (s, &b) in yt.row(c)[ib..ib + count].iter().enumerate() {
+                        v[s][r] = b;
+                    }
+                }
+                finish_tile(&tile, m, ib, count, &mut v);
+                for (r, c) in (c0..c_end).enumerate() {
+                    for (s, y) in yt.row_mut(c)[ib..ib + count].iter_mut().enumerate() {
+                        *y = v[s][r];
                     }
                 }
             }
