@@ -2,18 +2,18 @@
 //!
 //! Every entry of L, of Y = L⁻¹B and of Θ = L⁻ᵀY is one dot product of two contiguous rows,
 //! followed by one subtraction and one square root or division. The dot product splits its
-//! terms into [`LANES`] lanes by index (term k goes to lane k mod 8), accumulates each lane in increasing k
-//! with fused multiply-adds starting from +0, and adds the lanes in a fixed tree. Fused
-//! multiply-add, addition, division and square root are correctly rounded in IEEE 754 on every
-//! target, so each entry's bits depend only on its inputs, never on the CPU, the kernel, the
-//! cache sizes or the thread count.
+//! terms into [`LANES`] lanes by index (term k goes to lane k mod 8), accumulates each lane in
+//! increasing k with fused multiply-adds starting from +0, and adds the lanes in a fixed tree.
+//! Fused multiply-add, addition, division and square root are correctly rounded in IEEE 754 on
+//! every target, so each entry's bits depend only on its inputs, never on the CPU, the kernel,
+//! the cache sizes or the thread count.
 //!
 //! The drivers ([`factor`], [`forward_solve`]) visit the entries in blocks for cache reuse, and
-//! hand the bulk of each dot (its first multiple of 8 terms) to a [`CanonicalKernel`] that
-//! computes many lanes at once; the last few terms and the reduction run in shared scalar code.
-//! Splitting a dot at a multiple of 8 leaves every lane's sequence of operations unchanged, so
-//! the blocking changes only speed, and every kernel must give the scalar kernel's bits (the
-//! tests compare them bit for bit).
+//! hand the bulk of each dot (its terms before a multiple of 8) to a [`CanonicalKernel`] that
+//! computes many lanes at once; the remaining terms, the reduction and the division run in
+//! code shared by all kernels. Splitting a dot at a multiple of 8 leaves every lane's sequence
+//! of operations unchanged, so the blocking changes only speed, and every kernel must give the
+//! scalar kernel's bits (the tests compare them bit for bit).
 
 use std::sync::OnceLock;
 
