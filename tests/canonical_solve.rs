@@ -2,7 +2,8 @@
 //! the scalar kernel's bits, and those bits are the ones a plain loop over the documented
 //! formulas gives, on sizes around every block boundary and on ill-conditioned statistics; the
 //! result is a backward-stable solution (checked in double-double arithmetic against Higham's
-//! bounds) and, where A is well conditioned, matches a textbook Cholesky to G1's 1e-9.
+//! bounds) and, where A is well conditioned, matches a textbook Cholesky to G1's 1e-9. The bits
+//! of two fixed cases are pinned, so that a CI run on another CPU checks them across machines.
 
 use faer::Mat;
 use lethe::math::solver::{self, max_solvable_diagonal, CanonicalKernel, Solution};
@@ -314,5 +315,42 @@ fn every_kernel_reports_a_non_positive_pivot() {
             solver::canonical_with(&s, 0.0, FRAC_BITS, kernel).is_err(),
             "{kernel:?}"
         );
+    }
+}
+
+/// SHA-256 of L's and Θ's bits (little-endian f64, column by column).
+fn digest(sol: &Solution) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for m in [&sol.l, &sol.theta] {
+        for b in bits(m) {
+            h.update(b.to_le_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bits of algorithm version 1 on fixed statistics (integers: the same on every machine),
+/// as first computed here: a run on any other CPU (x86-64 with or without AVX2/AVX-512,
+/// aarch64) that gets other bits breaks G7. A deliberate change of the canonical order bumps
+/// `ALGORITHM_VERSION` and re-pins these.
+#[test]
+fn the_bits_of_algorithm_version_1_are_the_same_on_every_machine() {
+    assert_eq!(solver::ALGORITHM_VERSION, 1, "re-pin the digests below");
+    let cases = [
+        (
+            well_conditioned(65, 5),
+            "ff844f9722d8a8b2249e6bd4ef484cca4a1783870bc5ddb50983fdab49d3b200",
+        ),
+        (
+            ill_conditioned(130, 3),
+            "87fa8bc7f9f0bf63b55c5d8a50d24a60fba5d76d584b8a7bec9b919c30ed9ac3",
+        ),
+    ];
+    for ((s, lambda), pinned) in cases {
+        for kernel in CanonicalKernel::available() {
+            let sol = solver::canonical_with(&s, lambda, FRAC_BITS, kernel).unwrap();
+            assert_eq!(digest(&sol), pinned, "{kernel:?}, p = {}", s.dim() + 1);
+        }
     }
 }
