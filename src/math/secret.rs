@@ -77,7 +77,6 @@ impl SecretArray {
     }
 }
 
-
 impl Deref for SecretArray {
     type Target = Array2<f32>;
     fn deref(&self) -> &Array2<f32> {

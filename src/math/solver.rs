@@ -1,21 +1,55 @@
 //! Solving for the head's weights: Θ = [W b]ᵀ = A⁻¹ B with A = L Lᵀ.
 //!
 //! Two paths, one result up to rounding:
-//! - [`canonical`] factors A from the exact integer statistics with a sequential (hence
-//!   deterministic) Cholesky and solves for Θ. It is a pure function of the sample set: two
-//!   heads holding the same samples get bit-identical L and Θ. Cost O(p³ + p²C).
+//! - [`canonical`] factors A from the exact integer statistics and solves for Θ in a fixed
+//!   operation order (DESIGN.md G7): L and Θ are a pure function of the integer statistics,
+//!   λ, the fixed-point scale and [`ALGORITHM_VERSION`]. Two heads holding the same samples
+//!   get bit-identical L and Θ on any CPU, with any kernel and any thread count. Cost
+//!   O(p³ + p²C).
 //! - [`apply`] updates an existing solution for k learned or forgotten samples on the caller's
 //!   path: a rank-k Cholesky update (or downdate) of L and the Newton step
-//!   Θ' = Θ ± A'⁻¹ Xᵀ (T − X Θ). Cost O(k·p² + k·p·C).
+//!   Θ' = Θ ± A'⁻¹ Xᵀ (T − X Θ). Cost O(k·p² + k·p·C). It uses faer, whose SIMD level and
+//!   blocking depend on the CPU, so its bits are not portable; the head serves its result at
+//!   once and restores the canonical solution off the caller's path (see `crate::head::Head`).
 //!
-//! The head serves the result of `apply` at once and restores the canonical solution off the
-//! caller's path (see `crate::head::Head`).
+//! # The canonical order (algorithm version 1)
+//! Every entry is one dot product of two contiguous rows in a fixed order (its terms split
+//! into 8 lanes by index, each lane accumulated in increasing index with `f64::mul_add` from
+//! +0, the lanes added as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7))), then one subtraction and one
+//! square root or division, all correctly rounded IEEE 754 operations:
+//! - A = `ExactStats::a_f64` (each integer rounded to f64 and scaled by 2^(−2F), λ added to
+//!   the diagonal), B = `ExactStats::b_f64`.
+//! - Cholesky, for j = 0..p and i > j:
+//!   `L[j][j] = sqrt(A[j][j] − dot(L[j][..j], L[j][..j]))`,
+//!   `L[i][j] = (A[i][j] − dot(L[i][..j], L[j][..j])) / L[j][j]`.
+//! - Forward substitution, for each class c and i = 0..p:
+//!   `Y[i][c] = (B[i][c] − dot(L[i][..i], Y[..i][c])) / L[i][i]`.
+//! - Back substitution, for each class c and i = p−1 down to 0, the dot's terms taken in
+//!   decreasing k (term t is k = p−1−t):
+//!   `Θ[i][c] = (Y[i][c] − dot(L[k][i], Θ[k][c] for k = p−1, …, i+1)) / L[i][i]`.
+//!
+//! The kernels that compute the dots ([`CanonicalKernel`]: scalar, AVX2, AVX-512) and the cache
+//! blocking change only the speed; the tests compare every kernel's bits to the scalar one's
+//! and to a plain loop over the definitions above. The solve runs on the calling thread.
+//! [`canonical`] uses the fastest kernel the CPU has unless the environment variable
+//! `LETHE_CANONICAL_KERNEL` ([`KERNEL_ENV`]) forces one (see [`CanonicalKernel::selected`]). Any change to these formulas, the lanes, the
+//! reduction tree or the conversion of A and B changes the bits, and must bump
+//! [`ALGORITHM_VERSION`].
+
+mod fixed_order;
 
 use faer::linalg::cholesky::llt;
 use faer::{Accum, Mat, Par};
 
 use super::secret::{SecretMat, SecretScratch};
 use super::stats::ExactStats;
+use fixed_order::Rows;
+pub use fixed_order::{CanonicalKernel, KERNEL_ENV};
+
+/// The version of the canonical solve's operation order (see the module docs). The canonical
+/// bits, and every byte persisted from them, are a function of the integer statistics, the spec
+/// and this number.
+pub const ALGORITHM_VERSION: u32 = 1;
 
 /// The Cholesky factor of A and the weights Θ it gives (both zeroized when dropped).
 #[derive(Clone, PartialEq)]
@@ -48,21 +82,106 @@ pub fn max_solvable_diagonal(lambda: f64, p: usize) -> f64 {
     lambda / (2.0 * bound)
 }
 
-/// The canonical solution for `stats` with ridge `lambda`.
+/// The canonical solution for `stats` with ridge `lambda`, computed by the kernel this
+/// process selected ([`CanonicalKernel::selected`]).
 pub fn canonical(
     stats: &ExactStats,
     lambda: f64,
     frac_bits: u32,
 ) -> Result<Solution, NotPositiveDefinite> {
-    let mut l = stats.a_f64(lambda, frac_bits);
-    cholesky_in_place(&mut l)?;
-    let mut theta = stats.b_f64(frac_bits);
-    solve_in_place(&l, &mut theta);
-    Ok(Solution { l, theta })
+    canonical_with(stats, lambda, frac_bits, CanonicalKernel::selected())
+}
+
+/// [`canonical`] computed by `kernel` (the scalar kernel if this CPU cannot run it): the same
+/// bits whatever the kernel.
+pub fn canonical_with(
+    stats: &ExactStats,
+    lambda: f64,
+    frac_bits: u32,
+    kernel: CanonicalKernel,
+) -> Result<Solution, NotPositiveDefinite> {
+    // Symmetric A's rows are its columns: the factor replaces them by L's rows, in the upper
+    // triangle (L[i][j] at (j, i)).
+    let mut a = Rows(stats.a_f64(lambda, frac_bits));
+    // On failure the partial factor is zeroized when `a` drops.
+    if fixed_order::factor(kernel, &mut a).is_err() {
+        return Err(NotPositiveDefinite);
+    }
+    // One right-hand side per column of B, solved in place: Y = L⁻¹ B.
+    let mut y = Rows(stats.b_f64(frac_bits));
+    fixed_order::forward_solve(kernel, &a, &mut y);
+
+    // Lᵀ Θ = Y with both index orders reversed is the lower-triangular system
+    // (J Lᵀ J)(J Θ) = J Y (J the reversal), solved by the same forward substitution. L goes to
+    // the strict lower triangle, where the result keeps it, and the rows of M = J Lᵀ J take the
+    // upper one.
+    let mut l = a.0;
+    mirror_upper_to_lower(&mut l);
+    reverse_transpose_upper(&mut l);
+    let m = Rows(l);
+    for c in 0..y.rows() {
+        y.row_mut(c).reverse();
+    }
+    fixed_order::forward_solve(kernel, &m, &mut y);
+    for c in 0..y.rows() {
+        y.row_mut(c).reverse();
+    }
+
+    // M's diagonal is L's, reversed; the upper triangle is cleared.
+    let mut l = m.0;
+    let p = l.nrows();
+    for i in 0..p / 2 {
+        let (d, e) = (l[(i, i)], l[(p - 1 - i, p - 1 - i)]);
+        l[(i, i)] = e;
+        l[(p - 1 - i, p - 1 - i)] = d;
+    }
+    for j in 1..p {
+        l.col_as_slice_mut(j)[..j].fill(0.0);
+    }
+    Ok(Solution { l, theta: y.0 })
+}
+
+/// Side of the square tiles in which the copies below work, so that the columns read and
+/// written stay in cache.
+const COPY_TILE: usize = 32;
+
+/// (i, j) ← (j, i) below the diagonal.
+fn mirror_upper_to_lower(m: &mut Mat<f64>) {
+    let p = m.nrows();
+    for j0 in (0..p).step_by(COPY_TILE) {
+        for i0 in (j0..p).step_by(COPY_TILE) {
+            for j in j0..(j0 + COPY_TILE).min(p) {
+                for i in i0.max(j + 1)..(i0 + COPY_TILE).min(p) {
+                    m[(i, j)] = m[(j, i)];
+                }
+            }
+        }
+    }
+}
+
+/// Maps the upper triangle (diagonal included) through (r, c) → (p−1−c, p−1−r), which pairs
+/// its entries: the rows of L stored there (L[c][r] at (r, c)) become those of J Lᵀ J.
+fn reverse_transpose_upper(m: &mut Mat<f64>) {
+    let p = m.nrows();
+    for c0 in (0..p).step_by(COPY_TILE) {
+        for r0 in (0..=c0).step_by(COPY_TILE) {
+            for c in c0..(c0 + COPY_TILE).min(p) {
+                for r in r0..(r0 + COPY_TILE).min(c + 1) {
+                    let (r2, c2) = (p - 1 - c, p - 1 - r);
+                    if (r, c) < (r2, c2) {
+                        let v = m[(r, c)];
+                        m[(r, c)] = m[(r2, c2)];
+                        m[(r2, c2)] = v;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Replaces the symmetric positive definite `a` by its lower Cholesky factor L (strict upper
-/// triangle zeroed), sequentially (deterministic).
+/// triangle zeroed) with faer, sequentially: deterministic on one machine, but not the
+/// canonical order (its bits depend on the CPU).
 pub fn cholesky_in_place(a: &mut Mat<f64>) -> Result<(), NotPositiveDefinite> {
     let p = a.nrows();
     let mut buf = SecretScratch::new(llt::factor::cholesky_in_place_scratch::<f64>(
@@ -86,7 +205,7 @@ pub fn cholesky_in_place(a: &mut Mat<f64>) -> Result<(), NotPositiveDefinite> {
     Ok(())
 }
 
-/// x ← A⁻¹ x using A = L Lᵀ, sequentially (deterministic).
+/// x ← A⁻¹ x using A = L Lᵀ, with faer, sequentially (not the canonical order).
 pub fn solve_in_place(l: &Mat<f64>, x: &mut Mat<f64>) {
     let mut buf = SecretScratch::new(llt::solve::solve_in_place_scratch::<f64>(
         l.nrows(),

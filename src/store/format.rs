@@ -7,7 +7,7 @@ use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 
 use crate::math::samples::SampleRef;
 use crate::math::secret::{SecretMat, Zeroizing};
-use crate::math::solver::Solution;
+use crate::math::solver::{Solution, ALGORITHM_VERSION};
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 
@@ -80,18 +80,36 @@ pub struct Header {
     pub extra: u64,
 }
 
-/// magic[8] version:u32 0:u32 d:u64 C:u64 meta:u64 extra:u64 0[8] xxh3-64(bytes 0..56):u64
+/// magic[8] version:u32 0:u32 d:u64 C:u64 meta:u64 extra:u64 algorithm:u64
+/// xxh3-64(bytes 0..56):u64, where `algorithm` is [`algorithm`]'s word for the file's kind.
 pub fn encode_header(magic: &[u8; 8], h: &Header) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(magic);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    for v in [h.dim as u64, h.classes as u64, h.meta, h.extra, 0] {
+    for v in [
+        h.dim as u64,
+        h.classes as u64,
+        h.meta,
+        h.extra,
+        algorithm(magic),
+    ] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let sum = xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
+}
+
+/// The header's `algorithm` word: in `stats.bin`, the version of the canonical solve that
+/// computed its L and Θ (a reader with another version would hold different bits, DESIGN.md
+/// G7); 0 in the other files.
+fn algorithm(magic: &[u8; 8]) -> u64 {
+    if magic == STATS_MAGIC {
+        ALGORITHM_VERSION as u64
+    } else {
+        0
+    }
 }
 
 /// Checks a header against what the spec and `meta.json` say; returns its `extra`.
@@ -118,6 +136,13 @@ pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<u6
             "format version {version}; this build reads version {FORMAT_VERSION}"
         ));
     }
+    if magic == STATS_MAGIC && u64_at(h, 48) != algorithm(magic) {
+        return Err(format!(
+            "its canonical solution was computed by solver algorithm version {}; this build \
+             computes version {ALGORITHM_VERSION}",
+            u64_at(h, 48)
+        ));
+    }
     let extra = u64_at(h, 40);
     let found = Header {
         dim: u64_at(h, 16) as usize,
@@ -132,7 +157,10 @@ pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<u6
             found.meta, expect.meta
         ));
     }
-    if found != (Header { extra, ..*expect }) || h[12..16] != [0; 4] || h[48..56] != [0; 8] {
+    if found != (Header { extra, ..*expect })
+        || h[12..16] != [0; 4]
+        || u64_at(h, 48) != algorithm(magic)
+    {
         return Err(format!(
             "its header is for d = {}, C = {}; meta.json says d = {}, C = {}",
             found.dim, found.classes, expect.dim, expect.classes

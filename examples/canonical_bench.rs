@@ -1,0 +1,99 @@
+//! The canonical re-solve (fixed operation order, DESIGN.md G7) against faer's sequential
+//! Cholesky and triangular solves on the same statistics, at d = 128, 1280 and 3136 with
+//! C = 100: median times of interleaved runs and their ratios to faer, for each kernel this CPU
+//! runs (the scalar one only where it finishes in reasonable time).
+//!
+//! ```text
+//! cargo run --release --example canonical_bench -- [REPEATS]
+//! ```
+
+use std::time::Instant;
+
+use lethe::math::solver::{self, CanonicalKernel};
+use lethe::math::stats::ExactStats;
+
+const C: usize = 100;
+const LAMBDA: f64 = 1.0;
+const FRAC_BITS: u32 = 16;
+/// The scalar kernel is timed up to this d (it exists to be matched, not to be fast).
+const SCALAR_UP_TO: usize = 1280;
+
+/// Statistics of `n` samples with deterministic features in [−1, 1) and one-hot targets.
+fn stats(d: usize, n: usize) -> ExactStats {
+    let mut s = ExactStats::new(d, C);
+    let one = 1i32 << FRAC_BITS;
+    let mut state = 0x9e3779b97f4a7c15u64 ^ d as u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    };
+    for batch in (0..n).collect::<Vec<_>>().chunks(256) {
+        let q: Vec<i32> = (0..batch.len() * d)
+            .map(|_| (next() * one as f64).round() as i32)
+            .collect();
+        let r: Vec<i32> = batch
+            .iter()
+            .flat_map(|&i| (0..C).map(move |c| if c == i % C { one } else { 0 }))
+            .collect();
+        s.accumulate(&q, &r, one, 1);
+    }
+    s
+}
+
+fn faer_solve(s: &ExactStats) -> f64 {
+    let mut l = s.a_f64(LAMBDA, FRAC_BITS);
+    solver::cholesky_in_place(&mut l).expect("positive definite");
+    let mut theta = s.b_f64(FRAC_BITS);
+    solver::solve_in_place(&l, &mut theta);
+    theta[(0, 0)]
+}
+
+fn canonical_solve(s: &ExactStats, kernel: CanonicalKernel) -> f64 {
+    let sol = solver::canonical_with(s, LAMBDA, FRAC_BITS, kernel).expect("positive definite");
+    sol.theta[(0, 0)]
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    let repeats: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("REPEATS is a number"))
+        .unwrap_or(7);
+    println!(
+        "canonical re-solve vs faer (sequential), C = {C}, median of {repeats} interleaved runs; \
+         kernels here: {:?}",
+        CanonicalKernel::available()
+    );
+    for d in [128, 1280, 3136] {
+        let s = stats(d, (2 * d).min(2048));
+        let kernels: Vec<CanonicalKernel> = CanonicalKernel::available()
+            .into_iter()
+            .filter(|&k| k != CanonicalKernel::Scalar || d <= SCALAR_UP_TO)
+            .collect();
+        let mut faer = Vec::new();
+        let mut ours = vec![Vec::new(); kernels.len()];
+        for _ in 0..repeats {
+            let t = Instant::now();
+            std::hint::black_box(faer_solve(&s));
+            faer.push(t.elapsed().as_secs_f64());
+            for (k, times) in kernels.iter().zip(&mut ours) {
+                let t = Instant::now();
+                std::hint::black_box(canonical_solve(&s, *k));
+                times.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let faer = median(faer);
+        print!("d = {d:4}: faer {:8.2} ms", faer * 1e3);
+        for (k, times) in kernels.iter().zip(ours) {
+            let t = median(times);
+            print!(" | {} {:8.2} ms = {:.2}× faer", k.name(), t * 1e3, t / faer);
+        }
+        println!();
+    }
+}
