@@ -361,6 +361,7 @@ impl Head {
                 if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
                     return Err(Error::Id(format!("id {id} is already learned")));
                 }
+                check_solvable(spec, &st.stats, &q)?;
                 let samples: Vec<SampleRef<'_>> = (0..k)
                     .map(|s| SampleRef {
                         id: ids[s],
@@ -414,6 +415,8 @@ impl Head {
         st.stats.accumulate(q, r, one, sign);
         st.version += 1;
         let st = &mut *st;
+        // The change is committed: the solves below cannot fail, since a learn was checked
+        // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
         if self.worker.is_none() {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
@@ -668,6 +671,22 @@ fn check_recorded(spec: &HeadSpec, options: &HeadOptions, dir: &Path) -> Result<
     }
     if let Some(s) = options.target_scale.filter(|s| *s != spec.target_scale) {
         return conflict("target scale", spec.target_scale.to_string(), s.to_string());
+    }
+    Ok(())
+}
+
+/// Refuses a learn after which the canonical solve could fail: the largest diagonal entry of
+/// A must stay within [`solver::max_solvable_diagonal`] (forgetting only lowers it). Checked
+/// before anything is stored, so a head can never hold samples it cannot solve for.
+fn check_solvable(spec: &HeadSpec, stats: &ExactStats, q: &[i32]) -> Result<()> {
+    let unit = (-2.0 * spec.fixed.frac_bits as f64).exp2();
+    let largest = stats.max_diagonal_with(q, spec.fixed.one()) as f64 * unit + spec.lambda;
+    let bound = solver::max_solvable_diagonal(spec.lambda, spec.dim + 1);
+    if largest > bound {
+        return Err(Error::Limit(format!(
+            "learning these samples would make the largest diagonal entry of A {largest:e},              beyond {bound:e}, the most for which the solve is certain to succeed at lambda = {}:              use a larger lambda, or smaller features",
+            spec.lambda
+        )));
     }
     Ok(())
 }
