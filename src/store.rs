@@ -257,7 +257,7 @@ impl Store {
             let store = Store::create(dir, bundle_name, core_sha256, requested)?;
             return Ok((store, None));
         }
-        let meta_bytes = dir.open_file(META)?.expect("checked").read_all()?;
+        let meta_bytes = open_part(&dir, META)?.read_all()?;
         let meta = Meta::parse(&meta_bytes).map_err(|m| corrupt(path, META, m))?;
         let spec = meta.head.clone();
         let header = Header {
@@ -1459,7 +1459,9 @@ fn looks_like_a_state_dir(dir: &Dir) -> Result<bool> {
         if dir.kind(OsStr::new(name))? != Some(Kind::Own) {
             continue;
         }
-        let f = dir.open_file(name)?.expect("present");
+        let Some(f) = dir.open_file(name)? else {
+            continue;
+        };
         let mut magic = [0u8; 8];
         if f.read_at(&mut magic, 0).is_ok() && MAGICS.contains(&&magic) {
             return Ok(true);
