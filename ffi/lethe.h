@@ -622,6 +622,25 @@ lethe_status lethe_head_forget(struct lethe_head *head, const uint64_t *ids, siz
 lethe_status lethe_head_forget_all(struct lethe_head *head);
 
 /**
+ * Erases the state dir `state_dir` whatever its state (corrupt, of another version, left by a
+ * crash, on a full disk), without opening a head: every file of Lethe's in it is overwritten
+ * with zeros, synced and removed, then the folder itself if it is left empty. Needs no free
+ * disk space. Links are never followed: a name that is a link (or a file with other names, or
+ * another user's) is removed without being written, so what it points to is untouched. Other
+ * files are left in place. A folder that does not exist is nothing to erase (LETHE_OK).
+ *
+ * Thread-safe. Fails, changing nothing, while a head (in any process) has the state dir open:
+ * use lethe_head_forget_all there.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_STATE (open elsewhere, or a folder
+ * that does not look like a state dir); LETHE_ERROR_IO.
+ *
+ * # Safety
+ * `state_dir` must be a NUL-terminated path.
+ */
+lethe_status lethe_state_erase(const char *state_dir);
+
+/**
  * Predicts n samples: writes their logits, n rows of C floats (row-major), to `logits`, which
  * holds `logits_len` floats (at least n * C). Inputs as for lethe_head_learn. `inputs` and
  * `logits` must not overlap. If `logits_needed` is not NULL, `*logits_needed` receives n * C on

@@ -47,6 +47,7 @@ use crate::core::{Core, CoreOptions};
 use crate::error::Error;
 use crate::head::{Head, HeadOptions};
 use crate::placement::{Backend, BackendOptions, Placement};
+use crate::store::erase;
 
 /// The major version of this header (0 for 0.1.0).
 pub const LETHE_VERSION_MAJOR: u32 = 0;
@@ -1350,6 +1351,29 @@ pub unsafe extern "C" fn lethe_head_forget(
 pub extern "C" fn lethe_head_forget_all(head: *mut lethe_head) -> lethe_status {
     boundary!("lethe_head_forget_all", [head], {
         with_head(head, |h| Ok(h.forget_all()?))
+    })
+}
+
+/// Erases the state dir `state_dir` whatever its state (corrupt, of another version, left by a
+/// crash, on a full disk), without opening a head: every file of Lethe's in it is overwritten
+/// with zeros, synced and removed, then the folder itself if it is left empty. Needs no free
+/// disk space. Links are never followed: a name that is a link (or a file with other names, or
+/// another user's) is removed without being written, so what it points to is untouched. Other
+/// files are left in place. A folder that does not exist is nothing to erase (LETHE_OK).
+///
+/// Thread-safe. Fails, changing nothing, while a head (in any process) has the state dir open:
+/// use lethe_head_forget_all there.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_STATE (open elsewhere, or a folder
+/// that does not look like a state dir); LETHE_ERROR_IO.
+///
+/// # Safety
+/// `state_dir` must be a NUL-terminated path.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_state_erase(state_dir: *const c_char) -> lethe_status {
+    boundary!("lethe_state_erase", [state_dir], {
+        erase(&path_arg(state_dir))?;
+        Ok(())
     })
 }
 

@@ -3,84 +3,122 @@
 //!
 //! # Files
 //! All integers are little-endian; every binary file starts with a 64-byte header (magic,
-//! format version, d, C, the xxh3-64 of `meta.json`, one file-specific word, and an xxh3-64 of
+//! format version, d, C, the xxh3-64 of `meta.json`, two file-specific words, and an xxh3-64 of
 //! the header), so a file from another head or a damaged header is detected at once.
 //! - `meta.json`: format, version, the bundle's name and core sha256, and the head's spec.
 //!   Written once, when the state dir is created; its checksum is in every other header.
 //! - `samples.bin`: the header, then one fixed-size slot per sample:
 //!   `id:u64 seq:u64 label:u32 0:u32 q:[i32; d] r:[i32; C] xxh3-64(record):u64`, where `seq`
 //!   is the journal entry of the learn that wrote the record (0 once compacted). A free slot is
-//!   all zeros. While the head is open, learn fills free slots (or appends) and forget zeroes
-//!   slots in place; a closed state dir holds exactly the live samples, sorted by id.
+//!   all zeros or a tombstone (`src/store/format.rs`): the record a forget leaves, which holds
+//!   nothing of the sample but the seq of the forget's entry. While the head is open, learn
+//!   fills free slots (or appends) and forget overwrites slots with tombstones in place; a
+//!   closed state dir holds exactly the live samples, sorted by id.
 //! - `stats.bin` (only while closed): the exact statistics A and B (i128), the canonical
 //!   Cholesky factor L and weights Θ (f64), a digest of `samples.bin` (xxh3-128 over its header
 //!   and its records' checksums) and an xxh3-128 of the whole file. It makes opening cheap: no
 //!   O(n·d²) recomputation and no O(p³) factorization.
 //! - `journal` (only while open, or after a crash): the commit log of changes since the state
-//!   dir was last compacted, slot numbers only: no sample bytes, no ids (format in
-//!   `src/store/journal.rs`). It grows by 64 + 16·k bytes per call of k samples until the next
-//!   close.
-//! - `lock`: an empty file, locked (`flock`) while a head has the state dir open.
+//!   dir was last compacted or checkpointed, slot numbers only: no sample bytes, no ids (format
+//!   in `src/store/journal.rs`). It grows by 64 + 16·k bytes per call of k samples; after
+//!   [`CHECKPOINT_ENTRIES`] entries or [`CHECKPOINT_BYTES`] bytes it is checkpointed (below),
+//!   so its size and the time to replay it stay bounded for a head that is never closed.
 //!
-//! The dir is created 0700 and its files 0600. A closed state dir is a pure function of its
-//! sample set (G2): `samples.bin` holds the live records in id order, `stats.bin` the exact sums
-//! and the canonical solution, and no file's size depends on how many samples there once were.
+//! The dir is created 0700 (its parent synced, so that it survives a power loss) and its files
+//! 0600. A closed state dir is a pure function of its sample set (G2): `samples.bin` holds the
+//! live records in id order, `stats.bin` the exact sums and the canonical solution, and no
+//! file's size depends on how many samples there once were.
 //!
-//! # Protocol
-//! One sync of the journal commits each call (G3); sample bytes are zeroed in place before a
-//! forget returns (G4):
-//! - first change after opening a closed dir: create the journal (base = the slot count) and
-//!   sync it and the dir; then retire `stats.bin`, whose sums depend on every sample: rename it
-//!   to `stats.bin.old`, sync the dir, zero it, sync, remove it, sync the dir.
-//! - learn: write the records into free slots, sync `samples.bin`; append the entry, sync
-//!   (commit).
-//! - forget: read and check the records; append the entry, sync (commit); zero the records,
-//!   sync `samples.bin`; return.
-//! - forget-all: append the entry, sync (commit); zero every record, sync; truncate
-//!   `samples.bin` to its header, sync; replace the journal by a fresh one (base 0) through
-//!   `journal.tmp` and a rename. The state dir is then exactly a freshly created one.
+//! # Links, owners and locks
+//! Every file is opened relative to the dir's descriptor, by name, without following links,
+//! and must be a regular file with one name owned by this process's user; anything else under
+//! one of Lethe's names is refused with an error that names it, and nothing is read through it,
+//! written or scrubbed (see `src/store/io.rs`). A head locks the dir itself (`flock` on its
+//! descriptor), which, unlike a lock file, cannot be deleted or swapped while held; earlier
+//! versions' `lock` file is removed when found.
+//!
+//! # Commit points
+//! Each call has one commit point, a single sync. An error before it means nothing changed, in
+//! memory or on disk (what the call had written is undone first); from it on the call returns
+//! OK, and the work that follows (zeroing, compaction, removing leftovers) is maintenance: when
+//! it fails it is logged with `tracing` and retried before the next call, at close, or at the
+//! next open, never reported as the call's failure.
+//! - first change after opening a closed dir (before the call's own commit): create the journal
+//!   (base = the slot count) and sync it and the dir; then retire `stats.bin`, whose sums depend
+//!   on every sample: rename it to `stats.bin.old`, sync the dir, zero it, sync, remove it, sync
+//!   the dir.
+//! - learn: write the records into free slots, sync `samples.bin`; append the entry and sync
+//!   it: **commit**. Before the commit, a failure zeroes the records written (they were free
+//!   slots) and cuts a partly written entry off the journal, both synced.
+//! - forget: read and check the records; append the entry and sync it: **commit**; then
+//!   overwrite the records with tombstones and sync `samples.bin` (G4: when the disk works, the
+//!   bytes are gone when forget returns; if this fails it is retried before the next call, and
+//!   close and recovery rewrite every released slot anyway).
+//! - forget-all: rename `samples.bin` to `samples.bin.forgotten` and sync the dir: **commit**.
+//!   Then zero the forgotten samples in place, sync, truncate them to nothing; scrub every other
+//!   file but `meta.json` the same way; create a fresh `samples.bin` and journal and sync them
+//!   and the dir; remove `samples.bin.forgotten`, sync the dir. The state dir is then exactly a
+//!   freshly created one. Forget-all depends on nothing it erases, so it runs even after an
+//!   earlier failure, and it needs no free space: each file it writes (two headers) is smaller
+//!   than what it freed first.
 //! - close (compaction): write `samples.bin.tmp` (the live records sorted by id; never a
-//!   forgotten one) and `stats.bin.tmp`, sync both; hard-link `samples.bin` to
-//!   `samples.bin.old` and sync the dir, so the old copy keeps a name until it is scrubbed;
-//!   rename `stats.bin.tmp` to `stats.bin`, sync the dir (commit: the dir is closed); rename
-//!   `samples.bin.tmp` to `samples.bin`, sync the dir; zero the old copy, sync, remove its
-//!   name; zero and remove the journal; sync the dir.
+//!   forgotten one) and `stats.bin.tmp`, sync both; rename `stats.bin.tmp` to `stats.bin`, sync
+//!   the dir: **commit** (the dir is closed). Then rename `samples.bin` to `samples.bin.old` and
+//!   `samples.bin.tmp` to `samples.bin`, sync the dir; scrub `samples.bin.old` and the journal,
+//!   sync the dir. A failure before the commit removes `stats.bin` and the temporary files, so
+//!   the journal stays what recovery reads.
+//! - checkpoint (after a call, when the journal is due): write `journal.tmp` (base = the slot
+//!   count, first seq = the next one, one forget entry listing the free slots), sync it; rename
+//!   it to `journal`, sync the dir: **commit**; zero the old journal through its descriptor.
+//!   Live records keep the seq of the learn that wrote them, which is below the new journal's
+//!   first seq, so nothing in `samples.bin` is rewritten.
+//! - creation: write `samples.bin` and the journal (headers only) and `meta.json.tmp`, sync
+//!   them, rename `meta.json.tmp` to `meta.json`, sync the dir: **commit**.
 //!
-//! Any I/O error during a change leaves the store refusing further changes until it is
-//! reopened (after a failed sync the kernel's view of the file can no longer be trusted, and the
-//! change may or may not be committed); the head keeps serving the state before the call, and
-//! the next open recovers exactly the committed state.
+//! When an error leaves the outcome unknown (the commit's sync failed, and so did undoing it),
+//! the store refuses changes but forget-all until it is reopened, and the next open decides:
+//! the call then either fully happened or not at all, as after a crash.
 //!
 //! # Opening and recovery
+//! Before anything is written, every one of Lethe's names in the dir is checked (above), and
+//! `meta.json` against the bundle. Then leftovers are scrubbed first, before anything new is
+//! written, so that a full disk does not stop recovery.
+//! - With `samples.bin.forgotten`: a forget-all committed; it is finished as above.
 //! - With `stats.bin`: the dir was closed (or a close had committed). `stats.bin` and
 //!   `samples.bin` are checked completely (every record's checksum, ids strictly increasing,
-//!   the digest, the sizes); a `samples.bin.tmp` that matches the digest is renamed into place
-//!   (a close that crashed after its commit). Leftover files are scrubbed. Cost: one pass over
-//!   `samples.bin` (xxh3 runs at memory speed) and a read of `stats.bin`; rows stay on disk,
-//!   only an index id → (slot, label) is kept in memory.
+//!   the digest, the sizes); a `samples.bin.tmp` that matches the digest is moved into place (a
+//!   close that crashed after its commit). Cost: one pass over `samples.bin` (xxh3 runs at
+//!   memory speed) and a read of `stats.bin`; rows stay on disk, only an index id → (slot,
+//!   label) is kept in memory.
 //! - Without `stats.bin`: a crash while open. Replay the journal from its base (slots
-//!   `0..base` live; learn adds slots, forget removes them, forget-all clears them); a torn
-//!   last entry is not committed. Every live slot must hold a valid record with a distinct id,
-//!   written by the entry that made the slot live. A free slot that is not zero must be what a
-//!   crash can leave there: a record of the call in flight (seq = the next entry), torn or
-//!   whole, or a record the last entry released before its zeroing finished; it is zeroed and
-//!   synced. Anything else means a damaged or cut journal. Then the statistics are recomputed
-//!   (reporting progress as `tracing` events) and the dir is compacted as by close.
+//!   `0..base` live; learn adds slots, forget removes them); a torn last entry is not
+//!   committed. Every live slot must hold a valid record with a distinct id, written by the
+//!   entry that made the slot live (or before the journal). A free slot that is not zero must
+//!   be what a crash can leave there: a record of the call in flight (seq = the next entry),
+//!   torn or whole; a released record whose overwriting had not finished; or a tombstone of an
+//!   entry the journal has. Anything else means a damaged or cut journal, and so does a
+//!   tombstone in a live slot: a cut that loses any entry but a last learn is detected. Stale
+//!   records are zeroed and synced, the statistics recomputed (reporting progress as `tracing`
+//!   events) and the dir compacted as by close; if compacting fails (a full disk), the head
+//!   opens on the journal and compacts at close.
 //!
 //! Every inconsistency is an [`Error::State`] that names the file; nothing is ever repaired by
-//! dropping samples.
+//! dropping samples. A state dir that cannot be opened for any reason can still be erased
+//! ([`erase`]).
 //!
-//! `src/store/tests.rs` makes every step of every call fail, crash, or lose power (see
-//! `src/store/io.rs`), and checks that reopening gives exactly the state before or after.
+//! `src/store/tests.rs` makes every step of every call fail, crash, lose power (with partial
+//! and torn writes) or run out of space (see `src/store/io.rs`), and checks that reopening
+//! gives exactly the state before or after, before exactly when the call returned an error.
 //!
 //! # Not covered
 //! Checksums detect corruption and accidental modification; they are not a MAC: whoever can
 //! write the state dir can also rewrite it consistently. A journal cut exactly after an entry,
 //! with a learn as the only entry lost, looks like a crash before that learn was committed and
-//! recovers without it (any other lost entry is detected). Zeroing overwrites the file's blocks
-//! as the file system sees them; on copy-on-write file systems (btrfs, ZFS, APFS) and behind a
-//! flash translation layer the old physical copy may survive until reused, which only
-//! full-disk encryption addresses.
+//! recovers without it; so does a cut that loses a forget whose tombstones never reached the
+//! disk (a forget whose overwriting failed and was still pending). Zeroing overwrites the
+//! file's blocks as the file system sees them; on copy-on-write file systems (btrfs, ZFS, APFS)
+//! and behind a flash translation layer the old physical copy may survive until reused, which
+//! only full-disk encryption addresses.
 //!
 //! The store reads `samples.bin` with `pread` rather than a memory map: a map would save about
 //! 15 ms at n = 50 000, d = 1280, but another process truncating the file would then kill the
@@ -93,9 +131,8 @@ mod journal;
 mod tests;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions, TryLockError};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::ffi::OsStr;
+use std::path::Path;
 
 use xxhash_rust::xxh3::xxh3_64;
 use zeroize::{DefaultIsZeroes, Zeroize};
@@ -106,27 +143,34 @@ use crate::math::solver::{self, Solution};
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 use format::{
-    decode_rows, encode_header, encode_record, encode_stats, parse_header, parse_record,
-    parse_stats, record_len, restamp, Header, Meta, SamplesDigest, Slot, HEADER_LEN, SAMPLES_MAGIC,
+    decode_rows, encode_header, encode_record, encode_stats, encode_tombstone, parse_header,
+    parse_record, parse_stats, record_len, restamp, Header, Meta, SamplesDigest, Slot, HEADER_LEN,
+    JOURNAL, JOURNAL_MAGIC, JOURNAL_TMP, LEFTOVERS, LOCK, META, META_TMP, NAMES, SAMPLES,
+    SAMPLES_FORGOTTEN, SAMPLES_MAGIC, SAMPLES_OLD, SAMPLES_TMP, STATS, STATS_MAGIC, STATS_OLD,
+    STATS_TMP,
 };
-use io::StoreFile;
+use io::{Dir, Foreign, Kind, StoreFile};
 use journal::{Journal, Op};
 
-const META: &str = "meta.json";
-const META_TMP: &str = "meta.json.tmp";
-const SAMPLES: &str = "samples.bin";
-const SAMPLES_TMP: &str = "samples.bin.tmp";
-const SAMPLES_OLD: &str = "samples.bin.old";
-const STATS: &str = "stats.bin";
-const STATS_TMP: &str = "stats.bin.tmp";
-const STATS_OLD: &str = "stats.bin.old";
-const JOURNAL: &str = "journal";
-const JOURNAL_TMP: &str = "journal.tmp";
-const LOCK: &str = "lock";
 /// Records per read when scanning `samples.bin`.
 const SCAN_BATCH: usize = 256;
 /// Records per batch handed to a caller of [`Store::for_each_batch`].
 const ROW_BATCH: usize = 1024;
+/// Journal entries after which it is checkpointed.
+pub const CHECKPOINT_ENTRIES: u64 = 1024;
+/// Journal bytes after which it is checkpointed.
+pub const CHECKPOINT_BYTES: u64 = 1 << 20;
+
+#[cfg(not(test))]
+fn checkpoint_entries() -> u64 {
+    CHECKPOINT_ENTRIES
+}
+
+/// Tests checkpoint sooner, to reach every step of a checkpoint quickly.
+#[cfg(test)]
+fn checkpoint_entries() -> u64 {
+    tests::CHECKPOINT_EVERY.with(std::cell::Cell::get)
+}
 
 /// What an existing state dir held besides its samples.
 pub struct Loaded {
@@ -135,11 +179,28 @@ pub struct Loaded {
     pub solution: Solution,
 }
 
+/// Work left by a call that committed but whose maintenance failed (see the module docs).
+#[derive(Default)]
+struct Pending {
+    /// Released slots not overwritten yet, with the entry that released them.
+    scrub: Vec<(u64, u64)>,
+    /// A committed forget-all whose fresh files are not all in place: changes wait for it.
+    forget_all: bool,
+    /// A committed compaction whose `samples.bin.tmp` is not renamed into place yet: changes
+    /// wait for it.
+    compaction: bool,
+    /// A renamed journal whose dir sync failed: changes wait for it.
+    sync_dir: bool,
+    /// Leftover files to scrub.
+    leftovers: bool,
+}
+
 /// An open state dir: the index of its samples in memory, their rows in `samples.bin`.
 pub struct Store {
-    dir: PathBuf,
+    /// Holds the lock while the store lives.
+    dir: Dir,
     spec: HeadSpec,
-    /// What every header of this state dir says (`extra` = 0).
+    /// What every header of this state dir says (`extra` and `seq` = 0).
     header: Header,
     samples: StoreFile,
     /// id → (slot, label) of every live sample.
@@ -150,9 +211,17 @@ pub struct Store {
     slots: u64,
     /// Present while the state dir has changes not compacted yet.
     journal: Option<Journal>,
-    /// Why changes are refused (an I/O error during an earlier change).
+    pending: Pending,
+    /// Why changes (but forget-all) are refused: an error left the outcome of a call unknown.
     poisoned: Option<String>,
-    _lock: File,
+}
+
+/// How a failed commit ended.
+enum Failed {
+    /// The entry is not committed, on disk or in memory.
+    Undone(Error),
+    /// Whether it is committed is unknown until the next open (the store is poisoned).
+    Unknown(Error),
 }
 
 impl Store {
@@ -161,48 +230,51 @@ impl Store {
     /// dir keeps the spec it was created with. Returns what it held, or `None` when it was
     /// created.
     pub fn open(
-        dir: &Path,
+        path: &Path,
         bundle_name: &str,
         core_sha256: &str,
         requested: &HeadSpec,
         create: bool,
     ) -> Result<(Store, Option<Loaded>)> {
-        if !create && !dir.join(META).is_file() {
+        let not_yet = |why: &str| {
+            Error::state(
+                path,
+                format!("is not a state dir ({why}); only a learn creates one"),
+            )
+        };
+        let dir = Dir::open(path, create)?.ok_or_else(|| not_yet("it does not exist"))?;
+        if !dir.try_lock()? {
             return Err(Error::state(
-                dir,
-                format!("is not a state dir (it has no {META}); only a learn creates one"),
+                path,
+                "is open in another process or head (the state dir is locked)",
             ));
         }
-        prepare_dir(dir)?;
-        let meta_path = dir.join(META);
-        if !meta_path.exists() {
-            check_creatable(dir)?;
-        }
-        let lock = lock(dir)?;
-        if !meta_path.exists() {
-            check_creatable(dir)?;
-            let store = Store::create(dir, bundle_name, core_sha256, requested, lock)?;
+        inspect(&dir)?;
+        if !dir.has(META)? {
+            if !create {
+                return Err(not_yet(&format!("it has no {META}")));
+            }
+            check_creatable(&dir)?;
+            let store = Store::create(dir, bundle_name, core_sha256, requested)?;
             return Ok((store, None));
         }
-        let meta_bytes = fs::read(&meta_path).map_err(|e| Error::io(&meta_path, e))?;
-        let meta = Meta::parse(&meta_bytes).map_err(|m| corrupt(dir, META, m))?;
+        let meta_bytes = open_part(&dir, META)?.read_all()?;
+        let meta = Meta::parse(&meta_bytes).map_err(|m| corrupt(path, META, m))?;
         let spec = meta.head.clone();
         let header = Header {
             dim: spec.dim,
             classes: spec.num_classes(),
             meta: xxh3_64(&meta_bytes),
             extra: 0,
+            seq: 0,
         };
-        // Every file records meta.json's checksum: check it before trusting what meta.json says.
-        let mut head = [0u8; HEADER_LEN];
-        let samples = open_part(dir, SAMPLES)?;
-        let read = samples.read_at(&mut head, 0).map(|_| head.as_slice());
-        parse_header(read.unwrap_or(&[]), SAMPLES_MAGIC, &header)
-            .map_err(|m| corrupt(dir, SAMPLES, m))?;
-        drop(samples);
+        let forgotten = dir.has(SAMPLES_FORGOTTEN)?;
+        if !forgotten {
+            check_tied(&dir, &header)?;
+        }
         if meta.core_sha256 != core_sha256 || meta.bundle_name != bundle_name {
             return Err(Error::state(
-                dir,
+                path,
                 format!(
                     "belongs to bundle {:?} (core sha256 {}), not to {bundle_name:?} (core sha256 \
                      {core_sha256})",
@@ -210,97 +282,121 @@ impl Store {
                 ),
             ));
         }
-        if dir.join(STATS).exists() {
-            Store::open_closed(dir, spec, header, lock)
+        if forgotten {
+            tracing::info!("state dir {}: finishing a forget-all", path.display());
+            let (samples, journal) = finish_forget_all(&dir, &header)?;
+            let store = Store::new(dir, spec, header, samples, Some(journal));
+            let loaded = store.empty_loaded()?;
+            return Ok((store, Some(loaded)));
+        }
+        if dir.has(STATS)? {
+            Store::open_closed(dir, spec, header)
         } else {
-            Store::recover(dir, spec, header, lock)
+            Store::recover(dir, spec, header)
         }
         .map(|(store, loaded)| (store, Some(loaded)))
     }
 
-    fn create(
-        dir: &Path,
-        bundle_name: &str,
-        core_sha256: &str,
-        spec: &HeadSpec,
-        lock: File,
-    ) -> Result<Store> {
+    /// A store over `samples` with no sample yet.
+    fn new(
+        dir: Dir,
+        spec: HeadSpec,
+        header: Header,
+        samples: StoreFile,
+        journal: Option<Journal>,
+    ) -> Store {
+        Store {
+            dir,
+            index: SampleIndex::new(spec.num_classes()),
+            spec,
+            header,
+            samples,
+            free: Vec::new(),
+            slots: 0,
+            journal,
+            pending: Pending::default(),
+            poisoned: None,
+        }
+    }
+
+    /// The statistics and solution of no sample.
+    fn empty_loaded(&self) -> Result<Loaded> {
+        let stats = ExactStats::new(self.header.dim, self.header.classes);
+        let solution = self.solve(&stats)?;
+        Ok(Loaded { stats, solution })
+    }
+
+    fn solve(&self, stats: &ExactStats) -> Result<Solution> {
+        solver::canonical(stats, self.spec.lambda, self.spec.fixed.frac_bits).map_err(|_| {
+            Error::Limit(format!(
+                "A is not numerically positive definite at lambda = {}: the state dir was \
+                 written by a version that did not check this; erase it",
+                self.spec.lambda
+            ))
+        })
+    }
+
+    fn create(dir: Dir, bundle_name: &str, core_sha256: &str, spec: &HeadSpec) -> Result<Store> {
         let meta_bytes = Meta::new(bundle_name, core_sha256, spec).encode();
         Meta::parse(&meta_bytes).map_err(|m| {
             Error::InvalidInput(format!("cannot create a state dir for this head: {m}"))
         })?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| Error::io(dir, e))?;
+        dir.make_private()?;
         let header = Header {
             dim: spec.dim,
             classes: spec.num_classes(),
             meta: xxh3_64(&meta_bytes),
             extra: 0,
+            seq: 0,
         };
         // Leftovers of an interrupted creation hold no samples: they are overwritten.
-        let samples = write_new(&dir.join(SAMPLES), &encode_header(SAMPLES_MAGIC, &header))?;
-        let journal = Journal::create(&dir.join(JOURNAL), &header)?;
-        write_new(&dir.join(META_TMP), &meta_bytes)?;
-        io::rename(&dir.join(META_TMP), &dir.join(META))?;
-        io::sync_dir(dir)?;
-        Ok(Store {
-            dir: dir.to_path_buf(),
-            spec: spec.clone(),
+        let (samples, journal) = fresh_files(&dir, &header)?;
+        dir.write_new(META_TMP, &meta_bytes)?;
+        dir.rename(META_TMP, META)?;
+        dir.sync()?;
+        Ok(Store::new(
+            dir,
+            spec.clone(),
             header,
             samples,
-            index: SampleIndex::new(spec.num_classes()),
-            free: Vec::new(),
-            slots: 0,
-            journal: Some(journal),
-            poisoned: None,
-            _lock: lock,
-        })
+            Some(journal),
+        ))
     }
 
     /// Opens a state dir that has `stats.bin` (closed, or a close had committed).
-    fn open_closed(
-        dir: &Path,
-        spec: HeadSpec,
-        header: Header,
-        lock: File,
-    ) -> Result<(Store, Loaded)> {
-        let stats_bytes = Scratch(StoreFile::open(&dir.join(STATS))?.read_all()?);
+    fn open_closed(dir: Dir, spec: HeadSpec, header: Header) -> Result<(Store, Loaded)> {
+        let path = dir.path().to_path_buf();
+        let stats_file = dir
+            .open_file(STATS)?
+            .ok_or_else(|| Error::state(&path, format!("{STATS} vanished")))?;
+        let stats_bytes = Scratch(stats_file.read_all()?);
         let stored = parse_stats(&stats_bytes, &header, spec.fixed.one())
-            .map_err(|m| corrupt(dir, STATS, m))?;
+            .map_err(|m| corrupt(&path, STATS, m))?;
         let n = stored.stats.n();
-        let tmp = dir.join(SAMPLES_TMP);
-        let rolled = match tmp.exists() {
-            true => StoreFile::open(&tmp)
+        let rolled = match dir.open_file(SAMPLES_TMP)? {
+            Some(f) => scan_closed(&f, &header, n, stored.samples_digest)
                 .ok()
-                .and_then(|f| scan_closed(&f, &header, n, stored.samples_digest).ok()),
-            false => None,
+                .map(|index| (f, index)),
+            None => None,
         };
-        let index = match rolled {
-            Some(index) => {
-                io::rename(&tmp, &dir.join(SAMPLES))?;
-                io::sync_dir(dir)?;
-                index
-            }
+        let (samples, index, rolled) = match rolled {
+            Some((f, index)) => (f, index, true),
             None => {
-                let f = StoreFile::open(&dir.join(SAMPLES))?;
-                scan_closed(&f, &header, n, stored.samples_digest)
-                    .map_err(|m| corrupt(dir, SAMPLES, m))?
+                let f = open_part(&dir, SAMPLES)?;
+                let index = scan_closed(&f, &header, n, stored.samples_digest)
+                    .map_err(|m| corrupt(&path, SAMPLES, m))?;
+                (f, index, false)
             }
         };
-        let samples = StoreFile::open(&dir.join(SAMPLES))?;
-        tidy(dir, &samples, true)?;
-        let store = Store {
-            dir: dir.to_path_buf(),
-            spec,
-            header,
-            samples,
-            index,
-            free: Vec::new(),
-            slots: n,
-            journal: None,
-            poisoned: None,
-            _lock: lock,
-        };
+        let mut store = Store::new(dir, spec, header, samples, None);
+        store.index = index;
+        store.slots = n;
+        if rolled {
+            // A close that crashed after its commit: finish it.
+            store.pending.compaction = true;
+            store.finish_compaction()?;
+        }
+        tidy(&store.dir, true)?;
         let loaded = Loaded {
             stats: stored.stats,
             solution: stored.solution,
@@ -310,34 +406,41 @@ impl Store {
 
     /// Recovers a state dir that was open when its process died: replays the journal, scrubs
     /// what is not committed, recomputes the statistics and compacts.
-    fn recover(dir: &Path, spec: HeadSpec, header: Header, lock: File) -> Result<(Store, Loaded)> {
-        let journal_path = dir.join(JOURNAL);
-        if !journal_path.exists() {
-            return Err(Error::state(
-                dir,
+    fn recover(dir: Dir, spec: HeadSpec, header: Header) -> Result<(Store, Loaded)> {
+        let path = dir.path().to_path_buf();
+        let journal_file = dir.open_file(JOURNAL)?.ok_or_else(|| {
+            Error::state(
+                &path,
                 format!("has neither {STATS} nor {JOURNAL}: it is incomplete or was damaged"),
-            ));
-        }
-        let journal_bytes = StoreFile::open(&journal_path)?.read_all()?;
+            )
+        })?;
+        let journal_bytes = journal_file.read_all()?;
         let parsed =
-            journal::parse(&journal_bytes, &header).map_err(|m| corrupt(dir, JOURNAL, m))?;
+            journal::parse(&journal_bytes, &header).map_err(|m| corrupt(&path, JOURNAL, m))?;
         if let Some(note) = &parsed.tail_note {
-            tracing::warn!("state dir {}: {JOURNAL}: {note}", dir.display());
+            tracing::warn!("state dir {}: {JOURNAL}: {note}", path.display());
         }
-        // Its header was checked by `open`.
-        let samples = StoreFile::open(&dir.join(SAMPLES))?;
-        let len = samples.len()?.max(HEADER_LEN as u64);
+        let samples = open_part(&dir, SAMPLES)?;
+        let mut head = [0u8; HEADER_LEN];
+        let read = samples.read_at(&mut head, 0).map(|_| head.as_slice());
+        match parse_header(read.unwrap_or(&[]), SAMPLES_MAGIC, &header) {
+            Ok(found) if found == header => {}
+            Ok(_) => return Err(corrupt(&path, SAMPLES, "its header has a count or seq")),
+            Err(m) => return Err(corrupt(&path, SAMPLES, m)),
+        }
+        let len = samples.len()?;
         let rec = record_len(header.dim, header.classes) as u64;
         let slots = (len - HEADER_LEN as u64) / rec;
-        let replayed = replay(&parsed, slots).map_err(|m| corrupt(dir, JOURNAL, m))?;
+        let replayed = replay(&parsed, slots).map_err(|m| corrupt(&path, JOURNAL, m))?;
         tracing::info!(
             "state dir {} was not closed cleanly: recovering {} samples",
-            dir.display(),
+            path.display(),
             replayed.live.len()
         );
 
         let mut index = SampleIndex::new(header.classes);
         let mut stale = Vec::new();
+        let mut free = Vec::new();
         let mut buf = Scratch::new(SCAN_BATCH * rec as usize);
         for first in (0..slots).step_by(SCAN_BATCH) {
             let count = (slots - first).min(SCAN_BATCH as u64) as usize;
@@ -345,56 +448,88 @@ impl Store {
             samples.read_at(bytes, offset(first, rec))?;
             for (k, record) in bytes.chunks_exact(rec as usize).enumerate() {
                 let slot = first + k as u64;
-                match (
-                    replayed.live.get(&slot),
-                    parse_record(record, header.classes),
-                ) {
-                    (Some(&by), Ok(Slot::Live { id, seq, label })) if seq == by => {
-                        if index.contains(id) {
-                            return Err(corrupt(dir, SAMPLES, format!("id {id} is stored twice")));
+                let found = parse_record(record, header.classes);
+                match replayed.live.get(&slot) {
+                    Some(&fill) => match found {
+                        Ok(Slot::Live { id, seq, label }) if replayed.filled_by(fill, seq) => {
+                            if index.contains(id) {
+                                return Err(corrupt(
+                                    &path,
+                                    SAMPLES,
+                                    format!("id {id} is stored twice"),
+                                ));
+                            }
+                            index.insert(id, Entry { pos: slot, label });
                         }
-                        index.insert(id, Entry { pos: slot, label });
-                    }
-                    (Some(&by), found) => {
-                        let what = match found {
-                            Ok(Slot::Live { seq, .. }) => format!(
-                                "it holds a sample written by entry {seq} of the {JOURNAL}, not \
-                                 {by} (0: before the {JOURNAL}); the {JOURNAL} was cut or damaged"
-                            ),
-                            Ok(Slot::Free) => "it is empty".into(),
-                            Err(m) => m,
-                        };
-                        return Err(corrupt(
-                            dir,
-                            SAMPLES,
-                            format!("slot {slot} is live in the {JOURNAL}, but {what}"),
-                        ));
-                    }
-                    (None, Ok(Slot::Free)) => {}
-                    // What a crash can leave in a free slot: a record of the call in flight
-                    // (whole or torn), or one the last call released but had not zeroed yet.
-                    (None, Err(_)) => stale.push(slot),
-                    (None, Ok(Slot::Live { seq, .. }))
-                        if seq == replayed.next || replayed.released(slot) =>
-                    {
-                        stale.push(slot)
-                    }
-                    (None, Ok(Slot::Live { seq, .. })) => {
-                        return Err(corrupt(
-                            dir,
-                            JOURNAL,
-                            format!(
-                                "{SAMPLES} slot {slot} holds a sample written by entry {seq}, \
-                                 which the {JOURNAL} does not account for: it was cut or damaged"
-                            ),
-                        ));
+                        Ok(Slot::Released { seq }) => {
+                            return Err(corrupt(
+                                &path,
+                                JOURNAL,
+                                format!(
+                                    "it was cut or damaged: {SAMPLES} slot {slot} was released by \
+                                     entry {seq}, but the {JOURNAL} has it live"
+                                ),
+                            ))
+                        }
+                        found => {
+                            let what = match found {
+                                Ok(Slot::Live { seq, .. }) => format!(
+                                    "it holds a sample written by entry {seq} of the {JOURNAL}, \
+                                     not {}; the {JOURNAL} was cut or damaged",
+                                    fill.describe()
+                                ),
+                                Err(m) => m,
+                                _ => "it is empty".into(),
+                            };
+                            return Err(corrupt(
+                                &path,
+                                SAMPLES,
+                                format!("slot {slot} is live in the {JOURNAL}, but {what}"),
+                            ));
+                        }
+                    },
+                    None => {
+                        free.push(slot);
+                        match found {
+                            Ok(Slot::Free) => {}
+                            Ok(Slot::Released { seq }) if seq <= replayed.last() => {}
+                            Ok(Slot::Released { seq }) => {
+                                return Err(corrupt(
+                                    &path,
+                                    JOURNAL,
+                                    format!(
+                                        "it was cut: {SAMPLES} slot {slot} was released by entry \
+                                         {seq}, but the {JOURNAL} ends at entry {}",
+                                        replayed.last()
+                                    ),
+                                ))
+                            }
+                            // What a crash can leave in a free slot: a record of the call in
+                            // flight (whole or torn), or a released one not overwritten yet.
+                            Err(_) => stale.push(slot),
+                            Ok(Slot::Live { seq, .. }) if replayed.stale(slot, seq) => {
+                                stale.push(slot)
+                            }
+                            Ok(Slot::Live { seq, .. }) => {
+                                return Err(corrupt(
+                                    &path,
+                                    JOURNAL,
+                                    format!(
+                                        "{SAMPLES} slot {slot} holds a sample written by entry \
+                                         {seq}, which the {JOURNAL} does not account for: it was \
+                                         cut or damaged"
+                                    ),
+                                ));
+                            }
+                        }
                     }
                 }
             }
         }
         drop(buf);
-        // Scrub what is not committed: uncommitted learns, committed forgets not zeroed yet,
-        // and a record torn at the end of the file.
+        // Checked: from here on, leftovers first, then what is not committed: uncommitted
+        // learns, released records not overwritten yet, a record torn at the end of the file.
+        tidy(&dir, false)?;
         let zeros = vec![0u8; rec as usize];
         for &slot in &stale {
             samples.write_at(&zeros, offset(slot, rec))?;
@@ -406,28 +541,20 @@ impl Store {
         if !stale.is_empty() || len > whole {
             samples.sync()?;
         }
-        tidy(dir, &samples, false)?;
-        let mut store = Store {
-            dir: dir.to_path_buf(),
-            spec,
-            header,
-            samples,
-            index,
-            free: Vec::new(),
-            slots,
-            journal: None,
-            poisoned: None,
-            _lock: lock,
-        };
+        let journal = Journal::resume(journal_file, &parsed)?;
+        let mut store = Store::new(dir, spec, header, samples, Some(journal));
+        store.index = index;
+        store.free = free;
+        store.slots = slots;
         let stats = store.recompute_stats()?;
-        let solution = solver::canonical(&stats, store.spec.lambda, store.spec.fixed.frac_bits)
-            .map_err(|_| {
-                Error::Limit(format!(
-                    "A is not numerically positive definite at λ = {}; increase lambda",
-                    store.spec.lambda
-                ))
-            })?;
-        store.compact(&stats, &solution)?;
+        let solution = store.solve(&stats)?;
+        if let Err(e) = store.compact(&stats, &solution) {
+            tracing::warn!(
+                "state dir {}: compacting after recovery failed, the head runs on the journal \
+                 and compacts at close: {e}",
+                path.display()
+            );
+        }
         Ok((store, Loaded { stats, solution }))
     }
 
@@ -459,63 +586,146 @@ impl Store {
         record_len(self.header.dim, self.header.classes) as u64
     }
 
-    /// Runs the disk part of a change; an error in it refuses later changes (see the module
-    /// docs).
-    fn guarded(&mut self, change: impl FnOnce(&mut Store) -> Result<()>) -> Result<()> {
+    fn journal(&mut self) -> &mut Journal {
+        self.journal.as_mut().expect("begun")
+    }
+
+    fn poison(&mut self, reason: String) {
+        tracing::error!(
+            "state dir {}: {reason}; changes are refused until it is reopened",
+            self.dir.path().display()
+        );
+        self.poisoned = Some(reason);
+    }
+
+    /// Before a change: refuses one after an unknown outcome, and finishes maintenance that a
+    /// change must not start without (an error there means the change did not happen).
+    fn ready(&mut self) -> Result<()> {
         if let Some(reason) = &self.poisoned {
             return Err(Error::state(
-                &self.dir,
+                self.dir.path(),
                 format!(
-                    "refusing changes after an earlier write failed ({reason}); close and reopen \
-                     the head to recover the state dir"
+                    "refusing changes after an error left an earlier call's outcome unknown \
+                     ({reason}); close and reopen the head to recover the state dir (forget-all \
+                     still works)"
                 ),
             ));
         }
-        change(self).inspect_err(|e| self.poisoned = Some(e.to_string()))
+        self.maintain()
     }
 
-    /// Before the first change after opening a closed state dir: start the journal and retire
-    /// `stats.bin`.
+    /// Retries maintenance that failed after an earlier commit (see the module docs). Only
+    /// what later changes depend on is an error here; the rest is logged.
+    fn maintain(&mut self) -> Result<()> {
+        if self.pending.forget_all {
+            let (samples, journal) = finish_forget_all(&self.dir, &self.header)?;
+            self.samples = samples;
+            self.journal = Some(journal);
+            self.pending = Pending::default();
+        }
+        if self.pending.compaction {
+            self.finish_compaction()?;
+        }
+        if self.pending.sync_dir {
+            self.dir.sync()?;
+            self.pending.sync_dir = false;
+        }
+        if let Err(e) = self.scrub_released() {
+            tracing::warn!("overwriting released samples failed again (retried later): {e}");
+        }
+        if self.pending.leftovers {
+            match tidy(&self.dir, self.journal.is_none()) {
+                Ok(()) => self.pending.leftovers = false,
+                Err(e) => tracing::warn!("removing leftover files failed (retried later): {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Overwrites released slots with their tombstones and syncs.
+    fn scrub_released(&mut self) -> Result<()> {
+        if self.pending.scrub.is_empty() {
+            return Ok(());
+        }
+        let rec = self.record_len();
+        let mut tomb = vec![0u8; rec as usize];
+        for &(slot, seq) in &self.pending.scrub {
+            encode_tombstone(seq, &mut tomb);
+            self.samples.write_at(&tomb, offset(slot, rec))?;
+        }
+        self.samples.sync()?;
+        self.pending.scrub.clear();
+        Ok(())
+    }
+
+    /// Before the first change after opening a closed state dir (or compacting): start the
+    /// journal and retire `stats.bin`. Not a commit: a failure leaves the state as it was, and
+    /// the next change starts over.
     fn begin(&mut self) -> Result<()> {
         if self.journal.is_some() {
             return Ok(());
         }
         let header = Header {
             extra: self.slots,
+            seq: 1,
             ..self.header
         };
-        let journal = Journal::create(&self.dir.join(JOURNAL), &header)?;
-        io::sync_dir(&self.dir)?;
-        io::rename(&self.dir.join(STATS), &self.dir.join(STATS_OLD))?;
-        io::sync_dir(&self.dir)?;
-        io::scrub(&self.dir.join(STATS_OLD))?;
-        io::sync_dir(&self.dir)?;
+        let journal = Journal::create(&self.dir, JOURNAL, &header)?;
+        self.dir.sync()?;
+        if self.dir.has(STATS)? {
+            self.dir.rename(STATS, STATS_OLD)?;
+            self.dir.sync()?;
+        }
+        if self.dir.scrub(STATS_OLD)? {
+            self.dir.sync()?;
+        }
         self.journal = Some(journal);
         Ok(())
     }
 
-    /// Stores new samples (ids checked absent by the caller) durably.
+    /// Appends `op` to the journal: the commit point of learn and forget. On failure the
+    /// partly written entry is cut off; if that fails too, the outcome is unknown.
+    fn commit(&mut self, op: &Op) -> std::result::Result<(), Failed> {
+        let journal = self.journal();
+        let Err(e) = journal.commit(op) else {
+            return Ok(());
+        };
+        match journal.cut_tail() {
+            Ok(()) => Err(Failed::Undone(e)),
+            Err(cut) => {
+                self.poison(format!(
+                    "{e}; cutting the failed journal entry off failed: {cut}"
+                ));
+                Err(Failed::Unknown(e))
+            }
+        }
+    }
+
+    /// Stores new samples (ids checked absent by the caller) durably. On error nothing
+    /// changed.
     pub fn learn(&mut self, samples: &[SampleRef<'_>]) -> Result<()> {
-        let rec = self.record_len();
+        self.ready()?;
         let reused = samples.len().min(self.free.len());
         let mut slots: Vec<u64> = self.free.iter().rev().take(reused).copied().collect();
         slots.extend(self.slots..self.slots + (samples.len() - reused) as u64);
-        self.guarded(|st| {
-            st.begin()?;
-            let seq = st.journal.as_ref().expect("begun").next_seq();
-            let mut buf = Scratch::new(rec as usize);
-            for (s, &slot) in samples.iter().zip(&slots) {
-                encode_record(s, seq, &mut buf);
-                st.samples.write_at(&buf, offset(slot, rec))?;
+        self.begin()?;
+        let seq = self.journal().next_seq();
+        if let Err(e) = self.write_records(samples, &slots, seq) {
+            self.roll_back(&slots);
+            return Err(e);
+        }
+        match self.commit(&Op::Learn(slots.clone())) {
+            Ok(()) => {}
+            Err(Failed::Undone(e)) => {
+                self.roll_back(&slots);
+                return Err(e);
             }
-            st.samples.sync()?;
-            st.journal
-                .as_mut()
-                .expect("begun")
-                .commit(&Op::Learn(slots.clone()))
-        })?;
+            // The records must stay: the entry may have committed.
+            Err(Failed::Unknown(e)) => return Err(e),
+        }
         self.free.truncate(self.free.len() - reused);
         self.slots += (samples.len() - reused) as u64;
+        self.pending.scrub.retain(|(s, _)| !slots.contains(s));
         for (s, &slot) in samples.iter().zip(&slots) {
             self.index.insert(
                 s.id,
@@ -525,12 +735,39 @@ impl Store {
                 },
             );
         }
+        self.after_commit();
         Ok(())
     }
 
+    fn write_records(&self, samples: &[SampleRef<'_>], slots: &[u64], seq: u64) -> Result<()> {
+        let rec = self.record_len();
+        let mut buf = Scratch::new(rec as usize);
+        for (s, &slot) in samples.iter().zip(slots) {
+            encode_record(s, seq, &mut buf);
+            self.samples.write_at(&buf, offset(slot, rec))?;
+        }
+        self.samples.sync()
+    }
+
+    /// Zeroes the records of a learn that did not commit (their slots were free); if that
+    /// fails, recovery at the next open scrubs them (they carry the next entry's seq).
+    fn roll_back(&mut self, slots: &[u64]) {
+        let rec = self.record_len();
+        let zeros = vec![0u8; rec as usize];
+        let undone = slots
+            .iter()
+            .try_for_each(|&slot| self.samples.write_at(&zeros, offset(slot, rec)))
+            .and_then(|()| self.samples.sync());
+        if let Err(e) = undone {
+            self.poison(format!("zeroing the records of a failed learn failed: {e}"));
+        }
+    }
+
     /// Forgets present, distinct ids: appends their features to `q` and targets to `r`, and
-    /// zeroes their records durably before returning.
+    /// overwrites their records durably before returning (see the module docs). On error
+    /// nothing changed.
     pub fn forget(&mut self, ids: &[u64], q: &mut Vec<i32>, r: &mut Vec<i32>) -> Result<()> {
+        self.ready()?;
         let rec = self.record_len();
         let (d, c) = (self.header.dim, self.header.classes);
         let mut buf = Scratch::new(rec as usize);
@@ -544,47 +781,119 @@ impl Store {
             decode_rows(&buf, &mut q[qn..], &mut r[rn..]);
             slots.push(entry.pos);
         }
-        self.guarded(|st| {
-            st.begin()?;
-            st.journal
-                .as_mut()
-                .expect("begun")
-                .commit(&Op::Forget(slots.clone()))?;
-            let zeros = vec![0u8; rec as usize];
-            for &slot in &slots {
-                st.samples.write_at(&zeros, offset(slot, rec))?;
-            }
-            st.samples.sync()
-        })?;
+        self.begin()?;
+        let seq = self.journal().next_seq();
+        if let Err(Failed::Undone(e) | Failed::Unknown(e)) = self.commit(&Op::Forget(slots.clone()))
+        {
+            return Err(e);
+        }
         for &id in ids {
             let entry = self.index.remove(id).expect("present");
             self.free.push(entry.pos);
         }
+        self.pending.scrub.extend(slots.iter().map(|&s| (s, seq)));
+        if let Err(e) = self.scrub_released() {
+            tracing::warn!(
+                "forget committed, but overwriting the forgotten records failed (retried before \
+                 the next call; close and recovery rewrite them anyway): {e}"
+            );
+        }
+        self.after_commit();
         Ok(())
     }
 
-    /// Forgets every sample: afterwards the state dir is exactly a freshly created one.
+    /// Forgets every sample: afterwards the state dir is exactly a freshly created one. Runs
+    /// whatever state the store is in and needs no free space (see the module docs).
     pub fn forget_all(&mut self) -> Result<()> {
-        self.guarded(|st| {
-            st.begin()?;
-            st.journal.as_mut().expect("begun").commit(&Op::ForgetAll)?;
-            st.samples.zero_from(HEADER_LEN as u64)?;
-            st.samples.sync()?;
-            st.samples.set_len(HEADER_LEN as u64)?;
-            st.samples.sync()?;
-            let (tmp, path) = (st.dir.join(JOURNAL_TMP), st.dir.join(JOURNAL));
-            let mut fresh = Journal::create(&tmp, &st.header)?;
-            io::rename(&tmp, &path)?;
-            fresh.renamed(&path);
-            io::sync_dir(&st.dir)?;
-            let old = st.journal.replace(fresh).expect("begun");
-            old.file().zero_from(0)?;
-            old.file().sync()
-        })?;
+        if !self.pending.forget_all {
+            self.dir.rename(SAMPLES, SAMPLES_FORGOTTEN)?;
+            if let Err(e) = self.dir.sync() {
+                let undone = self
+                    .dir
+                    .rename(SAMPLES_FORGOTTEN, SAMPLES)
+                    .and_then(|()| self.dir.sync());
+                if let Err(u) = undone {
+                    self.poison(format!("{e}; undoing the forget-all's rename failed: {u}"));
+                }
+                return Err(e);
+            }
+        }
+        // Committed.
         self.index.clear();
         self.free.clear();
         self.slots = 0;
+        self.journal = None;
+        self.poisoned = None;
+        self.pending = Pending {
+            forget_all: true,
+            ..Pending::default()
+        };
+        if let Err(e) = self.maintain() {
+            tracing::warn!(
+                "forget-all committed, but finishing it failed (retried before the next call, at \
+                 close or at the next open): {e}"
+            );
+        }
         Ok(())
+    }
+
+    /// After a commit: checkpoints the journal when it is due (maintenance).
+    fn after_commit(&mut self) {
+        let journal = self.journal();
+        if journal.entries() < checkpoint_entries() && journal.len() < CHECKPOINT_BYTES {
+            return;
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!("checkpointing the journal failed (retried after the next call): {e}");
+        }
+    }
+
+    /// Replaces the journal by one that starts from the current slots (see the module docs).
+    fn checkpoint(&mut self) -> Result<()> {
+        let header = Header {
+            extra: self.slots,
+            seq: self.journal().next_seq(),
+            ..self.header
+        };
+        let mut holes = self.free.clone();
+        holes.sort_unstable();
+        let written = Journal::create(&self.dir, JOURNAL_TMP, &header).and_then(|mut fresh| {
+            if !holes.is_empty() {
+                fresh.commit(&Op::Forget(holes))?;
+            }
+            self.dir.rename(JOURNAL_TMP, JOURNAL)?;
+            Ok(fresh)
+        });
+        let mut fresh = match written {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                self.discard(&[JOURNAL_TMP]);
+                return Err(e);
+            }
+        };
+        fresh.renamed(self.dir.join(JOURNAL));
+        let old = self.journal.replace(fresh).expect("begun");
+        if let Err(e) = self.dir.sync() {
+            // The new journal has the name; appending to it before the name is durable could
+            // lose entries: the next change syncs the dir first.
+            self.pending.sync_dir = true;
+            return Err(e);
+        }
+        old.file().scrub_in_place()
+    }
+
+    /// Scrubs files a call wrote before failing; on failure they stay leftovers.
+    fn discard(&mut self, names: &[&str]) {
+        let done = names.iter().try_fold(false, |any, name| {
+            self.dir.scrub(name).map(|scrubbed| any || scrubbed)
+        });
+        match done.and_then(|any| if any { self.dir.sync() } else { Ok(()) }) {
+            Ok(()) => {}
+            Err(e) => {
+                tracing::warn!("removing the files of a failed call failed (retried later): {e}");
+                self.pending.leftovers = true;
+            }
+        }
     }
 
     /// Reads the record of a live sample into `buf`, checking it.
@@ -596,7 +905,7 @@ impl Store {
                 id: found, label, ..
             }) if found == id && label == entry.label => Ok(()),
             found => Err(corrupt(
-                &self.dir,
+                self.dir.path(),
                 SAMPLES,
                 format!(
                     "slot {} should hold id {id}: {}",
@@ -630,32 +939,89 @@ impl Store {
     }
 
     /// Persists the canonical state (see the module docs) and releases the state dir.
-    /// `stats` and `solution` must be the head's current, canonical ones.
+    /// `stats` and `solution` must be the head's current, canonical ones. An error means the
+    /// dir is left open (with its journal), and the next open recovers exactly these samples.
     pub fn close(mut self, stats: &ExactStats, solution: &Solution) -> Result<()> {
         if let Some(reason) = &self.poisoned {
             return Err(Error::state(
-                &self.dir,
+                self.dir.path(),
                 format!(
-                    "was not closed cleanly because an earlier write failed ({reason}); the next \
-                     open recovers it"
+                    "was not closed cleanly because an earlier call's outcome is unknown \
+                     ({reason}); the next open recovers it"
                 ),
             ));
         }
+        self.maintain()?;
         if self.journal.is_none() {
             return Ok(());
         }
         self.compact(stats, solution)
     }
 
-    /// Rewrites the state dir in its canonical form (see the module docs).
+    /// Rewrites the state dir in its canonical form (see the module docs). On error nothing
+    /// changed: the journal still describes the state dir.
     fn compact(&mut self, stats: &ExactStats, solution: &Solution) -> Result<()> {
-        let dir = self.dir.clone();
+        let (file, ids) = match self.write_compacted(stats, solution) {
+            Ok(written) => written,
+            Err(e) => {
+                self.discard(&[SAMPLES_TMP, STATS_TMP]);
+                return Err(e);
+            }
+        };
+        if let Err(e) = self.dir.rename(STATS_TMP, STATS) {
+            self.discard(&[SAMPLES_TMP, STATS_TMP]);
+            return Err(e);
+        }
+        if let Err(e) = self.dir.sync() {
+            // Whether the new stats.bin reached the disk is unknown: remove it, so that the
+            // journal stays what the next open reads.
+            match self.dir.scrub(STATS).and_then(|_| self.dir.sync()) {
+                Ok(()) => self.discard(&[SAMPLES_TMP]),
+                Err(u) => self.poison(format!("{e}; removing the new {STATS} failed: {u}")),
+            }
+            return Err(e);
+        }
+        // Committed: the dir is closed.
+        self.samples = file;
+        self.index.clear();
+        for (slot, &(id, label)) in ids.iter().enumerate() {
+            self.index.insert(
+                id,
+                Entry {
+                    pos: slot as u64,
+                    label,
+                },
+            );
+        }
+        self.free.clear();
+        self.slots = ids.len() as u64;
+        self.journal = None;
+        self.pending.scrub.clear();
+        self.pending.compaction = true;
+        if let Err(e) = self.finish_compaction() {
+            tracing::warn!(
+                "state dir {}: compaction committed, but moving its files into place failed \
+                 (retried before the next change and at the next open): {e}",
+                self.dir.path().display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes and syncs `samples.bin.tmp` (returned, with the ids and labels in slot order)
+    /// and `stats.bin.tmp`.
+    fn write_compacted(
+        &self,
+        stats: &ExactStats,
+        solution: &Solution,
+    ) -> Result<(StoreFile, Vec<(u64, u32)>)> {
         let rec = self.record_len() as usize;
         let samples_header = encode_header(SAMPLES_MAGIC, &self.header);
         let mut digest = SamplesDigest::new(&samples_header);
-        let mut tmp = StoreFile::create(&dir.join(SAMPLES_TMP))?;
+        let tmp = self.dir.create_file(SAMPLES_TMP)?;
         tmp.write_at(&samples_header, 0)?;
         let ids = self.index.sorted_ids();
+        let mut labels = Vec::with_capacity(ids.len());
         let mut buf = Scratch::new(SCAN_BATCH * rec);
         let mut at = HEADER_LEN as u64;
         for batch in ids.chunks(SCAN_BATCH) {
@@ -665,6 +1031,7 @@ impl Store {
                 self.read_record(id, entry, record)?;
                 restamp(record, 0);
                 digest.record(record);
+                labels.push((id, entry.label));
             }
             let bytes = &buf[..batch.len() * rec];
             tmp.write_at(bytes, at)?;
@@ -682,44 +1049,34 @@ impl Store {
             solution,
             digest.finish(),
         ));
-        write_new(&dir.join(STATS_TMP), &stats_bytes)?;
-        io::link(&dir.join(SAMPLES), &dir.join(SAMPLES_OLD))?;
-        io::sync_dir(&dir)?;
-        io::rename(&dir.join(STATS_TMP), &dir.join(STATS))?;
-        io::sync_dir(&dir)?;
-        io::rename(&dir.join(SAMPLES_TMP), &dir.join(SAMPLES))?;
-        tmp.renamed(&dir.join(SAMPLES));
-        io::sync_dir(&dir)?;
-        self.samples.zero_from(0)?;
-        self.samples.sync()?;
-        io::remove(&dir.join(SAMPLES_OLD))?;
-        io::scrub(&dir.join(JOURNAL))?;
-        io::sync_dir(&dir)?;
-        self.samples = tmp;
-        for (slot, &id) in ids.iter().enumerate() {
-            let label = self.index.remove(id).expect("listed").label;
-            self.index.insert(
-                id,
-                Entry {
-                    pos: slot as u64,
-                    label,
-                },
-            );
+        self.dir.write_new(STATS_TMP, &stats_bytes)?;
+        Ok((tmp, labels))
+    }
+
+    /// After a compaction committed: moves `samples.bin.tmp` into place and scrubs the old
+    /// samples and the journal (idempotent, by name).
+    fn finish_compaction(&mut self) -> Result<()> {
+        if self.dir.has(SAMPLES_TMP)? {
+            self.dir.scrub(SAMPLES_OLD)?;
+            if self.dir.has(SAMPLES)? {
+                self.dir.rename(SAMPLES, SAMPLES_OLD)?;
+            }
+            self.dir.rename(SAMPLES_TMP, SAMPLES)?;
+            self.samples.renamed(self.dir.join(SAMPLES));
+            self.dir.sync()?;
         }
-        self.free.clear();
-        self.slots = ids.len() as u64;
-        self.journal = None;
+        self.dir.scrub(SAMPLES_OLD)?;
+        self.dir.scrub(JOURNAL)?;
+        self.dir.sync()?;
+        self.pending.compaction = false;
         Ok(())
     }
 }
 
 /// Opens a file the state dir cannot be without.
-fn open_part(dir: &Path, name: &str) -> Result<StoreFile> {
-    let path = dir.join(name);
-    if !path.exists() {
-        return Err(Error::state(dir, format!("{name} is missing")));
-    }
-    StoreFile::open(&path)
+fn open_part(dir: &Dir, name: &str) -> Result<StoreFile> {
+    dir.open_file(name)?
+        .ok_or_else(|| Error::state(dir.path(), format!("{name} is missing")))
 }
 
 /// Byte offset of a slot.
@@ -749,7 +1106,9 @@ fn scan_closed(
     }
     let mut head = [0u8; HEADER_LEN];
     file.read_at(&mut head, 0).map_err(|e| e.to_string())?;
-    parse_header(&head, SAMPLES_MAGIC, header)?;
+    if parse_header(&head, SAMPLES_MAGIC, header)? != *header {
+        return Err("its header has a count or seq".into());
+    }
     let mut sum = SamplesDigest::new(&head);
     let mut index = SampleIndex::new(header.classes);
     let mut buf = Scratch::new(SCAN_BATCH * rec as usize);
@@ -766,7 +1125,9 @@ fn scan_closed(
                 Ok(Slot::Live { seq, .. }) => {
                     return Err(format!("slot {slot} was written by journal entry {seq}"))
                 }
-                Ok(Slot::Free) => return Err(format!("slot {slot} is empty")),
+                Ok(Slot::Free | Slot::Released { .. }) => {
+                    return Err(format!("slot {slot} is empty"))
+                }
                 Err(m) => return Err(format!("slot {slot}: {m}")),
             };
             if last.is_some_and(|last| id <= last) {
@@ -783,41 +1144,70 @@ fn scan_closed(
     Ok(index)
 }
 
-/// The journal replayed.
-struct Replayed {
-    /// Live slot → the entry whose learn filled it (0: before the journal).
-    live: HashMap<u64, u64>,
-    /// The entry a call in flight would have had.
-    next: u64,
-    /// The slots the last entry released (its zeroing may not have finished).
-    last_released: Released,
+/// Which entry filled a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fill {
+    /// Before the journal started (the record's seq is below its first entry's).
+    Before,
+    Entry(u64),
 }
 
-enum Released {
-    Slots(HashSet<u64>),
-    All,
+impl Fill {
+    fn describe(self) -> String {
+        match self {
+            Fill::Before => "one from before the journal".into(),
+            Fill::Entry(seq) => format!("{seq}"),
+        }
+    }
+}
+
+/// The journal replayed.
+struct Replayed {
+    /// Live slot → the entry whose learn filled it.
+    live: HashMap<u64, Fill>,
+    /// Released slots (not filled again) → the entry that had filled them.
+    released: HashMap<u64, Fill>,
+    /// The journal's first seq.
+    first: u64,
+    /// The entry a call in flight would have had.
+    next: u64,
 }
 
 impl Replayed {
-    fn released(&self, slot: u64) -> bool {
-        match &self.last_released {
-            Released::Slots(slots) => slots.contains(&slot),
-            Released::All => true,
+    /// The last committed entry (`first - 1` when there is none).
+    fn last(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Whether a record written by entry `seq` is what `fill` put in a slot.
+    fn filled_by(&self, fill: Fill, seq: u64) -> bool {
+        match fill {
+            Fill::Before => seq < self.first,
+            Fill::Entry(by) => seq == by,
         }
+    }
+
+    /// Whether a record written by entry `seq` in the free `slot` is what a crash can leave:
+    /// the call in flight's, or a released one not overwritten yet.
+    fn stale(&self, slot: u64, seq: u64) -> bool {
+        seq == self.next
+            || self
+                .released
+                .get(&slot)
+                .is_some_and(|&fill| self.filled_by(fill, seq))
     }
 }
 
 /// Replays the journal over a `samples.bin` of `slots` whole slots.
 fn replay(parsed: &journal::Parsed, slots: u64) -> std::result::Result<Replayed, String> {
-    let mut base = parsed.base;
+    let base = parsed.base;
     // Slots below `base` released since, and slots filled by an entry.
     let mut removed = HashSet::new();
     let mut added = HashMap::new();
-    let mut last_released = Released::Slots(HashSet::new());
+    let mut released = HashMap::new();
     for (k, op) in parsed.ops.iter().enumerate() {
-        let seq = k as u64 + 1;
+        let seq = parsed.first + k as u64;
         let bad = |what: &str, slot: u64| Err(format!("entry {seq}: {what} slot {slot}"));
-        let mut released = HashSet::new();
         match op {
             Op::Learn(learned) => {
                 for &s in learned {
@@ -826,26 +1216,20 @@ fn replay(parsed: &journal::Parsed, slots: u64) -> std::result::Result<Replayed,
                         return bad("learns into the live", s);
                     }
                     added.insert(s, seq);
+                    released.remove(&s);
                 }
             }
             Op::Forget(forgotten) => {
                 for &s in forgotten {
-                    if added.remove(&s).is_none() && (s >= base || !removed.insert(s)) {
-                        return bad("forgets the free", s);
-                    }
-                    released.insert(s);
+                    let fill = match added.remove(&s) {
+                        Some(by) => Fill::Entry(by),
+                        None if s < base && removed.insert(s) => Fill::Before,
+                        None => return bad("forgets the free", s),
+                    };
+                    released.insert(s, fill);
                 }
             }
-            Op::ForgetAll => {
-                base = 0;
-                removed.clear();
-                added.clear();
-            }
         }
-        last_released = match op {
-            Op::ForgetAll => Released::All,
-            _ => Released::Slots(released),
-        };
     }
     if let Some(s) = added.keys().find(|&&s| s >= slots) {
         return Err(format!(
@@ -858,41 +1242,58 @@ fn replay(parsed: &journal::Parsed, slots: u64) -> std::result::Result<Replayed,
             "slots up to {base} are live but {SAMPLES} has only {slots} slots"
         ));
     }
-    let mut live: HashMap<u64, u64> = (0..base.min(slots))
+    let mut live: HashMap<u64, Fill> = (0..base.min(slots))
         .filter(|s| !removed.contains(s))
-        .map(|s| (s, 0))
+        .map(|s| (s, Fill::Before))
         .collect();
-    live.extend(added);
+    live.extend(added.into_iter().map(|(s, by)| (s, Fill::Entry(by))));
     Ok(Replayed {
         live,
-        next: parsed.ops.len() as u64 + 1,
-        last_released,
+        released,
+        first: parsed.first,
+        next: parsed.first + parsed.ops.len() as u64,
     })
 }
 
-/// Creates `dir` (0700) if needed.
-fn prepare_dir(dir: &Path) -> Result<()> {
-    if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| Error::io(dir, e))?;
+/// Checks that the state files belong with this `meta.json` (every header records its
+/// checksum) before anything `meta.json` says is trusted, so that a modified `meta.json` is
+/// reported as such.
+fn check_tied(dir: &Dir, header: &Header) -> Result<()> {
+    for (name, magic) in [
+        (SAMPLES, SAMPLES_MAGIC),
+        (STATS, STATS_MAGIC),
+        (JOURNAL, JOURNAL_MAGIC),
+    ] {
+        if let Some(f) = dir.open_file(name)? {
+            let mut head = [0u8; HEADER_LEN];
+            let read = f.read_at(&mut head, 0).map(|_| head.as_slice());
+            return parse_header(read.unwrap_or(&[]), magic, header)
+                .map(drop)
+                .map_err(|m| corrupt(dir.path(), name, m));
+        }
     }
-    if !dir.is_dir() {
-        return Err(Error::state(dir, "is not a directory"));
+    Ok(())
+}
+
+/// Refuses a state dir in which one of Lethe's names is anything but a regular file with one
+/// name owned by this user, before anything is read or written.
+fn inspect(dir: &Dir) -> Result<()> {
+    for name in NAMES {
+        if let Some(Kind::Foreign(why)) = dir.kind(OsStr::new(name))? {
+            return Err(io::refused(dir.path(), name, why));
+        }
     }
     Ok(())
 }
 
 /// A dir without `meta.json` may become a state dir only when it holds nothing but the
 /// leftovers of an interrupted creation (which hold no samples).
-fn check_creatable(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let name = entry.file_name();
-        let len = entry.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+fn check_creatable(dir: &Dir) -> Result<()> {
+    for name in dir.list()? {
+        let len = match name.to_str() {
+            Some(n @ (SAMPLES | JOURNAL)) => open_part(dir, n)?.len()?,
+            _ => 0,
+        };
         let leftover = match name.to_str() {
             Some(LOCK | META_TMP) => true,
             Some(SAMPLES | JOURNAL) => len <= HEADER_LEN as u64,
@@ -900,7 +1301,7 @@ fn check_creatable(dir: &Path) -> Result<()> {
         };
         if !leftover {
             return Err(Error::state(
-                dir,
+                dir.path(),
                 format!(
                     "has no {META} but holds {name:?}: it is not a state dir (or a damaged one); \
                      refusing to create one over it"
@@ -911,64 +1312,163 @@ fn check_creatable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Takes the state dir's lock: one head, in one process, at a time.
-fn lock(dir: &Path) -> Result<File> {
-    let path = dir.join(LOCK);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::io(&path, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(TryLockError::WouldBlock) => Err(Error::state(
-            dir,
-            "is open in another process or head (its lock file is held)",
-        )),
-        Err(TryLockError::Error(e)) => Err(Error::io(&path, e)),
+/// Scrubs what an interrupted call left behind, and syncs the dir if there was any. `closed`:
+/// the dir has a valid `stats.bin`, so a journal is a leftover too.
+fn tidy(dir: &Dir, closed: bool) -> Result<()> {
+    let mut any = false;
+    for name in LEFTOVERS.iter().chain(closed.then_some(&JOURNAL)) {
+        any |= dir.scrub(name)?;
     }
-}
-
-/// Creates `path` with `bytes` and syncs it (not the dir).
-fn write_new(path: &Path, bytes: &[u8]) -> Result<StoreFile> {
-    let f = StoreFile::create(path)?;
-    f.write_at(bytes, 0)?;
-    f.sync()?;
-    Ok(f)
-}
-
-/// Scrubs what an interrupted close, retirement or creation left behind. `clean`: the dir has
-/// a valid `stats.bin`, so a journal is a leftover too.
-fn tidy(dir: &Path, samples: &StoreFile, clean: bool) -> Result<()> {
-    let mut names = vec![SAMPLES_TMP, STATS_TMP, STATS_OLD, META_TMP, JOURNAL_TMP];
-    if clean {
-        names.push(JOURNAL);
-    }
-    let mut changed = false;
-    for name in names {
-        let path = dir.join(name);
-        if path.exists() {
-            io::scrub(&path)?;
-            changed = true;
-        }
-    }
-    let old = dir.join(SAMPLES_OLD);
-    if old.exists() {
-        // Before a close commits, the old name is a second link to `samples.bin` itself.
-        if samples.is(&old) {
-            io::remove(&old)?;
-        } else {
-            io::scrub(&old)?;
-        }
-        changed = true;
-    }
-    if changed {
-        io::sync_dir(dir)?;
+    if any {
+        dir.sync()?;
     }
     Ok(())
+}
+
+/// Creates the files of an empty state dir, `meta.json` aside: `samples.bin` (its header) and a
+/// journal (base 0, first seq 1), synced (not the dir).
+fn fresh_files(dir: &Dir, header: &Header) -> Result<(StoreFile, Journal)> {
+    let samples = dir.write_new(SAMPLES, &encode_header(SAMPLES_MAGIC, header))?;
+    let journal = Journal::create(dir, JOURNAL, &Header { seq: 1, ..*header })?;
+    Ok((samples, journal))
+}
+
+/// Finishes a forget-all that committed (idempotent, by name): scrubs the forgotten samples in
+/// place and frees their space, scrubs every other file but `meta.json`, creates fresh files,
+/// then removes `samples.bin.forgotten`, the commit's evidence. Needs no free space: the fresh
+/// files (two headers) are created after at least as much was freed.
+fn finish_forget_all(dir: &Dir, header: &Header) -> Result<(StoreFile, Journal)> {
+    if let Some(forgotten) = dir.open_file(SAMPLES_FORGOTTEN)? {
+        forgotten.scrub_in_place()?;
+    }
+    for name in NAMES {
+        if name != META && name != SAMPLES_FORGOTTEN {
+            dir.scrub(name)?;
+        }
+    }
+    let fresh = fresh_files(dir, header)?;
+    dir.sync()?;
+    if dir.has(SAMPLES_FORGOTTEN)? {
+        dir.remove(OsStr::new(SAMPLES_FORGOTTEN))?;
+        dir.sync()?;
+    }
+    Ok(fresh)
+}
+
+/// What [`erase`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErasedReport {
+    /// Lethe's files that were overwritten with zeros, synced, truncated and removed.
+    pub scrubbed: Vec<String>,
+    /// Names of Lethe's files that were not provably Lethe's (a link, a file with other names
+    /// or another owner, …): removed without writing anything, so whatever they point to or
+    /// share is untouched (and may still hold data). Each with why.
+    pub unlinked: Vec<String>,
+    /// Names that are not Lethe's, left in place.
+    pub kept: Vec<String>,
+    /// Whether the state dir itself was removed (it was left empty and is not a link).
+    pub dir_removed: bool,
+}
+
+/// Erases the state dir `path` whatever its state: corrupt, unsolvable, of another format
+/// version, left by a crash, or on a full disk. It needs no free space and parses nothing.
+///
+/// Every file with one of Lethe's names that is provably Lethe's (a regular file with one
+/// name, owned by this user) is overwritten with zeros, synced, truncated and removed,
+/// `meta.json` last; other entries with Lethe's names are removed without being written (links
+/// are never followed); other names are left alone. Then the dir is removed if it is empty.
+/// A dir that does not exist is nothing to erase.
+///
+/// Refused, with nothing changed, when a head has the state dir open (forget-all there), and
+/// for a dir that does not look like a state dir: one that holds names that are not Lethe's
+/// but no `meta.json` and no file that starts like one of Lethe's.
+///
+/// ```no_run
+/// let report = lethe::store::erase(std::path::Path::new("/tmp/my-head"))?;
+/// assert!(report.unlinked.is_empty());
+/// # Ok::<(), lethe::Error>(())
+/// ```
+pub fn erase(path: &Path) -> Result<ErasedReport> {
+    let mut report = ErasedReport::default();
+    let Some(dir) = Dir::open(path, false)? else {
+        return Ok(report);
+    };
+    if !dir.try_lock()? {
+        return Err(Error::state(
+            path,
+            "is open in another process or head: use forget-all there, or close it first",
+        ));
+    }
+    let names = dir.list()?;
+    let lethe = |n: &OsStr| NAMES.iter().any(|&name| n == name);
+    let foreign_names = names.iter().any(|n| !lethe(n));
+    if foreign_names && !looks_like_a_state_dir(&dir)? {
+        return Err(Error::state(
+            path,
+            "does not look like a state dir (no meta.json, no file of Lethe's, but other \
+             files): nothing was erased",
+        ));
+    }
+    let mut any = false;
+    for name in NAMES {
+        match dir.kind(OsStr::new(name))? {
+            None => {}
+            Some(Kind::Own) => {
+                dir.scrub(name)?;
+                report.scrubbed.push(name.to_string());
+                any = true;
+            }
+            Some(Kind::Foreign(Foreign::Directory)) => report.kept.push(name.to_string()),
+            Some(Kind::Foreign(why)) => {
+                dir.remove(OsStr::new(name))?;
+                report.unlinked.push(format!("{name} ({})", why.why()));
+                any = true;
+            }
+        }
+    }
+    report.kept.extend(
+        names
+            .iter()
+            .filter(|n| !lethe(n))
+            .map(|n| n.to_string_lossy().into_owned()),
+    );
+    if any {
+        dir.sync()?;
+    }
+    report.dir_removed = report.kept.is_empty() && dir.remove_self()?;
+    tracing::info!(
+        "state dir {}: erased {:?}{}",
+        path.display(),
+        report.scrubbed,
+        if report.dir_removed {
+            ", removed the dir"
+        } else {
+            ""
+        }
+    );
+    Ok(report)
+}
+
+const MAGICS: [&[u8; 8]; 3] = [SAMPLES_MAGIC, STATS_MAGIC, JOURNAL_MAGIC];
+
+/// Whether the dir has `meta.json` or a file of Lethe's with its magic.
+fn looks_like_a_state_dir(dir: &Dir) -> Result<bool> {
+    if dir.has(META)? {
+        return Ok(true);
+    }
+    for name in NAMES {
+        if dir.kind(OsStr::new(name))? != Some(Kind::Own) {
+            continue;
+        }
+        let Some(f) = dir.open_file(name)? else {
+            continue;
+        };
+        let mut magic = [0u8; 8];
+        if f.read_at(&mut magic, 0).is_ok() && MAGICS.contains(&&magic) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A buffer that held sample bytes: zeroized when dropped.
@@ -1004,8 +1504,9 @@ impl<T: DefaultIsZeroes> Drop for Scratch<T> {
 /// created). `None` when `dir` has no `meta.json` (it is not a state dir, or does not exist).
 pub fn recorded_bundle(dir: &Path) -> Result<Option<(String, String)>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(META);
-    let opened = OpenOptions::new()
+    let opened = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(&path);

@@ -1,13 +1,16 @@
 //! G3 under kill -9: a child process learns and forgets in a loop, logging each call before it
 //! starts ("try") and after it returns OK ("ok"); the parent kills it with SIGKILL at random
 //! moments and reopens the state dir, which must hold exactly the acknowledged samples, or
-//! those plus the one call in flight. 10 kills by default; `LETHE_STRESS=1` makes it 200.
+//! those plus the one call in flight. 10 kills by default; `LETHE_STRESS=1` makes it 1 000
+//! and reports the acknowledged calls, the acknowledged calls lost (their effect missing after
+//! reopening) and the corrupt states (reopening failed, or weights that differ from a fresh
+//! head's); the test fails unless both are 0.
 //! The child is this test binary itself, running this same test with `LETHE_CRASH_CHILD` set
 //! to the state dir: it then never returns (it calls until it is killed), so it cannot pass.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -92,15 +95,17 @@ fn kill_9_at_random_moments_loses_no_acknowledged_call() {
         child(Path::new(&dir));
     }
     let stress = std::env::var_os("LETHE_STRESS").is_some_and(|v| v == "1");
-    let kills = if stress { 200 } else { 10 };
+    let kills = if stress { 1000 } else { 10 };
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("state");
     let log_path = dir.with_extension("log");
     let exe = std::env::current_exe().unwrap();
     let mut rng = common::rng(0x5eed);
+    // The acknowledged samples, and for every id the acknowledged call that last changed it.
     let mut state = BTreeSet::new();
+    let mut owner: HashMap<u64, usize> = HashMap::new();
     let started = Instant::now();
-    let mut calls = 0;
+    let (mut calls, mut lost, mut corrupt) = (0usize, 0usize, 0usize);
     for round in 1..=kills {
         std::fs::write(&log_path, "").unwrap();
         let mut child = Command::new(&exe)
@@ -139,39 +144,72 @@ fn kill_9_at_random_moments_loses_no_acknowledged_call() {
                 Some(call) => in_flight = Some(call.to_string()),
                 None => {
                     assert_eq!(line, "ok", "bad log line");
-                    apply(&mut state, &in_flight.take().expect("ok after try"));
+                    let call = in_flight.take().expect("ok after try");
                     calls += 1;
+                    let before = state.clone();
+                    apply(&mut state, &call);
+                    for id in before.symmetric_difference(&state) {
+                        owner.insert(*id, calls);
+                    }
                 }
             }
         }
-        let head = open(&dir).unwrap_or_else(|e| panic!("round {round}: reopening: {e}"));
-        let ids: BTreeSet<u64> = head.ids().into_iter().collect();
+        let reopened = open(&dir).and_then(|head| {
+            let ids: BTreeSet<u64> = head.ids().into_iter().collect();
+            let list: Vec<u64> = ids.iter().copied().collect();
+            let sound = head.verify()?.ok() && head.weights()? == fresh_weights(&list);
+            head.close()?;
+            Ok((ids, sound))
+        });
+        let ids = match reopened {
+            Ok((ids, true)) => ids,
+            outcome => {
+                eprintln!(
+                    "round {round}: a corrupt state: {:?}",
+                    outcome.map(|(_, s)| s)
+                );
+                corrupt += 1;
+                lethe::store::erase(&dir).unwrap();
+                state.clear();
+                owner.clear();
+                continue;
+            }
+        };
         if ids != state {
             let mut after = state.clone();
             if let Some(call) = &in_flight {
                 apply(&mut after, call);
             }
-            assert_eq!(
-                ids, after,
-                "round {round}: neither the acknowledged state nor it plus {in_flight:?}"
-            );
-            state = after;
+            if ids != after {
+                let missed: HashSet<usize> = ids
+                    .symmetric_difference(&state)
+                    .filter_map(|id| owner.get(id).copied())
+                    .collect();
+                eprintln!(
+                    "round {round}: lost acknowledged calls {missed:?} (in flight: {in_flight:?})"
+                );
+                lost += missed.len().max(1);
+            }
+            // Changes of the call in flight (0: no acknowledged call owns them).
+            for id in ids.symmetric_difference(&state) {
+                owner.insert(*id, 0);
+            }
+            state = ids;
         }
-        let ids: Vec<u64> = state.iter().copied().collect();
-        assert!(
-            head.weights().unwrap() == fresh_weights(&ids),
-            "round {round}: weights differ from a fresh head's"
-        );
-        assert!(head.verify().unwrap().ok(), "round {round}");
-        head.close().unwrap();
     }
+    eprintln!(
+        "{kills} kills: {calls} acknowledged calls, {lost} lost, {corrupt} corrupt states; {} \
+         samples at the end, {:.1} s",
+        state.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        (lost, corrupt),
+        (0, 0),
+        "lost acknowledged calls, corrupt states"
+    );
     assert!(
         calls > kills,
         "only {calls} calls were acknowledged in {kills} rounds"
-    );
-    eprintln!(
-        "{kills} kills, {calls} acknowledged calls, {} samples at the end, {:.1} s",
-        state.len(),
-        started.elapsed().as_secs_f64()
     );
 }

@@ -210,7 +210,7 @@ fn one_head_at_a_time_and_private_files() {
     }
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for name in ["meta.json", "samples.bin", "journal", "lock"] {
+    for name in ["meta.json", "samples.bin", "journal"] {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
     }
     head.close().unwrap();

@@ -2,8 +2,8 @@
  * test_api.c: every function of lethe.h, its success path and its error paths (NULL, n = 0,
  * short buffers and the sizes they report, overlapping arrays, unknown and duplicate ids, NaN
  * inputs, bad options and struct sizes, a broken bundle, a state dir of another bundle, closed
- * and foreign handles, a close that cannot persist), that a failed call changes nothing, and
- * that Lethe's warnings reach the log callback.
+ * and foreign handles, a close that cannot persist), that a failed call changes nothing, that
+ * Lethe's warnings reach the log callback, and erasing a state dir.
  *
  *   usage: test_api   (run from the repository root: it reads models/ and tests/data/)
  *
@@ -752,6 +752,36 @@ static void test_close_failure(lethe_core *core) {
   free_batch(&probe);
 }
 
+/* Erasing a state dir: refused while a head has it open; then every file and the folder go,
+ * also when the dir cannot be opened (here: a damaged meta.json); a missing folder is fine. */
+static void test_state_erase(lethe_core *core) {
+  lethe_head *head = NULL;
+  batch b = make_batch(500, 3);
+  const char *dir = tmp_path("erase");
+  char meta[600];
+  EXPECT(lethe_state_erase(NULL), LETHE_ERROR_NULL_ARGUMENT);
+  OK(lethe_head_open(core, dir, NULL, &head));
+  OK(lethe_head_learn(head, b.ids, b.inputs, b.n, b.labels));
+  EXPECT_MSG(lethe_state_erase(dir), LETHE_ERROR_STATE, "forget-all");
+  OK(lethe_head_close(head));
+  snprintf(meta, sizeof meta, "%s/meta.json", dir);
+  write_file(meta, "{", 1);
+  EXPECT(lethe_head_open(core, dir, NULL, &head), LETHE_ERROR_STATE);
+  CHECK(path_exists(dir));
+  OK(lethe_state_erase(dir));
+  CHECK(!path_exists(dir));
+  OK(lethe_state_erase(dir));
+  /* The path is free for a new, empty head. */
+  OK(lethe_head_open(core, dir, NULL, &head));
+  {
+    lethe_head_summary info;
+    OK(lethe_head_info(head, &info, sizeof info));
+    CHECK(info.samples == 0);
+  }
+  OK(lethe_head_close(head));
+  free_batch(&b);
+}
+
 /* Handles: NULL closes are no-ops; closed, twice-closed and foreign handles are errors. */
 static void test_handles(void) {
   lethe_core *core = NULL;
@@ -819,6 +849,7 @@ int main(void) {
   test_forget_equals_never_learned(core);
   test_state_dirs(core);
   test_close_failure(core);
+  test_state_erase(core);
   OK(lethe_core_close(core));
   test_handles();
   OK(lethe_set_log_callback(NULL, NULL, 0));

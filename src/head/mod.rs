@@ -382,6 +382,7 @@ impl Head {
                 if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
                     return Err(Error::Id(format!("id {id} is already learned")));
                 }
+                check_solvable(spec, &st.stats, &q)?;
                 let samples: Vec<SampleRef<'_>> = (0..k)
                     .map(|s| SampleRef {
                         id: ids[s],
@@ -430,6 +431,8 @@ impl Head {
         st.stats.accumulate(q, r, one, sign);
         st.version += 1;
         let st = &mut *st;
+        // The change is committed: the solves below cannot fail, since a learn was checked
+        // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
         if self.worker.is_none() {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
@@ -815,6 +818,22 @@ fn check_bundle(recorded: &HeadSpec, bundle: &HeadSpec, dir: &Path) -> Result<()
             recorded.dim.to_string(),
             bundle.dim.to_string(),
         );
+    }
+    Ok(())
+}
+
+/// Refuses a learn after which the canonical solve could fail: the largest diagonal entry of
+/// A must stay within [`solver::max_solvable_diagonal`] (forgetting only lowers it). Checked
+/// before anything is stored, so a head can never hold samples it cannot solve for.
+fn check_solvable(spec: &HeadSpec, stats: &ExactStats, q: &[i32]) -> Result<()> {
+    let unit = (-2.0 * spec.fixed.frac_bits as f64).exp2();
+    let largest = stats.max_diagonal_with(q, spec.fixed.one()) as f64 * unit + spec.lambda;
+    let bound = solver::max_solvable_diagonal(spec.lambda, spec.dim + 1);
+    if largest > bound {
+        return Err(Error::Limit(format!(
+            "learning these samples would make the largest diagonal entry of A {largest:e},              beyond {bound:e}, the most for which the solve is certain to succeed at lambda = {}:              use a larger lambda, or smaller features",
+            spec.lambda
+        )));
     }
     Ok(())
 }

@@ -257,6 +257,23 @@ impl ExactStats {
         })
     }
 
+    /// The largest diagonal entry of A after adding the samples `q` (k × d, row-major) with
+    /// bias `one`, exactly (units of 2^(−2F)).
+    pub fn max_diagonal_with(&self, q: &[i32], one: i32) -> i128 {
+        let d = self.p - 1;
+        let k = q.len().checked_div(d).unwrap_or(0);
+        let bias = self.a(d, d) + k as i128 * one as i128 * one as i128;
+        (0..d)
+            .map(|j| {
+                let added: i128 = q
+                    .chunks_exact(d)
+                    .map(|row| row[j] as i128 * row[j] as i128)
+                    .sum();
+                self.a(j, j) + added
+            })
+            .fold(bias, i128::max)
+    }
+
     /// Back to no samples at all.
     pub fn clear(&mut self) {
         self.a.fill(0);
@@ -315,6 +332,20 @@ mod tests {
         }
         for v in cases {
             assert_eq!(to_f64(v).to_bits(), (v as f64).to_bits(), "{v}");
+        }
+    }
+
+    #[test]
+    fn max_diagonal_with_is_the_largest_diagonal_entry_after_accumulating() {
+        let (d, c, one) = (4, 2, 1 << 10);
+        let mut stats = ExactStats::new(d, c);
+        stats.accumulate(&[3, -500, 7, 0, 1, 2, 3, 4], &[1, 2, 3, 4], one, 1);
+        for q in [&[0, 0, 0, 0][..], &[40_000, 0, 0, 1, 0, -60_000, 0, 0]] {
+            let k = q.len() / d;
+            let mut after = stats.clone();
+            after.accumulate(q, &vec![0; k * c], one, 1);
+            let expect = (0..=d).map(|i| after.a(i, i)).max().unwrap();
+            assert_eq!(stats.max_diagonal_with(q, one), expect);
         }
     }
 

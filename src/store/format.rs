@@ -12,7 +12,7 @@ use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 
 /// The version of every state file's format.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// `meta.json`'s `format` field.
 pub const STATE_FORMAT: &str = "lethe-state";
 pub const SAMPLES_MAGIC: &[u8; 8] = b"LETHESMP";
@@ -20,6 +20,48 @@ pub const STATS_MAGIC: &[u8; 8] = b"LETHESTA";
 pub const JOURNAL_MAGIC: &[u8; 8] = b"LETHEJNL";
 /// The header of every binary file.
 pub const HEADER_LEN: usize = 64;
+
+/// The names of a state dir's files (see [`super`]). Lethe writes no other name.
+pub const META: &str = "meta.json";
+pub const META_TMP: &str = "meta.json.tmp";
+pub const SAMPLES: &str = "samples.bin";
+pub const SAMPLES_TMP: &str = "samples.bin.tmp";
+pub const SAMPLES_OLD: &str = "samples.bin.old";
+/// `samples.bin` renamed by a forget-all: the name says the forget-all committed.
+pub const SAMPLES_FORGOTTEN: &str = "samples.bin.forgotten";
+pub const STATS: &str = "stats.bin";
+pub const STATS_TMP: &str = "stats.bin.tmp";
+pub const STATS_OLD: &str = "stats.bin.old";
+pub const JOURNAL: &str = "journal";
+pub const JOURNAL_TMP: &str = "journal.tmp";
+/// The lock file of earlier versions (the lock is now on the dir itself): removed when found.
+pub const LOCK: &str = "lock";
+/// Every name above, in the order erasure scrubs them: the samples first, `meta.json` (which
+/// identifies the dir as a state dir) last.
+pub const NAMES: [&str; 12] = [
+    SAMPLES_TMP,
+    SAMPLES_OLD,
+    SAMPLES_FORGOTTEN,
+    SAMPLES,
+    STATS_TMP,
+    STATS_OLD,
+    STATS,
+    JOURNAL_TMP,
+    JOURNAL,
+    LOCK,
+    META_TMP,
+    META,
+];
+/// What only an interrupted call leaves behind (and, in a dir without a journal, `journal`).
+pub const LEFTOVERS: [&str; 7] = [
+    SAMPLES_TMP,
+    SAMPLES_OLD,
+    STATS_TMP,
+    STATS_OLD,
+    JOURNAL_TMP,
+    META_TMP,
+    LOCK,
+];
 
 type Parsed<T> = std::result::Result<T, String>;
 
@@ -78,22 +120,18 @@ pub struct Header {
     pub meta: u64,
     /// `stats.bin`: the sample count; the journal: the base slot count; `samples.bin`: 0.
     pub extra: u64,
+    /// The journal: the seq of its first entry; every other file: 0.
+    pub seq: u64,
 }
 
-/// magic[8] version:u32 0:u32 d:u64 C:u64 meta:u64 extra:u64 algorithm:u64
+/// magic[8] version:u32 algorithm:u32 d:u64 C:u64 meta:u64 extra:u64 seq:u64
 /// xxh3-64(bytes 0..56):u64, where `algorithm` is [`algorithm`]'s word for the file's kind.
 pub fn encode_header(magic: &[u8; 8], h: &Header) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(magic);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    for v in [
-        h.dim as u64,
-        h.classes as u64,
-        h.meta,
-        h.extra,
-        algorithm(magic),
-    ] {
+    out.extend_from_slice(&algorithm(magic).to_le_bytes());
+    for v in [h.dim as u64, h.classes as u64, h.meta, h.extra, h.seq] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let sum = xxh3_64(&out);
@@ -104,16 +142,17 @@ pub fn encode_header(magic: &[u8; 8], h: &Header) -> Vec<u8> {
 /// The header's `algorithm` word: in `stats.bin`, the version of the canonical solve that
 /// computed its L and Θ (a reader with another version would hold different bits, DESIGN.md
 /// G7); 0 in the other files.
-fn algorithm(magic: &[u8; 8]) -> u64 {
+fn algorithm(magic: &[u8; 8]) -> u32 {
     if magic == STATS_MAGIC {
-        ALGORITHM_VERSION as u64
+        ALGORITHM_VERSION
     } else {
         0
     }
 }
 
-/// Checks a header against what the spec and `meta.json` say; returns its `extra`.
-pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<u64> {
+/// Checks a header against what the spec and `meta.json` say; returns it (`extra` and `seq`
+/// are the file's own).
+pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<Header> {
     if bytes.len() < HEADER_LEN {
         return Err(format!(
             "{} bytes: shorter than its {HEADER_LEN}-byte header",
@@ -136,19 +175,20 @@ pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<u6
             "format version {version}; this build reads version {FORMAT_VERSION}"
         ));
     }
-    if magic == STATS_MAGIC && u64_at(h, 48) != algorithm(magic) {
+    if u32_at(h, 12) != algorithm(magic) {
         return Err(format!(
             "its canonical solution was computed by solver algorithm version {}; this build \
-             computes version {ALGORITHM_VERSION}",
-            u64_at(h, 48)
+             computes version {}",
+            u32_at(h, 12),
+            algorithm(magic)
         ));
     }
-    let extra = u64_at(h, 40);
     let found = Header {
         dim: u64_at(h, 16) as usize,
         classes: u64_at(h, 24) as usize,
         meta: u64_at(h, 32),
-        extra,
+        extra: u64_at(h, 40),
+        seq: u64_at(h, 48),
     };
     if found.meta != expect.meta {
         return Err(format!(
@@ -157,16 +197,13 @@ pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<u6
             found.meta, expect.meta
         ));
     }
-    if found != (Header { extra, ..*expect })
-        || h[12..16] != [0; 4]
-        || u64_at(h, 48) != algorithm(magic)
-    {
+    if (found.dim, found.classes) != (expect.dim, expect.classes) {
         return Err(format!(
             "its header is for d = {}, C = {}; meta.json says d = {}, C = {}",
             found.dim, found.classes, expect.dim, expect.classes
         ));
     }
-    Ok(extra)
+    Ok(found)
 }
 
 pub fn u64_at(bytes: &[u8], at: usize) -> u64 {
@@ -180,12 +217,25 @@ pub fn u32_at(bytes: &[u8], at: usize) -> u32 {
 /// Bytes of one `samples.bin` record: id:u64 seq:u64 label:u32 0:u32 q:[i32; d] r:[i32; C]
 /// xxh3-64(everything before):u64. `seq` is the journal entry of the learn that wrote it (0
 /// in a compacted file), so that recovery can tell which call each record belongs to.
+///
+/// A forget overwrites a record with a tombstone: id 0, seq = the forget's entry, label
+/// [`TOMBSTONE`], zero features and targets, and the checksum. It holds nothing of the sample;
+/// it is the evidence that the entry was committed, so that a journal cut before it is detected.
 pub fn record_len(dim: usize, classes: usize) -> usize {
     RECORD_HEAD + 4 * (dim + classes) + 8
 }
 
 /// Bytes of a record before its features.
 const RECORD_HEAD: usize = 24;
+/// The label of a tombstone (no class has it: C ≤ 2^16).
+pub const TOMBSTONE: u32 = u32::MAX;
+
+/// Writes the tombstone of journal entry `seq` into `out` ([`record_len`] bytes).
+pub fn encode_tombstone(seq: u64, out: &mut [u8]) {
+    out.fill(0);
+    out[16..20].copy_from_slice(&TOMBSTONE.to_le_bytes());
+    restamp(out, seq);
+}
 
 /// Writes a sample's record, written by journal entry `seq`, into `out` ([`record_len`]
 /// bytes).
@@ -215,6 +265,10 @@ pub fn restamp(rec: &mut [u8], seq: u64) {
 pub enum Slot {
     /// All zeros.
     Free,
+    /// A tombstone: released by this journal entry.
+    Released {
+        seq: u64,
+    },
     Live {
         id: u64,
         seq: u64,
@@ -233,6 +287,15 @@ pub fn parse_record(rec: &[u8], classes: usize) -> Parsed<Slot> {
         };
     }
     let label = u32_at(rec, 16);
+    if label == TOMBSTONE {
+        let empty = u64_at(rec, 0) == 0 && rec[20..body].iter().all(|&b| b == 0);
+        return match empty {
+            true => Ok(Slot::Released {
+                seq: u64_at(rec, 8),
+            }),
+            false => Err("a tombstone that holds data".into()),
+        };
+    }
     if label as usize >= classes || u32_at(rec, 20) != 0 {
         return Err(format!("label {label} is not one of the {classes} classes"));
     }
@@ -318,7 +381,11 @@ pub struct StoredStats {
 
 /// Parses `stats.bin`; `one` is the fixed-point 1 (A's bias corner must be n · one²).
 pub fn parse_stats(bytes: &[u8], expect: &Header, one: i32) -> Parsed<StoredStats> {
-    let n = parse_header(bytes, STATS_MAGIC, expect)?;
+    let found = parse_header(bytes, STATS_MAGIC, expect)?;
+    if found.seq != 0 {
+        return Err("its header has a journal seq".into());
+    }
+    let n = found.extra;
     let (d, c) = (expect.dim, expect.classes);
     let len = stats_len(d, c);
     if bytes.len() != len {

@@ -2,33 +2,32 @@
 //! It holds slot numbers only, never sample bytes or ids.
 //!
 //! Layout: a 64-byte header (`extra` = the base: slots `0..base` of `samples.bin` were live
-//! when the journal was started), then entries. An entry is
+//! when the journal was started; `seq` = the first entry's seq, 1 after a compaction and one
+//! more than the last entry of the journal it replaced after a checkpoint), then entries. An
+//! entry is
 //!
 //! ```text
 //! count:u32 ×4 | frame | frame        (the two frames are identical)
 //! frame = kind:u32 count:u32 seq:u64 slot:u64 × count xxh3-64(kind..slots):u64
 //! ```
 //!
-//! with kind 1 = learn, 2 = forget, 3 = forget-all (no slots) and seq = 1, 2, 3, …. An entry is
-//! committed once it is durable (one sync). The redundancy tells a torn write from damage: a
+//! with kind 1 = learn, 2 = forget and seq = first, first + 1, …. An entry is committed once it
+//! is durable (one sync). The redundancy tells a torn write from damage: a
 //! crash while appending can only hurt the last entry, and leaves it with no valid frame (not
 //! committed) or one (committed). A single flipped bit anywhere leaves one valid frame and a
 //! majority of the count copies, so no committed entry is ever lost to it; damage in any entry
 //! but the last is reported as corruption, and damage in the last one is logged.
-
-use std::path::Path;
 
 use xxhash_rust::xxh3::xxh3_64;
 
 use super::format::{
     encode_header, parse_header, u32_at, u64_at, Header, HEADER_LEN, JOURNAL_MAGIC,
 };
-use super::io::StoreFile;
+use super::io::{Dir, StoreFile};
 use crate::error::Result;
 
 const LEARN: u32 = 1;
 const FORGET: u32 = 2;
-const FORGET_ALL: u32 = 3;
 /// Bytes before the two frames of an entry: four copies of the count.
 const COUNTS_LEN: usize = 16;
 
@@ -39,8 +38,6 @@ pub enum Op {
     Learn(Vec<u64>),
     /// These (live) slots were released.
     Forget(Vec<u64>),
-    /// Every slot was released.
-    ForgetAll,
 }
 
 impl Op {
@@ -48,14 +45,12 @@ impl Op {
         match self {
             Op::Learn(_) => LEARN,
             Op::Forget(_) => FORGET,
-            Op::ForgetAll => FORGET_ALL,
         }
     }
 
     fn slots(&self) -> &[u64] {
         match self {
             Op::Learn(s) | Op::Forget(s) => s,
-            Op::ForgetAll => &[],
         }
     }
 }
@@ -101,7 +96,6 @@ fn frame_at(bytes: &[u8], at: usize, count: usize, seq: u64) -> Option<Op> {
     match kind {
         LEARN => Some(Op::Learn(slots())),
         FORGET => Some(Op::Forget(slots())),
-        FORGET_ALL if count == 0 => Some(Op::ForgetAll),
         _ => None,
     }
 }
@@ -111,20 +105,33 @@ fn frame_at(bytes: &[u8], at: usize, count: usize, seq: u64) -> Option<Op> {
 pub struct Parsed {
     /// Slots `0..base` were live when the journal was started.
     pub base: u64,
+    /// The seq of the first entry.
+    pub first: u64,
     /// The committed changes, in order.
     pub ops: Vec<Op>,
+    /// Where the committed entries end (what follows is a torn tail).
+    pub end: u64,
+    /// Where the last entry starts, when one of its copies is damaged (it must be rewritten
+    /// before anything is appended).
+    pub damaged_last: Option<u64>,
     /// What was wrong with the tail (an interrupted append), if anything: for the log.
     pub tail_note: Option<String>,
 }
 
 /// Parses a journal (`expect` = the header it must have, `extra` aside).
 pub fn parse(bytes: &[u8], expect: &Header) -> std::result::Result<Parsed, String> {
-    let base = parse_header(bytes, JOURNAL_MAGIC, expect)?;
+    let header = parse_header(bytes, JOURNAL_MAGIC, expect)?;
+    let (base, first) = (header.extra, header.seq);
+    if first == 0 || first > u64::MAX / 2 {
+        return Err(format!("its first entry's seq ({first}) is out of range"));
+    }
     let mut ops = Vec::new();
     let mut at = HEADER_LEN;
+    let mut end = at;
+    let mut damaged_last = None;
     let mut tail_note = None;
     while at < bytes.len() {
-        let seq = ops.len() as u64 + 1;
+        let seq = first + ops.len() as u64;
         let counts: Vec<u32> = (0..4)
             .filter_map(|i| bytes.get(at + 4 * i..at + 4 * i + 4).map(|b| u32_at(b, 0)))
             .collect();
@@ -143,12 +150,13 @@ pub fn parse(bytes: &[u8], expect: &Header) -> std::result::Result<Parsed, Strin
             (frames, end, counts.iter().all(|&c| c as usize == count))
         });
         match found {
-            Some(([Some(a), Some(b)], end, true)) if a == b => {
+            Some(([Some(a), Some(b)], entry_end, true)) if a == b => {
                 ops.push(a);
-                at = end;
+                at = entry_end;
+                end = at;
             }
-            Some(([a, b], end, _)) if a.is_some() || b.is_some() => {
-                if end < bytes.len() {
+            Some(([a, b], entry_end, _)) if a.is_some() || b.is_some() => {
+                if entry_end < bytes.len() {
                     return Err(format!("entry {seq} (byte {at}) is damaged"));
                 }
                 if let (Some(a), Some(b)) = (&a, &b) {
@@ -161,7 +169,9 @@ pub fn parse(bytes: &[u8], expect: &Header) -> std::result::Result<Parsed, Strin
                      or a flipped bit); the intact copy was used"
                 ));
                 ops.push(a.or(b).expect("one is valid"));
+                damaged_last = Some(at as u64);
                 at = bytes.len();
+                end = at;
             }
             _ => {
                 if let Some(later) = later_entry(bytes, at, seq) {
@@ -180,7 +190,10 @@ pub fn parse(bytes: &[u8], expect: &Header) -> std::result::Result<Parsed, Strin
     }
     Ok(Parsed {
         base,
+        first,
         ops,
+        end: end as u64,
+        damaged_last,
         tail_note,
     })
 }
@@ -205,25 +218,45 @@ fn later_entry(bytes: &[u8], at: usize, seq: u64) -> Option<u64> {
 /// An open journal, appended to by one writer.
 pub struct Journal {
     file: StoreFile,
+    /// Where the next entry goes: the end of the committed entries.
     end: u64,
+    first: u64,
     seq: u64,
 }
 
 impl Journal {
-    /// Creates the journal at `path` with base `header.extra` and syncs it (not the dir).
-    pub fn create(path: &Path, header: &Header) -> Result<Journal> {
-        let file = StoreFile::create(path)?;
-        let bytes = encode_header(JOURNAL_MAGIC, header);
-        file.write_at(&bytes, 0)?;
-        file.sync()?;
+    /// Creates the journal `name` in `dir` with base `header.extra` and first seq
+    /// `header.seq`, and syncs it (not the dir).
+    pub fn create(dir: &Dir, name: &str, header: &Header) -> Result<Journal> {
+        let file = dir.write_new(name, &encode_header(JOURNAL_MAGIC, header))?;
         Ok(Journal {
             file,
-            end: bytes.len() as u64,
-            seq: 1,
+            end: HEADER_LEN as u64,
+            first: header.seq,
+            seq: header.seq,
         })
     }
 
-    /// Appends `op` and syncs: once this returns, the change is committed.
+    /// Continues a recovered journal: cuts a torn tail, rewrites a last entry with a damaged
+    /// copy, and syncs.
+    pub fn resume(file: StoreFile, parsed: &Parsed) -> Result<Journal> {
+        let mut journal = Journal {
+            file,
+            end: parsed.end,
+            first: parsed.first,
+            seq: parsed.first + parsed.ops.len() as u64,
+        };
+        if let (Some(at), Some(op)) = (parsed.damaged_last, parsed.ops.last()) {
+            let entry = encode_entry(journal.seq - 1, op);
+            journal.file.write_at(&entry, at)?;
+            journal.end = at + entry.len() as u64;
+        }
+        journal.cut_tail()?;
+        Ok(journal)
+    }
+
+    /// Appends `op` and syncs: once this returns, the change is committed. On an error the
+    /// entry may or may not be durable: call [`Journal::cut_tail`].
     pub fn commit(&mut self, op: &Op) -> Result<()> {
         let entry = encode_entry(self.seq, op);
         self.file.write_at(&entry, self.end)?;
@@ -233,17 +266,33 @@ impl Journal {
         Ok(())
     }
 
+    /// Cuts whatever follows the committed entries (an append that failed) and syncs, so that
+    /// the failed entry is not committed whatever the disk kept of it.
+    pub fn cut_tail(&self) -> Result<()> {
+        self.file.set_len(self.end)?;
+        self.file.sync()
+    }
+
     /// The seq the next entry will have.
     pub fn next_seq(&self) -> u64 {
         self.seq
+    }
+
+    /// Entries since the journal was started.
+    pub fn entries(&self) -> u64 {
+        self.seq - self.first
+    }
+
+    /// Bytes of the journal.
+    pub fn len(&self) -> u64 {
+        self.end
     }
 
     pub fn file(&self) -> &StoreFile {
         &self.file
     }
 
-    /// Records that the journal was renamed to `to`.
-    pub fn renamed(&mut self, to: &Path) {
+    pub fn renamed(&mut self, to: std::path::PathBuf) {
         self.file.renamed(to);
     }
 }
