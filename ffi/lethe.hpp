@@ -8,6 +8,7 @@
  * - lethe::Options fills a lethe_options with lethe_options_default(), so struct_size is that of
  *   the lethe.h the program is built with.
  * - lethe::set_log_callback() sends Lethe's log messages to a std::function.
+ * - lethe::erase_state() erases a state dir, also one that cannot be opened.
  * - Arrays are taken as std::vector, as std::span (C++20, when the library has <span>), or as
  *   pointer + count. Vector and span overloads check their sizes against the core's input
  *   length and the head's classes before calling Lethe.
@@ -115,6 +116,12 @@ inline void set_log_callback(LogFunction function, lethe_log_level max_level = L
   detail::check(lethe_set_log_callback(next ? detail::log_trampoline : nullptr, next.get(),
                                        max_level));
   state.current = std::move(next);
+}
+
+/// Erases the state dir `state_dir` (see lethe_state_erase in lethe.h): scrubs and removes
+/// every Lethe file, also when the state dir cannot be opened; throws if a head has it open.
+inline void erase_state(const std::string &state_dir) {
+  detail::check(lethe_state_erase(state_dir.c_str()));
 }
 
 /// Options for opening a core and a head (see lethe_options in lethe.h). Empty strings and

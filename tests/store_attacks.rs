@@ -7,9 +7,9 @@ mod common;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use common::store::*;
 use lethe::{Error, FixedPoint, Head, HeadOptions, HeadSpec};
 use ndarray::Array2;
-use common::store::*;
 
 /// What an attacker points links at: a file of someone else's that must survive untouched.
 const PRECIOUS: &[u8] = b"someone else's file: Lethe must never write here\n";

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
+use common::store::*;
 use lethe::store::{erase, ErasedReport};
 use lethe::Error;
-use common::store::*;
 
 const PRECIOUS: &[u8] = b"someone else's file: Lethe must never write here\n";
 

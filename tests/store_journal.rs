@@ -3,8 +3,8 @@
 
 mod common;
 
-use lethe::store::CHECKPOINT_BYTES;
 use common::store::*;
+use lethe::store::CHECKPOINT_BYTES;
 
 /// Samples per call: entries of 16 + 2·(24 + 8·k) bytes, so that the journal passes
 /// [`CHECKPOINT_BYTES`] within a few dozen calls.

@@ -58,6 +58,10 @@ pub enum Command {
     Info(HeadArgs),
     /// Recompute the head from its stored samples from scratch and compare with what is served.
     Verify(HeadArgs),
+    /// Erase a state dir: overwrite every Lethe file in it with zeros, sync, remove it, then the
+    /// dir. Works on a state dir that cannot be opened (corrupt, another format version, a full
+    /// disk); refuses one a head has open.
+    Erase(EraseArgs),
 }
 
 #[derive(Debug, Args)]
@@ -194,6 +198,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Weights(args) => weights(g, &args),
         Command::Info(head) => info(g, &head),
         Command::Verify(head) => verify(g, &head),
+        Command::Erase(args) => erase(&args.state),
     }
 }
 
@@ -448,6 +453,37 @@ fn verify(g: &Global, head: &HeadArgs) -> Result<()> {
 }
 
 /// Ids from an integer .npy file, or a text file of ids separated by white space or commas.
+/// Which state dir to erase.
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The state dir to erase (it need not open; a missing path is not an error).
+    #[arg(long)]
+    pub state: PathBuf,
+}
+
+fn erase(dir: &Path) -> Result<()> {
+    let report = lethe::store::erase(dir)?;
+    for name in &report.scrubbed {
+        eprintln!("scrubbed and removed {name}");
+    }
+    for name in &report.unlinked {
+        eprintln!("removed without writing through it: {name}");
+    }
+    for name in &report.kept {
+        eprintln!("kept (not Lethe's): {name}");
+    }
+    eprintln!(
+        "erased {}{}",
+        dir.display(),
+        if report.dir_removed {
+            " (the dir is removed)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
 fn read_id_file(path: &Path) -> Result<Vec<u64>> {
     if path.extension().is_some_and(|e| e == "npy") {
         return data::read_ids(path);

@@ -255,3 +255,34 @@ fn a_state_dir_records_its_bundle() {
     let err = lethe_fails(&["info", "--state", s(&state)]);
     assert!(err.contains("symlink"), "{err}");
 }
+
+#[test]
+fn erase_removes_a_state_dir_that_cannot_be_opened() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 6);
+    let state = dir.join("state");
+    inp.learn(&state, &[]);
+    let samples = std::fs::read(state.join("samples.bin")).unwrap();
+    assert!(samples.len() > 64, "the learn stored its samples");
+    // A damaged meta.json: the state dir no longer opens, but erase needs no parsing.
+    std::fs::write(state.join("meta.json"), "{").unwrap();
+    lethe_fails(&["info", "--state", s(&state)]);
+    let out = lethe_in(&common::repo_root(), &["erase", "--state", s(&state)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("scrubbed and removed samples.bin"),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "the state dir is gone: {stderr}");
+    // Erasing what is not there is not an error; a foreign file next to Lethe's stays.
+    lethe_ok(&["erase", "--state", s(&state)]);
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("notes.txt"), "mine").unwrap();
+    // A dir that does not look like a state dir is refused, and nothing in it is touched.
+    let refused = lethe_fails(&["erase", "--state", s(&state)]);
+    assert!(refused.contains("not"), "{refused}");
+    assert_eq!(listing(&state), ["notes.txt"]);
+    assert_eq!(std::fs::read(state.join("notes.txt")).unwrap(), b"mine");
+}

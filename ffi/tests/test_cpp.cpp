@@ -222,7 +222,10 @@ int main() {
     lethe::Head recovered(core, dir.string(), options);
     CHECK(logged("incomplete entry") == LETHE_LOG_WARN);
     CHECK(recovered.ids() == base.ids && recovered.weights().w == weights_before.w);
+    CHECK_THROWS(lethe::erase_state(dir.string()), LETHE_ERROR_STATE, "forget-all");
     recovered.close();
+    lethe::erase_state(dir.string());
+    CHECK(!fs::exists(dir));
   }
   lethe::set_log_callback(nullptr);
 
