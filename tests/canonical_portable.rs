@@ -168,9 +168,10 @@ fn a_stats_file_of_another_algorithm_version_is_refused() {
     head.close().unwrap();
     let path = dir.join("stats.bin");
     let mut bytes = std::fs::read(&path).unwrap();
-    let version = u64::from_le_bytes(bytes[48..56].try_into().unwrap());
-    assert_eq!(version, ALGORITHM_VERSION as u64);
-    bytes[48..56].copy_from_slice(&(version + 1).to_le_bytes());
+    // The header's algorithm word: a u32 at bytes 12..16 (src/store/format.rs).
+    let version = u32::from_le_bytes(bytes[12..16].try_into().unwrap());
+    assert_eq!(version, ALGORITHM_VERSION);
+    bytes[12..16].copy_from_slice(&(version + 1).to_le_bytes());
     let header_sum = xxh3_64(&bytes[..56]);
     bytes[56..64].copy_from_slice(&header_sum.to_le_bytes());
     let body = bytes.len() - 16;
