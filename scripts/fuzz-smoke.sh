@@ -8,4 +8,6 @@ seconds=${LETHE_FUZZ_SECONDS:-20}
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --locked
 fi
-RUSTC_BOOTSTRAP=1 cargo fuzz run state_files -- -max_total_time="$seconds" -max_len=4096
+# -timeout: an input that runs longer than this is a hang, reported as a failure at once.
+RUSTC_BOOTSTRAP=1 cargo fuzz run state_files -- -max_total_time="$seconds" -max_len=4096 \
+  -timeout=60

@@ -610,8 +610,13 @@ impl Head {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        self.inner.stop.store(true, Ordering::SeqCst);
-        self.inner.wake.notify_all();
+        {
+            // Under the lock, so the re-solve cannot miss the wake-up between its check of
+            // `stop` and its wait.
+            let _st = self.inner.lock();
+            self.inner.stop.store(true, Ordering::SeqCst);
+            self.inner.wake.notify_all();
+        }
         if let Some(worker) = self.worker.take() {
             let _ = worker.join();
         }
