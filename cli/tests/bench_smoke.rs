@@ -1,6 +1,6 @@
 //! Smoke test of `lethe bench --quick` and `lethe eval --quick`: both complete, write their
 //! reports where they are told, state the numbers they measured, and the numbers are sane. No
-//! timing thresholds beyond orders of magnitude.
+//! timing thresholds: on a shared machine they are noise.
 
 use std::sync::Mutex;
 
@@ -70,8 +70,8 @@ fn quick_bench_completes_and_is_sane() {
         "refit baseline disagrees with the head: {}",
         report.baseline_agreement
     );
-    // At the largest quick size (n = 4000, d = 256) the refit is O(n·d²) and a forget O(d²):
-    // measured two orders of magnitude apart in memory, so one order holds on a busy machine.
+    // Speed is the benchmark's to report, not this test's to assert (timings on a shared
+    // machine are noise): it checks that the largest quick size was measured.
     let largest = report
         .forget
         .iter()
@@ -79,10 +79,6 @@ fn quick_bench_completes_and_is_sane() {
         .max_by_key(|r| r.n)
         .expect("a k = 1 row with an in-memory time");
     assert_eq!(largest.n, 4000, "{largest:?}");
-    assert!(
-        10.0 * largest.memory.unwrap() < largest.refit,
-        "an in-memory forget is not 10× faster than the refit: {largest:?}"
-    );
     assert_eq!(report.open.n, largest.n);
     assert!(report.open.open > 0.0 && report.open.bytes > 0);
     let b = &report.breakdown;
