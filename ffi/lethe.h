@@ -218,6 +218,33 @@ typedef struct lethe_head_summary {
 } lethe_head_summary;
 
 /**
+ * What lethe_head_receipt reports: a digest of the head's state that anyone holding the
+ * retained samples can recompute (see DESIGN.md, G8, for the exact bytes it covers).
+ */
+typedef struct lethe_receipt {
+  /**
+   * The version of the digest's byte layout.
+   */
+  uint32_t receipt_version;
+  /**
+   * The version of the canonical solve that produced the weights.
+   */
+  uint32_t algorithm_version;
+  /**
+   * Samples the head holds.
+   */
+  uint64_t samples;
+  /**
+   * SHA-256 commitment to the ids of the samples the head holds.
+   */
+  uint8_t ids_digest[32];
+  /**
+   * SHA-256 of the spec, the algorithm version, the canonical weights and `ids_digest`.
+   */
+  uint8_t digest[32];
+} lethe_receipt;
+
+/**
  * Success.
  */
 #define LETHE_OK 0
@@ -710,6 +737,27 @@ lethe_status lethe_head_weights(const struct lethe_head *head,
 lethe_status lethe_head_info(const struct lethe_head *head,
                              struct lethe_head_summary *out,
                              size_t out_size);
+
+/**
+ * Writes the receipt of the head's state to `*out` (G8): the digest a fresh head that learned
+ * only the head's current samples has, on any machine. Taken right after a learn, forget or
+ * forget-all, it is that call's receipt (unless another thread changed the head in between).
+ * If a background re-solve is pending, this call finishes it first. `out_size` must be
+ * sizeof(lethe_receipt) (see lethe_head_info).
+ *
+ * Writes nothing on error.
+ *
+ * Thread-safe: may run concurrently with any call (it sees the head between two changes).
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_INVALID_ARGUMENT (an `out_size` no lethe.h has had); LETHE_ERROR_LIMIT;
+ * LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `out` points to `out_size` writable bytes.
+ */
+lethe_status lethe_head_receipt(const struct lethe_head *head,
+                                struct lethe_receipt *out,
+                                size_t out_size);
 
 /**
  * Writes the ids of the learned samples, in increasing order, to `ids`, which holds `ids_len`

@@ -308,6 +308,13 @@ class Head {
     return s;
   }
 
+  /// The receipt of the head's state (G8): equal for every head holding the same samples.
+  lethe_receipt receipt() const {
+    lethe_receipt r;
+    detail::check(lethe_head_receipt(handle_, &r, sizeof r));
+    return r;
+  }
+
   /// The learned ids, in increasing order.
   std::vector<std::uint64_t> ids() const {
     std::vector<std::uint64_t> out;

@@ -252,6 +252,27 @@ const SUMMARY_SIZES: [u64; 1] = [48];
 const _: () =
     assert!(SUMMARY_SIZES[SUMMARY_SIZES.len() - 1] == size_of::<lethe_head_summary>() as u64);
 
+/// What lethe_head_receipt reports: a digest of the head's state that anyone holding the
+/// retained samples can recompute (see DESIGN.md, G8, for the exact bytes it covers).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct lethe_receipt {
+    /// The version of the digest's byte layout.
+    pub receipt_version: u32,
+    /// The version of the canonical solve that produced the weights.
+    pub algorithm_version: u32,
+    /// Samples the head holds.
+    pub samples: u64,
+    /// SHA-256 commitment to the ids of the samples the head holds.
+    pub ids_digest: [u8; 32],
+    /// SHA-256 of the spec, the algorithm version, the canonical weights and `ids_digest`.
+    pub digest: [u8; 32],
+}
+
+/// sizeof(lethe_receipt) in each released lethe.h, oldest first (see [`OPTIONS_SIZES`]).
+const RECEIPT_SIZES: [u64; 1] = [80];
+const _: () = assert!(RECEIPT_SIZES[RECEIPT_SIZES.len() - 1] == size_of::<lethe_receipt>() as u64);
+
 /// A failed call: its status and the message for `lethe_last_error`.
 #[derive(Debug)]
 struct Failure {
@@ -1515,6 +1536,45 @@ pub unsafe extern "C" fn lethe_head_info(
             })
         })?;
         write_prefix(out, &summary, size);
+        Ok(())
+    })
+}
+
+/// Writes the receipt of the head's state to `*out` (G8): the digest a fresh head that learned
+/// only the head's current samples has, on any machine. Taken right after a learn, forget or
+/// forget-all, it is that call's receipt (unless another thread changed the head in between).
+/// If a background re-solve is pending, this call finishes it first. `out_size` must be
+/// sizeof(lethe_receipt) (see lethe_head_info).
+///
+/// Writes nothing on error.
+///
+/// Thread-safe: may run concurrently with any call (it sees the head between two changes).
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (an `out_size` no lethe.h has had); LETHE_ERROR_LIMIT;
+/// LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `out` points to `out_size` writable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_receipt(
+    head: *const lethe_head,
+    out: *mut lethe_receipt,
+    out_size: usize,
+) -> lethe_status {
+    boundary!("lethe_head_receipt", [head, out], {
+        check_slice(out.cast_const(), 1, "out")?;
+        let size = known_size("out_size", out_size as u64, &RECEIPT_SIZES)?;
+        let receipt = with_head(head, |h| {
+            let r = h.receipt()?;
+            Ok(lethe_receipt {
+                receipt_version: r.receipt_version,
+                algorithm_version: r.algorithm_version,
+                samples: r.samples,
+                ids_digest: r.ids_digest,
+                digest: r.digest,
+            })
+        })?;
+        write_prefix(out, &receipt, size);
         Ok(())
     })
 }

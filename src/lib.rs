@@ -48,6 +48,7 @@ pub use crate::core::{Core, CoreOptions, CoreOutputs};
 pub use crate::error::{Error, Result};
 pub use crate::head::{Head, HeadInfo, HeadOptions, VerifyReport};
 pub use crate::math::fixed::FixedPoint;
+pub use crate::math::receipt::Receipt;
 pub use crate::math::spec::HeadSpec;
 pub use crate::math::weights::{ServedWeights, Weights};
 pub use crate::placement::{Backend, BackendOptions, BackendReport, Placement};

@@ -13,6 +13,7 @@ use crate::demo::DemoArgs;
 use crate::eval::EvalArgs;
 use crate::global::Global;
 use crate::logits::argmax;
+use crate::receipts::{self, VerifyArgs};
 use crate::state::{bundle_for, Creation};
 use lethe::store::recorded_bundle;
 use lethe::{data, Bundle, Core, Head, HeadOptions};
@@ -49,7 +50,7 @@ pub enum Command {
     /// Forget samples by id, exactly.
     Forget(ForgetArgs),
     /// Forget everything: the head predicts exactly the core's logits again.
-    ForgetAll(HeadArgs),
+    ForgetAll(ForgetAllArgs),
     /// Predict logits for inputs.
     Predict(PredictArgs),
     /// Write the canonical weights W (C × d) and b (C) in f64 as .npz.
@@ -62,6 +63,16 @@ pub enum Command {
     /// dir. Works on a state dir that cannot be opened (corrupt, another format version, a full
     /// disk); refuses one a head has open.
     Erase(EraseArgs),
+    /// Receipts (from `--receipt`).
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReceiptCommand {
+    /// Check a receipt: relearn the retained samples in a fresh head that keeps nothing on
+    /// disk and compare its receipt; optionally check that forgotten ids are absent.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -125,6 +136,9 @@ pub struct LearnArgs {
     /// Caller-chosen sample ids, integer [n].
     #[arg(long)]
     pub ids: PathBuf,
+    /// Write the head's receipt after the learn to this file (JSON).
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -137,6 +151,18 @@ pub struct ForgetArgs {
     /// Ids as an integer .npy file or a text file with one id per line.
     #[arg(long, conflicts_with = "ids")]
     pub ids_file: Option<PathBuf>,
+    /// Write the head's receipt after the forget to this file (JSON).
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetAllArgs {
+    #[command(flatten)]
+    pub head: HeadArgs,
+    /// Write the head's receipt after the forget-all to this file (JSON).
+    #[arg(long)]
+    pub receipt: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -193,12 +219,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bundle(BundleCommand::Check(args)) => bundle_check(g, &args.dir),
         Command::Learn(args) => learn(g, &args),
         Command::Forget(args) => forget(g, &args),
-        Command::ForgetAll(head) => forget_all(g, &head),
+        Command::ForgetAll(args) => forget_all(g, &args),
         Command::Predict(args) => predict(g, &args),
         Command::Weights(args) => weights(g, &args),
         Command::Info(head) => info(g, &head),
         Command::Verify(head) => verify(g, &head),
         Command::Erase(args) => erase(&args.state),
+        Command::Receipt(ReceiptCommand::Verify(args)) => receipts::verify(g, &args),
     }
 }
 
@@ -291,7 +318,7 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
     // Only a successful learn leaves a state dir behind.
     let creation = is_new.then(|| Creation::before(&head.state)).transpose()?;
     let start = Instant::now();
-    let learned = learn_into(core, head, &x, n, &ids, &labels);
+    let learned = learn_into(core, args, &x, n, &ids, &labels);
     if let (Err(_), Some(creation)) = (&learned, creation) {
         if let Err(e) = creation.undo() {
             eprintln!("warning: could not remove the new state dir: {e}");
@@ -309,15 +336,18 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
 /// core in chunks with progress; returns the samples in the head.
 fn learn_into(
     core: Arc<Core>,
-    head: &HeadArgs,
+    args: &LearnArgs,
     x: &[f32],
     n: usize,
     ids: &[u64],
     labels: &[u32],
 ) -> Result<u64> {
-    let h = Head::open(core, &head.state, &head.options(false))?;
+    let h = Head::open(core, &args.head.state, &args.head.options(false))?;
     let (phi, z) = core_features(&h, x, n)?;
     h.learn_features(ids, &phi, &z, labels)?;
+    if let Some(path) = &args.receipt {
+        receipts::write(path, &h, "learn", ids.len())?;
+    }
     let samples = h.info().samples;
     h.close()?;
     Ok(samples)
@@ -332,6 +362,9 @@ fn forget(g: &Global, args: &ForgetArgs) -> Result<()> {
     let start = Instant::now();
     h.forget(&ids)?;
     let took = start.elapsed();
+    if let Some(path) = &args.receipt {
+        receipts::write(path, &h, "forget", ids.len())?;
+    }
     let samples = h.info().samples;
     h.close()?;
     eprintln!(
@@ -342,9 +375,12 @@ fn forget(g: &Global, args: &ForgetArgs) -> Result<()> {
     Ok(())
 }
 
-fn forget_all(g: &Global, head: &HeadArgs) -> Result<()> {
-    let h = head.open(g)?;
+fn forget_all(g: &Global, args: &ForgetAllArgs) -> Result<()> {
+    let h = args.head.open(g)?;
     h.forget_all()?;
+    if let Some(path) = &args.receipt {
+        receipts::write(path, &h, "forget-all", 0)?;
+    }
     h.close()?;
     eprintln!("forgot all samples: the head now predicts the core's logits");
     Ok(())
@@ -452,7 +488,6 @@ fn verify(g: &Global, head: &HeadArgs) -> Result<()> {
     }
 }
 
-/// Ids from an integer .npy file, or a text file of ids separated by white space or commas.
 /// Which state dir to erase.
 #[derive(Debug, Args)]
 pub struct EraseArgs {
@@ -484,6 +519,7 @@ fn erase(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Ids from an integer .npy file, or a text file of ids separated by white space or commas.
 fn read_id_file(path: &Path) -> Result<Vec<u64>> {
     if path.extension().is_some_and(|e| e == "npy") {
         return data::read_ids(path);

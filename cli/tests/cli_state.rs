@@ -1,6 +1,6 @@
 //! State dirs through the `lethe` binary: only a successful learn creates one, every other
-//! command refuses a missing or non-Lethe dir (creating nothing), and a state dir records its
-//! bundle, which is used when `--bundle` is not given.
+//! command refuses a missing or non-Lethe dir (creating nothing), a state dir records its
+//! bundle, which is used when `--bundle` is not given, and receipts check forgets.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -285,4 +285,103 @@ fn erase_removes_a_state_dir_that_cannot_be_opened() {
     assert!(refused.contains("not"), "{refused}");
     assert_eq!(listing(&state), ["notes.txt"]);
     assert_eq!(std::fs::read(state.join("notes.txt")).unwrap(), b"mine");
+}
+
+/// G8 from the command line: `--receipt` after learn, forget and forget-all, and `lethe receipt
+/// verify` accepts the retained samples and refuses them with one sample changed, missing or
+/// added, or with a "forgotten" id that was retained.
+#[test]
+fn a_forget_receipt_verifies_against_the_retained_samples_only() {
+    use ndarray::Axis;
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let n = 30;
+    let inp = inputs(dir, n);
+    let state = dir.join("state");
+    let learned = dir.join("learned.json");
+    inp.learn(&state, &["--receipt", s(&learned)]);
+    let forgotten = [3usize, 7, 11, 29];
+    let receipt = dir.join("forget.json");
+    lethe_ok(&[
+        "forget",
+        "--state",
+        s(&state),
+        "--ids",
+        "3,7,11,29",
+        "--receipt",
+        s(&receipt),
+    ]);
+    let text = std::fs::read_to_string(&receipt).unwrap();
+    assert!(text.contains("\"operation\": \"forget\""), "{text}");
+    assert!(text.contains("\"samples\": 26"), "{text}");
+
+    // The retained samples as .npy files (`label` changes one label, `rows` picks them).
+    let write_set = |name: &str, rows: &[usize], label: Option<(usize, i64)>| -> [PathBuf; 3] {
+        let x = dir.join(format!("{name}-x.npy"));
+        common::write_npy(&x, &common::mnist_core_input(n).select(Axis(0), rows));
+        let mut labels: Array1<i64> = rows.iter().map(|&i| i as i64 % 10).collect();
+        if let Some((at, value)) = label {
+            labels[at] = value;
+        }
+        let y = dir.join(format!("{name}-y.npy"));
+        common::write_npy(&y, &labels);
+        let ids = dir.join(format!("{name}-ids.npy"));
+        common::write_npy(
+            &ids,
+            &rows.iter().map(|&i| i as i64).collect::<Array1<i64>>(),
+        );
+        [x, y, ids]
+    };
+    let verify = |receipt: &Path, set: &[PathBuf; 3], forgotten: &str| -> Vec<String> {
+        let mut args = vec![
+            "receipt".to_string(),
+            "verify".into(),
+            "--bundle".into(),
+            "models/mnist-core".into(),
+            "--receipt".into(),
+            s(receipt).into(),
+            "--input".into(),
+            s(&set[0]).into(),
+            "--labels".into(),
+            s(&set[1]).into(),
+            "--ids".into(),
+            s(&set[2]).into(),
+        ];
+        if !forgotten.is_empty() {
+            args.extend(["--forgotten".into(), forgotten.into()]);
+        }
+        args
+    };
+    let run_ok = |args: Vec<String>| lethe_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_fails =
+        |args: Vec<String>| lethe_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let rest: Vec<usize> = (0..n).filter(|i| !forgotten.contains(i)).collect();
+    let retained = write_set("retained", &rest, None);
+    let out = run_ok(verify(&receipt, &retained, "3,7,11,29"));
+    assert!(
+        out.contains("verified") && out.contains("4 forgotten ids are absent"),
+        "{out}"
+    );
+    let all = write_set("all", &(0..n).collect::<Vec<_>>(), None);
+    run_ok(verify(&learned, &all, ""));
+
+    let changed = write_set("changed", &rest, Some((5, 9)));
+    let err = run_fails(verify(&receipt, &changed, ""));
+    assert!(err.contains("a sample's inputs or label differ"), "{err}");
+    let missing = write_set("missing", &rest[1..], None);
+    let err = run_fails(verify(&receipt, &missing, ""));
+    assert!(err.contains("are not the 26 ids"), "{err}");
+    let err = run_fails(verify(&receipt, &all, ""));
+    assert!(err.contains("are not the 26 ids"), "{err}");
+    let err = run_fails(verify(&receipt, &retained, "4"));
+    assert!(
+        err.contains("forgotten id 4 is among the retained ids"),
+        "{err}"
+    );
+
+    let cleared = dir.join("forget-all.json");
+    lethe_ok(&["forget-all", "--state", s(&state), "--receipt", s(&cleared)]);
+    let text = std::fs::read_to_string(&cleared).unwrap();
+    assert!(text.contains("\"samples\": 0"), "{text}");
 }

@@ -658,6 +658,7 @@ static void test_forget_equals_never_learned(lethe_core *core) {
   lethe_head *a = NULL, *b = NULL;
   batch s = make_batch(200, 30), t = make_batch(230, 15), probe = make_batch(300, 4);
   snapshot sa, sb;
+  lethe_receipt ra, rb, rc;
   OK(lethe_head_open(core, tmp_path("a"), NULL, &a));
   OK(lethe_head_open(core, tmp_path("b"), NULL, &b));
   OK(lethe_head_learn(a, t.ids, t.inputs, 7, t.labels));
@@ -669,6 +670,18 @@ static void test_forget_equals_never_learned(lethe_core *core) {
   sa = take(a, &probe);
   sb = take(b, &probe);
   expect_same(&sa, &sb, probe.n);
+  /* G8: the receipt after the forgets is the one of the head that never learned t. */
+  OK(lethe_head_receipt(a, &ra, sizeof ra));
+  OK(lethe_head_receipt(b, &rb, sizeof rb));
+  CHECK(memcmp(&ra, &rb, sizeof ra) == 0);
+  CHECK(ra.samples == s.n && ra.receipt_version == 1 && ra.algorithm_version >= 1);
+  OK(lethe_head_learn(b, t.ids, t.inputs, 1, t.labels));
+  OK(lethe_head_receipt(b, &rc, sizeof rc));
+  CHECK(memcmp(rc.digest, ra.digest, sizeof ra.digest) != 0);
+  CHECK(memcmp(rc.ids_digest, ra.ids_digest, sizeof ra.ids_digest) != 0);
+  EXPECT(lethe_head_receipt(NULL, &rc, sizeof rc), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_receipt(b, NULL, sizeof rc), LETHE_ERROR_NULL_ARGUMENT);
+  EXPECT(lethe_head_receipt(b, &rc, sizeof rc - 1), LETHE_ERROR_INVALID_ARGUMENT);
   free_snapshot(&sa);
   free_snapshot(&sb);
   OK(lethe_head_close(a));

@@ -135,6 +135,8 @@ int main() {
     CHECK(before.size() == 3 * 10);
     weights_before = head.weights();
     CHECK(weights_before.w.size() == 10 * 128 && weights_before.b.size() == 10);
+    const lethe_receipt receipt_before = head.receipt();
+    CHECK(receipt_before.samples == 30);
 
     // Lethe's errors, as exceptions with the status and the message.
     CHECK_THROWS(head.learn(base.ids, base.inputs, base.labels), LETHE_ERROR_SAMPLE_ID,
@@ -157,8 +159,11 @@ int main() {
     // Learn and forget: bit-identical weights and predictions afterwards.
     head.learn(extra.ids, extra.inputs, extra.labels);
     CHECK(head.info().samples == 35 && head.weights().w != weights_before.w);
+    CHECK(std::memcmp(head.receipt().digest, receipt_before.digest, 32) != 0);
     head.forget(extra.ids);
     CHECK(head.weights().w == weights_before.w && head.weights().b == weights_before.b);
+    const lethe_receipt receipt_after = head.receipt();
+    CHECK(std::memcmp(&receipt_after, &receipt_before, sizeof receipt_after) == 0);
     CHECK(head.predict(probe.inputs) == before);
 
 #ifdef __cpp_lib_span

@@ -42,6 +42,7 @@ use ndarray::{Array2, ArrayViewD};
 
 use crate::core::Core;
 use crate::error::{Error, Result};
+use crate::math::receipt::Receipt;
 use crate::math::samples::{SampleRef, SampleSet};
 use crate::math::secret::{Rows, SecretArray, SecretMat, Zeroizing};
 use crate::math::solver::{self, Solution};
@@ -551,6 +552,23 @@ impl Head {
         let _st = self.inner.lock();
         self.inner.held.store(held, Ordering::SeqCst);
         self.inner.wake.notify_all();
+    }
+
+    /// The receipt of the head's state (G8), finishing a pending re-solve first: a digest of
+    /// the spec, the algorithm version, the canonical weights and the remaining ids that a
+    /// fresh head which learns only the remaining samples reproduces on any machine. Taken
+    /// right after a learn or forget, it is that call's receipt (unless another thread changed
+    /// the head in between).
+    pub fn receipt(&self) -> Result<Receipt> {
+        let mut st = self.inner.lock_sound()?;
+        self.inner.make_canonical(&mut st)?;
+        let theta = &st.solution.theta;
+        Ok(Receipt::of(
+            &self.inner.spec,
+            solver::ALGORITHM_VERSION,
+            |i, j| theta[(i, j)],
+            &st.samples.index().sorted_ids(),
+        ))
     }
 
     /// The canonical weights in f64 (finishing a pending re-solve first).
