@@ -170,6 +170,8 @@ fn quick_eval_forgets_exactly() {
             );
             assert_eq!(sc.max_weight_diff, 0.0, "{name} {}", sc.title);
             assert!(sc.logits_identical, "{name} {}: logits differ", sc.title);
+            assert!(sc.receipt_verified, "{name} {}: receipts differ", sc.title);
+            assert_eq!(sc.receipt.len(), 64, "{name} {}: a hex SHA-256", sc.title);
             assert_eq!(sc.attack.lethe, sc.attack.retrained, "{name} {}", sc.title);
             // The independent retrain: scikit-learn's Ridge on the remaining features.
             assert!(

@@ -42,6 +42,7 @@ use crate::scratch::Scratch;
 use crate::units::fmt_secs;
 use attack::attack;
 use lethe::data::Digits;
+use lethe::math::receipt::hex;
 use lethe::{Core, Head, HeadOptions, HeadSpec, Weights};
 use lethe::{Error, Result};
 use results::{
@@ -459,6 +460,7 @@ impl Step<'_> {
         let forget_seconds = t.elapsed().as_secs_f64();
         let lethe_w = self.head.weights()?;
         let canonical_seconds = t.elapsed().as_secs_f64();
+        let receipt = self.head.receipt()?;
         let after = data.logits(self.head)?;
 
         let t = Instant::now();
@@ -472,6 +474,7 @@ impl Step<'_> {
         data.learn(&fresh, remaining)?;
         let fresh_w = fresh.weights()?;
         let retrain_seconds = t.elapsed().as_secs_f64();
+        let receipt_verified = fresh.receipt()? == receipt;
         let retrained = data.logits(&fresh)?;
 
         let all_test: Vec<usize> = (0..data.test_labels.len()).collect();
@@ -546,6 +549,8 @@ impl Step<'_> {
             max_weight_diff: max_weight_diff(&lethe_w, &fresh_w),
             ridge: RidgeRetrain::default(),
             logits_identical: after.1 == retrained.1 && after.0 == retrained.0,
+            receipt: hex(&receipt.digest),
+            receipt_verified,
             attack: Trio {
                 before: attack_on(&before),
                 lethe: attack_on(&after),

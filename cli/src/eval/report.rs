@@ -75,7 +75,10 @@ impl EvalReport {
     /// Lethe's weights, served logits and accuracies equal its own retrain's in every forget.
     fn exact(&self) -> bool {
         self.scenarios().iter().all(|(_, sc)| {
-            sc.max_weight_diff == 0.0 && sc.logits_identical && sc.lethe == sc.retrained
+            sc.max_weight_diff == 0.0
+                && sc.logits_identical
+                && sc.receipt_verified
+                && sc.lethe == sc.retrained
         })
     }
 
@@ -133,7 +136,8 @@ impl EvalReport {
                     "in all {} forgets ({} setups × random 10 % and a whole class), Lethe's \
                      canonical weights equal those of a head retrained from scratch by Lethe's \
                      solver on the remaining digits bit for bit (max |ΔW| = 0), and so do the \
-                     served logits and every accuracy.",
+                     served logits, every accuracy and the receipt (G8: the retrained head's \
+                     digest equals Lethe's after the forget).",
                     scenarios.len(),
                     self.setups.len()
                 ),
@@ -216,14 +220,16 @@ impl EvalReport {
              difference between Lethe's and the retrained head's canonical f64 weights (W and \
              b), and for `Ridge` the relative difference ‖Θ_Ridge − Θ_Lethe‖ / ‖Θ_Ridge‖; \
              `logits` says whether Lethe's and the retrained head's served logits on every \
-             train and test digit are bit-identical.\n\n\
-             | setup | forgot | head | forgotten | retained | test | max \\|ΔW\\| | logits | time |\n\
-             | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+             train and test digit are bit-identical; `receipt` is the start of the digest of \
+             Lethe's receipt after the forget and whether the retrained head's receipt equals \
+             it (DESIGN.md, G8).\n\n\
+             | setup | forgot | head | forgotten | retained | test | max \\|ΔW\\| | logits | receipt | time |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
         for u in &self.setups {
             for sc in &u.scenarios {
                 s += &format!(
-                    "| {} | {}, {} remain | Lethe | {} | {} | {} | {:e} | {} | forget {}, canonical {} |\n",
+                    "| {} | {}, {} remain | Lethe | {} | {} | {} | {:e} | {} | {}… {} | forget {}, canonical {} |\n",
                     u.name(),
                     sc.title,
                     sc.remaining,
@@ -236,11 +242,17 @@ impl EvalReport {
                     } else {
                         "**differ**"
                     },
+                    &sc.receipt[..12],
+                    if sc.receipt_verified {
+                        "= retrained"
+                    } else {
+                        "**differs**"
+                    },
                     fmt_secs(sc.forget_seconds),
                     fmt_secs(sc.canonical_seconds),
                 );
                 s += &format!(
-                    "| | | retrained | {} | {} | {} | | | retrain {} |\n",
+                    "| | | retrained | {} | {} | {} | | | | retrain {} |\n",
                     pct(sc.retrained.forgotten),
                     pct(sc.retrained.retained),
                     pct(sc.retrained.test),
@@ -248,7 +260,7 @@ impl EvalReport {
                 );
                 let r = &sc.ridge.accuracies;
                 s += &format!(
-                    "| | | `Ridge` | {} | {} | {} | {:.1e} (relative) | | |\n",
+                    "| | | `Ridge` | {} | {} | {} | {:.1e} (relative) | | | |\n",
                     pct(r.forgotten),
                     pct(r.retained),
                     pct(r.test),

@@ -80,6 +80,10 @@ pub struct Scenario {
     pub ridge: RidgeRetrain,
     /// The served logits on every test digit are bit-identical.
     pub logits_identical: bool,
+    /// Lethe's receipt after the forget (its digest, hex) and whether the retrained head's
+    /// receipt equals it (G8).
+    pub receipt: String,
+    pub receipt_verified: bool,
     pub attack: Trio<Attack>,
     /// For a class: probes on (head logits only, core features + head logits).
     pub probes: Option<[Trio<Probe>; 2]>,
