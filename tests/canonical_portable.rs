@@ -1,7 +1,7 @@
 //! G7 across processes: a state dir written with this CPU's fastest kernel verifies and reopens
 //! byte-identically in a process forced onto the scalar kernel (`LETHE_CANONICAL_KERNEL=scalar`),
 //! and a fresh state dir written there from the remaining samples alone is byte-identical to it.
-//! A `stats.bin` computed by another algorithm version is refused.
+//! So does the receipt (G8). A `stats.bin` computed by another algorithm version is refused.
 //! The child is this test binary itself, running the ignored test `child` with
 //! `LETHE_PORTABLE_CHILD` set.
 
@@ -94,6 +94,8 @@ fn a_state_dir_moves_between_kernels_byte_for_byte() {
     learn(&head, &learned[60..]);
     head.forget(&FORGOTTEN.collect::<Vec<_>>()[20..]).unwrap();
     assert!(head.verify().unwrap().ok());
+    let receipt = head.receipt().unwrap();
+    std::fs::write(root.path().join("receipt"), receipt.digest).unwrap();
     head.close().unwrap();
     std::fs::create_dir(&moved).unwrap();
     for (name, bytes) in files(&written) {
@@ -152,6 +154,13 @@ fn child() {
     for batch in ids.chunks(9) {
         learn(&head, batch);
     }
+    // G8 across kernels: the receipt of the retained samples alone is the one the parent's
+    // head gave after its forgets.
+    let digest = head.receipt().unwrap().digest;
+    assert_eq!(
+        digest.to_vec(),
+        std::fs::read(root.join("receipt")).unwrap()
+    );
     head.close().unwrap();
 }
 
