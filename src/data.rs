@@ -12,6 +12,8 @@ use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, ReadableElement, WritableElement, WriteNpyExt};
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, Result};
 
 fn open(path: &Path) -> Result<File> {
@@ -212,6 +214,20 @@ fn read_u8(path: &Path) -> Result<ArrayD<u8>> {
         "uint8" => read_as::<u8>(path, file),
         other => Err(npy_err(path, format!("holds {other} values, not uint8"))),
     }
+}
+
+/// A UTF-8 text file as lines, one text per line: split at LF with one trailing CR dropped
+/// (Rust's `str::lines`); zeroized when dropped.
+pub fn read_lines(path: &Path) -> Result<Zeroizing<Vec<String>>> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: not UTF-8 (at byte {})",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    Ok(Zeroizing::new(text.lines().map(str::to_string).collect()))
 }
 
 /// Writes an array as `.npy`.
