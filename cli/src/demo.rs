@@ -14,7 +14,7 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::batches::core_features;
+use crate::batches::{core_features, Samples};
 use crate::global::Global;
 use crate::logits::{accuracy, max_abs_diff};
 use crate::scratch::Scratch;
@@ -117,8 +117,11 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let all_train: Vec<usize> = (0..train.len()).collect();
     let all_test: Vec<usize> = (0..test.len()).collect();
     let ev = Eval {
-        train: core_features(&probe, &train.inputs(&all_train), train.len())?,
-        test: core_features(&probe, &test.inputs(&all_test), test.len())?,
+        train: core_features(
+            &probe,
+            &Samples::Floats(train.len(), train.inputs(&all_train)),
+        )?,
+        test: core_features(&probe, &Samples::Floats(test.len(), test.inputs(&all_test)))?,
         train_labels: train.labels.clone(),
         test_labels: test.labels.clone(),
     };
