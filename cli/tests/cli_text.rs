@@ -245,3 +245,52 @@ fn inputs_a_bundle_does_not_take_are_refused_before_the_state_dir_exists() {
     ]);
     assert!(err.contains("cannot be used with"), "{err}");
 }
+
+/// The numbers that follow `label` on each line of `out`.
+fn numbers_after(out: &str, label: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|line| line.split_once(label))
+        .map(|(_, rest)| {
+            let word = rest.split_whitespace().next().unwrap_or("");
+            word.parse()
+                .unwrap_or_else(|_| panic!("{label} is followed by {word:?}, not a number"))
+        })
+        .collect()
+}
+
+/// Writes the first `n` tweets of a split of tests/data (lines and labels) into `dir`.
+fn tweet_subset(dir: &Path, split: &str, n: usize) {
+    let data = common::repo_root().join("tests/data");
+    let lines = lethe::data::read_lines(&data.join(format!("tweets_{split}.txt"))).unwrap();
+    std::fs::write(
+        dir.join(format!("tweets_{split}.txt")),
+        lines[..n].join("\n") + "\n",
+    )
+    .unwrap();
+    let name = format!("tweets_{split}_labels.npy");
+    let labels = Array1::<u8>::read_npy(std::fs::File::open(data.join(&name)).unwrap()).unwrap();
+    labels
+        .slice(ndarray::s![..n])
+        .to_owned()
+        .write_npy(std::fs::File::create(dir.join(name)).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn text_demo_forgets_exactly() {
+    let tmp = common::temp_dir();
+    tweet_subset(tmp.path(), "train", 120);
+    tweet_subset(tmp.path(), "test", 40);
+    let out = lethe(&["demo", "--bundle", BUNDLE, "--data", s(tmp.path())]);
+    assert!(out.contains("120 user tweets and 40 test tweets"), "{out}");
+    assert!(out.contains("forget class positive"), "{out}");
+    let weights = numbers_after(&out, "max |W − W_retrained| =");
+    assert_eq!(weights, [0.0, 0.0], "{out}");
+    // No core logits: after forget-all the head predicts exactly 0, the core's (absent) logits.
+    let core = numbers_after(&out, "max |head logits − core logits| =");
+    assert_eq!(core, [0.0], "{out}");
+    assert!(
+        !out.contains("differs") && !out.contains("DIFFER"),
+        "the demo reports a difference:\n{out}"
+    );
+}
