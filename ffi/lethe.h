@@ -188,6 +188,52 @@ typedef struct lethe_options {
 } lethe_options;
 
 /**
+ * The element type of a tensor: one of the LETHE_DTYPE_* values (ONNX's element type codes).
+ */
+typedef uint32_t lethe_dtype;
+
+/**
+ * One named input tensor of a core, in the caller's memory: pass one per core input to
+ * lethe_head_learn_tensors and lethe_head_predict_tensors. The bundle's manifest says what each
+ * input is (its name, element type and shape; its README how to prepare it); every field is
+ * checked against it.
+ *
+ * Set struct_size to sizeof(lethe_tensor): new versions only append fields, and every element
+ * of an array passed in one call must have the same struct_size (it is the array's stride).
+ * Strings and arrays are read during the call only.
+ */
+typedef struct lethe_tensor {
+  /**
+   * Bytes: sizeof(lethe_tensor) in the caller's lethe.h.
+   */
+  uint64_t struct_size;
+  /**
+   * The core input's name (UTF-8, NUL-terminated), e.g. "input_ids".
+   */
+  const char *name;
+  /**
+   * The element type, a LETHE_DTYPE_* value: the manifest's dtype of that input.
+   */
+  lethe_dtype dtype;
+  /**
+   * The number of axes (the entries of shape), at least 1.
+   */
+  uint32_t rank;
+  /**
+   * The size of each axis, the batch axis first (n, the number of samples).
+   */
+  const int64_t *shape;
+  /**
+   * The values, row-major, in the machine's byte order.
+   */
+  const void *data;
+  /**
+   * The size of data in bytes: the product of the shape times the element size.
+   */
+  uint64_t byte_len;
+} lethe_tensor;
+
+/**
  * What lethe_head_info reports about a head.
  */
 typedef struct lethe_head_summary {
@@ -373,6 +419,36 @@ typedef struct lethe_receipt {
  */
 #define LETHE_LOG_TRACE 5
 
+/**
+ * 32-bit IEEE float (`float`); values must be finite.
+ */
+#define LETHE_DTYPE_FLOAT32 1
+
+/**
+ * Unsigned 8-bit integer (`uint8_t`).
+ */
+#define LETHE_DTYPE_UINT8 2
+
+/**
+ * Signed 32-bit integer (`int32_t`).
+ */
+#define LETHE_DTYPE_INT32 6
+
+/**
+ * Signed 64-bit integer (`int64_t`).
+ */
+#define LETHE_DTYPE_INT64 7
+
+/**
+ * Boolean, one byte each, 0 or 1 (other byte values are LETHE_ERROR_INVALID_ARGUMENT).
+ */
+#define LETHE_DTYPE_BOOL 9
+
+/**
+ * 16-bit IEEE float (the bits, as `uint16_t`); values must be finite.
+ */
+#define LETHE_DTYPE_FLOAT16 10
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -501,7 +577,10 @@ lethe_status lethe_core_close(struct lethe_core *core);
 /**
  * Writes to `*out` the number of float values of one sample's input: the product of the
  * core's input shape without the batch axis (784 for mnist-core's [n, 1, 28, 28]). Inputs
- * passed to learn and predict hold n times this many floats, sample after sample.
+ * passed to learn and predict hold n times this many floats, sample after sample. A core that
+ * does not take one float32 input of fixed shape (several inputs, integer inputs, dynamic
+ * axes: e.g. a text bundle's) gives 0: use lethe_head_learn_tensors and
+ * lethe_head_predict_tensors (or the _text calls) with it.
  *
  * Thread-safe: may run concurrently with any call. Returns LETHE_OK,
  * LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
@@ -692,6 +771,117 @@ lethe_status lethe_head_predict(const struct lethe_head *head,
                                 float *logits,
                                 size_t logits_len,
                                 size_t *logits_needed);
+
+/**
+ * Learns n samples from named tensors, one per core input: `inputs` holds `num_inputs`
+ * lethe_tensor structs, each with n rows on its batch axis (the first). Sample i has the id
+ * `ids[i]`, row i of every input, and the class `labels[i]` < C. Otherwise as
+ * lethe_head_learn, which is the shorthand for a core with one float32 input.
+ *
+ * Every input the core takes must be given once, with the manifest's name, element type and
+ * number of axes, the same n on every batch axis, the manifest's fixed sizes, the same size on
+ * every axis of one name (e.g. "seq"), and byte_len equal to the shape's product times the
+ * element size; floats must be finite and booleans 0 or 1. Anything else is
+ * LETHE_ERROR_INVALID_ARGUMENT, with lethe_last_error() naming the input and what differs.
+ *
+ * All or nothing: on any error nothing is learned and the head is unchanged.
+ *
+ * Thread-safe: as lethe_head_learn.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (also a NULL name or shape, or a NULL data with
+ * a positive byte_len); LETHE_ERROR_INVALID_HANDLE; LETHE_ERROR_INVALID_ARGUMENT (n = 0,
+ * num_inputs = 0, a struct_size no lethe.h has had or that differs between elements, a tensor
+ * that does not match the core's inputs, a label >= C, features out of the bundle's range);
+ * LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO; LETHE_ERROR_ORT; LETHE_ERROR_LIMIT;
+ * LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `ids` and `labels` point to n readable values and `inputs`
+ * to `num_inputs` lethe_tensor structs of struct_size bytes whose names are NUL-terminated and
+ * whose shape and data point to rank values and byte_len bytes, none of which change during
+ * the call.
+ */
+lethe_status lethe_head_learn_tensors(struct lethe_head *head,
+                                      const uint64_t *ids,
+                                      const struct lethe_tensor *inputs,
+                                      size_t num_inputs,
+                                      size_t n,
+                                      const uint32_t *labels);
+
+/**
+ * Predicts n samples from named tensors (as for lethe_head_learn_tensors; n must be their
+ * batch size): writes their logits, n rows of C floats, to `logits`, which holds `logits_len`
+ * floats (at least n * C). `logits` and `logits_needed` must not overlap any of the inputs'
+ * memory (the array, names, shapes, data). Otherwise as lethe_head_predict, which is the
+ * shorthand for a core with one float32 input.
+ *
+ * Writes nothing else on error.
+ *
+ * Thread-safe: as lethe_head_predict.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_INVALID_ARGUMENT (n = 0, num_inputs = 0, a tensor that does not match the
+ * core's inputs or n, overlapping arrays); LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C);
+ * LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `inputs` is as for lethe_head_learn_tensors, `logits`
+ * points to `logits_len` writable floats, and `logits_needed` is NULL or writable.
+ */
+lethe_status lethe_head_predict_tensors(const struct lethe_head *head,
+                                        const struct lethe_tensor *inputs,
+                                        size_t num_inputs,
+                                        size_t n,
+                                        float *logits,
+                                        size_t logits_len,
+                                        size_t *logits_needed);
+
+/**
+ * Learns n samples from UTF-8 texts, for a bundle that ships a tokenizer (its manifest
+ * declares text preprocessing): sample i is the NUL-terminated text `texts[i]`, tokenized,
+ * truncated and padded as the manifest says, with the id `ids[i]` and the class `labels[i]`.
+ * Otherwise as lethe_head_learn_tensors.
+ *
+ * All or nothing: on any error nothing is learned and the head is unchanged.
+ *
+ * Thread-safe: as lethe_head_learn.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (also a NULL text); LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_INVALID_ARGUMENT (n = 0, a text that is not UTF-8, a bundle without a
+ * tokenizer, a label >= C); LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO; LETHE_ERROR_ORT;
+ * LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `ids` and `labels` point to n readable values and `texts`
+ * to n pointers to NUL-terminated strings, none of which change during the call.
+ */
+lethe_status lethe_head_learn_text(struct lethe_head *head,
+                                   const uint64_t *ids,
+                                   const char *const *texts,
+                                   size_t n,
+                                   const uint32_t *labels);
+
+/**
+ * Predicts n UTF-8 texts (as for lethe_head_learn_text): writes their logits, n rows of C
+ * floats, to `logits`, which holds `logits_len` floats (at least n * C). `logits` and
+ * `logits_needed` must not overlap `texts` or the strings. Otherwise as lethe_head_predict.
+ *
+ * Writes nothing else on error.
+ *
+ * Thread-safe: as lethe_head_predict.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_INVALID_ARGUMENT (n = 0, a text that is not UTF-8, a bundle without a
+ * tokenizer, overlapping arrays); LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C);
+ * LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `texts` points to n pointers to NUL-terminated strings
+ * that do not change during the call, `logits` to `logits_len` writable floats, and
+ * `logits_needed` is NULL or writable.
+ */
+lethe_status lethe_head_predict_text(const struct lethe_head *head,
+                                     const char *const *texts,
+                                     size_t n,
+                                     float *logits,
+                                     size_t logits_len,
+                                     size_t *logits_needed);
 
 /**
  * Writes the head's canonical weights in double precision: W (C x d, row-major) to `w`, which

@@ -12,6 +12,9 @@
  * - Arrays are taken as std::vector, as std::span (C++20, when the library has <span>), or as
  *   pointer + count. Vector and span overloads check their sizes against the core's input
  *   length and the head's classes before calling Lethe.
+ * - A core with other inputs (several, integer, dynamic axes: a text bundle's) takes named
+ *   lethe::Tensor views (learn_tensors, predict_tensors); one that ships a tokenizer also
+ *   takes UTF-8 strings (learn_text, predict_text).
  * - Thread safety is that of the C API (see lethe.h): a const Head may be used from many
  *   threads at once, also while one thread calls learn/forget on it.
  *
@@ -205,6 +208,81 @@ class Core {
   lethe_core *handle_ = nullptr;
 };
 
+/// One named input tensor (see lethe_tensor in lethe.h): a view of the caller's values, which
+/// must outlive the call it is passed to. Lethe checks the name, type and shape against the
+/// bundle's manifest.
+class Tensor {
+ public:
+  Tensor(std::string name, const std::vector<float> &values, std::vector<std::int64_t> shape)
+      : Tensor(std::move(name), LETHE_DTYPE_FLOAT32, values.data(), values.size() * 4,
+               std::move(shape)) {}
+  Tensor(std::string name, const std::vector<std::int64_t> &values,
+         std::vector<std::int64_t> shape)
+      : Tensor(std::move(name), LETHE_DTYPE_INT64, values.data(), values.size() * 8,
+               std::move(shape)) {}
+  Tensor(std::string name, const std::vector<std::int32_t> &values,
+         std::vector<std::int64_t> shape)
+      : Tensor(std::move(name), LETHE_DTYPE_INT32, values.data(), values.size() * 4,
+               std::move(shape)) {}
+  Tensor(std::string name, const std::vector<std::uint8_t> &values,
+         std::vector<std::int64_t> shape)
+      : Tensor(std::move(name), LETHE_DTYPE_UINT8, values.data(), values.size(),
+               std::move(shape)) {}
+  /// Any element type: `byte_len` bytes of `dtype` values at `data`.
+  Tensor(std::string name, lethe_dtype dtype, const void *data, std::size_t byte_len,
+         std::vector<std::int64_t> shape)
+      : name_(std::move(name)),
+        dtype_(dtype),
+        data_(data),
+        byte_len_(byte_len),
+        shape_(std::move(shape)) {}
+
+  /// The batch size (the first axis), 0 for a tensor without axes.
+  std::size_t samples() const noexcept {
+    return shape_.empty() ? 0 : static_cast<std::size_t>(shape_[0]);
+  }
+
+  /// The C struct; it points into this object, which must outlive its use.
+  lethe_tensor c_tensor() const noexcept {
+    lethe_tensor t;
+    t.struct_size = sizeof t;
+    t.name = name_.c_str();
+    t.dtype = dtype_;
+    t.rank = static_cast<std::uint32_t>(shape_.size());
+    t.shape = shape_.data();
+    t.data = data_;
+    t.byte_len = byte_len_;
+    return t;
+  }
+
+ private:
+  std::string name_;
+  lethe_dtype dtype_;
+  const void *data_;
+  std::size_t byte_len_;
+  std::vector<std::int64_t> shape_;
+};
+
+namespace detail {
+inline std::vector<lethe_tensor> c_tensors(const std::vector<Tensor> &tensors) {
+  std::vector<lethe_tensor> out;
+  for (const Tensor &t : tensors) out.push_back(t.c_tensor());
+  return out;
+}
+
+inline std::size_t batch_of(const std::vector<Tensor> &tensors) {
+  if (tensors.empty())
+    throw Error(LETHE_ERROR_INVALID_ARGUMENT, "tensors: pass one per core input");
+  return tensors[0].samples();
+}
+
+inline std::vector<const char *> c_strings(const std::vector<std::string> &texts) {
+  std::vector<const char *> out;
+  for (const std::string &t : texts) out.push_back(t.c_str());
+  return out;
+}
+}  // namespace detail
+
 /// W (C x d, row-major) and b (C) in double precision.
 struct Weights {
   std::size_t num_classes = 0;
@@ -272,6 +350,44 @@ class Head {
     std::size_t n = detail::samples_of(inputs.size(), input_len_, "inputs");
     std::vector<float> logits(n * num_classes_);
     predict(inputs.data(), n, logits.data(), logits.size());
+    return logits;
+  }
+
+  /// Learns one sample per row of the named tensors (one per core input, n rows each). All or
+  /// nothing.
+  void learn_tensors(const std::vector<std::uint64_t> &ids, const std::vector<Tensor> &inputs,
+                     const std::vector<std::uint32_t> &labels) {
+    detail::same_count(ids.size(), detail::batch_of(inputs), "ids and inputs");
+    detail::same_count(ids.size(), labels.size(), "ids and labels");
+    std::vector<lethe_tensor> c = detail::c_tensors(inputs);
+    detail::check(
+        lethe_head_learn_tensors(handle_, ids.data(), c.data(), c.size(), ids.size(),
+                                 labels.data()));
+  }
+  /// The logits (n x C, row-major) of the named tensors' n rows.
+  std::vector<float> predict_tensors(const std::vector<Tensor> &inputs) const {
+    std::size_t n = detail::batch_of(inputs);
+    std::vector<lethe_tensor> c = detail::c_tensors(inputs);
+    std::vector<float> logits(n * num_classes_);
+    detail::check(lethe_head_predict_tensors(handle_, c.data(), c.size(), n, logits.data(),
+                                             logits.size(), nullptr));
+    return logits;
+  }
+
+  /// Learns one sample per UTF-8 text, for a bundle that ships a tokenizer. All or nothing.
+  void learn_text(const std::vector<std::uint64_t> &ids, const std::vector<std::string> &texts,
+                  const std::vector<std::uint32_t> &labels) {
+    detail::same_count(ids.size(), texts.size(), "ids and texts");
+    detail::same_count(ids.size(), labels.size(), "ids and labels");
+    std::vector<const char *> c = detail::c_strings(texts);
+    detail::check(lethe_head_learn_text(handle_, ids.data(), c.data(), c.size(), labels.data()));
+  }
+  /// The logits (n x C, row-major) of n UTF-8 texts.
+  std::vector<float> predict_text(const std::vector<std::string> &texts) const {
+    std::vector<const char *> c = detail::c_strings(texts);
+    std::vector<float> logits(texts.size() * num_classes_);
+    detail::check(lethe_head_predict_text(handle_, c.data(), c.size(), logits.data(),
+                                          logits.size(), nullptr));
     return logits;
   }
 

@@ -13,21 +13,30 @@
 //! The core runs on ONNX Runtime's CPU execution provider unless [`CoreOptions::backend`] asks
 //! for CUDA and the loaded ONNX Runtime has the CUDA execution provider (the `onnxruntime-gpu`
 //! wheel); see [`crate::placement`].
+//!
+//! A core takes named, typed tensors ([`Core::run_tensors`]; [`Core::run`] is the shorthand
+//! for a core with one float32 input); a text bundle's core also takes UTF-8 texts, tokenized
+//! as its manifest says ([`text`]).
+
+pub mod text;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use ndarray::{Array2, ArrayViewD};
+use ort::memory::Allocator;
 use ort::session::Session;
-use ort::value::{Tensor, TensorElementType, TensorRefMut, ValueType};
+use ort::value::{DynTensor, TensorElementType, TensorRefMut, ValueType};
 use zeroize::Zeroize;
 
-use crate::bundle::Bundle;
+use crate::bundle::tensor::{DType, Tensor};
+use crate::bundle::{Bundle, Dim};
 use crate::device::cuda;
 use crate::error::{Error, Result};
 use crate::math::secret::{Rows, SecretArray};
 use crate::placement::{self, Backend, BackendOptions, CpuReason, Placement};
 use crate::runtime::{self, Runtime};
+use text::TextEncoder;
 
 /// How to open a core.
 #[derive(Debug, Clone, Default)]
@@ -47,6 +56,8 @@ pub struct Core {
     options: CoreOptions,
     backend: CoreBackend,
     idle: Mutex<Vec<Session>>,
+    /// The tokenizer, for a bundle that takes text.
+    text: Option<TextEncoder>,
 }
 
 /// One output of [`Core::run_on_device`]: `[n, width]` f32 in the CUDA device's memory.
@@ -88,11 +99,13 @@ impl Core {
     /// Opens the core of an already-opened bundle and checks its graph against the manifest.
     pub fn from_bundle(bundle: Bundle, options: &CoreOptions) -> Result<Core> {
         let rt = runtime::ensure_loaded(options.ort_library.as_deref())?;
+        let text = TextEncoder::open(&bundle)?;
         let mut core = Core {
             bundle,
             options: options.clone(),
             backend: CoreBackend::choose(&options.backend, rt)?,
             idle: Mutex::new(Vec::new()),
+            text,
         };
         let session = match core.new_session() {
             // The CUDA EP loads its own libraries (cuBLAS, cuDNN) only now.
@@ -128,9 +141,34 @@ impl Core {
         &self.options
     }
 
-    /// The number of f32 values of one sample's input.
+    /// The number of f32 values of one sample's input, for a core that takes one float32
+    /// input (0 otherwise; see [`Bundle::input_len`]).
     pub fn input_len(&self) -> usize {
         self.bundle.input_len()
+    }
+
+    /// The tokenizer of a bundle that takes text.
+    pub fn text(&self) -> Option<&TextEncoder> {
+        self.text.as_ref()
+    }
+
+    /// The core's inputs for UTF-8 `texts`, tokenized and padded as the manifest says; an
+    /// error for a bundle that does not take text.
+    pub fn encode_text(&self, texts: &[&str]) -> Result<Vec<Tensor<'static>>> {
+        match &self.text {
+            Some(encoder) => encoder.encode(texts),
+            None => Err(Error::InvalidInput(format!(
+                "bundle {} does not take text (its manifest declares no text preprocessing); \
+                 its core takes {}",
+                self.bundle.manifest.name,
+                self.bundle.describe_inputs()
+            ))),
+        }
+    }
+
+    /// [`Core::run_tensors`] on UTF-8 texts (see [`Core::encode_text`]).
+    pub fn run_text(&self, texts: &[&str], names: &[&str]) -> Result<CoreOutputs> {
+        self.run_tensors(&self.encode_text(texts)?, names)
     }
 
     fn new_session(&self) -> Result<Session> {
@@ -179,42 +217,53 @@ impl Core {
     /// Checks that the ONNX graph's inputs and outputs are what the manifest says.
     fn check_graph(&self, session: &Session) -> Result<()> {
         let m = &self.bundle.manifest;
-        let input = &m.inputs[0];
+        let graph_inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         if session.inputs().len() != m.inputs.len() {
             return Err(self.mismatch(
                 "inputs",
                 format!(
-                    "the graph has {} inputs, the manifest lists {}",
+                    "the graph has {} inputs {graph_inputs:?}, the manifest lists {}",
                     session.inputs().len(),
                     m.inputs.len()
                 ),
             ));
         }
-        let outlet = session
-            .inputs()
-            .iter()
-            .find(|o| o.name() == input.name)
-            .ok_or_else(|| {
+        for (i, input) in m.inputs.iter().enumerate() {
+            let outlet = session
+                .inputs()
+                .iter()
+                .find(|o| o.name() == input.name)
+                .ok_or_else(|| {
+                    self.mismatch(
+                        &format!("inputs[{i}].name"),
+                        format!(
+                            "the graph has no input {:?} (it has {graph_inputs:?})",
+                            input.name
+                        ),
+                    )
+                })?;
+            let (dtype, dims) = tensor_type(outlet.dtype()).ok_or_else(|| {
                 self.mismatch(
-                    "inputs[0].name",
-                    format!("the graph has no input {:?}", input.name),
+                    &format!("inputs[{i}]"),
+                    "the graph's input is not a tensor".into(),
                 )
             })?;
-        let (dtype, dims) = tensor_type(outlet.dtype()).ok_or_else(|| {
-            self.mismatch("inputs[0]", "the graph's input is not a tensor".into())
-        })?;
-        if dtype != TensorElementType::Float32 {
-            return Err(self.mismatch(
-                "inputs[0].dtype",
-                format!("the graph's input is {dtype:?}, not float32"),
-            ));
-        }
-        let expected: Vec<Option<u64>> = input.shape.clone();
-        if !shape_matches(&dims, &expected) {
-            return Err(self.mismatch(
-                "inputs[0].shape",
-                format!("the graph's input has shape {dims:?}, the manifest says {expected:?}"),
-            ));
+            if dtype != ort_type(input.dtype()) {
+                return Err(self.mismatch(
+                    &format!("inputs[{i}].dtype"),
+                    format!("the graph's input is {dtype:?}, not {}", input.dtype),
+                ));
+            }
+            if !input_shape_matches(&dims, &input.shape) {
+                return Err(self.mismatch(
+                    &format!("inputs[{i}].shape"),
+                    format!(
+                        "the graph's input has shape {dims:?} (-1: dynamic), the manifest says \
+                         {}",
+                        input.shape_text()
+                    ),
+                ));
+            }
         }
         let mut wanted: Vec<(String, String, usize)> = m
             .features
@@ -274,9 +323,19 @@ impl Core {
     }
 
     /// Runs the core on `n` samples (`input` holds n × [`Core::input_len`] f32 values, row-major)
-    /// and returns the outputs named in `names`, each `[n, width]`.
+    /// and returns the outputs named in `names`, each `[n, width]`: the shorthand of
+    /// [`Core::run_tensors`] for a core with one float32 input.
     pub fn run(&self, input: &[f32], n: usize, names: &[&str]) -> Result<CoreOutputs> {
         self.check_input(input, n)?;
+        let shape = self.bundle.input_shape(n);
+        let name = self.bundle.manifest.inputs[0].name.as_str();
+        self.run_tensors(&[Tensor::from_slice(name, &shape, input)], names)
+    }
+
+    /// Runs the core on named tensors, one per core input (checked by
+    /// [`Bundle::check_inputs`]), and returns the outputs named in `names`, each `[n, width]`.
+    pub fn run_tensors(&self, inputs: &[Tensor<'_>], names: &[&str]) -> Result<CoreOutputs> {
+        let n = self.bundle.check_inputs(inputs)?;
         let mut outputs = names
             .iter()
             .map(|&name| {
@@ -287,14 +346,18 @@ impl Core {
         if n == 0 {
             return Ok(CoreOutputs { outputs });
         }
-        let mut input = self.input_tensor(input, n)?;
-        let input_name = self.bundle.manifest.inputs[0].name.as_str();
+        let values = inputs
+            .iter()
+            .map(InputValue::copy_of)
+            .collect::<Result<Vec<_>>>()?;
         let mut session = self.take_session()?;
         // ONNX Runtime writes each output into Lethe's buffer: the binding points into
         // `outputs`, and it and its results are dropped before `outputs` is read.
         let result = (|| -> Result<()> {
             let mut binding = session.create_binding()?;
-            binding.bind_input(input_name, &input)?;
+            for v in &values {
+                binding.bind_input(v.name.as_str(), &v.value)?;
+            }
             for (name, array) in &mut outputs {
                 binding.bind_output(
                     name.as_str(),
@@ -310,7 +373,7 @@ impl Core {
             Ok(())
         })();
         self.put_back(session);
-        input.extract_tensor_mut().1.zeroize();
+        drop(values);
         result.map(|()| CoreOutputs { outputs })
     }
 
@@ -333,8 +396,9 @@ impl Core {
         if n == 0 {
             return Ok(None);
         }
-        let mut input = self.input_tensor(input, n)?;
-        let input_name = self.bundle.manifest.inputs[0].name.as_str();
+        let shape = self.bundle.input_shape(n);
+        let name = self.bundle.manifest.inputs[0].name.as_str();
+        let value = InputValue::copy_of(&Tensor::from_slice(name, &shape, input))?;
         let mut session = self.take_session()?;
         let result = (|| -> Result<R> {
             let on_gpu = MemoryInfo::new(
@@ -344,7 +408,7 @@ impl Core {
                 MemoryType::Default,
             )?;
             let mut binding = session.create_binding()?;
-            binding.bind_input(input_name, &input)?;
+            binding.bind_input(value.name.as_str(), &value.value)?;
             for &name in names {
                 binding.bind_output_to_device(name, &on_gpu)?;
             }
@@ -369,11 +433,12 @@ impl Core {
             use_outputs(&bound)
         })();
         self.put_back(session);
-        input.extract_tensor_mut().1.zeroize();
+        drop(value);
         result.map(Some)
     }
 
     fn check_input(&self, input: &[f32], n: usize) -> Result<()> {
+        self.bundle.single_input()?;
         let per = self.input_len();
         let expected = n
             .checked_mul(per)
@@ -392,16 +457,6 @@ impl Core {
             )));
         }
         Ok(())
-    }
-
-    /// `input` (checked by [`Core::check_input`]) as an input tensor `[n, …]` of its own, for an
-    /// I/O binding: ort copies a borrowed one through a session of its own, which deadlocks.
-    /// The caller zeroizes it after the run.
-    fn input_tensor(&self, input: &[f32], n: usize) -> Result<Tensor<f32>> {
-        Ok(Tensor::from_array((
-            self.bundle.input_shape(n),
-            input.to_vec(),
-        ))?)
     }
 
     fn output_width(&self, name: &str) -> Result<usize> {
@@ -423,6 +478,72 @@ fn tensor_type(t: &ValueType) -> Option<(TensorElementType, Vec<i64>)> {
     match t {
         ValueType::Tensor { ty, shape, .. } => Some((*ty, shape.iter().copied().collect())),
         _ => None,
+    }
+}
+
+/// Whether an input's ONNX dims (-1 for dynamic) agree with the manifest's shape: the batch
+/// axis and named axes are dynamic in the graph; a fixed size is that size there, or dynamic.
+fn input_shape_matches(dims: &[i64], shape: &[Dim]) -> bool {
+    dims.len() == shape.len()
+        && dims.iter().zip(shape).all(|(&d, dim)| match dim {
+            Dim::Batch | Dim::Named(_) => d < 0,
+            Dim::Fixed(k) => d < 0 || d == *k as i64,
+        })
+}
+
+/// ONNX Runtime's element type for a manifest's.
+fn ort_type(dtype: DType) -> TensorElementType {
+    match dtype {
+        DType::Float32 => TensorElementType::Float32,
+        DType::Float16 => TensorElementType::Float16,
+        DType::Int64 => TensorElementType::Int64,
+        DType::Int32 => TensorElementType::Int32,
+        DType::Uint8 => TensorElementType::Uint8,
+        DType::Bool => TensorElementType::Bool,
+    }
+}
+
+/// A checked input copied into an ONNX Runtime tensor of its own, for an I/O binding (ort
+/// copies a borrowed one through a session of its own, which deadlocks); zeroized when dropped.
+struct InputValue {
+    name: String,
+    value: DynTensor,
+    len: usize,
+}
+
+impl InputValue {
+    fn copy_of(t: &Tensor<'_>) -> Result<InputValue> {
+        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+        let mut value = DynTensor::new(&Allocator::default(), ort_type(t.dtype()), shape)?;
+        let bytes = t.bytes();
+        if !bytes.is_empty() {
+            // SAFETY: the tensor was allocated on the CPU for this shape and type, which
+            // `Bundle::check_inputs` checked is exactly `bytes.len()` bytes.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    value.data_ptr_mut().cast::<u8>(),
+                    bytes.len(),
+                )
+            };
+        }
+        Ok(InputValue {
+            name: t.name().to_string(),
+            value,
+            len: bytes.len(),
+        })
+    }
+}
+
+impl Drop for InputValue {
+    fn drop(&mut self) {
+        if self.len > 0 {
+            // SAFETY: as in `copy_of`: `len` bytes of CPU memory owned by `value`.
+            unsafe {
+                std::slice::from_raw_parts_mut(self.value.data_ptr_mut().cast::<u8>(), self.len)
+            }
+            .zeroize();
+        }
     }
 }
 

@@ -12,6 +12,8 @@ use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::npy::header::Header;
 use ndarray_npy::{ReadNpyExt, ReadableElement, WritableElement, WriteNpyExt};
 
+use zeroize::{Zeroize, Zeroizing};
+
 use crate::error::{Error, Result};
 
 fn open(path: &Path) -> Result<File> {
@@ -138,6 +140,7 @@ fn dtype_of(descriptor: &str) -> Option<(&'static str, u64)> {
         "i4" => ("int32", 4),
         "u8" => ("uint64", 8),
         "i8" => ("int64", 8),
+        "b1" => ("bool", 1),
         _ => return None,
     })
 }
@@ -212,6 +215,77 @@ fn read_u8(path: &Path) -> Result<ArrayD<u8>> {
         "uint8" => read_as::<u8>(path, file),
         other => Err(npy_err(path, format!("holds {other} values, not uint8"))),
     }
+}
+
+/// An array's values as bytes (see [`read_values`]).
+pub struct Values {
+    /// The numpy dtype name: `float32`, `int64`, `int32`, `uint8` or `bool`.
+    pub dtype: &'static str,
+    pub shape: Vec<usize>,
+    /// Row-major, the machine's byte order; zeroized when dropped.
+    pub bytes: Zeroizing<Vec<u8>>,
+}
+
+/// An array of a core input's element type (float32, int64, int32, uint8 or bool).
+pub fn read_values(path: &Path) -> Result<Values> {
+    let mut file = open(path)?;
+    let declared = declared(path, &mut file)?;
+    macro_rules! values {
+        ($t:ty, $name:literal) => {{
+            let mut a = read_as::<$t>(path, file)?;
+            let mut bytes = Zeroizing::new(Vec::with_capacity(a.len() * size_of::<$t>()));
+            for v in a.iter() {
+                bytes.extend_from_slice(&v.to_ne_bytes());
+            }
+            scrub(&mut a);
+            Ok(Values {
+                dtype: $name,
+                shape: declared.shape,
+                bytes,
+            })
+        }};
+    }
+    match declared.dtype.as_str() {
+        "float32" => values!(f32, "float32"),
+        "int64" => values!(i64, "int64"),
+        "int32" => values!(i32, "int32"),
+        "uint8" => values!(u8, "uint8"),
+        "bool" => {
+            let mut a = read_as::<bool>(path, file)?;
+            let bytes = Zeroizing::new(a.iter().map(|&b| u8::from(b)).collect());
+            scrub(&mut a);
+            Ok(Values {
+                dtype: "bool",
+                shape: declared.shape,
+                bytes,
+            })
+        }
+        other => Err(npy_err(
+            path,
+            format!("holds {other} values; a core input is float32, int64, int32, uint8 or bool"),
+        )),
+    }
+}
+
+/// Zeroizes an array read from a file once its values are copied (G4).
+fn scrub<T: zeroize::DefaultIsZeroes>(a: &mut ArrayD<T>) {
+    if let Some(values) = a.as_slice_memory_order_mut() {
+        values.zeroize();
+    }
+}
+
+/// A UTF-8 text file as lines, one text per line: split at LF with one trailing CR dropped
+/// (Rust's `str::lines`); zeroized when dropped.
+pub fn read_lines(path: &Path) -> Result<Zeroizing<Vec<String>>> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        Error::InvalidInput(format!(
+            "{}: not UTF-8 (at byte {})",
+            path.display(),
+            e.valid_up_to()
+        ))
+    })?;
+    Ok(Zeroizing::new(text.lines().map(str::to_string).collect()))
 }
 
 /// Writes an array as `.npy`.

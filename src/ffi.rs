@@ -43,6 +43,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 
+use crate::bundle::tensor::{DType, Tensor};
 use crate::core::{Core, CoreOptions};
 use crate::error::Error;
 use crate::head::{Head, HeadOptions};
@@ -272,6 +273,55 @@ pub struct lethe_receipt {
 /// sizeof(lethe_receipt) in each released lethe.h, oldest first (see [`OPTIONS_SIZES`]).
 const RECEIPT_SIZES: [u64; 1] = [80];
 const _: () = assert!(RECEIPT_SIZES[RECEIPT_SIZES.len() - 1] == size_of::<lethe_receipt>() as u64);
+
+/// The element type of a tensor: one of the LETHE_DTYPE_* values (ONNX's element type codes).
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct lethe_dtype(pub u32);
+
+/// 32-bit IEEE float (`float`); values must be finite.
+pub const LETHE_DTYPE_FLOAT32: lethe_dtype = lethe_dtype(1);
+/// Unsigned 8-bit integer (`uint8_t`).
+pub const LETHE_DTYPE_UINT8: lethe_dtype = lethe_dtype(2);
+/// Signed 32-bit integer (`int32_t`).
+pub const LETHE_DTYPE_INT32: lethe_dtype = lethe_dtype(6);
+/// Signed 64-bit integer (`int64_t`).
+pub const LETHE_DTYPE_INT64: lethe_dtype = lethe_dtype(7);
+/// Boolean, one byte each, 0 or 1 (other byte values are LETHE_ERROR_INVALID_ARGUMENT).
+pub const LETHE_DTYPE_BOOL: lethe_dtype = lethe_dtype(9);
+/// 16-bit IEEE float (the bits, as `uint16_t`); values must be finite.
+pub const LETHE_DTYPE_FLOAT16: lethe_dtype = lethe_dtype(10);
+
+/// One named input tensor of a core, in the caller's memory: pass one per core input to
+/// lethe_head_learn_tensors and lethe_head_predict_tensors. The bundle's manifest says what each
+/// input is (its name, element type and shape; its README how to prepare it); every field is
+/// checked against it.
+///
+/// Set struct_size to sizeof(lethe_tensor): new versions only append fields, and every element
+/// of an array passed in one call must have the same struct_size (it is the array's stride).
+/// Strings and arrays are read during the call only.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct lethe_tensor {
+    /// Bytes: sizeof(lethe_tensor) in the caller's lethe.h.
+    pub struct_size: u64,
+    /// The core input's name (UTF-8, NUL-terminated), e.g. "input_ids".
+    pub name: *const c_char,
+    /// The element type, a LETHE_DTYPE_* value: the manifest's dtype of that input.
+    pub dtype: lethe_dtype,
+    /// The number of axes (the entries of shape), at least 1.
+    pub rank: u32,
+    /// The size of each axis, the batch axis first (n, the number of samples).
+    pub shape: *const i64,
+    /// The values, row-major, in the machine's byte order.
+    pub data: *const c_void,
+    /// The size of data in bytes: the product of the shape times the element size.
+    pub byte_len: u64,
+}
+
+/// sizeof(lethe_tensor) in each released lethe.h, oldest first (see [`OPTIONS_SIZES`]).
+const TENSOR_SIZES: [u64; 1] = [48];
+const _: () = assert!(TENSOR_SIZES[TENSOR_SIZES.len() - 1] == size_of::<lethe_tensor>() as u64);
 
 /// A failed call: its status and the message for `lethe_last_error`.
 #[derive(Debug)]
@@ -524,15 +574,15 @@ unsafe fn output<'a, T>(ptr: *mut T, len: usize, name: &str) -> Result<&'a mut [
 
 /// A caller's array in memory: its name, first byte and size in bytes.
 struct Region {
-    name: &'static str,
+    name: String,
     start: usize,
     bytes: usize,
 }
 
 /// The `len` values of `T` at `ptr` (NULL = no region).
-fn region<T>(name: &'static str, ptr: *const T, len: usize) -> Region {
+fn region<T>(name: impl Into<String>, ptr: *const T, len: usize) -> Region {
     Region {
-        name,
+        name: name.into(),
         start: ptr.addr(),
         bytes: if ptr.is_null() {
             0
@@ -547,20 +597,225 @@ fn region<T>(name: &'static str, ptr: *const T, len: usize) -> Region {
 /// when the results look right. Checked before any reference to them exists.
 fn disjoint(regions: &[Region]) -> Outcome {
     for (i, a) in regions.iter().enumerate() {
-        for b in &regions[i + 1..] {
-            let overlap = a.bytes > 0
-                && b.bytes > 0
-                && a.start < b.start.saturating_add(b.bytes)
-                && b.start < a.start.saturating_add(a.bytes);
-            if overlap {
-                return Err(Failure::invalid(format!(
-                    "`{}` and `{}` overlap; pass arrays that do not share memory",
-                    a.name, b.name
-                )));
-            }
+        disjoint_from(a, &regions[i + 1..])?;
+    }
+    Ok(())
+}
+
+/// Refuses an output region `a` that shares memory with any of `others` (inputs may share
+/// memory with each other: they are only read).
+fn disjoint_from(a: &Region, others: &[Region]) -> Outcome {
+    for b in others {
+        let overlap = a.bytes > 0
+            && b.bytes > 0
+            && a.start < b.start.saturating_add(b.bytes)
+            && b.start < a.start.saturating_add(a.bytes);
+        if overlap {
+            return Err(Failure::invalid(format!(
+                "`{}` and `{}` overlap; pass arrays that do not share memory",
+                a.name, b.name
+            )));
         }
     }
     Ok(())
+}
+
+/// The caller's tensors (`count` lethe_tensor structs at `tensors`), checked field by field,
+/// and the memory they read (the array, each name, shape and data), for overlap checks.
+///
+/// # Safety
+/// `tensors` must point to `count` structs, each with the first one's struct_size readable
+/// bytes (the first 8 bytes of each are read before that is checked), whose pointers are NULL
+/// or point to what their fields say, unchanged for `'a`.
+unsafe fn tensors_arg<'a>(
+    tensors: *const lethe_tensor,
+    count: usize,
+) -> Result<(Vec<Tensor<'a>>, Vec<Region>), Failure> {
+    if count == 0 {
+        return Err(Failure::invalid(
+            "num_inputs must be at least 1: one tensor per core input",
+        ));
+    }
+    check_slice(tensors, 1, "inputs")?;
+    let stride = known_size(
+        "inputs[0].struct_size",
+        tensors.cast::<u64>().read(),
+        &TENSOR_SIZES,
+    )?;
+    let array_bytes = count
+        .checked_mul(stride)
+        .filter(|&b| b <= isize::MAX as usize)
+        .ok_or_else(|| Failure::invalid(format!("{count} tensors do not fit in memory")))?;
+    let mut regions = vec![region("inputs", tensors.cast::<u8>(), array_bytes)];
+    let mut out = Vec::with_capacity(count);
+    for i in 0..count {
+        let at = tensors.cast::<u8>().add(i * stride);
+        let size = at.cast::<u64>().read();
+        if size != stride as u64 {
+            return Err(Failure::invalid(format!(
+                "inputs[{i}].struct_size is {size} but inputs[0].struct_size is {stride}: every \
+                 element of the array has the same size, sizeof(lethe_tensor)"
+            )));
+        }
+        let mut t = lethe_tensor {
+            struct_size: stride as u64,
+            name: std::ptr::null(),
+            dtype: lethe_dtype(0),
+            rank: 0,
+            shape: std::ptr::null(),
+            data: std::ptr::null(),
+            byte_len: 0,
+        };
+        std::ptr::copy_nonoverlapping(
+            at,
+            (&raw mut t).cast::<u8>(),
+            stride.min(size_of::<lethe_tensor>()),
+        );
+        let null = |field: &str| {
+            Failure::new(
+                LETHE_ERROR_NULL_ARGUMENT,
+                format!("`inputs[{i}].{field}` is NULL"),
+            )
+        };
+        if t.name.is_null() {
+            return Err(null("name"));
+        }
+        let name_bytes = CStr::from_ptr(t.name);
+        regions.push(region(
+            format!("inputs[{i}].name"),
+            t.name,
+            name_bytes.count_bytes() + 1,
+        ));
+        let name = name_bytes
+            .to_str()
+            .map_err(|_| Failure::invalid(format!("`inputs[{i}].name` is not valid UTF-8")))?;
+        let dtype = dtype_of(t.dtype).ok_or_else(|| {
+            Failure::invalid(format!(
+                "inputs[{i}] ({name:?}): dtype {} is not a LETHE_DTYPE_* value",
+                t.dtype.0
+            ))
+        })?;
+        if t.rank == 0 {
+            return Err(Failure::invalid(format!(
+                "inputs[{i}] ({name:?}): rank 0; the first axis is the batch axis"
+            )));
+        }
+        if t.shape.is_null() {
+            return Err(null("shape"));
+        }
+        let rank = t.rank as usize;
+        let dims = input(t.shape, rank, &format!("inputs[{i}].shape"))?;
+        regions.push(region(format!("inputs[{i}].shape"), t.shape, rank));
+        let shape = dims
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| {
+                Failure::invalid(format!(
+                    "inputs[{i}] ({name:?}): shape {dims:?} has a negative size"
+                ))
+            })?;
+        let byte_len = usize::try_from(t.byte_len)
+            .ok()
+            .filter(|&b| b <= isize::MAX as usize)
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "inputs[{i}] ({name:?}): byte_len {} does not fit in memory",
+                    t.byte_len
+                ))
+            })?;
+        let data: &[u8] = if byte_len == 0 {
+            &[]
+        } else if t.data.is_null() {
+            return Err(null("data"));
+        } else {
+            std::slice::from_raw_parts(t.data.cast::<u8>(), byte_len)
+        };
+        regions.push(region(
+            format!("inputs[{i}].data"),
+            t.data.cast::<u8>(),
+            byte_len,
+        ));
+        out.push(Tensor::from_bytes(name.to_string(), dtype, &shape, data));
+    }
+    Ok((out, regions))
+}
+
+/// The element type of a LETHE_DTYPE_* code.
+fn dtype_of(code: lethe_dtype) -> Option<DType> {
+    Some(match code {
+        LETHE_DTYPE_FLOAT32 => DType::Float32,
+        LETHE_DTYPE_UINT8 => DType::Uint8,
+        LETHE_DTYPE_INT32 => DType::Int32,
+        LETHE_DTYPE_INT64 => DType::Int64,
+        LETHE_DTYPE_BOOL => DType::Bool,
+        LETHE_DTYPE_FLOAT16 => DType::Float16,
+        _ => return None,
+    })
+}
+
+/// The caller's `n` UTF-8 texts and the memory they occupy (the array and each string).
+///
+/// # Safety
+/// `texts` must point to `n` pointers, each NULL or a NUL-terminated string, unchanged for
+/// `'a`.
+unsafe fn texts_arg<'a>(
+    texts: *const *const c_char,
+    n: usize,
+) -> Result<(Vec<&'a str>, Vec<Region>), Failure> {
+    let pointers = input(texts, n, "texts")?;
+    let mut regions = vec![region("texts", texts, n)];
+    let mut out = Vec::with_capacity(n);
+    for (i, &p) in pointers.iter().enumerate() {
+        if p.is_null() {
+            return Err(Failure::new(
+                LETHE_ERROR_NULL_ARGUMENT,
+                format!("`texts[{i}]` is NULL"),
+            ));
+        }
+        let text = CStr::from_ptr(p);
+        regions.push(region(format!("texts[{i}]"), p, text.count_bytes() + 1));
+        out.push(
+            text.to_str()
+                .map_err(|e| Failure::invalid(format!("`texts[{i}]` is not valid UTF-8: {e}")))?,
+        );
+    }
+    Ok((out, regions))
+}
+
+/// Writes `predicted` (n × C logits) to the caller's `logits` after the usual checks: the
+/// buffer's size (LETHE_ERROR_BUFFER_TOO_SMALL writes `logits_needed`), and no overlap of the
+/// outputs with each other or with `inputs`.
+///
+/// # Safety
+/// `logits` must point to `logits_len` writable floats, `logits_needed` be NULL or writable.
+unsafe fn write_logits(
+    n: usize,
+    c: usize,
+    inputs: &[Region],
+    logits: *mut f32,
+    logits_len: usize,
+    logits_needed: *mut usize,
+    predict: impl FnOnce() -> Result<ndarray::Array2<f32>, Error>,
+) -> Outcome {
+    let need = values_of(n, c, "logits")?;
+    let outputs = [
+        region("logits", logits, logits_len),
+        region("logits_needed", logits_needed, 1),
+    ];
+    disjoint(&outputs)?;
+    for out in &outputs {
+        disjoint_from(out, inputs)?;
+    }
+    let what = format!("{n} samples x {c} classes");
+    let needed = [(logits_needed, "logits_needed", need)];
+    need_buffer("logits", logits_len, need, &what, &needed)?;
+    let logits = output(logits, logits_len, "logits")?;
+    let predicted = predict()?;
+    let predicted = predicted.as_standard_layout();
+    let values = predicted.as_slice().expect("standard layout");
+    logits[..values.len()].copy_from_slice(values);
+    write_optional(logits_needed, "logits_needed", need)
 }
 
 /// Writes `value` to the optional out-parameter `out` (NULL = not wanted).
@@ -1129,7 +1384,10 @@ pub extern "C" fn lethe_core_close(core: *mut lethe_core) -> lethe_status {
 
 /// Writes to `*out` the number of float values of one sample's input: the product of the
 /// core's input shape without the batch axis (784 for mnist-core's [n, 1, 28, 28]). Inputs
-/// passed to learn and predict hold n times this many floats, sample after sample.
+/// passed to learn and predict hold n times this many floats, sample after sample. A core that
+/// does not take one float32 input of fixed shape (several inputs, integer inputs, dynamic
+/// axes: e.g. a text bundle's) gives 0: use lethe_head_learn_tensors and
+/// lethe_head_predict_tensors (or the _text calls) with it.
 ///
 /// Thread-safe: may run concurrently with any call. Returns LETHE_OK,
 /// LETHE_ERROR_NULL_ARGUMENT or LETHE_ERROR_INVALID_HANDLE.
@@ -1446,6 +1704,168 @@ pub unsafe extern "C" fn lethe_head_predict(
             let values = predicted.as_slice().expect("standard layout");
             logits[..values.len()].copy_from_slice(values);
             write_optional(logits_needed, "logits_needed", need)
+        })
+    })
+}
+
+/// Learns n samples from named tensors, one per core input: `inputs` holds `num_inputs`
+/// lethe_tensor structs, each with n rows on its batch axis (the first). Sample i has the id
+/// `ids[i]`, row i of every input, and the class `labels[i]` < C. Otherwise as
+/// lethe_head_learn, which is the shorthand for a core with one float32 input.
+///
+/// Every input the core takes must be given once, with the manifest's name, element type and
+/// number of axes, the same n on every batch axis, the manifest's fixed sizes, the same size on
+/// every axis of one name (e.g. "seq"), and byte_len equal to the shape's product times the
+/// element size; floats must be finite and booleans 0 or 1. Anything else is
+/// LETHE_ERROR_INVALID_ARGUMENT, with lethe_last_error() naming the input and what differs.
+///
+/// All or nothing: on any error nothing is learned and the head is unchanged.
+///
+/// Thread-safe: as lethe_head_learn.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (also a NULL name or shape, or a NULL data with
+/// a positive byte_len); LETHE_ERROR_INVALID_HANDLE; LETHE_ERROR_INVALID_ARGUMENT (n = 0,
+/// num_inputs = 0, a struct_size no lethe.h has had or that differs between elements, a tensor
+/// that does not match the core's inputs, a label >= C, features out of the bundle's range);
+/// LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO; LETHE_ERROR_ORT; LETHE_ERROR_LIMIT;
+/// LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `ids` and `labels` point to n readable values and `inputs`
+/// to `num_inputs` lethe_tensor structs of struct_size bytes whose names are NUL-terminated and
+/// whose shape and data point to rank values and byte_len bytes, none of which change during
+/// the call.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_learn_tensors(
+    head: *mut lethe_head,
+    ids: *const u64,
+    inputs: *const lethe_tensor,
+    num_inputs: usize,
+    n: usize,
+    labels: *const u32,
+) -> lethe_status {
+    boundary!("lethe_head_learn_tensors", [head, ids, inputs, labels], {
+        positive_n(n)?;
+        let (tensors, _) = tensors_arg(inputs, num_inputs)?;
+        let ids = input(ids, n, "ids")?;
+        let labels = input(labels, n, "labels")?;
+        with_head(head, |h| Ok(h.learn_tensors(ids, &tensors, labels)?))
+    })
+}
+
+/// Predicts n samples from named tensors (as for lethe_head_learn_tensors; n must be their
+/// batch size): writes their logits, n rows of C floats, to `logits`, which holds `logits_len`
+/// floats (at least n * C). `logits` and `logits_needed` must not overlap any of the inputs'
+/// memory (the array, names, shapes, data). Otherwise as lethe_head_predict, which is the
+/// shorthand for a core with one float32 input.
+///
+/// Writes nothing else on error.
+///
+/// Thread-safe: as lethe_head_predict.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, num_inputs = 0, a tensor that does not match the
+/// core's inputs or n, overlapping arrays); LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C);
+/// LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `inputs` is as for lethe_head_learn_tensors, `logits`
+/// points to `logits_len` writable floats, and `logits_needed` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_predict_tensors(
+    head: *const lethe_head,
+    inputs: *const lethe_tensor,
+    num_inputs: usize,
+    n: usize,
+    logits: *mut f32,
+    logits_len: usize,
+    logits_needed: *mut usize,
+) -> lethe_status {
+    boundary!("lethe_head_predict_tensors", [head, inputs, logits], {
+        positive_n(n)?;
+        let (tensors, regions) = tensors_arg(inputs, num_inputs)?;
+        with_head(head, |h| {
+            let core = h
+                .core()
+                .ok_or_else(|| Failure::invalid("the head has no core"))?;
+            let batch = core.bundle().check_inputs(&tensors)?;
+            if batch != n {
+                return Err(Failure::invalid(format!(
+                    "the inputs hold {batch} samples, n is {n}"
+                )));
+            }
+            let c = h.spec().num_classes();
+            write_logits(n, c, &regions, logits, logits_len, logits_needed, || {
+                h.predict_tensors(&tensors)
+            })
+        })
+    })
+}
+
+/// Learns n samples from UTF-8 texts, for a bundle that ships a tokenizer (its manifest
+/// declares text preprocessing): sample i is the NUL-terminated text `texts[i]`, tokenized,
+/// truncated and padded as the manifest says, with the id `ids[i]` and the class `labels[i]`.
+/// Otherwise as lethe_head_learn_tensors.
+///
+/// All or nothing: on any error nothing is learned and the head is unchanged.
+///
+/// Thread-safe: as lethe_head_learn.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (also a NULL text); LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a text that is not UTF-8, a bundle without a
+/// tokenizer, a label >= C); LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO; LETHE_ERROR_ORT;
+/// LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `ids` and `labels` point to n readable values and `texts`
+/// to n pointers to NUL-terminated strings, none of which change during the call.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_learn_text(
+    head: *mut lethe_head,
+    ids: *const u64,
+    texts: *const *const c_char,
+    n: usize,
+    labels: *const u32,
+) -> lethe_status {
+    boundary!("lethe_head_learn_text", [head, ids, texts, labels], {
+        positive_n(n)?;
+        let (texts, _) = texts_arg(texts, n)?;
+        let ids = input(ids, n, "ids")?;
+        let labels = input(labels, n, "labels")?;
+        with_head(head, |h| Ok(h.learn_text(ids, &texts, labels)?))
+    })
+}
+
+/// Predicts n UTF-8 texts (as for lethe_head_learn_text): writes their logits, n rows of C
+/// floats, to `logits`, which holds `logits_len` floats (at least n * C). `logits` and
+/// `logits_needed` must not overlap `texts` or the strings. Otherwise as lethe_head_predict.
+///
+/// Writes nothing else on error.
+///
+/// Thread-safe: as lethe_head_predict.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a text that is not UTF-8, a bundle without a
+/// tokenizer, overlapping arrays); LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C);
+/// LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `texts` points to n pointers to NUL-terminated strings
+/// that do not change during the call, `logits` to `logits_len` writable floats, and
+/// `logits_needed` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_predict_text(
+    head: *const lethe_head,
+    texts: *const *const c_char,
+    n: usize,
+    logits: *mut f32,
+    logits_len: usize,
+    logits_needed: *mut usize,
+) -> lethe_status {
+    boundary!("lethe_head_predict_text", [head, texts, logits], {
+        positive_n(n)?;
+        let (texts, regions) = texts_arg(texts, n)?;
+        with_head(head, |h| {
+            let c = h.spec().num_classes();
+            write_logits(n, c, &regions, logits, logits_len, logits_needed, || {
+                h.predict_text(&texts)
+            })
         })
     })
 }

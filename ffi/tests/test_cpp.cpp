@@ -1,7 +1,8 @@
 // test_cpp.cpp: lethe.hpp, the C++ wrapper. RAII and moves, exceptions carrying the status and
 // the message, std::vector overloads (and std::span ones when built as C++20), sizes checked
 // before calling Lethe, the same learn/forget exactness as through the C API, a close that
-// cannot persist, and Lethe's warnings reaching a std::function.
+// cannot persist, Lethe's warnings reaching a std::function, and the text bundle through
+// lethe::Tensor views and std::string texts.
 //
 //   usage: test_cpp   (run from the repository root)
 //
@@ -233,6 +234,39 @@ int main() {
     CHECK(!fs::exists(dir));
   }
   lethe::set_log_callback(nullptr);
+
+  // The text bundle: texts and the same token ids as int64 tensors give the same logits.
+  {
+    lethe::Core text("models/minilm-l6-sentiment", options);
+    CHECK(text.input_len() == 0 && text.num_classes() == 3);
+    lethe::Head head(text, (tmp / "text").string(), options);
+    std::vector<std::string> texts = {"hello world", "what a great day"};
+    // [CLS] hello world [SEP] / [CLS] what a great day [SEP], padded to the longest with 0.
+    std::vector<std::int64_t> ids = {101, 7592, 2088, 102, 0, 0, 101, 2054, 1037, 2307, 2154, 102};
+    std::vector<std::int64_t> mask = {1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1};
+    std::vector<lethe::Tensor> inputs = {lethe::Tensor("input_ids", ids, {2, 6}),
+                                         lethe::Tensor("attention_mask", mask, {2, 6})};
+    head.learn_text({1, 2}, texts, {2, 0});
+    std::vector<float> from_text = head.predict_text(texts);
+    CHECK(from_text.size() == 6 && from_text == head.predict_tensors(inputs));
+    lethe::Weights w = head.weights();
+    CHECK_THROWS(head.learn_tensors({3, 4}, inputs, {0}), LETHE_ERROR_INVALID_ARGUMENT,
+                 "ids and labels");
+    CHECK_THROWS(head.learn_text({3}, texts, {0}), LETHE_ERROR_INVALID_ARGUMENT,
+                 "ids and texts");
+    std::vector<std::int32_t> ids32(ids.begin(), ids.end());
+    CHECK_THROWS(head.predict_tensors({lethe::Tensor("input_ids", ids32, {2, 6}), inputs[1]}),
+                 LETHE_ERROR_INVALID_ARGUMENT, "is int32, the core takes int64");
+    CHECK_THROWS(head.predict_tensors({inputs[0]}), LETHE_ERROR_INVALID_ARGUMENT,
+                 "\"attention_mask\" is missing");
+    CHECK_THROWS(head.predict(std::vector<float>(4)), LETHE_ERROR_INVALID_ARGUMENT,
+                 "whole number of samples");
+    CHECK(head.weights().w == w.w && head.ids() == std::vector<std::uint64_t>({1, 2}));
+    head.learn_tensors({3, 4}, inputs, {1, 1});
+    head.forget({3, 4});
+    CHECK(head.weights().w == w.w && head.predict_text(texts) == from_text);
+    head.close();
+  }
 
   mnist_free(&digits);
   fs::remove_all(tmp);

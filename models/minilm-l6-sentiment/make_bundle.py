@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import statistics
+import tempfile
 import time
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -61,6 +62,8 @@ LAMBDAS = [0.01, 0.1, 0.3, 1.0, 3.0, 10.0]
 LOGREG_CS = [0.1, 0.3, 1.0, 3.0, 10.0, 100.0]
 N_VAL = 5000
 N_BIG = 10000
+# Weight tensors of at least this many dimensions are stored as float16 (see to_fp16_storage).
+FP16_MIN_RANK = 2
 
 
 def load_script(path, name):
@@ -104,6 +107,32 @@ class SentenceEncoder(nn.Module):
         m = attention_mask.unsqueeze(-1).to(h.dtype)
         mean = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
         return F.normalize(mean, p=2.0, dim=1)
+
+
+def to_fp16_storage(model):
+    """Stores every weight matrix (float32 initializer of rank >= FP16_MIN_RANK: the
+    embedding tables and the linear layers' weights) as float16, each followed by a Cast to
+    float32 under its original name, so the computation stays float32 and the file is half
+    the size. Vectors (biases, LayerNorm scales) and scalars (the pooling's 1e-9, masking
+    constants) keep float32: float16 would round 1e-9 to 0 and overflow the masks."""
+    from onnx import TensorProto, helper, numpy_helper
+    g = model.graph
+    kept, casts = [], []
+    for init in g.initializer:
+        if init.data_type != TensorProto.FLOAT or len(init.dims) < FP16_MIN_RANK:
+            kept.append(init)
+            continue
+        half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16),
+                                       init.name + "_fp16")
+        kept.append(half)
+        casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT,
+                                      name=init.name + "_to_fp32"))
+    del g.initializer[:]
+    g.initializer.extend(kept)
+    nodes = casts + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return model
 
 
 def manifest_for(core_sha, tok_sha):
@@ -233,6 +262,34 @@ def head_experiment(phi, y, parts):
               f"{accuracy(lr.predict_proba(phi[te]), y[te]):.4f}")
 
 
+def check_storage(tok_mod, manifest, tok, fp32_path, texts, y, parts, feats):
+    """The float16-stored core (feats) next to the float32 export it was made from, on the
+    tweets of tests/data: feature differences and the head's test accuracy with each."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    sess32 = ort.InferenceSession(fp32_path, sess_options=opts,
+                                  providers=["CPUExecutionProvider"])
+    tr, te = parts["train"], parts["test"]
+    idx = np.concatenate([tr, te])
+    order = np.argsort([len(texts[i]) for i in idx], kind="stable")
+    f32 = np.empty((len(idx), FEATURE_DIM), dtype=np.float32)
+    f32[order] = tok_mod.run_core(sess32, tok, manifest, [texts[idx[i]] for i in order],
+                                  64)["features"]
+    f16 = feats[idx]
+    cos = (f16 * f32).sum(1) / (np.linalg.norm(f16, axis=1) * np.linalg.norm(f32, axis=1))
+    print(f"float16 storage vs float32, {len(idx)} tweets of tests/data: max |diff| "
+          f"{np.abs(f16 - f32).max():.3g}, min cosine {cos.min():.7f}")
+    phi32 = np.zeros_like(feats)
+    phi32[idx] = f32
+    cells = []
+    for lam in LAMBDAS:
+        a16 = accuracy(lethe_ridge(feats[tr], y[tr], lam)(feats[te]), y[te])
+        a32 = accuracy(lethe_ridge(phi32[tr], y[tr], lam)(phi32[te]), y[te])
+        cells.append(f"lambda {lam:g}: {a16:.4f} / {a32:.4f}")
+    print("  lethe ridge test accuracy (float16 storage / float32): " + " | ".join(cells))
+
+
 def time_core(tok_mod, bundle, manifest, tok, texts):
     for threads in (1, 2):
         sess = tok_mod.session(bundle, manifest, threads)
@@ -273,17 +330,21 @@ def main():
     encoder = SentenceEncoder(bert).eval()
 
     os.makedirs(args.out_dir, exist_ok=True)
+    work = tempfile.mkdtemp(prefix="minilm-")
+    fp32_path = os.path.join(work, "core-fp32.onnx")
     onnx_path = os.path.join(args.out_dir, "core.onnx")
     ids = torch.tensor([[101, 7592, 2088, 102, 0], [101, 2023, 2003, 1037, 102]])
     example = (ids, (ids != 0).long())
     seq_axes = {0: "batch", 1: "seq"}
-    torch.onnx.export(encoder, example, onnx_path, input_names=INPUT_NAMES,
+    torch.onnx.export(encoder, example, fp32_path, input_names=INPUT_NAMES,
                       output_names=["features"],
                       dynamic_axes={"input_ids": seq_axes, "attention_mask": seq_axes,
                                     "features": {0: "batch"}},
                       opset_version=OPSET, do_constant_folding=True, dynamo=False)
-    m = onnx.load(onnx_path)
+    print(f"float32 export: {os.path.getsize(fp32_path)} bytes")
+    m = to_fp16_storage(onnx.load(fp32_path))
     onnx.checker.check_model(m, full_check=True)
+    onnx.save(m, onnx_path)
     print("onnx opset:", [(o.domain or "ai.onnx", o.version) for o in m.opset_import])
     print("onnx ops:", " ".join(sorted({n.op_type for n in m.graph.node})))
     core_sha = sha256_file(onnx_path)
@@ -300,6 +361,7 @@ def main():
         f.write("\n")
     print("wrote", os.path.join(os.path.basename(args.out_dir), "manifest.json"))
     if args.skip_checks:
+        shutil.rmtree(work)
         return
 
     tok_mod = load_script(os.path.join(REPO, "tests", "py", "text_reference.py"),
@@ -335,6 +397,8 @@ def main():
           f"norms in [{np.linalg.norm(feats[used], axis=1).min():.7f}, "
           f"{np.linalg.norm(feats[used], axis=1).max():.7f}]")
     head_experiment(feats, y, parts)
+    check_storage(tok_mod, manifest, tok, fp32_path, texts, y, parts, feats)
+    shutil.rmtree(work)
     time_core(tok_mod, bundle, manifest, tok, test_texts)
 
 

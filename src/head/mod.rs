@@ -40,7 +40,8 @@ use std::thread::JoinHandle;
 
 use ndarray::{Array2, ArrayViewD};
 
-use crate::core::Core;
+use crate::bundle::tensor::Tensor;
+use crate::core::{Core, CoreOutputs};
 use crate::error::{Error, Result};
 use crate::math::receipt::Receipt;
 use crate::math::samples::{SampleRef, SampleSet};
@@ -276,13 +277,34 @@ impl Head {
     /// Runs the core: (features `[n, d]`, core logits on the head's classes `[n, C]`), both
     /// zeroized when dropped.
     pub fn core_features(&self, inputs: &[f32], n: usize) -> Result<(SecretArray, SecretArray)> {
+        let out = self.core_or_err()?.run(inputs, n, &self.core_outputs())?;
+        self.features_of(out, n)
+    }
+
+    /// [`Head::core_features`] for named tensors, one per core input (see
+    /// [`Core::run_tensors`]); the first axis of each is the batch axis.
+    pub fn core_features_tensors(
+        &self,
+        inputs: &[Tensor<'_>],
+    ) -> Result<(SecretArray, SecretArray)> {
         let core = self.core_or_err()?;
+        let n = core.bundle().check_inputs(inputs)?;
+        let out = core.run_tensors(inputs, &self.core_outputs())?;
+        self.features_of(out, n)
+    }
+
+    /// The core outputs the head reads: its features, then its core logits if any.
+    fn core_outputs(&self) -> Vec<&str> {
         let spec = &self.inner.spec;
         let mut names = vec![spec.features.as_str()];
         if let Some((logits, _)) = &spec.core_logits {
             names.push(logits.as_str());
         }
-        let mut out = core.run(inputs, n, &names)?;
+        names
+    }
+
+    fn features_of(&self, mut out: CoreOutputs, n: usize) -> Result<(SecretArray, SecretArray)> {
+        let spec = &self.inner.spec;
         let phi = out
             .take(&spec.features)
             .ok_or_else(|| Error::Ort("missing features output".into()))?;
@@ -298,6 +320,36 @@ impl Head {
         self.check_new_ids(ids, labels)?;
         let (phi, z) = self.core_features(inputs, ids.len())?;
         self.learn_features(ids, &phi, &z, labels)
+    }
+
+    /// Learns `ids.len()` samples from named tensors, one per core input, each with `ids.len()`
+    /// rows on its batch axis (see [`Core::run_tensors`]). All or nothing, like every learn.
+    pub fn learn_tensors(&self, ids: &[u64], inputs: &[Tensor<'_>], labels: &[u32]) -> Result<()> {
+        self.check_new_ids(ids, labels)?;
+        let n = self.core_or_err()?.bundle().check_inputs(inputs)?;
+        if n != ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "the inputs hold {n} samples but there are {} ids",
+                ids.len()
+            )));
+        }
+        let (phi, z) = self.core_features_tensors(inputs)?;
+        self.learn_features(ids, &phi, &z, labels)
+    }
+
+    /// Learns one sample per UTF-8 text, for a bundle that takes text (see
+    /// [`Core::encode_text`]).
+    pub fn learn_text(&self, ids: &[u64], texts: &[&str], labels: &[u32]) -> Result<()> {
+        self.check_new_ids(ids, labels)?;
+        if texts.len() != ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} texts but {} ids",
+                texts.len(),
+                ids.len()
+            )));
+        }
+        let inputs = self.core_or_err()?.encode_text(texts)?;
+        self.learn_tensors(ids, &inputs, labels)
     }
 
     /// [`Head::learn`] for an input array in the core's input shape `[n, …]` or its flat form
@@ -490,6 +542,18 @@ impl Head {
         }
         let (phi, z) = self.core_features(inputs, n)?;
         self.predict_features(&phi, &z)
+    }
+
+    /// Logits `[n, C]` for named tensors, one per core input (see [`Core::run_tensors`]).
+    pub fn predict_tensors(&self, inputs: &[Tensor<'_>]) -> Result<Array2<f32>> {
+        let (phi, z) = self.core_features_tensors(inputs)?;
+        self.predict_features(&phi, &z)
+    }
+
+    /// Logits `[n, C]` for UTF-8 texts, for a bundle that takes text (see
+    /// [`Core::encode_text`]).
+    pub fn predict_text(&self, texts: &[&str]) -> Result<Array2<f32>> {
+        self.predict_tensors(&self.core_or_err()?.encode_text(texts)?)
     }
 
     /// [`Head::predict`] for an input array in the core's input shape `[n, …]` or its flat

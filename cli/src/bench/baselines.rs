@@ -24,14 +24,7 @@ pub fn bare_session(bundle: &Bundle, threads: usize) -> Result<Session> {
 /// One bare run: feed the batch, read every output (as views, no copies).
 pub fn bare_run(session: &mut Session, bundle: &Bundle, input: &[f32], n: usize) -> Result<()> {
     let m = &bundle.manifest;
-    let mut shape = vec![n];
-    shape.extend(
-        m.inputs[0]
-            .shape
-            .iter()
-            .skip(1)
-            .map(|d| d.unwrap_or(1) as usize),
-    );
+    let shape = bundle.input_shape(n);
     let view = ndarray::ArrayViewD::from_shape(shape, input)
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let outputs = session

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use crate::python::run_script;
 use lethe::bundle::{
-    sha256_file, CoreFile, FeaturesSpec, HeadDefaults, InputSpec, Manifest, MANIFEST_FORMAT,
-    MANIFEST_VERSION,
+    sha256_file, CoreFile, Dim, FeaturesSpec, HeadDefaults, InputSpec, Manifest, Preprocessing,
+    PreprocessingSpec, MANIFEST_FORMAT, MANIFEST_VERSION,
 };
 use lethe::{Error, Result};
 
@@ -69,9 +69,12 @@ pub fn synthetic_bundle(python: &Path, work: &Path, d: usize, c: usize) -> Resul
         inputs: vec![InputSpec {
             name: "image".into(),
             dtype: "float32".into(),
-            shape: vec![None, Some(d as u64)],
+            shape: vec![Dim::Batch, Dim::Fixed(d as u64)],
         }],
-        preprocessing: "none: the input is the features".into(),
+        preprocessing: Preprocessing::Declared(PreprocessingSpec {
+            description: "none: the input is the features".into(),
+            text: None,
+        }),
         features: vec![FeaturesSpec {
             output: "features".into(),
             dim: d,

@@ -1,0 +1,296 @@
+//! The text bundle through the CLI: `lethe features --text` equals Python ONNX Runtime on real
+//! tweets; `--text` and `--input NAME=FILE` with Python's token arrays give the same logits
+//! bit for bit; learned and partly forgotten tweets give the weights scikit-learn Ridge
+//! computes; inputs the bundle does not take are refused before a state dir is created.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use ndarray::Array1;
+use ndarray_npy::{ReadNpyExt, WriteNpyExt};
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+const BUNDLE: &str = "models/minilm-l6-sentiment";
+/// Tweets learned: one chunk of the CLI's core runs, so `lethe features` pads them alike.
+const N: usize = 48;
+/// Rust vs Python ONNX Runtime: max abs difference / max abs reference value.
+const PARITY_REL_TOL: f64 = 1e-5;
+
+fn run(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lethe"))
+        .args(args)
+        .current_dir(common::repo_root())
+        .output()
+        .expect("run lethe")
+}
+
+fn lethe(args: &[&str]) -> String {
+    let out = run(args);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "lethe {args:?} failed:\n{text}");
+    text
+}
+
+fn lethe_fails(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(!out.status.success(), "lethe {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn python(args: &[&str]) -> String {
+    let out = Command::new(common::python())
+        .args(args)
+        .current_dir(common::repo_root())
+        .output()
+        .expect("run python (scripts/setup.sh makes .lethe/venv)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "python {args:?} failed:\n{text}");
+    text
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The first N training tweets (one per line), their labels and ids.
+fn tweets(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let data = common::repo_root().join("tests/data");
+    let lines = lethe::data::read_lines(&data.join("tweets_train.txt")).unwrap();
+    let texts = dir.join("tweets.txt");
+    std::fs::write(&texts, lines[..N].join("\n") + "\n").unwrap();
+    let labels =
+        Array1::<u8>::read_npy(std::fs::File::open(data.join("tweets_train_labels.npy")).unwrap())
+            .unwrap();
+    let (y, ids) = (dir.join("y.npy"), dir.join("ids.npy"));
+    labels
+        .slice(ndarray::s![..N])
+        .to_owned()
+        .write_npy(std::fs::File::create(&y).unwrap())
+        .unwrap();
+    Array1::from_iter((0..N as u64).map(|i| 100 + 3 * i))
+        .write_npy(std::fs::File::create(&ids).unwrap())
+        .unwrap();
+    (texts, y, ids)
+}
+
+#[test]
+fn text_commands_agree_with_python_and_scikit_learn() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let (texts, y, ids) = tweets(dir);
+    let reference = dir.join("ref");
+    python(&[
+        "tests/py/text_reference.py",
+        "--bundle",
+        BUNDLE,
+        "--lines",
+        s(&texts),
+        "--out-dir",
+        s(&reference),
+    ]);
+
+    let f = dir.join("f.npy");
+    lethe(&[
+        "features",
+        "--bundle",
+        BUNDLE,
+        "--text",
+        s(&texts),
+        "--out",
+        s(&f),
+    ]);
+    let ours = common::read_npy_2d(&f);
+    let theirs = common::read_npy_2d(&reference.join("features.npy"));
+    let rel = common::max_rel_diff(ours.view(), theirs.view());
+    assert!(rel <= PARITY_REL_TOL, "features vs Python: {rel:e}");
+
+    let state = dir.join("state");
+    lethe(&[
+        "learn",
+        "--state",
+        s(&state),
+        "--bundle",
+        BUNDLE,
+        "--text",
+        s(&texts),
+        "--labels",
+        s(&y),
+        "--ids",
+        s(&ids),
+    ]);
+    let forgotten: Vec<usize> = (0..N).step_by(5).collect();
+    let list: Vec<String> = forgotten
+        .iter()
+        .map(|i| (100 + 3 * i).to_string())
+        .collect();
+    lethe(&["forget", "--state", s(&state), "--ids", &list.join(",")]);
+    let verify = lethe(&["verify", "--state", s(&state)]);
+    assert!(verify.contains("bit-identical"), "{verify}");
+
+    // The tensors path, with Python's token arrays, and the text path give the same logits.
+    let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
+    lethe(&[
+        "predict",
+        "--state",
+        s(&state),
+        "--text",
+        s(&texts),
+        "--out",
+        s(&a),
+    ]);
+    let ids_arg = format!("input_ids={}", s(&reference.join("input_ids.npy")));
+    let mask_arg = format!(
+        "attention_mask={}",
+        s(&reference.join("attention_mask.npy"))
+    );
+    lethe(&[
+        "predict",
+        "--state",
+        s(&state),
+        "--input",
+        &ids_arg,
+        "--input",
+        &mask_arg,
+        "--out",
+        s(&b),
+    ]);
+    let (a, b) = (common::read_npy_2d(&a), common::read_npy_2d(&b));
+    assert_eq!(a.dim(), (N, 3));
+    assert_eq!(a, b, "--text and --input NAME=FILE differ");
+
+    let w = dir.join("w.npz");
+    lethe(&["weights", "--state", s(&state), "--out", s(&w)]);
+    let keep: Vec<i64> = (0..N as i64)
+        .filter(|i| !forgotten.contains(&(*i as usize)))
+        .collect();
+    let keep_file = dir.join("keep.npy");
+    Array1::from(keep)
+        .write_npy(std::fs::File::create(&keep_file).unwrap())
+        .unwrap();
+    let out = python(&[
+        "tests/py/ridge_reference.py",
+        "--features",
+        s(&f),
+        "--labels",
+        s(&y),
+        "--keep",
+        s(&keep_file),
+        "--weights",
+        s(&w),
+        "--bundle",
+        BUNDLE,
+    ]);
+    assert!(out.contains("relative difference"), "{out}");
+}
+
+#[test]
+fn inputs_a_bundle_does_not_take_are_refused_before_the_state_dir_exists() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let (texts, y, ids) = tweets(dir);
+    let state = dir.join("state");
+    let learn = |bundle: &str, input: &[&str]| {
+        let mut args = vec!["learn", "--state", s(&state), "--bundle", bundle];
+        args.extend(input);
+        args.extend(["--labels", s(&y), "--ids", s(&ids)]);
+        let err = lethe_fails(&args);
+        assert!(!state.exists(), "a failed learn left {}", state.display());
+        err
+    };
+    let err = learn("models/mnist-core", &["--text", s(&texts)]);
+    assert!(err.contains("does not take text"), "{err}");
+    let err = learn(BUNDLE, &["--input", s(&y)]);
+    assert!(
+        err.contains("does not take one float32 array")
+            && err.contains("input_ids (int64 [n, seq])"),
+        "{err}"
+    );
+    let ids_arg = format!("input_ids={}", s(&y));
+    let err = learn(BUNDLE, &["--input", &ids_arg]);
+    assert!(err.contains("\"attention_mask\" is missing"), "{err}");
+    let mask_arg = format!("attention_mask={}", s(&y));
+    let err = learn(BUNDLE, &["--input", &ids_arg, "--input", &mask_arg]);
+    assert!(err.contains("is uint8, the core takes int64"), "{err}");
+    let mask_arg = format!("mask={}", s(&y));
+    let err = learn(BUNDLE, &["--input", &ids_arg, "--input", &mask_arg]);
+    assert!(err.contains("has no input \"mask\""), "{err}");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "only one tweet\n").unwrap();
+    let err = learn(BUNDLE, &["--text", s(&short)]);
+    assert!(err.contains("1 inputs, 48 labels, 48 ids"), "{err}");
+    let err = lethe_fails(&[
+        "learn",
+        "--state",
+        s(&state),
+        "--bundle",
+        BUNDLE,
+        "--text",
+        s(&texts),
+        "--input",
+        s(&y),
+        "--labels",
+        s(&y),
+        "--ids",
+        s(&ids),
+    ]);
+    assert!(err.contains("cannot be used with"), "{err}");
+}
+
+/// The numbers that follow `label` on each line of `out`.
+fn numbers_after(out: &str, label: &str) -> Vec<f64> {
+    out.lines()
+        .filter_map(|line| line.split_once(label))
+        .map(|(_, rest)| {
+            let word = rest.split_whitespace().next().unwrap_or("");
+            word.parse()
+                .unwrap_or_else(|_| panic!("{label} is followed by {word:?}, not a number"))
+        })
+        .collect()
+}
+
+/// Writes the first `n` tweets of a split of tests/data (lines and labels) into `dir`.
+fn tweet_subset(dir: &Path, split: &str, n: usize) {
+    let data = common::repo_root().join("tests/data");
+    let lines = lethe::data::read_lines(&data.join(format!("tweets_{split}.txt"))).unwrap();
+    std::fs::write(
+        dir.join(format!("tweets_{split}.txt")),
+        lines[..n].join("\n") + "\n",
+    )
+    .unwrap();
+    let name = format!("tweets_{split}_labels.npy");
+    let labels = Array1::<u8>::read_npy(std::fs::File::open(data.join(&name)).unwrap()).unwrap();
+    labels
+        .slice(ndarray::s![..n])
+        .to_owned()
+        .write_npy(std::fs::File::create(dir.join(name)).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn text_demo_forgets_exactly() {
+    let tmp = common::temp_dir();
+    tweet_subset(tmp.path(), "train", 120);
+    tweet_subset(tmp.path(), "test", 40);
+    let out = lethe(&["demo", "--bundle", BUNDLE, "--data", s(tmp.path())]);
+    assert!(out.contains("120 user tweets and 40 test tweets"), "{out}");
+    assert!(out.contains("forget class positive"), "{out}");
+    let weights = numbers_after(&out, "max |W − W_retrained| =");
+    assert_eq!(weights, [0.0, 0.0], "{out}");
+    // No core logits: after forget-all the head predicts exactly 0, the core's (absent) logits.
+    let core = numbers_after(&out, "max |head logits − core logits| =");
+    assert_eq!(core, [0.0], "{out}");
+    assert!(
+        !out.contains("differs") && !out.contains("DIFFER"),
+        "the demo reports a difference:\n{out}"
+    );
+}
