@@ -51,3 +51,4 @@ pub use crate::math::fixed::FixedPoint;
 pub use crate::math::spec::HeadSpec;
 pub use crate::math::weights::{ServedWeights, Weights};
 pub use crate::placement::{Backend, BackendOptions, BackendReport, Placement};
+pub use crate::store::StateKey;

@@ -149,11 +149,14 @@ fn forgotten_samples_are_scrubbed_from_every_file() {
     let (s, f) = (ids(S), ids(F));
     learned_only(dir, &[&s[..], &f[..]].concat());
     let all: BTreeSet<u64> = s.iter().chain(&f).copied().collect();
-    // The check can see stored samples: every window of every sample is in samples.bin now.
-    let samples_bin = &files(dir)["samples.bin"];
+    // The check can see stored samples: every window of every sample is in a bucket file now.
+    let stored = files(dir);
     for &id in &all {
         for w in stored_bytes(id).windows(16) {
-            assert!(samples_bin.windows(16).any(|x| x == w), "sample {id}");
+            let found = stored.iter().any(|(name, bytes)| {
+                name.starts_with("samples-") && bytes.windows(16).any(|x| x == w)
+            });
+            assert!(found, "sample {id}");
         }
     }
     let mut forgotten = BTreeSet::new();
@@ -210,11 +213,14 @@ fn one_head_at_a_time_and_private_files() {
     }
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for name in ["meta.json", "samples.bin", "journal"] {
+    for name in ["meta.json", "journal"] {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
     }
     head.close().unwrap();
     assert_eq!(mode(&dir.join("stats.bin")), 0o600);
+    for name in bucket_files(&dir) {
+        assert_eq!(mode(&dir.join(&name)), 0o600, "{name}");
+    }
     let head = open(&dir).unwrap();
     assert_eq!(head.ids(), [1, 2]);
 }

@@ -49,7 +49,7 @@ use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
 use crate::placement::{BackendOptions, BackendReport};
-use crate::store::{Loaded, Store};
+use crate::store::{Loaded, StateKey, Store};
 use backend::HeadBackend;
 use samples::Samples;
 
@@ -70,6 +70,10 @@ pub struct HeadOptions {
     /// Opening a state dir: refuse a path that is not a state dir yet instead of creating one
     /// there.
     pub must_exist: bool,
+    /// The application's key of an encrypted state dir (DESIGN.md G9): a new state dir is
+    /// created encrypted with it; an existing one must be opened with exactly the key it was
+    /// created (or last rekeyed) with, and one without a key without one.
+    pub key: Option<StateKey>,
 }
 
 /// Counts and settings of a head.
@@ -152,6 +156,7 @@ impl Head {
             bundle.core_sha256(),
             &requested,
             !options.must_exist,
+            options.key.as_ref(),
         )?;
         let spec = store.spec().clone();
         check_recorded(&spec, options, dir)?;
@@ -178,8 +183,14 @@ impl Head {
         options: &HeadOptions,
     ) -> Result<Head> {
         let dir = state_dir.as_ref();
-        let (store, loaded) =
-            Store::open(dir, "(detached)", core_sha256, &spec, !options.must_exist)?;
+        let (store, loaded) = Store::open(
+            dir,
+            "(detached)",
+            core_sha256,
+            &spec,
+            !options.must_exist,
+            options.key.as_ref(),
+        )?;
         if *store.spec() != spec {
             return Err(Error::state(
                 dir,
@@ -469,6 +480,18 @@ impl Head {
         self.inner.publish(&st.solution);
         self.inner.wake.notify_all();
         Ok(())
+    }
+
+    /// Replaces the key of an encrypted state dir: everything it holds is sealed again under
+    /// a new data key, wrapped by `new_key` (see `crate::store`). Once this returns, the old
+    /// key opens nothing in the state dir; once the application destroys the old key, nothing
+    /// ever written under it is readable, whatever the storage kept. Open the state dir with
+    /// `new_key` from then on. On error nothing changed and the old key stays in effect,
+    /// unless the error left the outcome unknown (later changes are then refused until the
+    /// state dir is reopened, with whichever of the two keys opens it).
+    pub fn rekey(&self, new_key: &StateKey) -> Result<()> {
+        let mut st = self.inner.lock_sound()?;
+        st.samples.rekey(new_key)
     }
 
     /// Logits `[n, C]` for raw inputs.
