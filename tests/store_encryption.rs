@@ -451,12 +451,12 @@ fn needles(head: &Head, inputs: &[f32], labels: &[u32]) -> Needles {
     let mut needles = Needles::default();
     let mut xs = Vec::new();
     let mut rs = Vec::new();
-    for s in 0..n {
+    for (s, &label) in labels.iter().enumerate() {
         let (phi, z) = (phi.row(s).to_vec(), z.row(s).to_vec());
         let (mut q, mut r) = (Vec::new(), Vec::new());
         spec.fixed.quantize_features(&phi, 0, &mut q).unwrap();
         spec.fixed
-            .quantize_targets(labels[s] as usize, spec.target_scale, &z, 0, &mut r)
+            .quantize_targets(label as usize, spec.target_scale, &z, 0, &mut r)
             .unwrap();
         let f32s = |v: &[f32]| -> Vec<[u8; 4]> { v.iter().map(|x| x.to_le_bytes()).collect() };
         let i32s = |v: &[i32]| -> Vec<[u8; 4]> { v.iter().map(|x| x.to_le_bytes()).collect() };
