@@ -291,3 +291,48 @@ fn erase_removes_a_state_dir_that_cannot_be_opened() {
     assert_eq!(listing(&state), ["notes.txt"]);
     assert_eq!(std::fs::read(state.join("notes.txt")).unwrap(), b"mine");
 }
+
+/// `--key-file` creates an encrypted state dir, which then needs exactly its key; `lethe
+/// rekey` moves it to a new key, after which the old one is refused.
+#[test]
+fn a_key_file_encrypts_the_state_dir_and_rekey_replaces_the_key() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 6);
+    let (key, new_key, short) = (dir.join("key"), dir.join("new-key"), dir.join("short"));
+    std::fs::write(&key, [0x33; 32]).unwrap();
+    std::fs::write(&new_key, [0x44; 32]).unwrap();
+    std::fs::write(&short, [0x55; 31]).unwrap();
+    let state = dir.join("state");
+    inp.learn(&state, &["--key-file", s(&key)]);
+    let info = |extra: &[&str]| -> Vec<String> {
+        ["info", "--state", s(&state)]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let run_ok = |args: Vec<String>| lethe_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_fails =
+        |args: Vec<String>| lethe_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run_fails(info(&[])).contains("encrypted"));
+    assert!(run_fails(info(&["--key-file", s(&short)])).contains("32 bytes"));
+    assert!(run_fails(info(&["--key-file", s(&new_key)])).contains("does not open"));
+    assert!(run_ok(info(&["--key-file", s(&key)])).contains("samples     6"));
+    lethe_ok(&[
+        "rekey",
+        "--state",
+        s(&state),
+        "--key-file",
+        s(&key),
+        "--new-key-file",
+        s(&new_key),
+    ]);
+    assert!(run_fails(info(&["--key-file", s(&key)])).contains("does not open"));
+    assert!(run_ok(info(&["--key-file", s(&new_key)])).contains("samples     6"));
+    // A state dir without a key refuses one, and has nothing to rekey.
+    let plain = dir.join("plain");
+    inp.learn(&plain, &[]);
+    let err = lethe_fails(&["info", "--state", s(&plain), "--key-file", s(&key)]);
+    assert!(err.contains("not encrypted"), "{err}");
+}
