@@ -556,11 +556,13 @@ lethe_status lethe_core_backend(const struct lethe_core *core, lethe_backend *ou
  * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (core, state_dir, out);
  * LETHE_ERROR_INVALID_HANDLE (core); LETHE_ERROR_INVALID_ARGUMENT (struct_size, an option
  * value or unknown features); LETHE_ERROR_STATE (corrupt, another bundle's, other settings,
- * or open elsewhere); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
+ * or open elsewhere); LETHE_ERROR_KEY (options->key missing, wrong, unexpected or not 32
+ * bytes); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
  *
  * The behaviour is undefined unless `state_dir` is a NUL-terminated path, `options` is NULL or
  * points to a lethe_options whose struct_size bytes are readable and whose strings are NULL or
- * NUL-terminated, and `out` is writable.
+ * NUL-terminated, `options->key` is NULL or points to `options->key_len` readable bytes, and
+ * `out` is writable.
  */
 lethe_status lethe_head_open(struct lethe_core *core,
                              const char *state_dir,
