@@ -108,9 +108,16 @@ fn a_key_must_be_the_state_dirs_own() {
         [1, 3, 4, 5, 6, 7]
     );
     assert_eq!(open_with(&plain, None).unwrap().ids(), [1, 2, 3]);
-    // A head without a state dir has nothing to rekey; nor has a dir without a key.
+    // A dir without a key has nothing to rekey; a head without a state dir refuses a key.
     let head = open_with(&plain, None).unwrap();
     assert!(matches!(head.rekey(&key()), Err(Error::Key(_))));
+    let keyed = HeadOptions {
+        key: Some(key()),
+        ..HeadOptions::default()
+    };
+    assert!(matches!(Head::detached(spec(), &keyed), Err(Error::Key(_))));
+    let memory = Head::detached(spec(), &HeadOptions::default()).unwrap();
+    assert!(matches!(memory.rekey(&key()), Err(Error::Key(_))));
 }
 
 fn learned_only_plain(dir: &Path, ids: &[u64]) {

@@ -118,6 +118,7 @@ pub struct Head {
 impl Head {
     /// A head over `core` that keeps nothing on disk.
     pub fn in_memory(core: Arc<Core>, options: &HeadOptions) -> Result<Head> {
+        refuse_key(options)?;
         let spec = HeadSpec::from_bundle(
             core.bundle(),
             options.features.as_deref(),
@@ -130,6 +131,7 @@ impl Head {
 
     /// A head with no core: the caller supplies features (and core logits) directly.
     pub fn detached(spec: HeadSpec, options: &HeadOptions) -> Result<Head> {
+        refuse_key(options)?;
         let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
         Head::build(spec, None, None, samples, None, options)
     }
@@ -781,6 +783,17 @@ fn resolve_loop(inner: &Inner) {
                 return;
             }
         }
+    }
+}
+
+/// A key belongs to a state dir: a head without one refuses it rather than ignore it.
+fn refuse_key(options: &HeadOptions) -> Result<()> {
+    match options.key {
+        Some(_) => Err(Error::Key(
+            "a head without a state dir has nothing to encrypt: open a state dir to use a key"
+                .into(),
+        )),
+        None => Ok(()),
     }
 }
 
