@@ -1,19 +1,21 @@
 //! The state dir's costs at DESIGN.md's scale (n = 50 000, d = 1280, C = 100), with synthetic
 //! features learned through the public API: opening a closed state dir, forgetting 1 sample and
 //! learning 1 or 100, each durable (synced) before it returns; and closing. Each learn/forget
-//! is also timed on an in-memory head, so the difference is the state dir's share.
+//! is also timed on an in-memory head, so the difference is the state dir's share. With `key`,
+//! the same runs again in one process on an encrypted state dir (DESIGN.md G9), so that the
+//! cost of encryption is a ratio within one run.
 //!
 //! ```text
-//! cargo run --release --example store_bench -- [DIR] [N]
+//! cargo run --release --example store_bench -- [DIR] [N] [key]
 //! ```
-//! DIR (default: a temporary dir) keeps the state dir between runs, so that building it (a few
-//! minutes) happens once.
+//! DIR (default: a temporary dir) keeps the state dirs between runs, so that building them (a
+//! few minutes each) happens once.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lethe::FixedPoint;
-use lethe::{Head, HeadOptions, HeadSpec, Result};
+use lethe::{Head, HeadOptions, HeadSpec, Result, StateKey};
 use ndarray::Array2;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -75,8 +77,21 @@ fn main() -> Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("lethe-store-bench"));
     let n: u64 = args.get(2).map_or(50_000, |s| s.parse().expect("N"));
-    let dir = root.join(format!("n{n}-d{D}-c{C}"));
-    let options = HeadOptions::default();
+    bench(&root, n, None)?;
+    if args.get(3).is_some_and(|a| a == "key") {
+        println!();
+        bench(&root, n, Some(StateKey::new([0x6b; 32])))?;
+    }
+    Ok(())
+}
+
+fn bench(root: &std::path::Path, n: u64, key: Option<StateKey>) -> Result<()> {
+    let suffix = if key.is_some() { "-encrypted" } else { "" };
+    let dir = root.join(format!("n{n}-d{D}-c{C}{suffix}"));
+    let options = HeadOptions {
+        key,
+        ..HeadOptions::default()
+    };
     if !dir.join("stats.bin").exists() {
         let _ = std::fs::remove_dir_all(&dir);
         let start = Instant::now();
@@ -92,10 +107,16 @@ fn main() -> Result<()> {
         );
     }
     let size = |name: &str| std::fs::metadata(dir.join(name)).map_or(0, |m| m.len());
+    let buckets: u64 = std::fs::read_dir(&dir)
+        .map_err(|e| lethe::Error::io(&dir, e))?
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("samples-"))
+        .map(|e| e.metadata().map_or(0, |m| m.len()))
+        .sum();
     println!(
-        "state dir {}: samples.bin {:.1} MB, stats.bin {:.1} MB",
+        "state dir {}: bucket files {:.1} MB, stats.bin {:.1} MB",
         dir.display(),
-        size("samples.bin") as f64 / 1e6,
+        buckets as f64 / 1e6,
         size("stats.bin") as f64 / 1e6
     );
 
@@ -114,13 +135,13 @@ fn main() -> Result<()> {
     );
 
     let head = Head::open_detached(spec(), CORE_SHA256, &dir, &options)?;
-    let memory = Head::detached(spec(), &options)?;
+    let memory = Head::detached(spec(), &HeadOptions::default())?;
     let warm: Vec<u64> = (0..4 * REPEATS as u64).collect();
     learn(&memory, &warm)?;
     let start = Instant::now();
     head.forget(&[0])?;
     println!(
-        "forget 1, the first change after opening (starts the journal, scrubs stats.bin): {:.1} ms",
+        "forget 1, the first change after opening (overwrites stats.bin): {:.1} ms",
         ms(start.elapsed())
     );
     let next = |i: usize| 1 + i as u64;

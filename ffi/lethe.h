@@ -185,6 +185,19 @@ typedef struct lethe_options {
    * its one-hot label (in logits). 0 = the bundle's default.
    */
   double target_scale;
+  /**
+   * lethe_head_open: the application's key (key_len = 32 bytes) of an encrypted state dir;
+   * NULL = none. A new state dir is created encrypted with it; an existing one must be
+   * opened with exactly its key (else LETHE_ERROR_KEY), and one created without a key
+   * without one. Lethe copies the key; the caller keeps (and later wipes) its own buffer.
+   * See lethe_head_rekey() and "Encryption" in ffi/README.md for what to do with keys.
+   */
+  const uint8_t *key;
+  /**
+   * lethe_head_open: bytes at `key`: 32, or 0 when `key` is NULL. Anything else is
+   * LETHE_ERROR_KEY.
+   */
+  uint64_t key_len;
 } lethe_options;
 
 /**
@@ -374,6 +387,14 @@ typedef struct lethe_receipt {
  * acknowledged with LETHE_OK.
  */
 #define LETHE_ERROR_POISONED 14
+
+/**
+ * A state dir's key is wrong (it does not open the state dir's data key), missing (the state
+ * dir is encrypted), given for a state dir that is not encrypted, not 32 bytes, or
+ * lethe_head_rekey() was called on a head without an encrypted state dir. Nothing was
+ * changed.
+ */
+#define LETHE_ERROR_KEY 15
 
 /**
  * The CPU (the default and the reference): ONNX Runtime's CPU execution provider for the core,
@@ -641,11 +662,13 @@ lethe_status lethe_core_backend(const struct lethe_core *core, lethe_backend *ou
  * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (core, state_dir, out);
  * LETHE_ERROR_INVALID_HANDLE (core); LETHE_ERROR_INVALID_ARGUMENT (struct_size, an option
  * value or unknown features); LETHE_ERROR_STATE (corrupt, another bundle's, other settings,
- * or open elsewhere); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
+ * or open elsewhere); LETHE_ERROR_KEY (options->key missing, wrong, unexpected or not 32
+ * bytes); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
  *
  * The behaviour is undefined unless `state_dir` is a NUL-terminated path, `options` is NULL or
  * points to a lethe_options whose struct_size bytes are readable and whose strings are NULL or
- * NUL-terminated, and `out` is writable.
+ * NUL-terminated, `options->key` is NULL or points to `options->key_len` readable bytes, and
+ * `out` is writable.
  */
 lethe_status lethe_head_open(struct lethe_core *core,
                              const char *state_dir,
@@ -726,6 +749,30 @@ lethe_status lethe_head_forget(struct lethe_head *head, const uint64_t *ids, siz
  * LETHE_ERROR_POISONED.
  */
 lethe_status lethe_head_forget_all(struct lethe_head *head);
+
+/**
+ * Replaces the key of the head's encrypted state dir by `new_key` (new_key_len = 32 bytes):
+ * every sample and statistic it holds is sealed again under a new data key, which only
+ * `new_key` unwraps; the old key opens nothing in the state dir afterwards. Takes time and
+ * space in proportion to the samples held (it rewrites them). Durable when it returns
+ * LETHE_OK; on an error nothing changed and the old key stays in effect, unless the head
+ * then refuses changes because the outcome is unknown (LETHE_ERROR_STATE saying so): after
+ * reopening, exactly one of the two keys opens the state dir.
+ *
+ * Keys: open the state dir with `new_key` from now on; once this returned LETHE_OK (and
+ * after any forget or forget-all whose data must be unrecoverable even from blocks the
+ * storage kept), destroy the old key in your key store: then nothing ever written under it
+ * can be read. Lethe copies `new_key`; wipe your buffer when you no longer need it.
+ *
+ * Thread-safe: as lethe_head_learn.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (head, new_key); LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_KEY (new_key_len is not 32, or the state dir is not encrypted);
+ * LETHE_ERROR_STATE; LETHE_ERROR_IO; LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `new_key` points to `new_key_len` readable bytes.
+ */
+lethe_status lethe_head_rekey(struct lethe_head *head, const uint8_t *new_key, size_t new_key_len);
 
 /**
  * Erases the state dir `state_dir` whatever its state (corrupt, of another version, left by a

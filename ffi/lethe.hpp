@@ -138,6 +138,8 @@ struct Options {
   std::string features;  ///< the head's features output; empty = the bundle's default
   double lambda = 0;  ///< ridge strength of a new head; 0 = the bundle's default
   double target_scale = 0;  ///< target scale of a new head; 0 = the bundle's default
+  /// The state dir's key (32 bytes); empty = none. See lethe_options.key.
+  std::vector<std::uint8_t> key;
 
   /// The C struct; its strings point into this object, which must outlive its use.
   lethe_options c_options() const {
@@ -151,6 +153,8 @@ struct Options {
     o.features = features.empty() ? nullptr : features.c_str();
     o.lambda = lambda;
     o.target_scale = target_scale;
+    o.key = key.empty() ? nullptr : key.data();
+    o.key_len = key.size();
     return o;
   }
 };
@@ -340,6 +344,11 @@ class Head {
 
   /// Forgets every sample: the head predicts exactly the core's logits again.
   void forget_all() { detail::check(lethe_head_forget_all(handle_)); }
+
+  /// Seals the encrypted state dir under `new_key` (32 bytes); see lethe_head_rekey.
+  void rekey(const std::vector<std::uint8_t> &new_key) {
+    detail::check(lethe_head_rekey(handle_, new_key.data(), new_key.size()));
+  }
 
   /// Writes n * C logits for n samples to `logits` (which holds logits_len floats).
   void predict(const float *inputs, std::size_t n, float *logits, std::size_t logits_len) const {

@@ -41,6 +41,10 @@ pub enum Error {
     #[error("state dir {path}: {message}")]
     State { path: PathBuf, message: String },
 
+    /// A state dir's key is missing, wrong, or given for a state dir that is not encrypted.
+    #[error("key: {0}")]
+    Key(String),
+
     /// A documented limit was exceeded.
     #[error("limit exceeded: {0}")]
     Limit(String),

@@ -48,7 +48,7 @@ use crate::core::{Core, CoreOptions};
 use crate::error::Error;
 use crate::head::{Head, HeadOptions};
 use crate::placement::{Backend, BackendOptions, Placement};
-use crate::store::erase;
+use crate::store::{erase, StateKey};
 
 /// The major version of this header (0 for 0.1.0).
 pub const LETHE_VERSION_MAJOR: u32 = 0;
@@ -129,6 +129,11 @@ pub const LETHE_ERROR_INTERNAL: lethe_status = lethe_status(13);
 /// also returns this code) and open its state dir again: the state dir holds every change
 /// acknowledged with LETHE_OK.
 pub const LETHE_ERROR_POISONED: lethe_status = lethe_status(14);
+/// A state dir's key is wrong (it does not open the state dir's data key), missing (the state
+/// dir is encrypted), given for a state dir that is not encrypted, not 32 bytes, or
+/// lethe_head_rekey() was called on a head without an encrypted state dir. Nothing was
+/// changed.
+pub const LETHE_ERROR_KEY: lethe_status = lethe_status(15);
 
 /// Where a core runs: one of the LETHE_BACKEND_* values.
 #[repr(transparent)]
@@ -223,11 +228,20 @@ pub struct lethe_options {
     /// lethe_head_open: target scale s > 0 of a new head: a learned sample's target is s times
     /// its one-hot label (in logits). 0 = the bundle's default.
     pub target_scale: f64,
+    /// lethe_head_open: the application's key (key_len = 32 bytes) of an encrypted state dir;
+    /// NULL = none. A new state dir is created encrypted with it; an existing one must be
+    /// opened with exactly its key (else LETHE_ERROR_KEY), and one created without a key
+    /// without one. Lethe copies the key; the caller keeps (and later wipes) its own buffer.
+    /// See lethe_head_rekey() and "Encryption" in ffi/README.md for what to do with keys.
+    pub key: *const u8,
+    /// lethe_head_open: bytes at `key`: 32, or 0 when `key` is NULL. Anything else is
+    /// LETHE_ERROR_KEY.
+    pub key_len: u64,
 }
 
 /// sizeof(lethe_options) in each released lethe.h, oldest first. Fields are only appended, so
 /// every older layout is a prefix of the current one.
-const OPTIONS_SIZES: [u64; 1] = [56];
+const OPTIONS_SIZES: [u64; 2] = [56, 72];
 const _: () = assert!(OPTIONS_SIZES[OPTIONS_SIZES.len() - 1] == size_of::<lethe_options>() as u64);
 
 /// What lethe_head_info reports about a head.
@@ -366,6 +380,7 @@ impl From<Error> for Failure {
             Error::Id(_) => LETHE_ERROR_SAMPLE_ID,
             Error::State { .. } => LETHE_ERROR_STATE,
             Error::Limit(_) => LETHE_ERROR_LIMIT,
+            Error::Key(_) => LETHE_ERROR_KEY,
             Error::Backend(_) => LETHE_ERROR_BACKEND_UNAVAILABLE,
         };
         Failure::new(status, e.to_string())
@@ -934,6 +949,8 @@ fn default_options() -> lethe_options {
         features: std::ptr::null(),
         lambda: 0.0,
         target_scale: 0.0,
+        key: std::ptr::null(),
+        key_len: 0,
     }
 }
 
@@ -1009,7 +1026,26 @@ unsafe fn head_options(options: &lethe_options) -> Result<HeadOptions, Failure> 
         synchronous_resolve: false,
         backend: None,
         must_exist: false,
+        key: key_arg(options.key, options.key_len, "options->key")?,
     })
+}
+
+/// The key of `len` bytes at `key` (NULL with 0: none).
+///
+/// # Safety
+/// `key` must be NULL or point to `len` readable bytes.
+unsafe fn key_arg(key: *const u8, len: u64, name: &str) -> Result<Option<StateKey>, Failure> {
+    if key.is_null() {
+        return match len {
+            0 => Ok(None),
+            _ => Err(Failure::new(
+                LETHE_ERROR_KEY,
+                format!("`{name}` is NULL but its length is {len}"),
+            )),
+        };
+    }
+    let bytes = input(key, len as usize, name)?;
+    Ok(Some(StateKey::from_slice(bytes)?))
 }
 
 fn backend_code(placement: &Placement) -> lethe_backend {
@@ -1213,6 +1249,7 @@ fn status_text(status: lethe_status) -> &'static CStr {
         LETHE_ERROR_BACKEND_UNAVAILABLE => c"backend unavailable",
         LETHE_ERROR_INTERNAL => c"internal error in Lethe",
         LETHE_ERROR_POISONED => c"head unusable after an internal error",
+        LETHE_ERROR_KEY => c"wrong, missing or unexpected state dir key",
         _ => c"unknown status",
     }
 }
@@ -1480,11 +1517,13 @@ pub unsafe extern "C" fn lethe_core_backend(
 /// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (core, state_dir, out);
 /// LETHE_ERROR_INVALID_HANDLE (core); LETHE_ERROR_INVALID_ARGUMENT (struct_size, an option
 /// value or unknown features); LETHE_ERROR_STATE (corrupt, another bundle's, other settings,
-/// or open elsewhere); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
+/// or open elsewhere); LETHE_ERROR_KEY (options->key missing, wrong, unexpected or not 32
+/// bytes); LETHE_ERROR_IO; LETHE_ERROR_LIMIT.
 ///
 /// The behaviour is undefined unless `state_dir` is a NUL-terminated path, `options` is NULL or
 /// points to a lethe_options whose struct_size bytes are readable and whose strings are NULL or
-/// NUL-terminated, and `out` is writable.
+/// NUL-terminated, `options->key` is NULL or points to `options->key_len` readable bytes, and
+/// `out` is writable.
 #[no_mangle]
 pub unsafe extern "C" fn lethe_head_open(
     core: *mut lethe_core,
@@ -1630,6 +1669,38 @@ pub unsafe extern "C" fn lethe_head_forget(
 pub extern "C" fn lethe_head_forget_all(head: *mut lethe_head) -> lethe_status {
     boundary!("lethe_head_forget_all", [head], {
         with_head(head, |h| Ok(h.forget_all()?))
+    })
+}
+
+/// Replaces the key of the head's encrypted state dir by `new_key` (new_key_len = 32 bytes):
+/// every sample and statistic it holds is sealed again under a new data key, which only
+/// `new_key` unwraps; the old key opens nothing in the state dir afterwards. Takes time and
+/// space in proportion to the samples held (it rewrites them). Durable when it returns
+/// LETHE_OK; on an error nothing changed and the old key stays in effect, unless the head
+/// then refuses changes because the outcome is unknown (LETHE_ERROR_STATE saying so): after
+/// reopening, exactly one of the two keys opens the state dir.
+///
+/// Keys: open the state dir with `new_key` from now on; once this returned LETHE_OK (and
+/// after any forget or forget-all whose data must be unrecoverable even from blocks the
+/// storage kept), destroy the old key in your key store: then nothing ever written under it
+/// can be read. Lethe copies `new_key`; wipe your buffer when you no longer need it.
+///
+/// Thread-safe: as lethe_head_learn.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (head, new_key); LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_KEY (new_key_len is not 32, or the state dir is not encrypted);
+/// LETHE_ERROR_STATE; LETHE_ERROR_IO; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `new_key` points to `new_key_len` readable bytes.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_rekey(
+    head: *mut lethe_head,
+    new_key: *const u8,
+    new_key_len: usize,
+) -> lethe_status {
+    boundary!("lethe_head_rekey", [head, new_key], {
+        let key = key_arg(new_key, new_key_len as u64, "new_key")?.expect("not NULL");
+        with_head(head, |h| Ok(h.rekey(&key)?))
     })
 }
 

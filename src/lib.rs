@@ -52,3 +52,4 @@ pub use crate::math::receipt::Receipt;
 pub use crate::math::spec::HeadSpec;
 pub use crate::math::weights::{ServedWeights, Weights};
 pub use crate::placement::{Backend, BackendOptions, BackendReport, Placement};
+pub use crate::store::StateKey;

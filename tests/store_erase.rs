@@ -79,15 +79,20 @@ fn erase_removes_a_state_dir_in_any_state() {
                 "{what}: the test needs a dir that cannot be opened"
             );
         }
-        let mut before = std::fs::File::open(dir.join("samples.bin")).unwrap();
+        let mut before: Vec<(String, std::fs::File)> = files(dir)
+            .into_keys()
+            .map(|name| (name.clone(), std::fs::File::open(dir.join(&name)).unwrap()))
+            .collect();
         let report = erase(dir).unwrap();
         assert_erased(dir, &report, what);
-        let mut left = Vec::new();
-        before.read_to_end(&mut left).unwrap();
-        assert!(
-            left.iter().all(|&b| b == 0),
-            "{what}: samples.bin still holds data"
-        );
+        for (name, file) in &mut before {
+            let mut left = Vec::new();
+            file.read_to_end(&mut left).unwrap();
+            assert!(
+                left.iter().all(|&b| b == 0),
+                "{what}: {name} still holds data"
+            );
+        }
         // The path is free for a new head.
         assert!(open(dir).unwrap().ids().is_empty(), "{what}");
     }
@@ -125,12 +130,13 @@ fn erase_never_writes_through_links() {
 
     let dir = closed(root, "hard-linked");
     let copy = outside.join("copy");
-    std::fs::hard_link(dir.join("samples.bin"), &copy).unwrap();
+    let bucket = bucket_files(&dir).swap_remove(0);
+    std::fs::hard_link(dir.join(&bucket), &copy).unwrap();
     let samples = std::fs::read(&copy).unwrap();
     let report = erase(&dir).unwrap();
     assert!(report.dir_removed, "{report:?}");
     assert!(
-        report.unlinked[0].starts_with("samples.bin (has 2 names"),
+        report.unlinked[0].starts_with(&format!("{bucket} (has 2 names")),
         "{report:?}"
     );
     assert_eq!(std::fs::read(&copy).unwrap(), samples);

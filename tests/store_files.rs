@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use common::store::*;
-use lethe::{Error, Head, HeadOptions};
+use lethe::{Error, Head, HeadOptions, StateKey};
 use proptest::prelude::*;
 
 /// Ids that stay (S) and ids that are learned and then forgotten (F).
@@ -149,11 +149,14 @@ fn forgotten_samples_are_scrubbed_from_every_file() {
     let (s, f) = (ids(S), ids(F));
     learned_only(dir, &[&s[..], &f[..]].concat());
     let all: BTreeSet<u64> = s.iter().chain(&f).copied().collect();
-    // The check can see stored samples: every window of every sample is in samples.bin now.
-    let samples_bin = &files(dir)["samples.bin"];
+    // The check can see stored samples: every window of every sample is in a bucket file now.
+    let stored = files(dir);
     for &id in &all {
         for w in stored_bytes(id).windows(16) {
-            assert!(samples_bin.windows(16).any(|x| x == w), "sample {id}");
+            let found = stored.iter().any(|(name, bytes)| {
+                name.starts_with("samples-") && bytes.windows(16).any(|x| x == w)
+            });
+            assert!(found, "sample {id}");
         }
     }
     let mut forgotten = BTreeSet::new();
@@ -210,11 +213,14 @@ fn one_head_at_a_time_and_private_files() {
     }
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700);
-    for name in ["meta.json", "samples.bin", "journal"] {
+    for name in ["meta.json", "journal"] {
         assert_eq!(mode(&dir.join(name)), 0o600, "{name}");
     }
     head.close().unwrap();
     assert_eq!(mode(&dir.join("stats.bin")), 0o600);
+    for name in bucket_files(&dir) {
+        assert_eq!(mode(&dir.join(&name)), 0o600, "{name}");
+    }
     let head = open(&dir).unwrap();
     assert_eq!(head.ids(), [1, 2]);
 }
@@ -246,36 +252,52 @@ struct Template {
     files: BTreeMap<String, Vec<u8>>,
     committed: Vec<u64>,
     journal_cut: Vec<u64>,
+    key: Option<StateKey>,
 }
 
-/// A closed state dir and a crashed one (with a journal), made once.
+fn open_keyed(dir: &Path, key: Option<StateKey>) -> lethe::Result<Head> {
+    let options = HeadOptions {
+        key,
+        ..HeadOptions::default()
+    };
+    Head::open_detached(spec(), CORE_SHA256, dir, &options)
+}
+
+/// A closed state dir and a crashed one (with a journal), without and with a key, made once.
 fn templates() -> &'static [Template] {
     static TEMPLATES: OnceLock<Vec<Template>> = OnceLock::new();
     TEMPLATES.get_or_init(|| {
-        let root = tempfile::tempdir().unwrap();
-        let (closed, open_dir, crashed) = (
-            root.path().join("closed"),
-            root.path().join("open"),
-            root.path().join("crashed"),
-        );
-        learned_only(&closed, &[1, 2, 3, 4]);
-        learned_only(&open_dir, &[1, 2, 3, 4]);
-        let head = open(&open_dir).unwrap();
-        head.forget(&[2]).unwrap();
-        learn(&head, &[7, 8]).unwrap();
-        snapshot(&open_dir, &crashed);
-        vec![
-            Template {
+        let mut out = Vec::new();
+        for key in [None, Some(StateKey::new([0x3c; 32]))] {
+            let root = tempfile::tempdir().unwrap();
+            let (closed, open_dir, crashed) = (
+                root.path().join("closed"),
+                root.path().join("open"),
+                root.path().join("crashed"),
+            );
+            for dir in [&closed, &open_dir] {
+                let head = open_keyed(dir, key.clone()).unwrap();
+                learn(&head, &[1, 2, 3, 4]).unwrap();
+                head.close().unwrap();
+            }
+            let head = open_keyed(&open_dir, key.clone()).unwrap();
+            head.forget(&[2]).unwrap();
+            learn(&head, &[7, 8]).unwrap();
+            snapshot(&open_dir, &crashed);
+            out.push(Template {
                 files: files(&closed),
                 committed: vec![1, 2, 3, 4],
                 journal_cut: vec![],
-            },
-            Template {
+                key: key.clone(),
+            });
+            out.push(Template {
                 files: files(&crashed),
                 committed: vec![1, 3, 4, 7, 8],
                 journal_cut: vec![1, 3, 4],
-            },
-        ]
+                key,
+            });
+        }
+        out
     })
 }
 
@@ -300,16 +322,18 @@ fn damage() -> impl Strategy<Value = Damage> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
 
-    /// G5 with random bytes in the parsers: whatever a file of a state dir holds, opening it
-    /// never panics; it fails with a state error that names the file, or opens exactly the
-    /// committed samples (damage that cannot matter: a free slot, a torn journal tail).
+    /// G5 with random bytes in the parsers, with and without a key: whatever a file of a state
+    /// dir holds, opening it never panics; it fails with a state error that names the file
+    /// (or, with a key, a key error for the journal, whose damaged key block reads as another
+    /// key's), or opens exactly the committed samples (damage that cannot matter: a released
+    /// record, a torn journal tail).
     #[test]
     fn random_damage_is_an_error_or_harmless(
-        which in 0usize..2,
-        file in 0usize..3,
+        which in 0usize..4,
+        file in 0usize..16,
         how in damage(),
     ) {
-        let Template { files: template, committed, journal_cut } = &templates()[which];
+        let Template { files: template, committed, journal_cut, key } = &templates()[which];
         let names: Vec<&String> = template.keys().collect();
         let name = names[file % names.len()].clone();
         let mut bytes = template[&name].clone();
@@ -332,10 +356,13 @@ proptest! {
         for (n, b) in template {
             std::fs::write(dir.path().join(n), if *n == name { &bytes } else { b }).unwrap();
         }
-        match open(dir.path()) {
+        match open_keyed(dir.path(), key.clone()) {
             Err(Error::State { message, .. }) => {
                 prop_assert!(changed, "an intact state dir failed: {}", message);
                 prop_assert!(message.contains(name.as_str()), "{}: {}", name, message);
+            }
+            Err(Error::Key(m)) if key.is_some() && name == "journal" => {
+                prop_assert!(changed, "an intact state dir failed: {}", m);
             }
             Err(e) => prop_assert!(false, "{}: not a state error: {}", name, e),
             Ok(head) => {

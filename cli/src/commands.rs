@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use ndarray::Array1;
+use zeroize::Zeroizing;
 
 use crate::batches::{core_features, core_output, InputArgs, Samples};
 use crate::bench::BenchArgs;
@@ -17,7 +18,7 @@ use crate::receipts::{self, VerifyArgs};
 use crate::state::{bundle_for, Creation};
 use lethe::bundle::Padding;
 use lethe::store::recorded_bundle;
-use lethe::{data, Bundle, Core, Head, HeadOptions};
+use lethe::{data, Bundle, Core, Head, HeadOptions, StateKey};
 use lethe::{Error, Result};
 
 /// Lethe: an inference runtime that can forget, exactly.
@@ -60,6 +61,10 @@ pub enum Command {
     Info(HeadArgs),
     /// Recompute the head from its stored samples from scratch and compare with what is served.
     Verify(HeadArgs),
+    /// Seal an encrypted state dir under a new key (--key-file: the current one): once this
+    /// succeeds, only the new key opens it; destroy the old key to make everything ever
+    /// written under it unreadable.
+    Rekey(RekeyArgs),
     /// Erase a state dir: overwrite every Lethe file in it with zeros, sync, remove it, then the
     /// dir. Works on a state dir that cannot be opened (corrupt, another format version, a full
     /// disk); refuses one a head has open.
@@ -121,6 +126,26 @@ pub struct HeadArgs {
     /// must be the recorded one).
     #[arg(long)]
     pub lambda: Option<f64>,
+    /// A file holding the state dir's key: exactly 32 bytes, raw (e.g. exported by the
+    /// platform's key store). A new state dir is created encrypted with it; an encrypted one
+    /// needs it, and one created without a key refuses one.
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RekeyArgs {
+    #[command(flatten)]
+    pub head: HeadArgs,
+    /// A file holding the new key: exactly 32 bytes, raw.
+    #[arg(long)]
+    pub new_key_file: PathBuf,
+}
+
+/// The key in `path`: exactly 32 bytes (the buffer read is wiped when dropped).
+fn read_key(path: &Path) -> Result<StateKey> {
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+    StateKey::from_slice(&bytes).map_err(|e| Error::Key(format!("{}: {e}", path.display())))
 }
 
 #[derive(Debug, Args)]
@@ -188,13 +213,14 @@ pub struct WeightsArgs {
 const DEFAULT_BUNDLE: &str = "models/mnist-core";
 
 impl HeadArgs {
-    fn options(&self, must_exist: bool) -> HeadOptions {
-        HeadOptions {
+    fn options(&self, must_exist: bool) -> Result<HeadOptions> {
+        Ok(HeadOptions {
             features: self.features.clone(),
             lambda: self.lambda,
             must_exist,
+            key: self.key_file.as_deref().map(read_key).transpose()?,
             ..Default::default()
-        }
+        })
     }
 
     /// Opens the head of an existing state dir: a missing or non-Lethe dir is refused, and
@@ -202,7 +228,7 @@ impl HeadArgs {
     fn open(&self, g: &Global) -> Result<Head> {
         let bundle = bundle_for(&self.state, self.bundle.as_deref(), None)?;
         let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
-        Head::open(core, &self.state, &self.options(true))
+        Head::open(core, &self.state, &self.options(true)?)
     }
 }
 
@@ -222,6 +248,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Weights(args) => weights(g, &args),
         Command::Info(head) => info(g, &head),
         Command::Verify(head) => verify(g, &head),
+        Command::Rekey(args) => rekey(g, &args),
         Command::Erase(args) => erase(&args.state),
         Command::Receipt(ReceiptCommand::Verify(args)) => receipts::verify(g, &args),
     }
@@ -355,7 +382,7 @@ fn learn_into(
     ids: &[u64],
     labels: &[u32],
 ) -> Result<u64> {
-    let h = Head::open(core, &args.head.state, &args.head.options(false))?;
+    let h = Head::open(core, &args.head.state, &args.head.options(false)?)?;
     let (phi, z) = core_features(&h, samples)?;
     h.learn_features(ids, &phi, &z, labels)?;
     if let Some(path) = &args.receipt {
@@ -396,6 +423,21 @@ fn forget_all(g: &Global, args: &ForgetAllArgs) -> Result<()> {
     }
     h.close()?;
     eprintln!("forgot all samples: the head now predicts the core's logits");
+    Ok(())
+}
+
+fn rekey(g: &Global, args: &RekeyArgs) -> Result<()> {
+    let new_key = read_key(&args.new_key_file)?;
+    let h = args.head.open(g)?;
+    let start = Instant::now();
+    h.rekey(&new_key)?;
+    h.close()?;
+    eprintln!(
+        "resealed {} under the new key in {:.2} s: open it with {} from now on",
+        args.head.state.display(),
+        start.elapsed().as_secs_f64(),
+        args.new_key_file.display()
+    );
     Ok(())
 }
 

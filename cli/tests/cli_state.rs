@@ -263,18 +263,23 @@ fn erase_removes_a_state_dir_that_cannot_be_opened() {
     let inp = inputs(dir, 6);
     let state = dir.join("state");
     inp.learn(&state, &[]);
-    let samples = std::fs::read(state.join("samples.bin")).unwrap();
-    assert!(samples.len() > 64, "the learn stored its samples");
+    let buckets: Vec<String> = listing(&state)
+        .into_iter()
+        .filter(|name| name.starts_with("samples-"))
+        .collect();
+    assert!(!buckets.is_empty(), "the learn stored its samples");
     // A damaged meta.json: the state dir no longer opens, but erase needs no parsing.
     std::fs::write(state.join("meta.json"), "{").unwrap();
     lethe_fails(&["info", "--state", s(&state)]);
     let out = lethe_in(&common::repo_root(), &["erase", "--state", s(&state)]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("scrubbed and removed samples.bin"),
-        "{stderr}"
-    );
+    for bucket in &buckets {
+        assert!(
+            stderr.contains(&format!("scrubbed and removed {bucket}")),
+            "{stderr}"
+        );
+    }
     assert!(!state.exists(), "the state dir is gone: {stderr}");
     // Erasing what is not there is not an error; a foreign file next to Lethe's stays.
     lethe_ok(&["erase", "--state", s(&state)]);
@@ -384,4 +389,49 @@ fn a_forget_receipt_verifies_against_the_retained_samples_only() {
     lethe_ok(&["forget-all", "--state", s(&state), "--receipt", s(&cleared)]);
     let text = std::fs::read_to_string(&cleared).unwrap();
     assert!(text.contains("\"samples\": 0"), "{text}");
+}
+
+/// `--key-file` creates an encrypted state dir, which then needs exactly its key; `lethe
+/// rekey` moves it to a new key, after which the old one is refused.
+#[test]
+fn a_key_file_encrypts_the_state_dir_and_rekey_replaces_the_key() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 6);
+    let (key, new_key, short) = (dir.join("key"), dir.join("new-key"), dir.join("short"));
+    std::fs::write(&key, [0x33; 32]).unwrap();
+    std::fs::write(&new_key, [0x44; 32]).unwrap();
+    std::fs::write(&short, [0x55; 31]).unwrap();
+    let state = dir.join("state");
+    inp.learn(&state, &["--key-file", s(&key)]);
+    let info = |extra: &[&str]| -> Vec<String> {
+        ["info", "--state", s(&state)]
+            .iter()
+            .chain(extra)
+            .map(|a| a.to_string())
+            .collect()
+    };
+    let run_ok = |args: Vec<String>| lethe_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let run_fails =
+        |args: Vec<String>| lethe_fails(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(run_fails(info(&[])).contains("encrypted"));
+    assert!(run_fails(info(&["--key-file", s(&short)])).contains("32 bytes"));
+    assert!(run_fails(info(&["--key-file", s(&new_key)])).contains("does not open"));
+    assert!(run_ok(info(&["--key-file", s(&key)])).contains("samples     6"));
+    lethe_ok(&[
+        "rekey",
+        "--state",
+        s(&state),
+        "--key-file",
+        s(&key),
+        "--new-key-file",
+        s(&new_key),
+    ]);
+    assert!(run_fails(info(&["--key-file", s(&key)])).contains("does not open"));
+    assert!(run_ok(info(&["--key-file", s(&new_key)])).contains("samples     6"));
+    // A state dir without a key refuses one, and has nothing to rekey.
+    let plain = dir.join("plain");
+    inp.learn(&plain, &[]);
+    let err = lethe_fails(&["info", "--state", s(&plain), "--key-file", s(&key)]);
+    assert!(err.contains("not encrypted"), "{err}");
 }

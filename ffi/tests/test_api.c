@@ -130,12 +130,12 @@ static void test_status_str(void) {
   lethe_options o;
   /* Set a message, then check that lethe_status_str and lethe_version keep it. */
   EXPECT(lethe_options_default(NULL, sizeof o), LETHE_ERROR_NULL_ARGUMENT);
-  for (s = LETHE_OK; s <= LETHE_ERROR_POISONED; s++) {
+  for (s = LETHE_OK; s <= LETHE_ERROR_KEY; s++) {
     CHECK(lethe_status_str(s) != NULL && lethe_status_str(s)[0] != '\0');
     CHECK(strcmp(lethe_status_str(s), "unknown status") != 0);
     for (t = LETHE_OK; t < s; t++) CHECK(strcmp(lethe_status_str(s), lethe_status_str(t)) != 0);
   }
-  CHECK(strcmp(lethe_status_str(LETHE_ERROR_POISONED + 1), "unknown status") == 0);
+  CHECK(strcmp(lethe_status_str(LETHE_ERROR_KEY + 1), "unknown status") == 0);
   CHECK(strcmp(lethe_status_str(0xFFFFFFFFu), "unknown status") == 0);
   (void)lethe_version();
   CHECK(strstr(lethe_last_error(), "lethe_options_default") != NULL);
@@ -727,7 +727,7 @@ static void test_state_dirs(lethe_core *core) {
   OK(lethe_core_close(other));
 }
 
-/* A close that cannot persist (a folder where compaction writes samples.bin.tmp) reports it
+/* A close that cannot persist (a folder where compaction writes journal.tmp) reports it
  * and still releases the handle and the state dir. Nothing acknowledged is lost: opening the
  * state dir again recovers every sample bit for bit, and warns about the torn journal entry
  * this test appends, as after a crash. */
@@ -743,9 +743,9 @@ static void test_close_failure(lethe_core *core) {
   OK(lethe_head_open(core, tmp_path("closefail"), NULL, &head));
   OK(lethe_head_learn(head, s.ids, s.inputs, s.n, s.labels));
   before = take(head, &probe);
-  snprintf(blocker, sizeof blocker, "%s", tmp_path("closefail/samples.bin.tmp"));
+  snprintf(blocker, sizeof blocker, "%s", tmp_path("closefail/journal.tmp"));
   CHECK(mkdir(blocker, 0700) == 0);
-  EXPECT_MSG(lethe_head_close(head), LETHE_ERROR_IO, "samples.bin.tmp");
+  EXPECT_MSG(lethe_head_close(head), LETHE_ERROR_IO, "journal.tmp");
   EXPECT(lethe_head_info(head, &info, sizeof info), LETHE_ERROR_INVALID_HANDLE);
   EXPECT(lethe_head_close(head), LETHE_ERROR_INVALID_HANDLE);
   CHECK(rmdir(blocker) == 0);
@@ -765,6 +765,66 @@ static void test_close_failure(lethe_core *core) {
   free_snapshot(&before);
   free_snapshot(&after);
   free_batch(&s);
+  free_batch(&probe);
+}
+
+/* An encrypted state dir (options->key): created with the key, it opens only with it
+ * (LETHE_ERROR_KEY otherwise, creating and changing nothing); lethe_head_rekey moves it to a
+ * new key, after which the old one is refused and the head serves exactly what it did. */
+static void test_encrypted_state_dirs(lethe_core *core) {
+  lethe_head *head = NULL, *none = NULL;
+  lethe_options o;
+  batch b = make_batch(500, 8), probe = make_batch(560, 4);
+  snapshot before, rekeyed, reopened;
+  uint8_t key[32], new_key[32];
+  const char *dir = tmp_path("encrypted");
+  memset(key, 0x5a, sizeof key);
+  memset(new_key, 0xa5, sizeof new_key);
+  OK(lethe_options_default(&o, sizeof o));
+  CHECK(o.key == NULL && o.key_len == 0);
+  o.key = key;
+  o.key_len = 31;
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &none), LETHE_ERROR_KEY, "32 bytes");
+  o.key = NULL;
+  o.key_len = 32;
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &none), LETHE_ERROR_KEY, "NULL");
+  CHECK(none == NULL && !path_exists(dir));
+  o.key = key;
+  OK(lethe_head_open(core, dir, &o, &head));
+  OK(lethe_head_learn(head, b.ids, b.inputs, b.n, b.labels));
+  before = take(head, &probe);
+  EXPECT_MSG(lethe_head_rekey(head, new_key, 16), LETHE_ERROR_KEY, "32 bytes");
+  EXPECT(lethe_head_rekey(head, NULL, 32), LETHE_ERROR_NULL_ARGUMENT);
+  OK(lethe_head_close(head));
+
+  EXPECT_MSG(lethe_head_open(core, dir, NULL, &none), LETHE_ERROR_KEY, "encrypted");
+  o.key = new_key;
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &none), LETHE_ERROR_KEY, "does not open");
+  CHECK(none == NULL);
+  o.key = key;
+  OK(lethe_head_open(core, dir, &o, &head));
+  OK(lethe_head_rekey(head, new_key, sizeof new_key));
+  rekeyed = take(head, &probe);
+  expect_same(&before, &rekeyed, probe.n);
+  OK(lethe_head_close(head));
+  EXPECT_MSG(lethe_head_open(core, dir, &o, &none), LETHE_ERROR_KEY, "does not open");
+  o.key = new_key;
+  OK(lethe_head_open(core, dir, &o, &head));
+  reopened = take(head, &probe);
+  expect_same(&before, &reopened, probe.n);
+  OK(lethe_head_close(head));
+
+  /* A state dir without a key refuses one, and has nothing to rekey. */
+  o.key = key;
+  EXPECT_MSG(lethe_head_open(core, tmp_path("state"), &o, &none), LETHE_ERROR_KEY,
+             "not encrypted");
+  OK(lethe_head_open(core, tmp_path("state"), NULL, &head));
+  EXPECT_MSG(lethe_head_rekey(head, key, sizeof key), LETHE_ERROR_KEY, "not encrypted");
+  OK(lethe_head_close(head));
+  free_snapshot(&before);
+  free_snapshot(&rekeyed);
+  free_snapshot(&reopened);
+  free_batch(&b);
   free_batch(&probe);
 }
 
@@ -1060,6 +1120,7 @@ int main(void) {
   test_forget_equals_never_learned(core);
   test_state_dirs(core);
   test_close_failure(core);
+  test_encrypted_state_dirs(core);
   test_state_erase(core);
   test_text_bundle(core);
   OK(lethe_core_close(core));

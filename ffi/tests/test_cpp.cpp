@@ -218,10 +218,10 @@ int main() {
     fs::path dir = tmp / "closefail";
     lethe::Head head(core, dir.string(), options);
     head.learn(base.ids, base.inputs, base.labels);
-    fs::create_directory(dir / "samples.bin.tmp");
-    CHECK_THROWS(head.close(), LETHE_ERROR_IO, "samples.bin.tmp");
+    fs::create_directory(dir / "journal.tmp");
+    CHECK_THROWS(head.close(), LETHE_ERROR_IO, "journal.tmp");
     CHECK_THROWS(head.info(), LETHE_ERROR_NULL_ARGUMENT, "`head` is NULL");
-    fs::remove(dir / "samples.bin.tmp");
+    fs::remove(dir / "journal.tmp");
     const char torn[8] = {0};
     std::ofstream(dir / "journal", std::ios::binary | std::ios::app).write(torn, sizeof torn);
     CHECK(logged("incomplete entry") == 0);
@@ -232,6 +232,26 @@ int main() {
     recovered.close();
     lethe::erase_state(dir.string());
     CHECK(!fs::exists(dir));
+  }
+
+  // An encrypted state dir: it opens only with its key; rekey moves it to another.
+  {
+    fs::path dir = tmp / "encrypted";
+    lethe::Options keyed = options;
+    keyed.key.assign(32, 0x5a);
+    std::vector<std::uint8_t> new_key(32, 0xa5);
+    lethe::Head head(core, dir.string(), keyed);
+    head.learn(base.ids, base.inputs, base.labels);
+    head.close();
+    CHECK_THROWS(lethe::Head(core, dir.string(), options), LETHE_ERROR_KEY, "encrypted");
+    lethe::Head again(core, dir.string(), keyed);
+    again.rekey(new_key);
+    again.close();
+    CHECK_THROWS(lethe::Head(core, dir.string(), keyed), LETHE_ERROR_KEY, "does not open");
+    keyed.key = new_key;
+    lethe::Head rekeyed(core, dir.string(), keyed);
+    CHECK(rekeyed.ids() == base.ids && rekeyed.weights().w == weights_before.w);
+    rekeyed.close();
   }
   lethe::set_log_callback(nullptr);
 

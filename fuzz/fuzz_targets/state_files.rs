@@ -1,4 +1,4 @@
-//! Arbitrary bytes in the files Lethe parses: a state dir's `meta.json`, `samples.bin`,
+//! Arbitrary bytes in the files Lethe parses: a state dir's `meta.json`, bucket files,
 //! `stats.bin` and `journal` (of a closed state dir and of one left open by a crash), and a
 //! bundle's `manifest.json`. Opening must never panic: it succeeds or returns an error.
 //!

@@ -51,7 +51,7 @@ use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
 use crate::placement::{BackendOptions, BackendReport};
-use crate::store::{Loaded, Store};
+use crate::store::{Loaded, StateKey, Store};
 use backend::HeadBackend;
 use samples::Samples;
 
@@ -72,6 +72,10 @@ pub struct HeadOptions {
     /// Opening a state dir: refuse a path that is not a state dir yet instead of creating one
     /// there.
     pub must_exist: bool,
+    /// The application's key of an encrypted state dir (DESIGN.md G9): a new state dir is
+    /// created encrypted with it; an existing one must be opened with exactly the key it was
+    /// created (or last rekeyed) with, and one without a key without one.
+    pub key: Option<StateKey>,
 }
 
 /// Counts and settings of a head.
@@ -116,6 +120,7 @@ pub struct Head {
 impl Head {
     /// A head over `core` that keeps nothing on disk.
     pub fn in_memory(core: Arc<Core>, options: &HeadOptions) -> Result<Head> {
+        refuse_key(options)?;
         let spec = HeadSpec::from_bundle(
             core.bundle(),
             options.features.as_deref(),
@@ -128,6 +133,7 @@ impl Head {
 
     /// A head with no core: the caller supplies features (and core logits) directly.
     pub fn detached(spec: HeadSpec, options: &HeadOptions) -> Result<Head> {
+        refuse_key(options)?;
         let samples = Samples::Memory(SampleSet::new(spec.dim, spec.num_classes()));
         Head::build(spec, None, None, samples, None, options)
     }
@@ -154,6 +160,7 @@ impl Head {
             bundle.core_sha256(),
             &requested,
             !options.must_exist,
+            options.key.as_ref(),
         )?;
         let spec = store.spec().clone();
         check_recorded(&spec, options, dir)?;
@@ -180,8 +187,14 @@ impl Head {
         options: &HeadOptions,
     ) -> Result<Head> {
         let dir = state_dir.as_ref();
-        let (store, loaded) =
-            Store::open(dir, "(detached)", core_sha256, &spec, !options.must_exist)?;
+        let (store, loaded) = Store::open(
+            dir,
+            "(detached)",
+            core_sha256,
+            &spec,
+            !options.must_exist,
+            options.key.as_ref(),
+        )?;
         if *store.spec() != spec {
             return Err(Error::state(
                 dir,
@@ -524,6 +537,18 @@ impl Head {
         Ok(())
     }
 
+    /// Replaces the key of an encrypted state dir: everything it holds is sealed again under
+    /// a new data key, wrapped by `new_key` (see `crate::store`). Once this returns, the old
+    /// key opens nothing in the state dir; once the application destroys the old key, nothing
+    /// ever written under it is readable, whatever the storage kept. Open the state dir with
+    /// `new_key` from then on. On error nothing changed and the old key stays in effect,
+    /// unless the error left the outcome unknown (later changes are then refused until the
+    /// state dir is reopened, with whichever of the two keys opens it).
+    pub fn rekey(&self, new_key: &StateKey) -> Result<()> {
+        let mut st = self.inner.lock_sound()?;
+        st.samples.rekey(new_key)
+    }
+
     /// Logits `[n, C]` for raw inputs.
     pub fn predict(&self, inputs: &[f32], n: usize) -> Result<Array2<f32>> {
         let backend = &self.inner.backend;
@@ -845,6 +870,17 @@ fn resolve_loop(inner: &Inner) {
                 return;
             }
         }
+    }
+}
+
+/// A key belongs to a state dir: a head without one refuses it rather than ignore it.
+fn refuse_key(options: &HeadOptions) -> Result<()> {
+    match options.key {
+        Some(_) => Err(Error::Key(
+            "a head without a state dir has nothing to encrypt: open a state dir to use a key"
+                .into(),
+        )),
+        None => Ok(()),
     }
 }
 

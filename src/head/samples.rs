@@ -1,10 +1,10 @@
 //! Where a head's samples live: in memory ([`SampleSet`], a head without a state dir) or in a
-//! state dir ([`Store`], where only the index is in memory and a row is read from
-//! `samples.bin` when it is forgotten or verified).
+//! state dir ([`Store`], where only the index is in memory and a row is read from its file
+//! when it is forgotten or verified).
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::math::samples::{SampleIndex, SampleRef, SampleSet};
-use crate::store::Store;
+use crate::store::{StateKey, Store};
 
 /// The samples of a head: the index and, wherever they live, the rows.
 pub enum Samples {
@@ -73,6 +73,16 @@ impl Samples {
                 Ok(())
             }
             Samples::Stored(store) => store.forget_all(),
+        }
+    }
+
+    /// Seals a state dir under a new key (see [`Store::rekey`]).
+    pub fn rekey(&mut self, new_key: &StateKey) -> Result<()> {
+        match self {
+            Samples::Memory(_) => Err(Error::Key(
+                "this head has no state dir: there is nothing to encrypt".into(),
+            )),
+            Samples::Stored(store) => store.rekey(new_key),
         }
     }
 

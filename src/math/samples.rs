@@ -24,7 +24,7 @@ pub struct SampleRef<'a> {
 /// Where one sample's row is and its label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
-    /// The row (in memory) or the slot (in `samples.bin`).
+    /// The row (in memory) or where the record is in the state dir.
     pub pos: u64,
     pub label: u32,
 }

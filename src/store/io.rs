@@ -654,6 +654,8 @@ pub(crate) mod failpoint {
         hidden: u64,
         /// [`Mode::NoSpace`] once the disk is full: bytes freed since.
         free: Option<u64>,
+        /// Files synced (not dirs).
+        syncs: u64,
     }
 
     thread_local! {
@@ -674,12 +676,18 @@ pub(crate) mod failpoint {
                 last: None,
                 hidden: 0,
                 free: None,
+                syncs: 0,
             })
         });
     }
 
     pub fn is_armed() -> bool {
         PLAN.with(|p| p.borrow().is_some())
+    }
+
+    /// Files synced so far on this thread since it was armed.
+    pub fn syncs() -> u64 {
+        PLAN.with(|p| p.borrow().as_ref().map_or(0, |plan| plan.syncs))
     }
 
     /// Steps taken so far on this thread since it was armed.
@@ -799,6 +807,9 @@ pub(crate) mod failpoint {
                 return Err(injected("a step after the crash"));
             }
             plan.steps += 1;
+            if matches!(s, Step::Sync(_)) {
+                plan.syncs += 1;
+            }
             if plan.mode == Mode::NoSpace {
                 if plan.at > 0 && plan.steps >= plan.at && plan.free.is_none() {
                     plan.free = Some(0);

@@ -69,6 +69,14 @@ pub fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// The names of a state dir's bucket files (`samples-XX.bin`), sorted.
+pub fn bucket_files(dir: &Path) -> Vec<String> {
+    files(dir)
+        .into_keys()
+        .filter(|n| n.starts_with("samples-") && n.ends_with(".bin"))
+        .collect()
+}
+
 /// What a crash at this instant would leave: a copy of the state dir's files (the lock aside).
 pub fn snapshot(dir: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
