@@ -189,3 +189,23 @@ pub fn core_features(h: &Head, samples: &Samples) -> Result<(Array2<f32>, Array2
     bar.finish_and_clear();
     Ok((phi, z))
 }
+
+/// Class labels from an integer `.npy` file.
+pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
+    data::read_ids(path)?
+        .into_iter()
+        .map(|l| {
+            u32::try_from(l).map_err(|_| Error::InvalidInput(format!("label {l} is out of range")))
+        })
+        .collect()
+}
+
+/// A learn's samples, labels and ids come in equal numbers.
+pub fn check_counts(n: usize, labels: usize, ids: usize) -> Result<()> {
+    if labels != n || ids != n {
+        return Err(Error::InvalidInput(format!(
+            "{n} inputs, {labels} labels, {ids} ids: they must match"
+        )));
+    }
+    Ok(())
+}

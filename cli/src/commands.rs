@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use ndarray::Array1;
 use zeroize::Zeroizing;
 
-use crate::batches::{core_features, core_output, InputArgs, Samples};
+use crate::batches::{check_counts, core_features, core_output, read_labels, InputArgs, Samples};
 use crate::bench::BenchArgs;
 use crate::demo::DemoArgs;
 use crate::eval::EvalArgs;
@@ -325,12 +325,7 @@ fn bundle_check(g: &Global, dir: &Path) -> Result<()> {
 
 fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
     // Every input is read and checked before the state dir is touched.
-    let labels: Vec<u32> = data::read_ids(&args.labels)?
-        .into_iter()
-        .map(|l| {
-            u32::try_from(l).map_err(|_| Error::InvalidInput(format!("label {l} is out of range")))
-        })
-        .collect::<Result<_>>()?;
+    let labels: Vec<u32> = read_labels(&args.labels)?;
     let ids = data::read_ids(&args.ids)?;
     let head = &args.head;
     let is_new = recorded_bundle(&head.state)?.is_none();
@@ -347,13 +342,7 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
     }
     let samples = Samples::read(&bundle, &args.input)?;
     let n = samples.count();
-    if ids.len() != n || labels.len() != n {
-        return Err(Error::InvalidInput(format!(
-            "{n} inputs, {} labels, {} ids: they must match",
-            labels.len(),
-            ids.len()
-        )));
-    }
+    check_counts(n, labels.len(), ids.len())?;
     let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
 
     // Only a successful learn leaves a state dir behind.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::batches::{core_features, InputArgs, Samples};
+use crate::batches::{check_counts, core_features, read_labels, InputArgs, Samples};
 use crate::global::Global;
 use lethe::math::receipt::hex;
 use lethe::{data, Bundle, Core, Error, Head, HeadOptions, HeadSpec, Receipt, Result};
@@ -90,21 +90,10 @@ pub fn verify(g: &Global, args: &VerifyArgs) -> Result<()> {
         )));
     }
     let ids = data::read_ids(&args.ids)?;
-    let labels: Vec<u32> = data::read_ids(&args.labels)?
-        .into_iter()
-        .map(|l| {
-            u32::try_from(l).map_err(|_| Error::InvalidInput(format!("label {l} is out of range")))
-        })
-        .collect::<Result<_>>()?;
+    let labels: Vec<u32> = read_labels(&args.labels)?;
     let samples = Samples::read(&bundle, &args.input)?;
     let n = samples.count();
-    if ids.len() != n || labels.len() != n {
-        return Err(Error::InvalidInput(format!(
-            "{n} inputs, {} labels, {} ids: they must match",
-            labels.len(),
-            ids.len()
-        )));
-    }
+    check_counts(n, labels.len(), ids.len())?;
     let retained: HashSet<u64> = ids.iter().copied().collect();
     if let Some(id) = args.forgotten.iter().find(|id| retained.contains(id)) {
         return Err(Error::InvalidInput(format!(
