@@ -29,8 +29,18 @@ pub struct ReceiptFile {
     pub receipt: Receipt,
 }
 
-/// Writes the receipt of `head` (which has a core) after `operation` named `named` ids.
+/// Writes the receipt of `head` (which has a core) after `operation` named `named` ids. The
+/// operation has happened whatever this returns, and a failure says so.
 pub fn write(path: &Path, head: &Head, operation: &str, named: usize) -> Result<()> {
+    write_file(path, head, operation, named).map_err(|e| {
+        Error::InvalidInput(format!(
+            "the {operation} is done and durable, but its receipt was not written to {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn write_file(path: &Path, head: &Head, operation: &str, named: usize) -> Result<()> {
     let receipt = head.receipt()?;
     let bundle = head
         .core()

@@ -385,6 +385,19 @@ fn a_forget_receipt_verifies_against_the_retained_samples_only() {
         "{err}"
     );
 
+    // A receipt that cannot be written does not undo the forget, and the error says so.
+    let err = lethe_fails(&[
+        "forget",
+        "--state",
+        s(&state),
+        "--ids",
+        "0",
+        "--receipt",
+        s(&dir.join("no-such-dir").join("r.json")),
+    ]);
+    assert!(err.contains("the forget is done and durable"), "{err}");
+    assert!(lethe_ok(&["info", "--state", s(&state)]).contains("samples     25"));
+
     let cleared = dir.join("forget-all.json");
     lethe_ok(&["forget-all", "--state", s(&state), "--receipt", s(&cleared)]);
     let text = std::fs::read_to_string(&cleared).unwrap();
