@@ -70,14 +70,14 @@
 #include <stdint.h>
 
 /**
- * The major version of this header (0 for 0.1.0).
+ * The major version of this header (0 for 0.2.0).
  */
 #define LETHE_VERSION_MAJOR 0
 
 /**
  * The minor version of this header.
  */
-#define LETHE_VERSION_MINOR 1
+#define LETHE_VERSION_MINOR 2
 
 /**
  * The patch version of this header.
@@ -483,7 +483,7 @@ extern "C" {
 uint32_t lethe_version_number(void);
 
 /**
- * The version of the library as a static string, e.g. "0.1.0". Never NULL; do not free.
+ * The version of the library as a static string, e.g. "0.2.0". Never NULL; do not free.
  *
  * Thread-safe: may run at any time, concurrently with anything. Cannot fail.
  */

@@ -81,7 +81,7 @@ inline void same_count(std::size_t a, std::size_t b, const char *what) {
 }
 }  // namespace detail
 
-/// The library's version ("0.1.0"); LETHE_VERSION_NUMBER is the header's.
+/// The library's version ("0.2.0"); LETHE_VERSION_NUMBER is the header's.
 inline std::string version() { return lethe_version(); }
 
 /// Receives Lethe's log messages (see lethe_set_log_callback in lethe.h): it may be called on

@@ -50,10 +50,10 @@ use crate::head::{Head, HeadOptions};
 use crate::placement::{Backend, BackendOptions, Placement};
 use crate::store::{erase, StateKey};
 
-/// The major version of this header (0 for 0.1.0).
+/// The major version of this header (0 for 0.2.0).
 pub const LETHE_VERSION_MAJOR: u32 = 0;
 /// The minor version of this header.
-pub const LETHE_VERSION_MINOR: u32 = 1;
+pub const LETHE_VERSION_MINOR: u32 = 2;
 /// The patch version of this header.
 pub const LETHE_VERSION_PATCH: u32 = 0;
 /// MAJOR * 1000000 + MINOR * 1000 + PATCH; compare with lethe_version_number() to check that
@@ -1209,7 +1209,7 @@ pub extern "C" fn lethe_version_number() -> u32 {
     infallible!(LETHE_VERSION_NUMBER, { LETHE_VERSION_NUMBER })
 }
 
-/// The version of the library as a static string, e.g. "0.1.0". Never NULL; do not free.
+/// The version of the library as a static string, e.g. "0.2.0". Never NULL; do not free.
 ///
 /// Thread-safe: may run at any time, concurrently with anything. Cannot fail.
 #[no_mangle]

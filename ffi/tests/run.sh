@@ -19,10 +19,13 @@ CXX=${CXX:-c++}
 target=${CARGO_TARGET_DIR:-target}
 case $target in /*) ;; *) target=$root/$target ;; esac
 out=$target/ffi-test
-# The library as it is installed: liblethe.so.VERSION with the links liblethe.so.0 (its
-# SONAME, what programs record) and liblethe.so (what the linker finds).
+# The library as it is installed: liblethe.so.VERSION with the links liblethe.so.ABI (its
+# SONAME, what programs record: the major version, or 0.MINOR before 1.0) and liblethe.so
+# (what the linker finds).
 lib=$out/lib
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
+abi=${version%%.*}
+[ "$abi" = 0 ] && abi=$(echo "$version" | cut -d. -f1,2)
 start=$(date +%s)
 
 step() { printf '\n== %s (%ss)\n' "$1" $(($(date +%s) - start)); }
@@ -39,11 +42,11 @@ $CARGO build --lib --quiet
 rm -rf "$out"
 mkdir -p "$lib"
 cp "$target/debug/liblethe.so" "$lib/liblethe.so.$version"
-ln -s "liblethe.so.$version" "$lib/liblethe.so.0"
+ln -s "liblethe.so.$version" "$lib/liblethe.so.$abi"
 ln -s "liblethe.so.$version" "$lib/liblethe.so"
 cp "$target/debug/liblethe.a" "$lib/liblethe.a"
 soname=$(readelf -d "$lib/liblethe.so.$version" | sed -n 's/.*Library soname: \[\(.*\)\].*/\1/p')
-[ "$soname" = "liblethe.so.0" ] || { echo "liblethe.so's SONAME is '$soname', not liblethe.so.0" >&2; exit 1; }
+[ "$soname" = "liblethe.so.$abi" ] || { echo "liblethe.so's SONAME is '$soname', not liblethe.so.$abi" >&2; exit 1; }
 
 warn=(-Wall -Wextra -Wpedantic -Werror)
 san=(-g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
@@ -86,7 +89,7 @@ done
 step "install into a temporary prefix"
 prefix=$out/prefix
 ffi/install.sh "$target/debug" "$prefix" >/dev/null
-for link in liblethe.so liblethe.so.0; do
+for link in liblethe.so liblethe.so.$abi; do
   [ "$(readlink "$prefix/lib/$link")" = "liblethe.so.$version" ] || { echo "install: $link is not a link to liblethe.so.$version" >&2; exit 1; }
 done
 export PKG_CONFIG_PATH=$prefix/lib/pkgconfig
