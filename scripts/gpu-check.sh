@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (see GPU.md): on a machine with an NVIDIA GPU, prints nvidia-smi, runs Lethe's
+# The GPU check: on a machine with an NVIDIA GPU, prints nvidia-smi, runs Lethe's
 # CUDA tests including those #[ignore]d for needing a GPU (each fails when the GPU path does not
 # run) and the GPU benchmark, and writes a table and the logs to a folder; the table is printed
 # last.

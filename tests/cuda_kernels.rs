@@ -99,7 +99,7 @@ fn every_kernel_compiles_with_nvrtc() {
     }
 }
 
-/// STYLE.md: entry points are `extern "C" __global__ <op>_<dtype>`.
+/// Kernel entry points are named `extern "C" __global__ <op>_<dtype>`, so a name says its type.
 #[test]
 fn kernel_names_say_their_dtype() {
     for source in nvrtc::SOURCES {
