@@ -3,6 +3,9 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
+
+use support::numbers_after;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -302,19 +305,6 @@ fn every_subcommand_and_argument_has_help() {
         }
     }
     assert!(missing.is_empty(), "no help text: {missing:?}");
-}
-
-/// The numbers the demo prints after `label` (`label 1.5e-3 ...` → 1.5e-3), one per line that
-/// has it.
-fn numbers_after(out: &str, label: &str) -> Vec<f64> {
-    out.lines()
-        .filter_map(|line| line.split_once(label))
-        .map(|(_, rest)| {
-            let word = rest.split_whitespace().next().unwrap_or("");
-            word.parse()
-                .unwrap_or_else(|_| panic!("{label} is followed by {word:?}, not a number"))
-        })
-        .collect()
 }
 
 #[test]

@@ -9,34 +9,12 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
+
+use support::{lethe, lethe_fails};
 
 fn root() -> PathBuf {
     common::repo_root()
-}
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lethe"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run lethe")
-}
-
-fn lethe(args: &[&str]) -> String {
-    let out = run(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "lethe {args:?} failed:\n{text}");
-    text
-}
-
-fn lethe_fails(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(!out.status.success(), "lethe {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn python() -> PathBuf {

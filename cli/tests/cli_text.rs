@@ -11,37 +11,15 @@ use ndarray_npy::{ReadNpyExt, WriteNpyExt};
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod support;
+
+use support::{lethe, lethe_fails, numbers_after};
 
 const BUNDLE: &str = "models/minilm-l6-sentiment";
 /// Tweets learned: one chunk of the CLI's core runs, so `lethe features` pads them alike.
 const N: usize = 48;
 /// Rust vs Python ONNX Runtime: max abs difference / max abs reference value.
 const PARITY_REL_TOL: f64 = 1e-5;
-
-fn run(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_lethe"))
-        .args(args)
-        .current_dir(common::repo_root())
-        .output()
-        .expect("run lethe")
-}
-
-fn lethe(args: &[&str]) -> String {
-    let out = run(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "lethe {args:?} failed:\n{text}");
-    text
-}
-
-fn lethe_fails(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(!out.status.success(), "lethe {args:?} should fail");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn python(args: &[&str]) -> String {
     let out = Command::new(common::python())
@@ -244,18 +222,6 @@ fn inputs_a_bundle_does_not_take_are_refused_before_the_state_dir_exists() {
         s(&ids),
     ]);
     assert!(err.contains("cannot be used with"), "{err}");
-}
-
-/// The numbers that follow `label` on each line of `out`.
-fn numbers_after(out: &str, label: &str) -> Vec<f64> {
-    out.lines()
-        .filter_map(|line| line.split_once(label))
-        .map(|(_, rest)| {
-            let word = rest.split_whitespace().next().unwrap_or("");
-            word.parse()
-                .unwrap_or_else(|_| panic!("{label} is followed by {word:?}, not a number"))
-        })
-        .collect()
 }
 
 /// Writes the first `n` tweets of a split of tests/data (lines and labels) into `dir`.
