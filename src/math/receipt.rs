@@ -150,19 +150,12 @@ mod tests {
     use crate::math::fixed::FixedPoint;
 
     fn spec() -> HeadSpec {
-        HeadSpec {
-            features: "features".into(),
-            dim: 2,
-            classes: vec!["a".into(), "b".into()],
-            core_logits: None,
-            lambda: 1.0,
-            target_scale: 1.0,
-            fixed: FixedPoint {
-                frac_bits: 16,
-                feature_max_abs: 8.0,
-                target_max_abs: 8.0,
-            },
-        }
+        let fixed = FixedPoint {
+            frac_bits: 16,
+            feature_max_abs: 8.0,
+            target_max_abs: 8.0,
+        };
+        HeadSpec::detached(2, 2, 1.0, fixed).unwrap()
     }
 
     /// The layout written out by hand for a tiny head: the documentation is the format.
@@ -187,7 +180,7 @@ mod tests {
         b.extend(b"features");
         b.extend(2u64.to_le_bytes());
         b.extend(2u64.to_le_bytes());
-        for class in ["a", "b"] {
+        for class in ["0", "1"] {
             b.extend(1u64.to_le_bytes());
             b.extend(class.as_bytes());
         }
