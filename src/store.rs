@@ -150,7 +150,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
 
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
+use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
 use zeroize::{DefaultIsZeroes, Zeroize};
 
 use crate::error::{Error, Result};
@@ -173,6 +173,8 @@ use seal::{Sealer, Unsealed};
 
 /// Records per batch handed to a caller of [`Store::for_each_batch`].
 const ROW_BATCH: usize = 1024;
+/// Bytes a closed bucket file's records are read in while their digest is checked at open.
+const CHECK_CHUNK: usize = 1 << 20;
 /// Journal bytes below which it is never checkpointed (above, it is once it also holds a
 /// quarter of the bucket files' bytes, so that rewriting buckets costs O(1) per byte learned).
 pub const CHECKPOINT_BYTES: u64 = 1 << 20;
@@ -542,29 +544,43 @@ impl Store {
         Ok((store, Loaded { stats, solution }))
     }
 
-    /// Indexes a closed state dir, checking every bucket file completely.
+    /// Indexes a closed state dir, checking every bucket file completely. The records are
+    /// hashed as they stream through one reused buffer: holding the files' bytes at once (n·d
+    /// values) would cost more in allocating, faulting in and zeroizing than in reading.
     fn index_closed(&mut self, versions: &BTreeMap<usize, Version>) -> Result<()> {
         let rec = self.record_len();
+        let mut chunk = Scratch::<u8>::new(CHECK_CHUNK);
         for (&b, r) in &self.buckets {
             let name = bucket_name(b, versions[&b]);
             let f = open_part(&self.dir, &name)?;
-            let bytes = Scratch(f.read_all()?);
-            let expected = bucket_record_at(&self.sealer, r.count, rec, r.count);
             let fail = |m: String| corrupt(self.dir.path(), &name, m);
-            if bytes.len() as u64 != expected {
+            let expected = bucket_record_at(&self.sealer, r.count, rec, r.count);
+            let len = f.len()?;
+            if len != expected {
                 return Err(fail(format!(
-                    "{} bytes, but it should hold {} samples ({expected} bytes)",
-                    bytes.len(),
+                    "{len} bytes, but it should hold {} samples ({expected} bytes)",
                     r.count
                 )));
             }
-            if xxh3_128(&bytes[BUCKET_BODY..]) != r.digest {
+            let records = bucket_record_at(&self.sealer, r.count, rec, 0);
+            let mut head = Scratch::<u8>::new(records as usize);
+            f.read_at(&mut head, 0)?;
+            let mut digest = Xxh3::new();
+            digest.update(&head[BUCKET_BODY..]);
+            let mut at = records;
+            while at < len {
+                let part = &mut chunk[..(len - at).min(CHECK_CHUNK as u64) as usize];
+                f.read_at(part, at)?;
+                digest.update(part);
+                at += part.len() as u64;
+            }
+            if digest.digest128() != r.digest {
                 return Err(fail(
                     "its content does not match its digest: the file is corrupt or was modified"
                         .into(),
                 ));
             }
-            for (i, (id, label)) in self.bucket_ids(&name, r, &bytes)?.into_iter().enumerate() {
+            for (i, (id, label)) in self.bucket_ids(&name, r, &head)?.into_iter().enumerate() {
                 self.index.insert(
                     id,
                     Entry {
