@@ -24,6 +24,12 @@ pub fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// A difference of seconds with its sign: +1.23 ms, −45.6 µs.
+pub fn fmt_signed_secs(s: f64) -> String {
+    let sign = if s < 0.0 { "−" } else { "+" };
+    format!("{sign}{}", fmt_secs(s.abs()))
+}
+
 /// A ratio like 1234× or 1.02×.
 pub fn fmt_ratio(r: f64) -> String {
     if r >= 1e5 {

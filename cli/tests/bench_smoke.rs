@@ -86,6 +86,18 @@ fn quick_bench_completes_and_is_sane() {
     for l in &report.learn {
         assert!(l.core > 0.0 && l.durable > 0.0 && l.memory > 0.0, "{l:?}");
     }
+    let e = &report.encryption;
+    assert_eq!((e.n, e.d), (largest.n, largest.d), "{e:?}");
+    for t in [
+        e.learn_plain,
+        e.learn_encrypted,
+        e.open_plain,
+        e.open_encrypted,
+        e.forget_plain,
+        e.forget_encrypted,
+    ] {
+        assert!(t > 0.0, "{e:?}");
+    }
 
     // The report states the numbers of this run.
     let md = std::fs::read_to_string(&out).expect("report written where --out says");
@@ -96,6 +108,7 @@ fn quick_bench_completes_and_is_sane() {
         "## Forget",
         "## Learn",
         "## Open",
+        "## Encryption",
     ] {
         assert!(md.contains(heading), "no {heading:?} in the report");
     }

@@ -33,7 +33,8 @@ pub struct ForgetSweep<'a> {
 }
 
 impl ForgetSweep<'_> {
-    fn learn(&self, head: &Head, ids: &[u64]) -> Result<()> {
+    /// Learns the synthetic samples `ids` into `head`.
+    pub fn learn(&self, head: &Head, ids: &[u64]) -> Result<()> {
         let phi = Array2::from_shape_fn((ids.len(), self.d), |(i, j)| {
             synthetic_feature(self.seed, ids[i], j)
         });

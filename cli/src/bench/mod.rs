@@ -17,12 +17,15 @@
 //!   bundle.
 //! - **learn**: the head's part of a learn vs the core's inference time on the same batch.
 //! - **open**: opening a closed state dir, beyond creating the ONNX Runtime session.
+//! - **encryption**: a durable learn, open and forget without and with a key (G9).
 //!
-//! Modules: `plan` (the sizes a run measures), `measure` and `forget` (the measurements),
+//! Modules: `plan` (the sizes a run measures), `measure`, `forget` and `encryption` (the
+//! measurements),
 //! `baselines` (the closed-form refit, a bare ONNX Runtime session), `workloads` (synthetic
 //! features and bundles), `results` (what was measured), `report` (Markdown), `plot`.
 
 mod baselines;
+mod encryption;
 mod forget;
 mod measure;
 mod plan;
@@ -45,6 +48,7 @@ use crate::harness::{loadavg, machine};
 use crate::python::DEFAULT_PYTHON;
 use crate::scratch::Scratch;
 use crate::units::fmt_secs;
+use encryption::bench_encryption;
 use forget::{forget_breakdown, ForgetSweep};
 use lethe::data::Digits;
 use lethe::{Core, Error, Result};
@@ -106,6 +110,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
     let mut forget = Vec::new();
     let mut baseline_agreement = 0.0;
     let mut open = None;
+    let mut encryption = None;
     let mut breakdown = None;
     for (i, (d, c, ns)) in plan.heads.iter().enumerate() {
         eprintln!("bench: forget, d = {d}, C = {c}");
@@ -129,6 +134,10 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
             breakdown = Some(forget_breakdown(work, *d, *c, args.seed)?);
             eprintln!("bench: open");
             open = Some(bench_open(g, &args.models, &core, &state, &plan, max_n)?);
+            eprintln!("bench: encryption");
+            encryption = Some(bench_encryption(
+                g, args, &plan, work, &sweep, max_n, &mut rng,
+            )?);
         }
         std::fs::remove_dir_all(&state).map_err(|e| Error::io(&state, e))?;
     }
@@ -142,6 +151,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
         baseline_agreement,
         learn,
         open: open.expect("the plan has a head"),
+        encryption: encryption.expect("the plan has a head"),
         breakdown: breakdown.expect("the plan has a head"),
         seconds: start.elapsed().as_secs_f64(),
     };

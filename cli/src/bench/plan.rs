@@ -16,6 +16,8 @@ pub struct Plan {
     pub learn: Vec<(&'static str, usize)>,
     pub learn_repeats: usize,
     pub open_repeats: usize,
+    /// The real bundle and batch of the learn timed without and with a key.
+    pub encryption_learn: (&'static str, usize),
 }
 
 impl Plan {
@@ -32,6 +34,7 @@ impl Plan {
                 learn: vec![("mnist-core", 64)],
                 learn_repeats: 5,
                 open_repeats: 3,
+                encryption_learn: ("mnist-core", 64),
             }
         } else {
             Plan {
@@ -60,6 +63,7 @@ impl Plan {
                 ],
                 learn_repeats: 15,
                 open_repeats: 5,
+                encryption_learn: (MOBILENET, 64),
             }
         }
     }

@@ -2,6 +2,26 @@
 
 use crate::harness::Machine;
 
+/// The same durable calls without and with a key (DESIGN.md G9), in seconds.
+#[derive(Debug, Clone)]
+pub struct EncryptionRow {
+    /// The real bundle and batch of the learn.
+    pub bundle: String,
+    pub batch: usize,
+    pub learn_plain: f64,
+    pub learn_encrypted: f64,
+    /// The synthetic head's size for open and forget.
+    pub n: usize,
+    pub d: usize,
+    pub c: usize,
+    /// `Head::open` of the closed state dir, with the core already open.
+    pub open_plain: f64,
+    pub open_encrypted: f64,
+    /// A durable forget of one sample.
+    pub forget_plain: f64,
+    pub forget_encrypted: f64,
+}
+
 /// Predict on one bundle at one batch size: medians in seconds.
 #[derive(Debug, Clone)]
 pub struct PredictRow {
@@ -101,6 +121,7 @@ pub struct BenchReport {
     pub baseline_agreement: f64,
     pub learn: Vec<LearnRow>,
     pub open: OpenRow,
+    pub encryption: EncryptionRow,
     pub seconds: f64,
 }
 

@@ -1,0 +1,152 @@
+//! Encryption (DESIGN.md G9): the same durable calls on a state dir without a key and on one
+//! with a key, interleaved in one run, so that the cost of sealing is a ratio.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::Rng;
+
+use super::forget::ForgetSweep;
+use super::plan::Plan;
+use super::results::EncryptionRow;
+use super::BenchArgs;
+use crate::digits::digit_inputs;
+use crate::global::Global;
+use crate::harness::{median, seconds_of, settle, time_forget};
+use crate::units::fmt_secs;
+use lethe::data::Digits;
+use lethe::{Core, Error, Head, HeadOptions, Result, StateKey};
+
+/// Samples per learn call when filling the encrypted head.
+const FILL_CHUNK: usize = 2500;
+
+fn keyed(key: &StateKey) -> HeadOptions {
+    HeadOptions {
+        key: Some(key.clone()),
+        ..HeadOptions::default()
+    }
+}
+
+/// Measures, each without and with a key: a durable learn of the plan's batch of real
+/// digits (`args.data`); then, on the sweep's closed state dir `plain` (holding `n` samples) and an
+/// encrypted one filled with the same samples, opening it and a durable forget of one sample.
+pub fn bench_encryption(
+    g: &Global,
+    args: &BenchArgs,
+    plan: &Plan,
+    work: &Path,
+    sweep: &ForgetSweep<'_>,
+    n: usize,
+    rng: &mut StdRng,
+) -> Result<EncryptionRow> {
+    let key = StateKey::new(rng.random());
+    let (bundle, batch) = plan.encryption_learn;
+    let digits = Digits::read(&args.data, "test")?;
+    let (learn_plain, learn_encrypted) = learn_both(g, &args.models, plan, &digits, work, &key)?;
+
+    let encrypted = work.join("state-encrypted");
+    eprintln!("  filling an encrypted state dir with {n} samples");
+    let head = Head::open(sweep.core.clone(), &encrypted, &keyed(&key))?;
+    for from in (0..n).step_by(FILL_CHUNK) {
+        let ids: Vec<u64> = (from as u64..(from + FILL_CHUNK).min(n) as u64).collect();
+        sweep.learn(&head, &ids)?;
+    }
+    head.close()?;
+
+    let plain = sweep.state;
+    let (mut open_plain, mut open_encrypted) = (Vec::new(), Vec::new());
+    for _ in 0..plan.open_repeats {
+        open_plain.push(seconds_of(|| {
+            Head::open(sweep.core.clone(), plain, &HeadOptions::default()).map(drop)
+        })?);
+        open_encrypted.push(seconds_of(|| {
+            Head::open(sweep.core.clone(), &encrypted, &keyed(&key)).map(drop)
+        })?);
+    }
+
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let heads = [
+        Head::open(sweep.core.clone(), plain, &HeadOptions::default())?,
+        Head::open(sweep.core.clone(), &encrypted, &keyed(&key))?,
+    ];
+    let mut forgets = [Vec::new(), Vec::new()];
+    for _ in 0..plan.forget_repeats {
+        for (head, times) in heads.iter().zip(&mut forgets) {
+            let (forget, _) = time_forget(head, &ids, 1, 1, rng, &|ids| sweep.learn(head, ids))?;
+            times.push(forget);
+        }
+    }
+    for head in heads {
+        head.close()?;
+    }
+    std::fs::remove_dir_all(&encrypted).map_err(|e| Error::io(&encrypted, e))?;
+    let [forget_plain, forget_encrypted] = forgets.map(median);
+    let row = EncryptionRow {
+        bundle: bundle.into(),
+        batch,
+        learn_plain,
+        learn_encrypted,
+        n,
+        d: sweep.d,
+        c: sweep.c,
+        open_plain: median(open_plain),
+        open_encrypted: median(open_encrypted),
+        forget_plain,
+        forget_encrypted,
+    };
+    eprintln!(
+        "  learn {bundle} batch {batch}: {} vs {}; open n {n}: {} vs {}; forget 1: {} vs {}",
+        fmt_secs(row.learn_plain),
+        fmt_secs(row.learn_encrypted),
+        fmt_secs(row.open_plain),
+        fmt_secs(row.open_encrypted),
+        fmt_secs(row.forget_plain),
+        fmt_secs(row.forget_encrypted)
+    );
+    Ok(row)
+}
+
+/// A durable learn of the plan's batch of real digits on a state dir without and with a key,
+/// alternating; the medians.
+fn learn_both(
+    g: &Global,
+    models: &Path,
+    plan: &Plan,
+    digits: &Digits,
+    work: &Path,
+    key: &StateKey,
+) -> Result<(f64, f64)> {
+    let (bundle, batch) = plan.encryption_learn;
+    let core = Arc::new(Core::open(models.join(bundle), &g.core_options())?);
+    let dirs = [work.join("learn-plain"), work.join("learn-encrypted")];
+    let heads = [
+        Head::open(core.clone(), &dirs[0], &HeadOptions::default())?,
+        Head::open(core.clone(), &dirs[1], &keyed(key))?,
+    ];
+    let picked: Vec<usize> = (0..batch).map(|i| i % digits.len()).collect();
+    let input = digit_inputs(core.bundle(), digits, &picked)?;
+    let labels: Vec<u32> = picked.iter().map(|&r| digits.labels[r]).collect();
+    let (phi, z) = heads[0].core_features(&input, batch)?;
+    let mut times = [Vec::new(), Vec::new()];
+    for rep in 0..=plan.learn_repeats {
+        let ids: Vec<u64> = (0..batch as u64)
+            .map(|i| (rep * batch) as u64 + i)
+            .collect();
+        for (head, t) in heads.iter().zip(&mut times) {
+            let learn = seconds_of(|| head.learn_features(&ids, &phi, &z, &labels))?;
+            settle(seconds_of(|| head.weights().map(drop))?);
+            if rep > 0 {
+                t.push(learn);
+            }
+        }
+    }
+    for head in heads {
+        head.close()?;
+    }
+    for dir in &dirs {
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let [plain, encrypted] = times.map(median);
+    Ok((plain, encrypted))
+}
