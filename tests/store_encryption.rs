@@ -22,17 +22,9 @@ fn other_key() -> StateKey {
     StateKey::new([0x22; 32])
 }
 
-fn open_with(dir: &Path, key: Option<StateKey>) -> lethe::Result<Head> {
-    let options = HeadOptions {
-        key,
-        ..HeadOptions::default()
-    };
-    Head::open_detached(spec(), CORE_SHA256, dir, &options)
-}
-
 /// An encrypted state dir that learned `ids` (in batches of 7) and was closed.
 fn closed_encrypted(dir: &Path, ids: &[u64]) {
-    let head = open_with(dir, Some(key())).unwrap();
+    let head = open_keyed(dir, Some(key())).unwrap();
     for batch in ids.chunks(7) {
         learn(&head, batch).unwrap();
     }
@@ -46,7 +38,7 @@ fn is_key_error(r: &lethe::Result<Head>) -> bool {
 /// Opening must fail with a state error that names `name`, changing nothing.
 fn assert_refused(dir: &Path, key: Option<StateKey>, name: &str, what: &str) {
     let before = files(dir);
-    match open_with(dir, key) {
+    match open_keyed(dir, key) {
         Err(Error::State { message, .. }) => {
             assert!(
                 message.contains(name),
@@ -67,7 +59,7 @@ fn a_key_must_be_the_state_dirs_own() {
     let encrypted = root.path().join("encrypted");
     closed_encrypted(&encrypted, &[1, 2, 3, 4, 5]);
     let crashed = root.path().join("crashed");
-    let live = open_with(&encrypted, Some(key())).unwrap();
+    let live = open_keyed(&encrypted, Some(key())).unwrap();
     live.forget(&[2]).unwrap();
     learn(&live, &[6, 7]).unwrap();
     snapshot(&encrypted, &crashed);
@@ -92,7 +84,7 @@ fn a_key_must_be_the_state_dirs_own() {
     ];
     for (dir, key, what) in cases {
         let before = files(dir);
-        let r = open_with(dir, key);
+        let r = open_keyed(dir, key);
         assert!(is_key_error(&r), "{what}: {:?}", r.err());
         assert_eq!(files(dir), before, "{what}: the state dir changed");
     }
@@ -100,16 +92,16 @@ fn a_key_must_be_the_state_dirs_own() {
     assert!(matches!(StateKey::from_slice(&[1; 33]), Err(Error::Key(_))));
     // The right keys still open each, with what they held.
     assert_eq!(
-        open_with(&encrypted, Some(key())).unwrap().ids(),
+        open_keyed(&encrypted, Some(key())).unwrap().ids(),
         [1, 3, 4, 5, 6, 7]
     );
     assert_eq!(
-        open_with(&crashed, Some(key())).unwrap().ids(),
+        open_keyed(&crashed, Some(key())).unwrap().ids(),
         [1, 3, 4, 5, 6, 7]
     );
-    assert_eq!(open_with(&plain, None).unwrap().ids(), [1, 2, 3]);
+    assert_eq!(open_keyed(&plain, None).unwrap().ids(), [1, 2, 3]);
     // A dir without a key has nothing to rekey; a head without a state dir refuses a key.
-    let head = open_with(&plain, None).unwrap();
+    let head = open_keyed(&plain, None).unwrap();
     assert!(matches!(head.rekey(&key()), Err(Error::Key(_))));
     let keyed = HeadOptions {
         key: Some(key()),
@@ -175,7 +167,7 @@ fn swapped_replayed_and_moved_pieces_are_refused() {
     std::fs::write(dir.join(&bucket), &good[&bucket]).unwrap();
 
     // An earlier version of every bucket file, after a forget in each bucket and a close.
-    let head = open_with(&dir, Some(key())).unwrap();
+    let head = open_keyed(&dir, Some(key())).unwrap();
     head.forget(&ids[..300]).unwrap();
     head.close().unwrap();
     let later = files(&dir);
@@ -190,10 +182,10 @@ fn swapped_replayed_and_moved_pieces_are_refused() {
     std::fs::write(dir.join("stats.bin"), &good["stats.bin"]).unwrap();
     assert_refused(&dir, Some(key()), "stats.bin", "stats.bin replayed");
     std::fs::write(dir.join("stats.bin"), &later["stats.bin"]).unwrap();
-    assert_eq!(open_with(&dir, Some(key())).unwrap().ids(), &ids[300..]);
+    assert_eq!(open_keyed(&dir, Some(key())).unwrap().ids(), &ids[300..]);
 
     // The records of a learn swapped in the journal of a dir left open by a crash.
-    let live = open_with(&dir, Some(key())).unwrap();
+    let live = open_keyed(&dir, Some(key())).unwrap();
     learn(&live, &[5000, 5001]).unwrap();
     let crashed = root.path().join("crashed");
     snapshot(&dir, &crashed);
@@ -219,7 +211,7 @@ fn rekey_leaves_nothing_the_old_key_opens() {
     closed_encrypted(&dir, &ids);
     let before = files(&dir);
     let old_data_key = data_key(&dir, &[0x11; 32]);
-    let head = open_with(&dir, Some(key())).unwrap();
+    let head = open_keyed(&dir, Some(key())).unwrap();
     head.forget(&[3, 4]).unwrap();
     learn(&head, &[300]).unwrap();
     head.rekey(&other_key()).unwrap();
@@ -227,8 +219,8 @@ fn rekey_leaves_nothing_the_old_key_opens() {
     learn(&head, &[301]).unwrap();
     head.forget(&[301]).unwrap();
     head.close().unwrap();
-    assert!(is_key_error(&open_with(&dir, Some(key()))));
-    let reopened = open_with(&dir, Some(other_key())).unwrap();
+    assert!(is_key_error(&open_keyed(&dir, Some(key()))));
+    let reopened = open_keyed(&dir, Some(other_key())).unwrap();
     let expect: Vec<u64> = ids
         .iter()
         .copied()
@@ -295,7 +287,7 @@ fn forget_all_on_an_encrypted_head_starts_over() {
     let dir = root.path().join("state");
     closed_encrypted(&dir, &(1..=50).collect::<Vec<_>>());
     let before = data_key(&dir, &[0x11; 32]);
-    let head = open_with(&dir, Some(key())).unwrap();
+    let head = open_keyed(&dir, Some(key())).unwrap();
     learn(&head, &[100]).unwrap();
     assert_eq!(
         data_key(&dir, &[0x11; 32]),
@@ -308,8 +300,8 @@ fn forget_all_on_an_encrypted_head_starts_over() {
     assert_ne!(data_key(&dir, &[0x11; 32]), before, "a new data key");
     learn(&head, &[7]).unwrap();
     head.close().unwrap();
-    assert!(is_key_error(&open_with(&dir, None)));
-    assert_eq!(open_with(&dir, Some(key())).unwrap().ids(), [7]);
+    assert!(is_key_error(&open_keyed(&dir, None)));
+    assert_eq!(open_keyed(&dir, Some(key())).unwrap().ids(), [7]);
 }
 
 /// G2 with a key: two encrypted state dirs with the same samples, whatever their histories
@@ -323,11 +315,11 @@ fn encrypted_closed_dirs_depend_only_on_their_samples_up_to_ciphertext() {
     closed_encrypted(&direct, &kept);
 
     let winding = root.path().join("winding");
-    let head = open_with(&winding, Some(key())).unwrap();
+    let head = open_keyed(&winding, Some(key())).unwrap();
     learn(&head, &(1..=120).rev().collect::<Vec<_>>()).unwrap();
     head.forget(&(81..=100).collect::<Vec<_>>()).unwrap();
     head.close().unwrap();
-    let head = open_with(&winding, Some(key())).unwrap();
+    let head = open_keyed(&winding, Some(key())).unwrap();
     learn(&head, &[500, 501]).unwrap();
     head.forget(&(101..=120).chain([500, 501]).collect::<Vec<_>>())
         .unwrap();

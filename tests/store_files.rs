@@ -255,14 +255,6 @@ struct Template {
     key: Option<StateKey>,
 }
 
-fn open_keyed(dir: &Path, key: Option<StateKey>) -> lethe::Result<Head> {
-    let options = HeadOptions {
-        key,
-        ..HeadOptions::default()
-    };
-    Head::open_detached(spec(), CORE_SHA256, dir, &options)
-}
-
 /// A closed state dir and a crashed one (with a journal), without and with a key, made once.
 fn templates() -> &'static [Template] {
     static TEMPLATES: OnceLock<Vec<Template>> = OnceLock::new();

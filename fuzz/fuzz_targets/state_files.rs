@@ -1,9 +1,11 @@
 //! Arbitrary bytes in the files Lethe parses: a state dir's `meta.json`, bucket files,
-//! `stats.bin` and `journal` (of a closed state dir and of one left open by a crash), and a
-//! bundle's `manifest.json`. Opening must never panic: it succeeds or returns an error.
+//! `stats.bin` and `journal` (of a closed state dir and of one left open by a crash, each
+//! without and with a key, DESIGN.md G9), and a bundle's `manifest.json`. Opening must never
+//! panic: it succeeds or returns an error.
 //!
 //! The first byte picks the file and whether the rest replaces it or is XORed onto it (so the
-//! fuzzer starts from valid files and explores near them).
+//! fuzzer starts from valid files and explores near them); the second picks the key: none,
+//! the state dir's own, or another (which must be refused whatever the files hold).
 
 #![no_main]
 
@@ -18,7 +20,8 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 
-use common::store::{learn, open};
+use common::store::{learn, open_keyed};
+use lethe::StateKey;
 
 const MANIFEST: &str = include_str!("../../models/mnist-core/manifest.json");
 
@@ -29,28 +32,46 @@ fn files(dir: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// The key of the encrypted templates.
+fn key() -> StateKey {
+    StateKey::new([0x5a; 32])
+}
+
+/// A closed state dir and one left open by a crash, as files.
+struct Templates {
+    closed: BTreeMap<String, Vec<u8>>,
+    crashed: BTreeMap<String, Vec<u8>>,
+}
+
+impl Templates {
+    fn new(state: &std::path::Path, key: Option<StateKey>) -> Templates {
+        let head = open_keyed(state, key.clone()).unwrap();
+        learn(&head, &[1, 2, 3, 4]).unwrap();
+        head.close().unwrap();
+        let closed = files(state);
+        let head = open_keyed(state, key).unwrap();
+        head.forget(&[2]).unwrap();
+        learn(&head, &[7, 8]).unwrap();
+        let crashed = files(state);
+        head.close().unwrap();
+        Templates { closed, crashed }
+    }
+}
+
 struct Fixture {
     _root: tempfile::TempDir,
     work: PathBuf,
     bundle: PathBuf,
-    closed: BTreeMap<String, Vec<u8>>,
-    crashed: BTreeMap<String, Vec<u8>>,
+    plain: Templates,
+    encrypted: Templates,
 }
 
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
         let root = tempfile::tempdir().unwrap();
-        let state = root.path().join("state");
-        let head = open(&state).unwrap();
-        learn(&head, &[1, 2, 3, 4]).unwrap();
-        head.close().unwrap();
-        let closed = files(&state);
-        let head = open(&state).unwrap();
-        head.forget(&[2]).unwrap();
-        learn(&head, &[7, 8]).unwrap();
-        let crashed = files(&state);
-        head.close().unwrap();
+        let plain = Templates::new(&root.path().join("plain"), None);
+        let encrypted = Templates::new(&root.path().join("encrypted"), Some(key()));
         let bundle = root.path().join("bundle");
         std::fs::create_dir(&bundle).unwrap();
         std::fs::write(bundle.join("core.onnx"), b"not a model").unwrap();
@@ -58,16 +79,17 @@ fn fixture() -> &'static Fixture {
             work: root.path().join("work"),
             bundle,
             _root: root,
-            closed,
-            crashed,
+            plain,
+            encrypted,
         }
     })
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&select, bytes)) = data.split_first() else {
+    let [select, keying, bytes @ ..] = data else {
         return;
     };
+    let (select, keying) = (*select, *keying);
     let f = fixture();
     let xor = select & 0x80 != 0;
     let patch = |base: &[u8]| -> Vec<u8> {
@@ -86,10 +108,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = Bundle::open(&f.bundle);
         return;
     }
+    let (templates, key) = match keying % 4 {
+        0 => (&f.plain, None),
+        1 => (&f.encrypted, Some(key())),
+        2 => (&f.encrypted, None),
+        _ => (&f.encrypted, Some(StateKey::new([0xa5; 32]))),
+    };
+    let wrong_key = keying % 4 >= 2;
     let template = if select & 0x40 == 0 {
-        &f.closed
+        &templates.closed
     } else {
-        &f.crashed
+        &templates.crashed
     };
     let names: Vec<&String> = template.keys().collect();
     let target = names[(select & 0x3f) as usize % names.len()];
@@ -103,7 +132,8 @@ fuzz_target!(|data: &[u8]| {
         };
         std::fs::write(f.work.join(name), content).unwrap();
     }
-    if let Ok(head) = open(&f.work) {
+    if let Ok(head) = open_keyed(&f.work, key) {
+        assert!(!wrong_key, "an encrypted state dir opened without its key");
         let _ = head.ids();
         let _ = head.verify();
     }

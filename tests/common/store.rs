@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use lethe::{Head, HeadOptions, HeadSpec, Result};
+use lethe::{Head, HeadOptions, HeadSpec, Result, StateKey};
 use ndarray::Array2;
 use rand::Rng;
 
@@ -20,7 +20,16 @@ pub fn spec() -> HeadSpec {
 }
 
 pub fn open(dir: &Path) -> Result<Head> {
-    Head::open_detached(spec(), CORE_SHA256, dir, &HeadOptions::default())
+    open_keyed(dir, None)
+}
+
+/// Opens (or creates) the state dir with the application key `key`, or without one.
+pub fn open_keyed(dir: &Path, key: Option<StateKey>) -> Result<Head> {
+    let options = HeadOptions {
+        key,
+        ..HeadOptions::default()
+    };
+    Head::open_detached(spec(), CORE_SHA256, dir, &options)
 }
 
 /// Sample `id`: (features φ, core logits z, label), drawn by the generator seeded with `id`.
