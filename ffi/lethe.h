@@ -170,8 +170,9 @@ typedef struct lethe_options {
    */
   uint32_t cuda_device;
   /**
-   * lethe_head_open: the core output (UTF-8 name) the head is linear in. NULL = the bundle's
-   * default features.
+   * lethe_head_open: the core output (UTF-8 name) the head is linear in, or several joined
+   * by '+' (e.g. "features+conv_features": their columns concatenated). NULL = the
+   * bundle's default features.
    */
   const char *features;
   /**
@@ -621,8 +622,9 @@ lethe_status lethe_core_input_len(const struct lethe_core *core, size_t *out);
 lethe_status lethe_core_num_classes(const struct lethe_core *core, size_t *out);
 
 /**
- * Writes to `*out` the dimension d of the core's features output named `features` (UTF-8),
- * or of the bundle's default features when `features` is NULL.
+ * Writes to `*out` the dimension d of the core's features output named `features` (UTF-8;
+ * several joined by '+': the sum of their dimensions), or of the bundle's default features
+ * when `features` is NULL.
  *
  * Thread-safe: may run concurrently with any call. Returns LETHE_OK,
  * LETHE_ERROR_NULL_ARGUMENT, LETHE_ERROR_INVALID_HANDLE, or LETHE_ERROR_INVALID_ARGUMENT when

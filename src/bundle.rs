@@ -29,6 +29,10 @@ pub const MANIFEST_FORMAT: &str = "lethe-bundle";
 pub const MANIFEST_VERSION: u32 = 2;
 /// The manifest versions this build reads.
 pub const MANIFEST_VERSIONS: [u32; 2] = [1, 2];
+/// Joins the names of features outputs whose columns a head concatenates
+/// ([`Bundle::features`]).
+pub const FEATURES_JOIN: char = '+';
+
 /// The most tokens a text bundle may keep per text (`preprocessing.text.max_length`).
 pub const MAX_TEXT_LENGTH: usize = 1 << 16;
 /// Fixed-point values (features and targets) must satisfy `|q| <= QUANT_LIMIT`; the exact
@@ -360,20 +364,41 @@ impl Bundle {
         &self.manifest.core.sha256
     }
 
-    /// The features output named `name`, or the default one when `None`.
-    pub fn features(&self, name: Option<&str>) -> Result<&FeaturesSpec> {
+    /// The features a head over this bundle is linear in: `name` (or the manifest's default
+    /// when `None`) is one features output, or several joined by `+` (e.g.
+    /// `features+conv_features`), whose columns are concatenated in that order: dimension the
+    /// sum of theirs, accepted magnitude the largest of theirs.
+    pub fn features(&self, name: Option<&str>) -> Result<FeaturesSpec> {
         let name = name.unwrap_or(&self.manifest.default_features);
-        self.manifest
-            .features
-            .iter()
-            .find(|f| f.output == name)
-            .ok_or_else(|| {
-                let known: Vec<_> = self.manifest.features.iter().map(|f| &f.output).collect();
-                Error::InvalidInput(format!(
-                    "bundle {} has no features output {name:?} (it has {known:?})",
-                    self.manifest.name
-                ))
-            })
+        let parts: Vec<&str> = name.split(FEATURES_JOIN).collect();
+        let mut spec = FeaturesSpec {
+            output: name.to_string(),
+            dim: 0,
+            max_abs: 0.0,
+        };
+        for (i, part) in parts.iter().enumerate() {
+            if parts[..i].contains(part) {
+                return Err(Error::InvalidInput(format!(
+                    "features {name:?} name {part:?} twice"
+                )));
+            }
+            let one = self
+                .manifest
+                .features
+                .iter()
+                .find(|f| f.output == *part)
+                .ok_or_else(|| {
+                    let known: Vec<_> = self.manifest.features.iter().map(|f| &f.output).collect();
+                    Error::InvalidInput(format!(
+                        "bundle {} has no features output {part:?} (it has {known:?}; join \
+                         several with {FEATURES_JOIN:?} to concatenate them)",
+                        self.manifest.name
+                    ))
+                })?;
+            spec.dim += one.dim;
+            spec.max_abs = spec.max_abs.max(one.max_abs);
+        }
+        Ok(spec)
     }
 
     /// The core's one float32 input of fixed sample shape, for the single-input shorthands
@@ -885,8 +910,11 @@ impl Manifest {
         }
         let scale = (h.frac_bits as f64).exp2();
         for (i, f) in self.features.iter().enumerate() {
-            if f.output.is_empty() {
-                return fail(&format!("features[{i}].output"), "must not be empty".into());
+            if f.output.is_empty() || f.output.contains(FEATURES_JOIN) {
+                return fail(
+                    &format!("features[{i}].output"),
+                    format!("must be a non-empty name without {FEATURES_JOIN:?}"),
+                );
             }
             if f.dim == 0 {
                 return fail(&format!("features[{i}].dim"), "must be positive".into());
@@ -907,18 +935,18 @@ impl Manifest {
                 );
             }
         }
-        if !self
-            .features
-            .iter()
-            .any(|f| f.output == self.default_features)
-        {
-            return fail(
-                "default_features",
-                format!(
-                    "{:?} is not one of the features outputs",
-                    self.default_features
-                ),
-            );
+        let defaults: Vec<&str> = self.default_features.split(FEATURES_JOIN).collect();
+        for (i, part) in defaults.iter().enumerate() {
+            if !self.features.iter().any(|f| f.output == *part) || defaults[..i].contains(part) {
+                return fail(
+                    "default_features",
+                    format!(
+                        "{:?} is not one of the features outputs, or several joined by {:?}, \
+                         each once",
+                        self.default_features, FEATURES_JOIN
+                    ),
+                );
+            }
         }
         if self.classes.is_empty() {
             return fail("classes", "at least one class is required".into());

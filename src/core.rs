@@ -23,14 +23,14 @@ pub mod text;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use ndarray::{Array2, ArrayViewD};
+use ndarray::{s, Array2, ArrayViewD};
 use ort::memory::Allocator;
 use ort::session::Session;
 use ort::value::{DynTensor, TensorElementType, TensorRefMut, ValueType};
 use zeroize::Zeroize;
 
 use crate::bundle::tensor::{DType, Tensor};
-use crate::bundle::{Bundle, Dim};
+use crate::bundle::{Bundle, Dim, FEATURES_JOIN};
 use crate::device::cuda;
 use crate::error::{Error, Result};
 use crate::math::secret::{Rows, SecretArray};
@@ -87,6 +87,29 @@ impl CoreOutputs {
     pub fn take(&mut self, name: &str) -> Option<SecretArray> {
         let i = self.outputs.iter().position(|(n, _)| n == name)?;
         Some(self.outputs.swap_remove(i).1)
+    }
+
+    /// Takes the features `name` out: one output, or several joined by
+    /// [`FEATURES_JOIN`], their columns concatenated in that order.
+    pub fn take_features(&mut self, name: &str) -> Option<SecretArray> {
+        if !name.contains(FEATURES_JOIN) {
+            return self.take(name);
+        }
+        let parts = name
+            .split(FEATURES_JOIN)
+            .map(|part| self.take(part))
+            .collect::<Option<Vec<_>>>()?;
+        let rows = parts[0].nrows();
+        let width = parts.iter().map(|p| p.ncols()).sum();
+        let mut joined = SecretArray::zeros((rows, width));
+        let mut at = 0;
+        for part in &parts {
+            joined
+                .slice_mut(s![.., at..at + part.ncols()])
+                .assign(&**part);
+            at += part.ncols();
+        }
+        Some(joined)
     }
 }
 

@@ -218,8 +218,9 @@ pub struct lethe_options {
     pub require_gpu: u32,
     /// lethe_core_open: the CUDA device ordinal. 0 = the first GPU.
     pub cuda_device: u32,
-    /// lethe_head_open: the core output (UTF-8 name) the head is linear in. NULL = the bundle's
-    /// default features.
+    /// lethe_head_open: the core output (UTF-8 name) the head is linear in, or several joined
+    /// by '+' (e.g. "features+conv_features": their columns concatenated). NULL = the
+    /// bundle's default features.
     pub features: *const c_char,
     /// lethe_head_open: ridge strength lambda > 0 of a new head: the weight of the penalty
     /// lambda * (|W|^2 + |b|^2) in its least-squares loss (see DESIGN.md). 0 = the bundle's
@@ -1460,8 +1461,9 @@ pub unsafe extern "C" fn lethe_core_num_classes(
     })
 }
 
-/// Writes to `*out` the dimension d of the core's features output named `features` (UTF-8),
-/// or of the bundle's default features when `features` is NULL.
+/// Writes to `*out` the dimension d of the core's features output named `features` (UTF-8;
+/// several joined by '+': the sum of their dimensions), or of the bundle's default features
+/// when `features` is NULL.
 ///
 /// Thread-safe: may run concurrently with any call. Returns LETHE_OK,
 /// LETHE_ERROR_NULL_ARGUMENT, LETHE_ERROR_INVALID_HANDLE, or LETHE_ERROR_INVALID_ARGUMENT when

@@ -298,6 +298,21 @@ fn invalid_manifests() -> Vec<Case> {
             "default_features",
         ),
         case(
+            "default_features joining an unknown output",
+            |m| m["default_features"] = json!("features+pooled"),
+            "default_features",
+        ),
+        case(
+            "default_features joining one output twice",
+            |m| m["default_features"] = json!("features+features"),
+            "default_features",
+        ),
+        case(
+            "a features output whose name has the joining +",
+            |m| m["features"][0]["output"] = json!("features+conv_features"),
+            "features[0].output",
+        ),
+        case(
             "default_features naming the core logits",
             |m| m["default_features"] = json!("logits"),
             "default_features",

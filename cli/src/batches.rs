@@ -7,6 +7,7 @@ use clap::Args;
 use ndarray::{s, Array2, ArrayD, IxDyn};
 
 use lethe::bundle::tensor::{DType, Tensor};
+use lethe::bundle::FEATURES_JOIN;
 use lethe::math::secret::Zeroizing;
 use lethe::{data, Bundle, Core, Error, Head, Result};
 
@@ -151,7 +152,8 @@ pub fn inputs_of(bundle: &Bundle, a: ArrayD<f32>) -> Result<(usize, Vec<f32>)> {
     Ok((n, rows))
 }
 
-/// One output of `core` (by name) over the samples, as [n, width].
+/// One output of `core` (by name; features joined by `+` are concatenated) over the samples,
+/// as [n, width].
 pub fn core_output(core: &Core, samples: &Samples, name: &str) -> Result<ArrayD<f32>> {
     let n = samples.count();
     let bar = crate::progress::bar(n as u64, "running the core");
@@ -159,8 +161,9 @@ pub fn core_output(core: &Core, samples: &Samples, name: &str) -> Result<ArrayD<
     let mut width = 0;
     for start in (0..n).step_by(CHUNK) {
         let k = CHUNK.min(n - start);
-        let out = core.run_tensors(&samples.chunk(core, start, k)?, &[name])?;
-        let a = out.get(name).expect("requested");
+        let parts: Vec<&str> = name.split(FEATURES_JOIN).collect();
+        let mut out = core.run_tensors(&samples.chunk(core, start, k)?, &parts)?;
+        let a = out.take_features(name).expect("requested");
         width = a.ncols();
         rows.extend(a.iter().copied());
         bar.inc(k as u64);

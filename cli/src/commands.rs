@@ -91,7 +91,8 @@ pub struct FeaturesArgs {
     /// Where to write the features (float32 [n, d]).
     #[arg(long)]
     pub out: PathBuf,
-    /// Which output: a features output or the core logits (default: the default features).
+    /// Which output: a features output (or several joined by `+`, concatenated) or the core
+    /// logits (default: the default features).
     #[arg(long)]
     pub features: Option<String>,
 }
@@ -118,8 +119,9 @@ pub struct HeadArgs {
     /// models/<its name>; for a new state dir, models/mnist-core].
     #[arg(long)]
     pub bundle: Option<PathBuf>,
-    /// The features output to linearize at (when creating the state dir; otherwise it must
-    /// be the recorded one).
+    /// The features output to linearize at, or several joined by `+` to concatenate them, e.g.
+    /// `features+conv_features` (when creating the state dir; otherwise it must be the
+    /// recorded one).
     #[arg(long)]
     pub features: Option<String>,
     /// Ridge strength λ (when creating the state dir, default from the manifest; otherwise it

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use ndarray::Array2;
 
+use crate::bundle::FEATURES_JOIN;
 use crate::core::Core;
 use crate::device::cpu;
 use crate::device::cuda::{self, CudaHead, DeviceCoreLogits};
@@ -132,6 +133,10 @@ impl HeadBackend {
         let Some(gpu) = &self.gpu else {
             return Ok(None);
         };
+        if self.outputs[0].contains(FEATURES_JOIN) {
+            // Concatenated features are joined in host memory (`CoreOutputs::take_features`).
+            return Ok(None);
+        }
         let same_device = core.backend_device() == Some(gpu.device().ordinal);
         let failed = self
             .failure

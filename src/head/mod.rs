@@ -41,6 +41,7 @@ use std::thread::JoinHandle;
 use ndarray::{Array2, ArrayViewD};
 
 use crate::bundle::tensor::Tensor;
+use crate::bundle::FEATURES_JOIN;
 use crate::core::{Core, CoreOutputs};
 use crate::error::{Error, Result};
 use crate::math::receipt::Receipt;
@@ -58,7 +59,8 @@ use samples::Samples;
 /// Choices made when a head is created. `None` takes the bundle's default.
 #[derive(Debug, Clone, Default)]
 pub struct HeadOptions {
-    /// Which features output of the core the head is linear in.
+    /// Which features output of the core the head is linear in, or several joined by `+`
+    /// (their columns concatenated, see [`Bundle::features`](crate::bundle::Bundle::features)).
     pub features: Option<String>,
     /// Ridge strength λ > 0.
     pub lambda: Option<f64>,
@@ -309,7 +311,7 @@ impl Head {
     /// The core outputs the head reads: its features, then its core logits if any.
     fn core_outputs(&self) -> Vec<&str> {
         let spec = &self.inner.spec;
-        let mut names = vec![spec.features.as_str()];
+        let mut names: Vec<&str> = spec.features.split(FEATURES_JOIN).collect();
         if let Some((logits, _)) = &spec.core_logits {
             names.push(logits.as_str());
         }
@@ -319,7 +321,7 @@ impl Head {
     fn features_of(&self, mut out: CoreOutputs, n: usize) -> Result<(SecretArray, SecretArray)> {
         let spec = &self.inner.spec;
         let phi = out
-            .take(&spec.features)
+            .take_features(&spec.features)
             .ok_or_else(|| Error::Ort("missing features output".into()))?;
         let z = spec
             .core_logits
