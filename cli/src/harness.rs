@@ -124,6 +124,20 @@ pub fn time_forget(
     Ok((median(call), median(ready)))
 }
 
+/// This process's resident memory in bytes (`VmRSS`), when the system reports it.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    Some(
+        kb.trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()?
+            * 1024,
+    )
+}
+
 /// The 1, 5 and 15-minute load averages.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

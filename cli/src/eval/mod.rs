@@ -35,7 +35,7 @@ use rand::SeedableRng;
 
 use crate::digits::{digit_features, MNIST, MOBILENET};
 use crate::global::Global;
-use crate::harness::{loadavg, machine, time_forget};
+use crate::harness::{loadavg, machine, resident_bytes, time_forget};
 use crate::logits::{accuracy, max_abs_diff};
 use crate::python::DEFAULT_PYTHON;
 use crate::scratch::Scratch;
@@ -97,6 +97,7 @@ pub fn run(g: &Global, args: &EvalArgs) -> Result<EvalReport> {
     let setups = [
         (MNIST, "features", 800, 400),
         (MNIST, "conv_features", 0, 0),
+        (MNIST, "features+conv_features", 0, 0),
         (MOBILENET, "features", 200, 100),
     ];
     let mut results = Vec::new();
@@ -252,9 +253,14 @@ impl Context<'_> {
         let all_test: Vec<usize> = (0..data.test_labels.len()).collect();
         let core_test = accuracy(&data.test_z, &data.test_labels, &all_test);
 
+        let before = resident_bytes();
         let head = Head::open(core.clone(), self.dir.join("state"), &options)?;
         let user: Vec<usize> = (0..data.labels.len()).collect();
         data.learn(&head, &user)?;
+        head.weights()?;
+        let head_memory = resident_bytes()
+            .zip(before)
+            .map(|(after, before)| after.saturating_sub(before));
         let (_, test_logits) = data.logits(&head)?;
         let head_test = accuracy(&test_logits, &data.test_labels, &all_test);
 
@@ -387,6 +393,7 @@ impl Context<'_> {
             logreg_test,
             forget_one,
             forget_hundred,
+            head_memory,
             scenarios,
             forget_all,
         })

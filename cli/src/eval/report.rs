@@ -383,13 +383,17 @@ impl EvalReport {
              output costs more per forget, and it may fit data the core never saw better or \
              worse. Forget latency on the head holding every user digit, durable state dir, \
              medians of repeats of k random digits forgotten and learned back: the call \
-             returning, and in parentheses until the canonical weights are ready.\n\n\
-             | setup | features | d | Lethe head test | logistic regression | forget 1 | forget 100 |\n\
-             | --- | --- | --- | --- | --- | --- | --- |\n",
+             returning, and in parentheses until the canonical weights are ready. Several \
+             outputs joined by `+` are concatenated. The head's memory is how much the \
+             process's resident memory grew from opening the head to its canonical weights \
+             being ready after learning every user digit (the statistics, factor and weights \
+             are O(d²); the samples stay on disk).\n\n\
+             | setup | features | d | Lethe head test | logistic regression | forget 1 | forget 100 | head memory |\n\
+             | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
         for u in &self.setups {
             s += &format!(
-                "| {} | `{}` | {} | {} | {} | {} ({}) | {} ({}) |\n",
+                "| {} | `{}` | {} | {} | {} | {} ({}) | {} ({}) | {} |\n",
                 u.bundle,
                 u.features,
                 u.dim,
@@ -399,6 +403,10 @@ impl EvalReport {
                 fmt_secs(u.forget_one.1),
                 fmt_secs(u.forget_hundred.0),
                 fmt_secs(u.forget_hundred.1),
+                u.head_memory.map_or("not reported".into(), |b| format!(
+                    "{:.0} MB",
+                    b as f64 / 1e6
+                )),
             );
         }
         s += "\n";

@@ -105,6 +105,9 @@ pub struct Setup {
     /// (forget returns, canonical weights ready) for 1 and 100 samples, medians.
     pub forget_one: (f64, f64),
     pub forget_hundred: (f64, f64),
+    /// How much the process's resident memory grew from opening the head to its canonical
+    /// weights being ready after it learned every user sample (`None`: not reported).
+    pub head_memory: Option<u64>,
     pub scenarios: Vec<Scenario>,
     pub forget_all: ForgetAll,
 }
