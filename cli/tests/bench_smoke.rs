@@ -86,6 +86,9 @@ fn quick_bench_completes_and_is_sane() {
     for l in &report.learn {
         assert!(l.core > 0.0 && l.durable > 0.0 && l.memory > 0.0, "{l:?}");
     }
+    let c = &report.close;
+    assert_eq!((c.n, c.d), (largest.n, largest.d), "{c:?}");
+    assert!(c.close > 0.0 && c.cli_forget > 0.0 && c.rewrite > 0.0, "{c:?}");
     let e = &report.encryption;
     assert_eq!((e.n, e.d), (largest.n, largest.d), "{e:?}");
     for t in [
@@ -109,6 +112,7 @@ fn quick_bench_completes_and_is_sane() {
         "## Learn",
         "## Open",
         "## Encryption",
+        "## Close",
     ] {
         assert!(md.contains(heading), "no {heading:?} in the report");
     }

@@ -18,13 +18,16 @@
 //! - **learn**: the head's part of a learn vs the core's inference time on the same batch.
 //! - **open**: opening a closed state dir, beyond creating the ONNX Runtime session.
 //! - **encryption**: a durable learn, open and forget without and with a key (G9).
+//! - **close**: closing after one forget, and `lethe forget` on a closed state dir, vs
+//!   rewriting every file of the state dir.
 //!
-//! Modules: `plan` (the sizes a run measures), `measure`, `forget` and `encryption` (the
-//! measurements),
+//! Modules: `plan` (the sizes a run measures), `measure`, `forget`, `encryption` and `close`
+//! (the measurements),
 //! `baselines` (the closed-form refit, a bare ONNX Runtime session), `workloads` (synthetic
 //! features and bundles), `results` (what was measured), `report` (Markdown), `plot`.
 
 mod baselines;
+mod close;
 mod encryption;
 mod forget;
 mod measure;
@@ -48,6 +51,7 @@ use crate::harness::{loadavg, machine};
 use crate::python::DEFAULT_PYTHON;
 use crate::scratch::Scratch;
 use crate::units::fmt_secs;
+use close::bench_close;
 use encryption::bench_encryption;
 use forget::{forget_breakdown, ForgetSweep};
 use lethe::data::Digits;
@@ -111,6 +115,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
     let mut baseline_agreement = 0.0;
     let mut open = None;
     let mut encryption = None;
+    let mut close = None;
     let mut breakdown = None;
     for (i, (d, c, ns)) in plan.heads.iter().enumerate() {
         eprintln!("bench: forget, d = {d}, C = {c}");
@@ -138,6 +143,8 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
             encryption = Some(bench_encryption(
                 g, args, &plan, work, &sweep, max_n, &mut rng,
             )?);
+            eprintln!("bench: close");
+            close = Some(bench_close(&sweep, &bundle, work, &plan, max_n, &mut rng)?);
         }
         std::fs::remove_dir_all(&state).map_err(|e| Error::io(&state, e))?;
     }
@@ -152,6 +159,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
         learn,
         open: open.expect("the plan has a head"),
         encryption: encryption.expect("the plan has a head"),
+        close: close.expect("the plan has a head"),
         breakdown: breakdown.expect("the plan has a head"),
         seconds: start.elapsed().as_secs_f64(),
     };

@@ -65,6 +65,7 @@ impl BenchReport {
         s += &self.learn_section();
         s += &self.open_section();
         s += &self.encryption_section();
+        s += &self.close_section();
         s += &self.findings_section();
         s
     }
@@ -280,6 +281,16 @@ impl BenchReport {
             fmt_secs(o.open),
             met(o.open <= 0.1)
         );
+        let c = &self.close;
+        s += &format!(
+            "| close after one forget (n = {}, d = {}) vs rewriting every file | ≤ 10 % | {:.1} % ({} vs {}) | {} |\n",
+            fmt_n(c.n),
+            c.d,
+            100.0 * c.close / c.rewrite,
+            fmt_secs(c.close),
+            fmt_secs(c.rewrite),
+            met(c.close <= 0.1 * c.rewrite)
+        );
         let e = &self.encryption;
         let learn = e.learn_encrypted / e.learn_plain - 1.0;
         let forget = e.forget_encrypted - e.forget_plain;
@@ -452,6 +463,29 @@ impl BenchReport {
             );
         }
         s + "\n"
+    }
+
+    fn close_section(&self) -> String {
+        let c = &self.close;
+        format!(
+            "## Close\n\n\
+             On the closed state dir of the forget sweep (n = {}, d = {}, C = {}): `Head::close` \
+             right after forgetting one sample (the compaction rewrites the one bucket file \
+             that changed and `stats.bin`, each synced), and `lethe forget --ids ID` run in \
+             this process (opening the core and the head, the forget, the close). Next to them, \
+             rewriting every file of the state dir (read, write anew, sync): what a close cost \
+             when one samples file held every sample.\n\n\
+             | close after one forget | lethe forget | rewriting every file | close / rewrite |\n\
+             | --- | --- | --- | --- |\n\
+             | {} | {} | {} | {:.1} % |\n\n",
+            fmt_n(c.n),
+            c.d,
+            c.c,
+            fmt_secs(c.close),
+            fmt_secs(c.cli_forget),
+            fmt_secs(c.rewrite),
+            100.0 * c.close / c.rewrite
+        )
     }
 
     fn encryption_section(&self) -> String {

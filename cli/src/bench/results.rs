@@ -2,6 +2,21 @@
 
 use crate::harness::Machine;
 
+/// Closing after one forget and `lethe forget` on a closed state dir, next to rewriting every
+/// file of the state dir, in seconds.
+#[derive(Debug, Clone)]
+pub struct CloseRow {
+    pub n: usize,
+    pub d: usize,
+    pub c: usize,
+    /// `Head::close` right after one forget.
+    pub close: f64,
+    /// `lethe forget --ids ID` in process: the core and head opened, the forget, the close.
+    pub cli_forget: f64,
+    /// Reading every file of the state dir and writing it anew, synced.
+    pub rewrite: f64,
+}
+
 /// The same durable calls without and with a key (DESIGN.md G9), in seconds.
 #[derive(Debug, Clone)]
 pub struct EncryptionRow {
@@ -122,6 +137,7 @@ pub struct BenchReport {
     pub learn: Vec<LearnRow>,
     pub open: OpenRow,
     pub encryption: EncryptionRow,
+    pub close: CloseRow,
     pub seconds: f64,
 }
 
