@@ -88,7 +88,10 @@ fn quick_bench_completes_and_is_sane() {
     }
     let c = &report.close;
     assert_eq!((c.n, c.d), (largest.n, largest.d), "{c:?}");
-    assert!(c.close > 0.0 && c.cli_forget > 0.0 && c.rewrite > 0.0, "{c:?}");
+    assert!(
+        c.close > 0.0 && c.cli_forget > 0.0 && c.rewrite > 0.0,
+        "{c:?}"
+    );
     let e = &report.encryption;
     assert_eq!((e.n, e.d), (largest.n, largest.d), "{e:?}");
     for t in [

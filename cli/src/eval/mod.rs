@@ -383,6 +383,7 @@ impl Context<'_> {
         Ok(Setup {
             bundle: bundle.into(),
             features: features.into(),
+            is_default: core.bundle().manifest.default_features == features,
             dim: spec.dim,
             train: data.labels.len(),
             test: data.test_labels.len(),

@@ -410,34 +410,51 @@ impl EvalReport {
             );
         }
         s += "\n";
-        // For each bundle measured at two features outputs: the narrowest next to the widest.
-        for u in &self.setups {
-            let same: Vec<&Setup> = self
+        // For each bundle measured at several features: its default next to the most accurate.
+        for u in self.setups.iter().filter(|u| u.is_default) {
+            let Some(best) = self
                 .setups
                 .iter()
                 .filter(|v| v.bundle == u.bundle)
-                .collect();
-            let narrow = same.iter().min_by_key(|v| v.dim).expect("u itself");
-            let wide = same.iter().max_by_key(|v| v.dim).expect("u itself");
-            if u.dim != narrow.dim || narrow.dim == wide.dim {
+                .max_by(|a, b| a.head_test.total_cmp(&b.head_test))
+                .filter(|best| best.features != u.features)
+            else {
                 continue;
-            }
+            };
+            let memory = |v: &Setup| {
+                v.head_memory.map_or("unreported memory".into(), |b| {
+                    format!("{:.0} MB", b as f64 / 1e6)
+                })
+            };
             s += &format!(
-                "On {}, `{}` (d = {}) gives {} test accuracy against {} for `{}` (d = {}); \
-                 forgetting one digit takes {} against {} (canonical weights ready after {} \
-                 against {}).\n\n",
+                "On {}, `{}` (d = {}) gives {} test accuracy against {} for the bundle's default \
+                 `{}` (d = {}), at {} against {} of head memory; forgetting one digit takes {} \
+                 against {} (canonical weights ready after {} against {}).",
                 u.bundle,
-                wide.features,
-                wide.dim,
-                pct(wide.head_test),
-                pct(narrow.head_test),
-                narrow.features,
-                narrow.dim,
-                fmt_secs(wide.forget_one.0),
-                fmt_secs(narrow.forget_one.0),
-                fmt_secs(wide.forget_one.1),
-                fmt_secs(narrow.forget_one.1),
+                best.features,
+                best.dim,
+                pct(best.head_test),
+                pct(u.head_test),
+                u.features,
+                u.dim,
+                memory(best),
+                memory(u),
+                fmt_secs(best.forget_one.0),
+                fmt_secs(u.forget_one.0),
+                fmt_secs(best.forget_one.1),
+                fmt_secs(u.forget_one.1),
             );
+            let costly = |a: Option<u64>, b: Option<u64>| a.zip(b).is_some_and(|(a, b)| a > 4 * b);
+            if costly(best.head_memory, u.head_memory) && best.forget_one.0 > 4.0 * u.forget_one.0 {
+                s += &format!(
+                    " The bundle keeps `{}` as its default: a head several times smaller and \
+                     faster to forget suits a device that holds one head per user; an \
+                     application that can afford the memory and latency gains the accuracy \
+                     with `--features {}`.",
+                    u.features, best.features
+                );
+            }
+            s += "\n\n";
         }
         s
     }

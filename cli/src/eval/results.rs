@@ -94,6 +94,8 @@ pub struct Scenario {
 pub struct Setup {
     pub bundle: String,
     pub features: String,
+    /// Whether `features` is the bundle's default.
+    pub is_default: bool,
     pub dim: usize,
     pub train: usize,
     pub test: usize,
