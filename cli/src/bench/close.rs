@@ -5,24 +5,25 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
-use clap::Parser;
 use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::forget::ForgetSweep;
 use super::plan::Plan;
 use super::results::CloseRow;
-use crate::commands::{self, Cli};
+use crate::global::Global;
 use crate::harness::{median, seconds_of};
 use crate::units::fmt_secs;
-use lethe::{Error, Head, HeadOptions, Result};
+use lethe::{Core, Error, Head, HeadOptions, Result};
 
 /// Measures on the sweep's closed state dir (`n` samples, the sweep's bundle at `bundle`):
-/// `Head::close` after forgetting one sample, `lethe forget --ids ID` run in this process
-/// (opening the core and the head, the forget, the close), and rewriting every file of the
+/// `Head::close` after forgetting one sample, what `lethe forget --ids ID` does (opening the
+/// core and the head, the forget, the close; in this process), and rewriting every file of the
 /// state dir (read, write a copy, sync it). Each forgotten sample is learned back afterwards.
 pub fn bench_close(
+    g: &Global,
     sweep: &ForgetSweep<'_>,
     bundle: &Path,
     work: &Path,
@@ -45,19 +46,12 @@ pub fn bench_close(
         relearn(id)?;
 
         let id = rng.random_range(0..n as u64);
-        let args = [
-            "lethe",
-            "forget",
-            "--state",
-            path_str(state)?,
-            "--bundle",
-            path_str(bundle)?,
-            "--ids",
-            &id.to_string(),
-        ];
-        let cli_forget = Cli::try_parse_from(args)
-            .map_err(|e| Error::InvalidInput(format!("lethe forget's arguments: {e}")))?;
-        cli.push(seconds_of(|| commands::run(cli_forget))?);
+        cli.push(seconds_of(|| {
+            let core = Arc::new(Core::open(bundle, &g.core_options())?);
+            let head = Head::open(core, state, &HeadOptions::default())?;
+            head.forget(&[id])?;
+            head.close()
+        })?);
         relearn(id)?;
 
         rewrites.push(seconds_of(|| rewrite_all(state, &work.join("rewritten")))?);
@@ -77,11 +71,6 @@ pub fn bench_close(
         fmt_secs(row.rewrite)
     );
     Ok(row)
-}
-
-fn path_str(path: &Path) -> Result<&str> {
-    path.to_str()
-        .ok_or_else(|| Error::InvalidInput(format!("{} is not UTF-8", path.display())))
 }
 
 /// Reads every file of `dir` and writes it to a new file in `to`, synced; then removes `to`.

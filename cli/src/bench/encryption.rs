@@ -10,7 +10,6 @@ use rand::Rng;
 use super::forget::ForgetSweep;
 use super::plan::Plan;
 use super::results::EncryptionRow;
-use super::BenchArgs;
 use crate::digits::digit_inputs;
 use crate::global::Global;
 use crate::harness::{median, seconds_of, settle, time_forget};
@@ -28,22 +27,19 @@ fn keyed(key: &StateKey) -> HeadOptions {
     }
 }
 
-/// Measures, each without and with a key: a durable learn of the plan's batch of real
-/// digits (`args.data`); then, on the sweep's closed state dir `plain` (holding `n` samples) and an
-/// encrypted one filled with the same samples, opening it and a durable forget of one sample.
+/// Measures on the sweep's closed state dir (holding `n` samples) and an encrypted one
+/// filled with the same samples: opening it, and a durable forget of one sample. The row
+/// also carries the learn's times, measured by [`learn_both`].
 pub fn bench_encryption(
-    g: &Global,
-    args: &BenchArgs,
     plan: &Plan,
     work: &Path,
     sweep: &ForgetSweep<'_>,
     n: usize,
     rng: &mut StdRng,
+    (learn_plain, learn_encrypted): (f64, f64),
 ) -> Result<EncryptionRow> {
     let key = StateKey::new(rng.random());
     let (bundle, batch) = plan.encryption_learn;
-    let digits = Digits::read(&args.data, "test")?;
-    let (learn_plain, learn_encrypted) = learn_both(g, &args.models, plan, &digits, work, &key)?;
 
     let encrypted = work.join("state-encrypted");
     eprintln!("  filling an encrypted state dir with {n} samples");
@@ -109,14 +105,15 @@ pub fn bench_encryption(
 
 /// A durable learn of the plan's batch of real digits on a state dir without and with a key,
 /// alternating; the medians.
-fn learn_both(
+pub fn learn_both(
     g: &Global,
     models: &Path,
     plan: &Plan,
     digits: &Digits,
     work: &Path,
-    key: &StateKey,
+    rng: &mut StdRng,
 ) -> Result<(f64, f64)> {
+    let key = &StateKey::new(rng.random());
     let (bundle, batch) = plan.encryption_learn;
     let core = Arc::new(Core::open(models.join(bundle), &g.core_options())?);
     let dirs = [work.join("learn-plain"), work.join("learn-encrypted")];

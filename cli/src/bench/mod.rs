@@ -52,7 +52,7 @@ use crate::python::DEFAULT_PYTHON;
 use crate::scratch::Scratch;
 use crate::units::fmt_secs;
 use close::bench_close;
-use encryption::bench_encryption;
+use encryption::{bench_encryption, learn_both};
 use forget::{forget_breakdown, ForgetSweep};
 use lethe::data::Digits;
 use lethe::{Core, Error, Result};
@@ -140,11 +140,14 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
             eprintln!("bench: open");
             open = Some(bench_open(g, &args.models, &core, &state, &plan, max_n)?);
             eprintln!("bench: encryption");
+            let learned = learn_both(g, &args.models, &plan, &digits, work, &mut rng)?;
             encryption = Some(bench_encryption(
-                g, args, &plan, work, &sweep, max_n, &mut rng,
+                &plan, work, &sweep, max_n, &mut rng, learned,
             )?);
             eprintln!("bench: close");
-            close = Some(bench_close(&sweep, &bundle, work, &plan, max_n, &mut rng)?);
+            close = Some(bench_close(
+                g, &sweep, &bundle, work, &plan, max_n, &mut rng,
+            )?);
         }
         std::fs::remove_dir_all(&state).map_err(|e| Error::io(&state, e))?;
     }

@@ -471,8 +471,8 @@ impl BenchReport {
             "## Close\n\n\
              On the closed state dir of the forget sweep (n = {}, d = {}, C = {}): `Head::close` \
              right after forgetting one sample (the compaction rewrites the one bucket file \
-             that changed and `stats.bin`, each synced), and `lethe forget --ids ID` run in \
-             this process (opening the core and the head, the forget, the close). Next to them, \
+             that changed and `stats.bin`, each synced), and what `lethe forget --ids ID` does \
+             (opening the core and the head, the forget, the close), in this process. Next to them, \
              rewriting every file of the state dir (read, write anew, sync): what a close cost \
              when one samples file held every sample.\n\n\
              | close after one forget | lethe forget | rewriting every file | close / rewrite |\n\

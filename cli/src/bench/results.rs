@@ -11,7 +11,8 @@ pub struct CloseRow {
     pub c: usize,
     /// `Head::close` right after one forget.
     pub close: f64,
-    /// `lethe forget --ids ID` in process: the core and head opened, the forget, the close.
+    /// What `lethe forget --ids ID` does, in process: the core and head opened, the forget,
+    /// the close.
     pub cli_forget: f64,
     /// Reading every file of the state dir and writing it anew, synced.
     pub rewrite: f64,
