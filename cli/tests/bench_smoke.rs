@@ -168,9 +168,14 @@ fn quick_eval_forgets_exactly() {
     for u in &report.setups {
         let name = format!("{} {}", u.bundle, u.features);
         // Digits are easy for both linear models; the three sentiments of tweets are not (the
-        // bundle's README measures 73–74 % with all 2000 user tweets, 49.4 % for the majority
-        // class), so well above the majority share is what a working head shows.
-        let floor = if u.samples == "tweets" { 60.0 } else { 80.0 };
+        // bundle's README measures 73–74 % with all 2000 user tweets; a quick run learns 300).
+        // There the core alone scores the majority class's share (no logits: every argmax is
+        // class 0, negative, the largest class), and a working model is clearly above it.
+        let floor = if u.samples == "tweets" {
+            u.core_test + 5.0
+        } else {
+            80.0
+        };
         assert!(u.head_test > floor, "{name}: head accuracy {}", u.head_test);
         assert!(
             u.logreg_test > floor,

@@ -57,7 +57,7 @@ use sklearn::{number, Jobs};
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// A short run on a few hundred samples per setup, without mnist-core's conv_features
-    /// (about twenty seconds), as CI's smoke test runs it.
+    /// (about half a minute), as CI's smoke test runs it.
     #[arg(long)]
     pub quick: bool,
     /// Where to write the report.
