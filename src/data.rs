@@ -2,11 +2,13 @@
 //!
 //! A file is checked before anything is allocated for its values: its header must be complete
 //! and its declared dtype and shape must account for exactly the bytes that follow the header.
-//! A small file that declares a huge array is an error, never an allocation.
+//! A small file that declares a huge array is an error, never an allocation. An `.npz` file's
+//! arrays are checked the same way once read out of the archive, and an archive entry that
+//! declares more bytes than its compressed data can hold is refused before it is read.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, IxDyn};
 use ndarray_npy::npy::header::Header;
@@ -38,6 +40,12 @@ const PREFIX_LEN: u64 = 8;
 /// Reads and checks the header of the `.npy` file `path`; the file is left at its start.
 fn declared(path: &Path, file: &mut File) -> Result<Declared> {
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    declared_in(path, file, file_len)
+}
+
+/// [`declared`] for `.npy` data of `file_len` bytes in any seekable reader (`path` names it in
+/// errors).
+fn declared_in<R: Read + Seek>(path: &Path, file: &mut R, file_len: u64) -> Result<Declared> {
     let mut prefix = [0u8; PREFIX_LEN as usize + 4];
     let got = read_up_to(file, &mut prefix).map_err(|e| Error::io(path, e))?;
     if got < PREFIX_LEN as usize || &prefix[..6] != b"\x93NUMPY" {
@@ -115,7 +123,7 @@ fn declared(path: &Path, file: &mut File) -> Result<Declared> {
     Ok(declared)
 }
 
-fn read_up_to(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_up_to<R: Read>(file: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match file.read(&mut buf[got..])? {
@@ -146,7 +154,7 @@ fn dtype_of(descriptor: &str) -> Option<(&'static str, u64)> {
 }
 
 /// Reads a checked file as `T` (whose dtype the caller matched).
-fn read_as<T: ReadableElement>(path: &Path, file: File) -> Result<ArrayD<T>> {
+fn read_as<T: ReadableElement>(path: &Path, file: impl Read) -> Result<ArrayD<T>> {
     ArrayD::<T>::read_npy(file).map_err(|e| npy_err(path, e))
 }
 
@@ -230,6 +238,72 @@ pub struct Values {
 pub fn read_values(path: &Path) -> Result<Values> {
     let mut file = open(path)?;
     let declared = declared(path, &mut file)?;
+    values_of(path, file, declared)
+}
+
+/// The largest ratio of a deflated stream's size to its compressed size (deflate's limit is
+/// about 1032:1), with room for the smallest streams.
+fn max_inflated(compressed: u64) -> u64 {
+    compressed.saturating_mul(1032).saturating_add(1024)
+}
+
+/// The arrays of an `.npz` file (numpy's `savez` or `savez_compressed`) with their names (a
+/// name's `.npy` suffix dropped, as numpy does), each of a core input's element type (see
+/// [`read_values`]). The zip reader's own buffers (decompression) are freed without being
+/// zeroized; every array's bytes are zeroized when dropped.
+pub fn read_npz(path: &Path) -> Result<Vec<(String, Values)>> {
+    let file = open(path)?;
+    let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut zip = zip::ZipArchive::new(file)
+        .map_err(|e| npy_err(path, format!("not a readable .npz (zip) file: {e}")))?;
+    let mut arrays: Vec<(String, Values)> = Vec::with_capacity(zip.len());
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| npy_err(path, format!("archive entry {i}: {e}")))?;
+        let name = entry.name();
+        let name = name.strip_suffix(".npy").unwrap_or(name).to_string();
+        let what = PathBuf::from(format!("{} (array {name:?})", path.display()));
+        if arrays.iter().any(|(n, _)| *n == name) {
+            return Err(npy_err(path, format!("holds two arrays named {name:?}")));
+        }
+        let (size, compressed) = (entry.size(), entry.compressed_size());
+        if compressed > file_len || size > max_inflated(compressed) {
+            return Err(npy_err(
+                &what,
+                format!(
+                    "the archive declares {size} bytes from {compressed} compressed bytes in a \
+                     file of {file_len}: it is corrupt"
+                ),
+            ));
+        }
+        let len = usize::try_from(size)
+            .map_err(|_| npy_err(&what, format!("{size} bytes do not fit in memory")))?;
+        let mut bytes = Zeroizing::new(vec![0u8; len]);
+        entry
+            .read_exact(&mut bytes)
+            .map_err(|e| npy_err(&what, format!("unreadable: {e}")))?;
+        // Reading to the end makes the zip reader check the entry's CRC-32.
+        let mut rest = [0u8; 1];
+        match entry.read(&mut rest) {
+            Ok(0) => {}
+            Ok(_) => {
+                return Err(npy_err(
+                    &what,
+                    format!("holds more than the {size} bytes the archive declares"),
+                ))
+            }
+            Err(e) => return Err(npy_err(&what, format!("unreadable: {e}"))),
+        }
+        let mut data = Cursor::new(&bytes[..]);
+        let declared = declared_in(&what, &mut data, size)?;
+        arrays.push((name, values_of(&what, data, declared)?));
+    }
+    Ok(arrays)
+}
+
+/// The values of checked `.npy` data (see [`read_values`]).
+fn values_of<R: Read>(path: &Path, file: R, declared: Declared) -> Result<Values> {
     macro_rules! values {
         ($t:ty, $name:literal) => {{
             let mut a = read_as::<$t>(path, file)?;
@@ -409,6 +483,63 @@ mod tests {
         assert_eq!(
             read_ids(&npy(dir.path(), "|u1", "(2,)", &[3, 4])).unwrap(),
             [3, 4]
+        );
+    }
+
+    /// An `.npz` of (name, `.npy` bytes) entries, stored uncompressed as numpy's `savez` does.
+    fn npz(dir: &Path, entries: &[(&str, &[u8])]) -> PathBuf {
+        use std::io::Write;
+        let path = dir.join("a.npz");
+        let mut zip = zip::ZipWriter::new(File::create(&path).unwrap());
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for (name, bytes) in entries {
+            zip.start_file(*name, options).unwrap();
+            zip.write_all(bytes).unwrap();
+        }
+        zip.finish().unwrap();
+        path
+    }
+
+    #[test]
+    fn npz_arrays_are_checked_like_npy_files_before_allocating() {
+        let dir = tempfile::tempdir().unwrap();
+        let values = [7i64, 9, 11, 13];
+        let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let good = std::fs::read(npy(dir.path(), "<i8", "(2, 2)", &le)).unwrap();
+        let mask = std::fs::read(npy(dir.path(), "|b1", "(2,)", &[1, 0])).unwrap();
+        let arrays = read_npz(&npz(dir.path(), &[("ids.npy", &good), ("mask", &mask)])).unwrap();
+        let names: Vec<&str> = arrays.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["ids", "mask"]);
+        let (ids, mask) = (&arrays[0].1, &arrays[1].1);
+        assert_eq!((ids.dtype, ids.shape.as_slice()), ("int64", &[2, 2][..]));
+        let ne: Vec<u8> = values.iter().flat_map(|v| v.to_ne_bytes()).collect();
+        assert_eq!(*ids.bytes, ne);
+        assert_eq!((mask.dtype, mask.bytes.as_slice()), ("bool", &[1u8, 0][..]));
+
+        // An array whose header declares 10^12 values over 32 bytes.
+        let huge = std::fs::read(npy(dir.path(), "<i8", "(1000000000000,)", &le)).unwrap();
+        let m = message(read_npz(&npz(dir.path(), &[("x.npy", &huge)])).map(drop));
+        assert!(
+            m.contains("(array \"x\")") && m.contains("32 bytes follow the header"),
+            "{m}"
+        );
+        // An archive entry that declares 2 GB from its 160 stored bytes, in both of the zip's
+        // headers: refused before its bytes are allocated.
+        let path = npz(dir.path(), &[("x.npy", &good)]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let central = bytes
+            .windows(4)
+            .position(|w| w == b"PK\x01\x02")
+            .expect("a central directory header");
+        let lie = 0x7fff_ffffu32.to_le_bytes();
+        bytes[22..26].copy_from_slice(&lie);
+        bytes[central + 24..central + 28].copy_from_slice(&lie);
+        std::fs::write(&path, bytes).unwrap();
+        let m = message(read_npz(&path).map(drop));
+        assert!(
+            m.contains("2147483647 bytes") && m.contains("corrupt"),
+            "{m}"
         );
     }
 

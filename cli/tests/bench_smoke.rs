@@ -54,6 +54,15 @@ fn quick_bench_completes_and_is_sane() {
     for r in &report.predict {
         assert!(r.bare > 0.0 && r.lethe > 0.0 && r.head > 0.0, "{r:?}");
     }
+    // The text bundle's row: real tweets, tokenized by Lethe, padded to more than the two
+    // special tokens ([CLS] and [SEP]) a tweet always has.
+    let text = report
+        .predict
+        .iter()
+        .find(|r| r.text.is_some())
+        .expect("a text bundle row");
+    let (tokens, tokenize) = text.text.expect("found by it");
+    assert!(tokens > 2.0 && tokenize > 0.0, "{text:?}");
     assert!(!report.forget.is_empty());
     for r in &report.forget {
         let memory = r.memory.unwrap_or(1.0);
@@ -138,6 +147,8 @@ fn quick_bench_completes_and_is_sane() {
         );
         assert!(md.contains(&cells), "no forget row starting {cells:?}");
     }
+    let tokenized = format!("{} at batch {}", fmt_secs(tokenize), text.batch);
+    assert!(md.contains(&tokenized), "the report lacks {tokenized:?}");
     let agreement = format!("agree with Lethe's to {:.1e}", report.baseline_agreement);
     assert!(md.contains(&agreement), "the report lacks {agreement:?}");
 
@@ -168,12 +179,26 @@ fn quick_eval_forgets_exactly() {
     };
     let report = lethe_cli::eval::run(&cli.global, args).expect("eval --quick runs");
 
-    assert!(!report.setups.is_empty());
+    // The image bundles on digits and the text bundle on tweets.
+    let samples: Vec<&str> = report.setups.iter().map(|u| u.samples).collect();
+    assert!(
+        samples.contains(&"digits") && samples.contains(&"tweets"),
+        "{samples:?}"
+    );
     for u in &report.setups {
         let name = format!("{} {}", u.bundle, u.features);
-        assert!(u.head_test > 80.0, "{name}: head accuracy {}", u.head_test);
+        // Digits are easy for both linear models; the three sentiments of tweets are not (the
+        // bundle's README measures 73–74 % with all 2000 user tweets; a quick run learns 300).
+        // There the core alone scores the majority class's share (no logits: every argmax is
+        // class 0, negative, the largest class), and a working model is clearly above it.
+        let floor = if u.samples == "tweets" {
+            u.core_test + 5.0
+        } else {
+            80.0
+        };
+        assert!(u.head_test > floor, "{name}: head accuracy {}", u.head_test);
         assert!(
-            u.logreg_test > 80.0,
+            u.logreg_test > floor,
             "{name}: logistic regression {}",
             u.logreg_test
         );

@@ -1,6 +1,7 @@
 //! The text bundle through the CLI: `lethe features --text` equals Python ONNX Runtime on real
 //! tweets; `--text` and `--input NAME=FILE` with Python's token arrays give the same logits
-//! bit for bit; learned and partly forgotten tweets give the weights scikit-learn Ridge
+//! bit for bit, and so does `--input FILE.npz` with numpy's `.npz` of those arrays (malformed
+//! ones are refused); learned and partly forgotten tweets give the weights scikit-learn Ridge
 //! computes; inputs the bundle does not take are refused before a state dir is created.
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,7 @@ fn text_commands_agree_with_python_and_scikit_learn() {
     let (a, b) = (common::read_npy_2d(&a), common::read_npy_2d(&b));
     assert_eq!(a.dim(), (N, 3));
     assert_eq!(a, b, "--text and --input NAME=FILE differ");
+    npz_inputs(dir, &state, &reference, &a);
 
     let w = dir.join("w.npz");
     lethe(&["weights", "--state", s(&state), "--out", s(&w)]);
@@ -170,6 +172,104 @@ fn text_commands_agree_with_python_and_scikit_learn() {
     ]);
     assert!(out.contains("relative difference"), "{out}");
 }
+
+/// numpy's `.npz` files of Python's token arrays: stored (savez) and deflated
+/// (savez_compressed) give `logits` bit for bit; every malformed one is refused with a message
+/// that names what is wrong.
+fn npz_inputs(dir: &Path, state: &Path, reference: &Path, logits: &ndarray::Array2<f32>) {
+    let npz = dir.join("npz");
+    std::fs::create_dir(&npz).unwrap();
+    python(&["-c", NPZ_FILES, s(reference), s(&npz)]);
+    let out = dir.join("npz-logits.npy");
+    let predict = |inputs: &[&str]| {
+        let mut args: Vec<String> = ["predict", "--state", s(state), "--out", s(&out)]
+            .map(String::from)
+            .to_vec();
+        for input in inputs {
+            args.extend(["--input".to_string(), input.to_string()]);
+        }
+        args
+    };
+    for file in ["stored.npz", "compressed.npz"] {
+        let args = predict(&[s(&npz.join(file))]);
+        lethe(&strs(&args));
+        assert_eq!(
+            &common::read_npy_2d(&out),
+            logits,
+            "--input {file} and --text differ"
+        );
+        std::fs::remove_file(&out).unwrap();
+    }
+    let ids_arg = format!("input_ids={}", s(&reference.join("input_ids.npy")));
+    let stored = npz.join("stored.npz");
+    for (inputs, expected) in [
+        (
+            vec![s(&npz.join("no_mask.npz"))],
+            "\"attention_mask\" is missing",
+        ),
+        (vec![s(&npz.join("extra.npz"))], "has no input \"mask\""),
+        (vec![s(&stored), &ids_arg], "\"input_ids\" is given twice"),
+        (
+            vec![s(&npz.join("int32.npz"))],
+            "\"input_ids\" is int32, the core takes int64",
+        ),
+        (vec![s(&npz.join("flat.npz"))], "\"input_ids\" has shape"),
+        (
+            vec![s(&npz.join("twice.npz"))],
+            "holds two arrays named \"input_ids\"",
+        ),
+        (
+            vec![s(&npz.join("float64.npz"))],
+            "holds float64 values; a core input is",
+        ),
+        (
+            vec![s(&npz.join("truncated.npz"))],
+            "not a readable .npz (zip) file",
+        ),
+        (
+            vec![s(&npz.join("flipped.npz"))],
+            "(array \"input_ids\"): unreadable",
+        ),
+    ] {
+        let err = lethe_fails(&strs(&predict(&inputs)));
+        assert!(err.contains(expected), "{inputs:?}: {err}");
+        assert!(!out.exists(), "{inputs:?}: a refused predict wrote logits");
+    }
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Writes the `.npz` files of [`npz_inputs`] from Python's token arrays (argv: the reference
+/// folder, the output folder).
+const NPZ_FILES: &str = r#"
+import sys, zipfile
+import numpy as np
+ref, out = sys.argv[1], sys.argv[2]
+ids = np.load(f"{ref}/input_ids.npy")
+mask = np.load(f"{ref}/attention_mask.npy")
+assert ids.dtype == np.int64 and mask.dtype == np.int64 and ids.shape == mask.shape
+np.savez(f"{out}/stored.npz", input_ids=ids, attention_mask=mask)
+np.savez_compressed(f"{out}/compressed.npz", input_ids=ids, attention_mask=mask)
+np.savez(f"{out}/no_mask.npz", input_ids=ids)
+np.savez(f"{out}/extra.npz", input_ids=ids, attention_mask=mask, mask=mask)
+np.savez(f"{out}/int32.npz", input_ids=ids.astype(np.int32), attention_mask=mask)
+np.savez(f"{out}/flat.npz", input_ids=ids.reshape(-1), attention_mask=mask)
+np.savez(f"{out}/float64.npz", input_ids=ids.astype(np.float64), attention_mask=mask)
+with zipfile.ZipFile(f"{out}/twice.npz", "w") as z:
+    z.write(f"{ref}/input_ids.npy", "input_ids.npy")
+    z.write(f"{ref}/input_ids.npy", "input_ids")
+    z.write(f"{ref}/attention_mask.npy", "attention_mask.npy")
+data = open(f"{out}/stored.npz", "rb").read()
+open(f"{out}/truncated.npz", "wb").write(data[: len(data) // 2])
+# One byte of input_ids' values (past its 128-byte .npy header) changed: the CRC-32 no longer
+# matches.
+at = data.index(b"\x93NUMPY") + 200
+flipped = bytearray(data)
+flipped[at] ^= 0x01
+open(f"{out}/flipped.npz", "wb").write(bytes(flipped))
+"#;
 
 #[test]
 fn inputs_a_bundle_does_not_take_are_refused_before_the_state_dir_exists() {

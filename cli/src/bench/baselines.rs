@@ -3,9 +3,11 @@
 
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat, MatRef, Par};
-use ort::session::Session;
+use ndarray::{ArrayD, IxDyn};
+use ort::session::{Session, SessionInputValue};
 use ort::value::TensorRef;
 
+use lethe::bundle::tensor::{DType, Tensor};
 use lethe::math::solver;
 use lethe::{runtime, Bundle, Error, Result, Weights};
 
@@ -29,6 +31,70 @@ pub fn bare_run(session: &mut Session, bundle: &Bundle, input: &[f32], n: usize)
         .map_err(|e| Error::InvalidInput(e.to_string()))?;
     let outputs = session
         .run(ort::inputs![m.inputs[0].name.as_str() => TensorRef::from_array_view(view)?])?;
+    for (_, value) in outputs.iter() {
+        std::hint::black_box(value.try_extract_array::<f32>()?);
+    }
+    Ok(())
+}
+
+/// One named core input as an application holds it: an array of its element type.
+pub enum BareInput {
+    Int64(String, ArrayD<i64>),
+    Int32(String, ArrayD<i32>),
+}
+
+/// The token tensors of a text core as arrays (copied once, before any timing).
+pub fn bare_inputs(tensors: &[Tensor<'_>]) -> Result<Vec<BareInput>> {
+    tensors
+        .iter()
+        .map(|t| {
+            let shape = IxDyn(t.shape());
+            let name = t.name().to_string();
+            let bad = |e: ndarray::ShapeError| Error::InvalidInput(e.to_string());
+            match t.dtype() {
+                DType::Int64 => {
+                    let v = t
+                        .bytes()
+                        .chunks_exact(8)
+                        .map(|c| i64::from_ne_bytes(c.try_into().expect("chunks of 8 bytes")));
+                    let a = ArrayD::from_shape_vec(shape, v.collect()).map_err(bad)?;
+                    Ok(BareInput::Int64(name, a))
+                }
+                DType::Int32 => {
+                    let v = t
+                        .bytes()
+                        .chunks_exact(4)
+                        .map(|c| i32::from_ne_bytes(c.try_into().expect("chunks of 4 bytes")));
+                    let a = ArrayD::from_shape_vec(shape, v.collect()).map_err(bad)?;
+                    Ok(BareInput::Int32(name, a))
+                }
+                other => Err(Error::InvalidInput(format!(
+                    "the bench feeds int64 or int32 token tensors to a bare session, not {}",
+                    other.name()
+                ))),
+            }
+        })
+        .collect()
+}
+
+/// One bare run on named inputs: feed them (as views, no copies), read every output.
+pub fn bare_run_inputs(session: &mut Session, inputs: &[BareInput]) -> Result<()> {
+    let values = inputs
+        .iter()
+        .map(|input| {
+            Ok(match input {
+                BareInput::Int64(name, a) => (
+                    name.as_str(),
+                    SessionInputValue::from(TensorRef::from_array_view(a.view())?),
+                ),
+                BareInput::Int32(name, a) => (
+                    name.as_str(),
+                    SessionInputValue::from(TensorRef::from_array_view(a.view())?),
+                ),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let outputs = session.run(values)?;
     for (_, value) in outputs.iter() {
         std::hint::black_box(value.try_extract_array::<f32>()?);
     }

@@ -4,46 +4,107 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::baselines::{bare_run, bare_session};
+use super::baselines::{bare_inputs, bare_run, bare_run_inputs, bare_session};
 use super::plan::Plan;
 use super::results::{LearnRow, OpenRow, PredictRow};
 use crate::digits::{digit_features, digit_inputs, MOBILENET};
 use crate::global::Global;
 use crate::harness::{median, seconds_of, settle, time_pair};
+use crate::tweets::Tweets;
 use crate::units::fmt_secs;
 use lethe::data::Digits;
 use lethe::{Core, Error, Head, HeadOptions, Result};
 
-/// Digits the head learns before its predictions are timed (its weights are then not zero;
+/// Samples the head learns before its predictions are timed (its weights are then not zero;
 /// the time of a prediction does not depend on them).
-const PREDICT_HEAD_DIGITS: usize = 100;
+const PREDICT_HEAD_SAMPLES: usize = 100;
+/// A text row's batches: consecutive test tweets, each batch padded to its longest, taken in
+/// turn so that the timings cover real sentence lengths.
+pub const TEXT_BATCHES: usize = 16;
 
-/// `Head::predict` vs a bare ONNX Runtime session, at each bundle and batch of the plan.
+/// `Head::predict` vs a bare ONNX Runtime session, at each bundle and batch of the plan: real
+/// digits for the image bundles, real tweets from `data` for a text bundle.
 pub fn bench_predict(
     g: &Global,
     models: &Path,
     plan: &Plan,
     digits: &Digits,
+    data: &Path,
 ) -> Result<Vec<PredictRow>> {
     let mut rows = Vec::new();
     for &(name, batch) in &plan.predict_batches {
         let core = Arc::new(Core::open(models.join(name), &g.core_options())?);
         let head = Head::in_memory(core.clone(), &HeadOptions::default())?;
-        let taught: Vec<usize> = (0..digits.len().min(PREDICT_HEAD_DIGITS)).collect();
-        learn_digits(&head, digits, &taught)?;
-        let rows_in: Vec<usize> = (0..batch).map(|i| i % digits.len()).collect();
-        let input = digit_inputs(core.bundle(), digits, &rows_in)?;
         let mut session = bare_session(core.bundle(), g.threads)?;
-        let (bare, lethe, repeats) = time_pair(
-            7,
-            plan.predict_budget,
-            || bare_run(&mut session, core.bundle(), &input, batch),
-            || {
-                head.predict(&input, batch)
-                    .map(|l| drop(std::hint::black_box(l)))
-            },
-        )?;
-        let (phi, z) = head.core_features(&input, batch)?;
+        let (bare, lethe, repeats, (phi, z), text) = if core.text().is_some() {
+            let classes = core.bundle().manifest.classes.len();
+            let train = Tweets::read(data, "train", classes)?;
+            let taught: Vec<usize> = (0..train.labels.len().min(PREDICT_HEAD_SAMPLES)).collect();
+            let ids: Vec<u64> = taught.iter().map(|&r| r as u64).collect();
+            let labels: Vec<u32> = taught.iter().map(|&r| train.labels[r]).collect();
+            head.learn_text(&ids, &train.texts(&taught), &labels)?;
+            let test = Tweets::read(data, "test", classes)?;
+            let texts: Vec<Vec<&str>> = (0..TEXT_BATCHES)
+                .map(|b| {
+                    let rows: Vec<usize> = (b * batch..(b + 1) * batch)
+                        .map(|i| i % test.labels.len())
+                        .collect();
+                    test.texts(&rows)
+                })
+                .collect();
+            let mut tokenize = Vec::new();
+            let mut batches = Vec::new();
+            for t in &texts {
+                let start = Instant::now();
+                batches.push(core.encode_text(t)?);
+                tokenize.push(start.elapsed().as_secs_f64());
+            }
+            let bare_inputs = batches
+                .iter()
+                .map(|b| bare_inputs(b))
+                .collect::<Result<Vec<_>>>()?;
+            let tokens =
+                batches.iter().map(|b| b[0].shape()[1] as f64).sum::<f64>() / batches.len() as f64;
+            // Both sides take the batches in the same turn: they are called equally often.
+            let (mut next_bare, mut next_lethe) = (0, 0);
+            let (bare, lethe, repeats) = time_pair(
+                7,
+                plan.predict_budget,
+                || {
+                    next_bare += 1;
+                    bare_run_inputs(&mut session, &bare_inputs[next_bare % TEXT_BATCHES])
+                },
+                || {
+                    next_lethe += 1;
+                    head.predict_tensors(&batches[next_lethe % TEXT_BATCHES])
+                        .map(|l| drop(std::hint::black_box(l)))
+                },
+            )?;
+            let (phi, z) = head.core_features_tensors(&batches[0])?;
+            (
+                bare,
+                lethe,
+                repeats,
+                (phi, z),
+                Some((tokens, median(tokenize))),
+            )
+        } else {
+            let taught: Vec<usize> = (0..digits.len().min(PREDICT_HEAD_SAMPLES)).collect();
+            learn_digits(&head, digits, &taught)?;
+            let rows_in: Vec<usize> = (0..batch).map(|i| i % digits.len()).collect();
+            let input = digit_inputs(core.bundle(), digits, &rows_in)?;
+            let (bare, lethe, repeats) = time_pair(
+                7,
+                plan.predict_budget,
+                || bare_run(&mut session, core.bundle(), &input, batch),
+                || {
+                    head.predict(&input, batch)
+                        .map(|l| drop(std::hint::black_box(l)))
+                },
+            )?;
+            let features = head.core_features(&input, batch)?;
+            (bare, lethe, repeats, features, None)
+        };
         let mut times = Vec::new();
         for _ in 0..repeats.max(20) {
             times.push(seconds_of(|| {
@@ -64,6 +125,7 @@ pub fn bench_predict(
             lethe,
             repeats,
             head: median(times),
+            text,
         });
     }
     Ok(rows)

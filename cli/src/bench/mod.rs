@@ -6,7 +6,8 @@
 //! interleaved with Lethe where that is cheap, so a noisy machine shifts both alike.
 //!
 //! - **predict**: `Head::predict` (core + head) vs a bare ONNX Runtime session of the same core
-//!   file with the same threads, fed the same real digits.
+//!   file with the same threads, fed the same real digits (image bundles) or the same token
+//!   tensors of real tweets, each batch padded to its longest as Lethe pads (the text bundle).
 //! - **forget**: `Head::forget` on a durable state dir (the caller's path), and the time until
 //!   `Head::weights` returns the canonical weights, vs refitting the head in closed form from
 //!   the n stored features (faer GEMM + Cholesky, all cores), and vs the full retrain pipeline
@@ -73,7 +74,8 @@ pub struct BenchArgs {
     /// The folder holding the bundles.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
-    /// Folder with the MNIST digits (test_images.npy) fed to the real cores.
+    /// Folder with the MNIST digits (test_images.npy) fed to the image cores, and the tweets
+    /// (tweets_train.txt, tweets_test.txt and their labels) fed to the text core.
     #[arg(long, default_value = "tests/data")]
     pub data: PathBuf,
     /// Keep the state dirs and synthetic bundles here (a new or empty folder) instead of a
@@ -99,7 +101,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
     let digits = Digits::read(&args.data, "test")?;
 
     eprintln!("bench: predict");
-    let predict = bench_predict(g, &args.models, &plan, &digits)?;
+    let predict = bench_predict(g, &args.models, &plan, &digits, &args.data)?;
     let (core_per_sample, core_batch) = predict
         .iter()
         .filter(|r| r.bundle == MOBILENET)

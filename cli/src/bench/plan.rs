@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::digits::MOBILENET;
+use crate::tweets::MINILM;
 
 /// The sizes one run measures.
 pub struct Plan {
@@ -29,7 +30,12 @@ impl Plan {
                 ks: vec![1, 100],
                 forget_repeats: 3,
                 refit_repeats: 3,
-                predict_batches: vec![("mnist-core", 1), ("mnist-core", 64), (MOBILENET, 1)],
+                predict_batches: vec![
+                    ("mnist-core", 1),
+                    ("mnist-core", 64),
+                    (MOBILENET, 1),
+                    (MINILM, 1),
+                ],
                 predict_budget: Duration::from_millis(300),
                 learn: vec![("mnist-core", 64)],
                 learn_repeats: 5,
@@ -53,6 +59,8 @@ impl Plan {
                     ("mnist-core", 64),
                     (MOBILENET, 1),
                     (MOBILENET, 64),
+                    (MINILM, 1),
+                    (MINILM, 32),
                 ],
                 predict_budget: Duration::from_secs(4),
                 learn: vec![

@@ -1,5 +1,6 @@
 //! The report as Markdown (docs/BENCHMARKS.md).
 
+use super::measure::TEXT_BATCHES;
 use super::plot::PLOT_FILE;
 use super::results::{BenchReport, PredictRow};
 use crate::units::{fmt_n, fmt_ratio, fmt_secs, fmt_signed_secs};
@@ -314,18 +315,22 @@ impl BenchReport {
     }
 
     fn predict_section(&self) -> String {
-        let mut s = String::from(
+        let mut s = format!(
             "## Predict: head overhead\n\n\
              `Head::predict` (Lethe's core run, the head's f32 forward pass, core logits mapped \
              onto the head's classes) vs a bare ONNX Runtime session of the same `core.onnx` with \
              the same threads, reading every output. Inputs are real MNIST test digits, \
-             preprocessed per each manifest. The two are timed in alternating blocks (the \
+             preprocessed per each manifest, for the image bundles; for the text bundle, real \
+             test tweets in consecutive batches, each padded to its longest tweet as Lethe pads, \
+             taken in turn from {TEXT_BATCHES} batches so that the times cover real sentence \
+             lengths: Lethe tokenizes them once beforehand, and both sides get the same token \
+             tensors (`Head::predict_tensors`). The two are timed in alternating blocks (the \
              first call of a block discarded: ONNX Runtime's thread pools spin after a run and \
              slow down another session's run right after). The last column times the head's \
              forward pass alone (`Head::predict_features`: z + φ Wᵀ + b on the core's outputs), \
              which is what the head adds beyond Lethe's handling of the core run.\n\n\
              | bundle | batch | bare ORT | Lethe predict | ratio | timings each | the head's part alone |\n\
-             | --- | --- | --- | --- | --- | --- | --- |\n",
+             | --- | --- | --- | --- | --- | --- | --- |\n"
         );
         for r in &self.predict {
             s += &format!(
@@ -338,6 +343,26 @@ impl BenchReport {
                 r.repeats,
                 fmt_secs(r.head),
                 100.0 * r.head / r.bare
+            );
+        }
+        let text: Vec<String> = self
+            .predict
+            .iter()
+            .filter_map(|r| {
+                r.text.map(|(tokens, tokenize)| {
+                    format!(
+                        "{} at batch {} (batches padded to {tokens:.1} tokens on average)",
+                        fmt_secs(tokenize),
+                        r.batch
+                    )
+                })
+            })
+            .collect();
+        if !text.is_empty() {
+            s += &format!(
+                "\nTokenizing the tweets (`Core::encode_text`, which `Head::predict_text` runs \
+                 before the core; in neither column above): {}.\n",
+                text.join("; ")
             );
         }
         s + "\n"

@@ -48,6 +48,9 @@ pub struct PredictRow {
     pub repeats: usize,
     /// The head's own part alone (`Head::predict_features` on the core's outputs).
     pub head: f64,
+    /// For a text bundle: (the mean padded length of the batches in tokens, the median time
+    /// to tokenize a batch with `Core::encode_text`, which neither column includes).
+    pub text: Option<(f64, f64)>,
 }
 
 /// Forgetting k of n samples at dimension d with C classes: medians in seconds.

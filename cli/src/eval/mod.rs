@@ -1,10 +1,12 @@
 //! `lethe eval`: does forgetting really forget? Real data, real baselines.
 //!
 //! For each setup (a bundle and the features output the head is linear in), on the MNIST
-//! digits of `tests/data` (user data = the train split, test = the test split):
+//! digits of `tests/data` for the image bundles and on its labelled tweets for the text bundle
+//! (user data = the train split, test = the test split):
 //! 1. the head's test accuracy next to scikit-learn's logistic regression on the same features
 //!    and the core alone;
-//! 2. forget a random 10 %, then a whole class, each time next to heads retrained from scratch
+//! 2. forget a random 10 %, then a whole class (`--forget-class` of the digits, the last
+//!    class of the tweets), each time next to heads retrained from scratch
 //!    on what remains, by Lethe's solver (the bit-identity check) and by scikit-learn's Ridge
 //!    (independent): accuracies, the weight difference, a loss-threshold membership-inference
 //!    attack, and (for the class) a linear probe on what the served model exposes;
@@ -33,12 +35,14 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::batches::core_features;
 use crate::digits::{digit_features, MNIST, MOBILENET};
 use crate::global::Global;
 use crate::harness::{loadavg, machine, resident_bytes, time_forget};
 use crate::logits::{accuracy, max_abs_diff};
 use crate::python::DEFAULT_PYTHON;
 use crate::scratch::Scratch;
+use crate::tweets::{Tweets, MINILM};
 use crate::units::fmt_secs;
 use attack::attack;
 use lethe::data::Digits;
@@ -52,8 +56,8 @@ use sklearn::{number, Jobs};
 
 #[derive(Debug, Args)]
 pub struct EvalArgs {
-    /// A short run on a few hundred digits, without mnist-core's conv_features (about fifteen
-    /// seconds), as CI's smoke test runs it.
+    /// A short run on a few hundred samples per setup, without mnist-core's conv_features
+    /// (about half a minute), as CI's smoke test runs it.
     #[arg(long)]
     pub quick: bool,
     /// Where to write the report.
@@ -62,7 +66,8 @@ pub struct EvalArgs {
     /// The folder holding the bundles.
     #[arg(long, default_value = "models")]
     pub models: PathBuf,
-    /// Folder with train_/test_ images and labels (.npy).
+    /// Folder with train_/test_ images and labels (.npy), and tweets_train.txt and
+    /// tweets_test.txt (one tweet per line) with their _labels.npy.
     #[arg(long, default_value = "tests/data")]
     pub data: PathBuf,
     /// The Python with numpy and scikit-learn (made by scripts/setup.sh).
@@ -75,7 +80,7 @@ pub struct EvalArgs {
     /// Seed for the random choices.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
-    /// The class to forget as a whole.
+    /// The digit to forget as a whole (the text setup forgets its bundle's last class).
     #[arg(long, default_value_t = 8)]
     pub forget_class: u32,
 }
@@ -93,40 +98,63 @@ pub fn run(g: &Global, args: &EvalArgs) -> Result<EvalReport> {
     let train = Digits::read(&args.data, "train")?;
     let test = Digits::read(&args.data, "test")?;
     let scratch = Scratch::new(args.work.as_deref(), "lethe-eval-")?;
-    // (bundle, features, user and test digits in a quick run; 0 = not in a quick run).
+    // (bundle, features, user and test samples in a quick run; 0 = not in a quick run).
     let setups = [
         (MNIST, "features", 800, 400),
         (MNIST, "conv_features", 0, 0),
         (MNIST, "features+conv_features", 0, 0),
         (MOBILENET, "features", 200, 100),
+        (MINILM, "features", 300, 150),
     ];
     let mut results = Vec::new();
     for (i, &(bundle, features, quick_train, quick_test)) in setups.iter().enumerate() {
         if args.quick && quick_train == 0 {
             continue;
         }
-        let (n_train, n_test) = if args.quick {
-            (quick_train, quick_test)
+        let core = Arc::new(Core::open(args.models.join(bundle), &g.core_options())?);
+        let classes = &core.bundle().manifest.classes;
+        let (corpus, forget_class) = if core.text().is_some() {
+            let corpus = Corpus::Tweets {
+                train: Tweets::read(&args.data, "train", classes.len())?,
+                test: Tweets::read(&args.data, "test", classes.len())?,
+            };
+            (corpus, classes.len().saturating_sub(1) as u32)
         } else {
-            (train.len(), test.len())
+            let corpus = Corpus::Digits {
+                train: &train,
+                test: &test,
+            };
+            (corpus, args.forget_class)
         };
-        eprintln!("eval: {bundle} / {features}: {n_train} user digits, {n_test} test digits");
+        let class_name = classes
+            .get(forget_class as usize)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("{bundle} has no class {forget_class} to forget"))
+            })?
+            .clone();
+        let (all_train, all_test) = (corpus.labels(false).len(), corpus.labels(true).len());
+        let (n_train, n_test) = if args.quick {
+            (quick_train.min(all_train), quick_test.min(all_test))
+        } else {
+            (all_train, all_test)
+        };
+        let noun = corpus.noun();
+        eprintln!("eval: {bundle} / {features}: {n_train} user {noun}, {n_test} test {noun}");
         let dir = scratch.path().join(format!("setup-{i}"));
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let ctx = Context {
             args,
             dir: &dir,
-            train: &train,
-            test: &test,
+            corpus: &corpus,
             train_rows: (0..n_train).collect(),
             test_rows: (0..n_test).collect(),
+            forget_class: (forget_class, class_name),
         };
-        results.push(ctx.setup(g, bundle, features)?);
+        results.push(ctx.setup(core, features)?);
     }
     let report = EvalReport {
         quick: args.quick,
         seed: args.seed,
-        forget_class: args.forget_class,
         machine: machine(g, load_start)?,
         setups: results,
         seconds: start.elapsed().as_secs_f64(),
@@ -143,18 +171,60 @@ pub fn run(g: &Global, args: &EvalArgs) -> Result<EvalReport> {
     Ok(report)
 }
 
+/// The samples of a setup: the user's (the train split) and the test split.
+enum Corpus<'a> {
+    Digits { train: &'a Digits, test: &'a Digits },
+    Tweets { train: Tweets, test: Tweets },
+}
+
+impl Corpus<'_> {
+    /// What the samples are, in the report's words.
+    fn noun(&self) -> &'static str {
+        match self {
+            Corpus::Digits { .. } => "digits",
+            Corpus::Tweets { .. } => "tweets",
+        }
+    }
+
+    /// The labels of every train (or test) sample.
+    fn labels(&self, test: bool) -> &[u32] {
+        match (self, test) {
+            (Corpus::Digits { train, .. }, false) => &train.labels,
+            (Corpus::Digits { test, .. }, true) => &test.labels,
+            (Corpus::Tweets { train, .. }, false) => &train.labels,
+            (Corpus::Tweets { test, .. }, true) => &test.labels,
+        }
+    }
+
+    /// The head's core over the given train (or test) samples: (features, mapped core logits).
+    fn features(
+        &self,
+        head: &Head,
+        test: bool,
+        rows: &[usize],
+    ) -> Result<(Array2<f32>, Array2<f32>)> {
+        match (self, test) {
+            (Corpus::Digits { train, .. }, false) => digit_features(head, train, rows),
+            (Corpus::Digits { test, .. }, true) => digit_features(head, test, rows),
+            (Corpus::Tweets { train, .. }, false) => core_features(head, &train.samples(rows)),
+            (Corpus::Tweets { test, .. }, true) => core_features(head, &test.samples(rows)),
+        }
+    }
+}
+
 /// What one setup works on.
 struct Context<'a> {
     args: &'a EvalArgs,
     /// Scratch folder for this setup (state dir, arrays for Python).
     dir: &'a Path,
-    train: &'a Digits,
-    test: &'a Digits,
+    corpus: &'a Corpus<'a>,
     train_rows: Vec<usize>,
     test_rows: Vec<usize>,
+    /// The class forgotten as a whole: its number and name.
+    forget_class: (u32, String),
 }
 
-/// Features and labels of the train and test digits, computed once.
+/// Features and labels of the train and test samples, computed once.
 struct Data {
     phi: Array2<f32>,
     z: Array2<f32>,
@@ -177,7 +247,7 @@ impl Data {
         )
     }
 
-    /// Logits on (every train digit, every test digit).
+    /// Logits on (every train sample, every test sample).
     fn logits(&self, head: &Head) -> Result<(Array2<f32>, Array2<f32>)> {
         Ok((
             head.predict_features(&self.phi, &self.z)?,
@@ -216,11 +286,8 @@ fn max_weight_diff(a: &Weights, b: &Weights) -> f64 {
 }
 
 impl Context<'_> {
-    fn setup(&self, g: &Global, bundle: &str, features: &str) -> Result<Setup> {
-        let core = Arc::new(Core::open(
-            self.args.models.join(bundle),
-            &g.core_options(),
-        )?);
+    fn setup(&self, core: Arc<Core>, features: &str) -> Result<Setup> {
+        let bundle = core.bundle().manifest.name.clone();
         let options = HeadOptions {
             features: Some(features.into()),
             ..Default::default()
@@ -228,8 +295,8 @@ impl Context<'_> {
         let probe = Head::in_memory(core.clone(), &options)?;
         let probe_spec = probe.spec().clone();
         let t = Instant::now();
-        let (phi, z) = digit_features(&probe, self.train, &self.train_rows)?;
-        let (test_phi, test_z) = digit_features(&probe, self.test, &self.test_rows)?;
+        let (phi, z) = self.corpus.features(&probe, false, &self.train_rows)?;
+        let (test_phi, test_z) = self.corpus.features(&probe, true, &self.test_rows)?;
         let core_seconds = t.elapsed().as_secs_f64();
         drop(probe);
         let data = Data {
@@ -238,14 +305,14 @@ impl Context<'_> {
             labels: self
                 .train_rows
                 .iter()
-                .map(|&r| self.train.labels[r])
+                .map(|&r| self.corpus.labels(false)[r])
                 .collect(),
             test_phi,
             test_z,
             test_labels: self
                 .test_rows
                 .iter()
-                .map(|&r| self.test.labels[r])
+                .map(|&r| self.corpus.labels(true)[r])
                 .collect(),
             spec: probe_spec,
         };
@@ -265,7 +332,7 @@ impl Context<'_> {
         let head_test = accuracy(&test_logits, &data.test_labels, &all_test);
 
         // The timing's random choices come from their own generator, so that the forgotten
-        // digits below depend on the seed alone.
+        // samples below depend on the seed alone.
         let mut timing_rng = StdRng::seed_from_u64(self.args.seed ^ 0x5EED);
         let repeats = if self.args.quick { 2 } else { 5 };
         let ids: Vec<u64> = user.iter().map(|&r| r as u64).collect();
@@ -314,7 +381,8 @@ impl Context<'_> {
             &mut jobs,
             None,
         )?);
-        let class = self.args.forget_class;
+        let (class, class_name) = &self.forget_class;
+        let class = *class;
         let class_rows: Vec<usize> = remaining
             .iter()
             .copied()
@@ -327,7 +395,7 @@ impl Context<'_> {
             .filter(|&r| data.test_labels[r] == class)
             .collect();
         scenarios.push(step.forget(
-            &format!("class {class} ({} samples)", class_rows.len()),
+            &format!("class {class_name} ({} samples)", class_rows.len()),
             &class_rows,
             &remaining,
             &class_test,
@@ -381,9 +449,11 @@ impl Context<'_> {
             }
         }
         Ok(Setup {
-            bundle: bundle.into(),
+            bundle,
             features: features.into(),
             is_default: core.bundle().manifest.default_features == features,
+            samples: self.corpus.noun(),
+            forget_class: class_name.clone(),
             dim: spec.dim,
             train: data.labels.len(),
             test: data.test_labels.len(),

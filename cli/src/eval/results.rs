@@ -23,7 +23,7 @@ pub struct Attack {
 /// A linear probe for the forgotten class (from scikit-learn).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Probe {
-    /// Balanced accuracy (%) on held-out test digits.
+    /// Balanced accuracy (%) on held-out test samples.
     pub held_out: f64,
     /// % of the forgotten training samples the probe flags as the class.
     pub forgotten_recall: f64,
@@ -56,7 +56,7 @@ pub struct ForgetAll {
     pub test: f64,
     /// The core alone's test accuracy.
     pub core_test: f64,
-    /// max |head logits − core logits| on the test digits.
+    /// max |head logits − core logits| on the test samples.
     pub max_logit_diff: f32,
     /// max |W|, |b| of the canonical weights.
     pub max_weight: f64,
@@ -78,7 +78,7 @@ pub struct Scenario {
     pub max_weight_diff: f64,
     /// The independent retrain.
     pub ridge: RidgeRetrain,
-    /// The served logits on every test digit are bit-identical.
+    /// The served logits on every test sample are bit-identical.
     pub logits_identical: bool,
     /// Lethe's receipt after the forget (its digest, hex) and whether the retrained head's
     /// receipt equals it (G8).
@@ -96,6 +96,10 @@ pub struct Setup {
     pub features: String,
     /// Whether `features` is the bundle's default.
     pub is_default: bool,
+    /// What the samples are ("digits", "tweets").
+    pub samples: &'static str,
+    /// The name of the class forgotten as a whole.
+    pub forget_class: String,
     pub dim: usize,
     pub train: usize,
     pub test: usize,
@@ -119,7 +123,6 @@ pub struct Setup {
 pub struct EvalReport {
     pub quick: bool,
     pub seed: u64,
-    pub forget_class: u32,
     pub machine: Machine,
     pub setups: Vec<Setup>,
     pub seconds: f64,
