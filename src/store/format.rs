@@ -212,6 +212,20 @@ pub struct Header {
     pub seq: u64,
 }
 
+impl Header {
+    /// What every header of the state dir of a head with `spec` and this `meta.json` says
+    /// (`extra` and `seq` = 0).
+    pub fn of_dir(spec: &HeadSpec, meta_bytes: &[u8]) -> Header {
+        Header {
+            dim: spec.dim,
+            classes: spec.num_classes(),
+            meta: xxh3_64(meta_bytes),
+            extra: 0,
+            seq: 0,
+        }
+    }
+}
+
 /// magic[8] version:u32 algorithm:u32 d:u64 C:u64 meta:u64 extra:u64 seq:u64
 /// xxh3-64(bytes 0..56):u64, where `algorithm` is [`algorithm`]'s word for the file's kind.
 pub fn encode_header(magic: &[u8; 8], h: &Header) -> Vec<u8> {

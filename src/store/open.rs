@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::path::Path;
 
-use xxhash_rust::xxh3::{xxh3_128, xxh3_64, Xxh3};
+use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::math::samples::{Entry, SampleIndex};
@@ -83,13 +83,7 @@ impl Store {
             _ => {}
         }
         let spec = meta.head.clone();
-        let header = Header {
-            dim: spec.dim,
-            classes: spec.num_classes(),
-            meta: xxh3_64(&meta_bytes),
-            extra: 0,
-            seq: 0,
-        };
+        let header = Header::of_dir(&spec, &meta_bytes);
         let forgotten = dir.has(JOURNAL_FORGOTTEN)?;
         if !forgotten {
             check_tied(&dir, &names, &header)?;
@@ -129,13 +123,7 @@ impl Store {
             Error::InvalidInput(format!("cannot create a state dir for this head: {m}"))
         })?;
         dir.make_private()?;
-        let header = Header {
-            dim: spec.dim,
-            classes: spec.num_classes(),
-            meta: xxh3_64(&meta_bytes),
-            extra: 0,
-            seq: 0,
-        };
+        let header = Header::of_dir(spec, &meta_bytes);
         let (sealer, keys) = fresh_keys(key);
         // Leftovers of an interrupted creation hold no samples: they are overwritten.
         let journal = fresh_journal(&dir, &header, &sealer, keys.as_ref())?;
