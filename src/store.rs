@@ -158,7 +158,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::path::Path;
 
-use xxhash_rust::xxh3::xxh3_64;
 use zeroize::{DefaultIsZeroes, Zeroize};
 
 use crate::error::{Error, Result};
@@ -971,13 +970,7 @@ pub fn plaintexts(path: &Path, key: Option<&StateKey>) -> Result<BTreeMap<String
     let dir = Dir::open(path, false)?.ok_or_else(|| Error::state(path, "does not exist"))?;
     let meta_bytes = open_part(&dir, META)?.read_all()?;
     let meta = Meta::parse(&meta_bytes).map_err(|m| corrupt(path, META, m))?;
-    let header = Header {
-        dim: meta.head.dim,
-        classes: meta.head.num_classes(),
-        meta: xxh3_64(&meta_bytes),
-        extra: 0,
-        seq: 0,
-    };
+    let header = Header::of_dir(&meta.head, &meta_bytes);
     let jbytes = open_part(&dir, JOURNAL)?.read_all()?;
     let head = journal::parse_head(&jbytes, &header, key)
         .map_err(|e| journal::key_error(e, path, JOURNAL))?;
