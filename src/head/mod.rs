@@ -6,10 +6,13 @@
 //! current samples; see DESIGN.md for the math.
 //!
 //! # The canonical re-solve
-//! `learn` and `forget` update the integer statistics exactly, then update the Cholesky factor
-//! and the weights incrementally in O(k·p² + k·p·C) and serve the result at once. A background
-//! thread (one per head) then recomputes the canonical solution from the integer statistics
-//! (sequential Cholesky, O(p³)) and swaps it in if no other call came in meanwhile. Calls that
+//! `learn` and `forget` update the integer statistics exactly, then bring the weights up to
+//! date by whichever of two paths the cost model ([`solver::resolve_is_cheaper`]) expects to be
+//! faster, and serve the result at once: for a few samples, the Cholesky factor and the weights
+//! are updated incrementally in O(k·p² + k·p·C), and a background thread (one per head) then
+//! recomputes the canonical solution from the integer statistics (sequential Cholesky, O(p³))
+//! and swaps it in if no other call came in meanwhile; for many, the call computes the
+//! canonical solution itself, so that it never takes much longer than a re-solve. Calls that
 //! must return canonical weights — [`Head::weights`], [`Head::close`] — finish a pending
 //! re-solve themselves first. Served weights before the re-solve differ from canonical by
 //! rounding only.
@@ -95,6 +98,20 @@ struct State {
     /// Bumped by every change; the canonical solution is current when `canonical == version`.
     version: u64,
     canonical: u64,
+    path: UpdatePath,
+}
+
+/// How learn and forget bring the weights up to date (see "The canonical re-solve" above); a
+/// test hook ([`Head::set_update_path`]) forces one path, to test each.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdatePath {
+    /// Whichever the cost model expects to be faster (the default).
+    ByCost,
+    /// The incremental rank-k update, the canonical re-solve in the background.
+    RankK,
+    /// The canonical re-solve, in the call.
+    Resolve,
 }
 
 struct Inner {
@@ -248,6 +265,7 @@ impl Head {
                 solution,
                 version: 0,
                 canonical: 0,
+                path: UpdatePath::ByCost,
             }),
             spec,
             dir: dir.map(Path::to_path_buf),
@@ -497,9 +515,18 @@ impl Head {
         st.stats.accumulate(q, r, one, sign);
         st.version += 1;
         let st = &mut *st;
+        let k = r.len() / spec.num_classes();
+        let resolve = self.worker.is_none()
+            || match st.path {
+                UpdatePath::ByCost => {
+                    solver::resolve_is_cheaper(k, spec.dim + 1, spec.num_classes())
+                }
+                UpdatePath::RankK => false,
+                UpdatePath::Resolve => true,
+            };
         // The change is committed: the solves below cannot fail, since a learn was checked
         // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
-        if self.worker.is_none() {
+        if resolve {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
         } else {
@@ -641,6 +668,13 @@ impl Head {
         let _st = self.inner.lock();
         self.inner.held.store(held, Ordering::SeqCst);
         self.inner.wake.notify_all();
+    }
+
+    /// A test hook: how the following learn and forget calls bring the weights up to date
+    /// ([`UpdatePath::ByCost`] unless set). No effect with `synchronous_resolve`.
+    #[doc(hidden)]
+    pub fn set_update_path(&self, path: UpdatePath) {
+        self.inner.lock().path = path;
     }
 
     /// The receipt of the head's state (G8), finishing a pending re-solve first: a digest of
