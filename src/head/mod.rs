@@ -510,9 +510,10 @@ impl Head {
         }
         let spec = &self.inner.spec;
         let mut st = self.inner.lock_sound()?;
-        let (q, r, sign) = prepare(&mut st)?;
+        // The phases of the call, as trace spans (how `lethe bench` times them in situ).
+        let (q, r, sign) = tracing::trace_span!("store").in_scope(|| prepare(&mut st))?;
         let one = spec.fixed.one();
-        st.stats.accumulate(q, r, one, sign);
+        tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
         st.version += 1;
         let st = &mut *st;
         let k = r.len() / spec.num_classes();
@@ -526,6 +527,7 @@ impl Head {
             };
         // The change is committed: the solves below cannot fail, since a learn was checked
         // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
+        let solve = tracing::trace_span!("solve", resolve).entered();
         if resolve {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
@@ -537,7 +539,8 @@ impl Head {
                 st.canonical = st.version;
             }
         }
-        self.inner.publish(&st.solution);
+        drop(solve);
+        tracing::trace_span!("publish").in_scope(|| self.inner.publish(&st.solution));
         self.inner.wake.notify_all();
         Ok(())
     }
