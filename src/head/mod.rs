@@ -99,6 +99,8 @@ struct State {
     version: u64,
     canonical: u64,
     path: UpdatePath,
+    /// The version the background re-solve is solving for, while it is.
+    solving: Option<u64>,
 }
 
 /// How learn and forget bring the weights up to date (see "The canonical re-solve" above); a
@@ -266,6 +268,7 @@ impl Head {
                 version: 0,
                 canonical: 0,
                 path: UpdatePath::ByCost,
+                solving: None,
             }),
             spec,
             dir: dir.map(Path::to_path_buf),
@@ -686,8 +689,7 @@ impl Head {
     /// right after a learn or forget, it is that call's receipt (unless another thread changed
     /// the head in between).
     pub fn receipt(&self) -> Result<Receipt> {
-        let mut st = self.inner.lock_sound()?;
-        self.inner.make_canonical(&mut st)?;
+        let st = self.inner.canonical_state()?;
         let theta = &st.solution.theta;
         Ok(Receipt::of(
             &self.inner.spec,
@@ -699,8 +701,7 @@ impl Head {
 
     /// The canonical weights in f64 (finishing a pending re-solve first).
     pub fn weights(&self) -> Result<Weights> {
-        let mut st = self.inner.lock_sound()?;
-        self.inner.make_canonical(&mut st)?;
+        let st = self.inner.canonical_state()?;
         Ok(to_weights(&st.solution.theta, self.inner.spec.dim))
     }
 
@@ -726,8 +727,7 @@ impl Head {
     /// the largest relative difference from what is served (0 when they agree bit for bit).
     pub fn verify(&self) -> Result<VerifyReport> {
         let spec = &self.inner.spec;
-        let mut st = self.inner.lock_sound()?;
-        self.inner.make_canonical(&mut st)?;
+        let st = self.inner.canonical_state()?;
         let mut fresh = ExactStats::new(spec.dim, spec.num_classes());
         let one = spec.fixed.one();
         st.samples
@@ -852,6 +852,18 @@ impl Inner {
         })
     }
 
+    /// The state, with the canonical solution current: waits for the background re-solve when
+    /// it is solving for the current version (rather than solving the same again beside it),
+    /// else re-solves on this thread.
+    fn canonical_state(&self) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.lock_sound()?;
+        while st.canonical != st.version && st.solving == Some(st.version) {
+            st = self.wake.wait(st).map_err(|_| self.poisoned())?;
+        }
+        self.make_canonical(&mut st)?;
+        Ok(st)
+    }
+
     fn make_canonical(&self, st: &mut State) -> Result<()> {
         if st.canonical != st.version {
             st.solution = self.canonical_of(&st.stats)?;
@@ -872,6 +884,7 @@ impl Inner {
 /// The background re-solve: waits for a change, factors A off the lock, installs the result
 /// if nothing changed meanwhile.
 fn resolve_loop(inner: &Inner) {
+    let _done = SolvingCleared(inner);
     loop {
         let (stats, version) = {
             let Ok(mut st) = inner.lock_sound() else {
@@ -888,6 +901,7 @@ fn resolve_loop(inner: &Inner) {
             if inner.stop.load(Ordering::SeqCst) {
                 return;
             }
+            st.solving = Some(st.version);
             (st.stats.clone(), st.version)
         };
         let solved = inner.canonical_of(&stats);
@@ -895,6 +909,8 @@ fn resolve_loop(inner: &Inner) {
         let Ok(mut st) = inner.lock_sound() else {
             return;
         };
+        st.solving = None;
+        inner.wake.notify_all();
         match solved {
             Ok(solution) if st.version == version && !inner.held.load(Ordering::SeqCst) => {
                 st.solution = solution;
@@ -907,6 +923,17 @@ fn resolve_loop(inner: &Inner) {
                 return;
             }
         }
+    }
+}
+
+/// Whenever the re-solve thread ends (stopped, failed or panicked), nobody waits for its
+/// solve any more: [`Inner::canonical_state`] then solves itself.
+struct SolvingCleared<'a>(&'a Inner);
+
+impl Drop for SolvingCleared<'_> {
+    fn drop(&mut self) {
+        self.0.lock().solving = None;
+        self.0.wake.notify_all();
     }
 }
 
