@@ -10,6 +10,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use lethe::head::UpdatePath;
+use lethe::math::solver;
 use lethe::{Error, Head, HeadOptions, HeadSpec, Weights};
 use ndarray::Array2;
 use proptest::prelude::*;
@@ -300,6 +302,7 @@ fn predictions_before_the_resolve_differ_by_rounding_only() {
     let s = spec(d, c, false);
     let lazy = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
     lazy.hold_resolve(true);
+    lazy.set_update_path(UpdatePath::RankK);
     let eager = Head::detached(
         s,
         &HeadOptions {
@@ -353,6 +356,7 @@ fn weights_served_before_the_resolve_are_within_1e_12_of_canonical() {
     let s = spec(d, c, true);
     let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
     head.hold_resolve(true);
+    head.set_update_path(UpdatePath::RankK);
     let mut rng = common::rng(12);
     let samples: Vec<Sample> = (0..80).map(|_| sample(&mut rng, d, c, true)).collect();
     let mut live: BTreeMap<u64, &Sample> = BTreeMap::new();
@@ -413,4 +417,85 @@ fn weights_served_before_the_resolve_are_within_1e_12_of_canonical() {
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(head.weights().unwrap(), canonical);
+}
+
+/// G1 whichever path a call takes: the rank-k update, the re-solve in the call, or the one the
+/// cost model picks (at this size it picks the update for one sample and the re-solve for
+/// many). With the background re-solve held back, the weights served after each call are
+/// within 1e-12 relative of a fresh head's canonical weights on the remaining samples, and
+/// exactly those when the call re-solved; the canonical weights the head then gives are
+/// bit-identical to the fresh head's.
+#[test]
+fn either_update_path_is_exact() {
+    let (d, c) = (64, 3);
+    let s = spec(d, c, false);
+    let mut rng = common::rng(21);
+    let samples: Vec<Sample> = (0..150).map(|_| sample(&mut rng, d, c, false)).collect();
+    let all = numbered(&samples);
+    // (learned, forgotten) ids per call: a batch, one sample, many, one again.
+    let script = [
+        (0..120, vec![]),
+        (0..0, vec![5]),
+        (0..0, (10..50).collect()),
+        (120..121, vec![]),
+    ];
+    let (mut picked_update, mut picked_resolve) = (false, false);
+    for path in [UpdatePath::RankK, UpdatePath::Resolve, UpdatePath::ByCost] {
+        let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+        head.hold_resolve(true);
+        head.set_update_path(path);
+        let mut live: BTreeMap<u64, &Sample> = BTreeMap::new();
+        let mut canonical = None;
+        for (step, (learned, forgotten)) in script.iter().enumerate() {
+            let learned = &all[learned.clone()];
+            let k = if learned.is_empty() {
+                head.forget(forgotten).unwrap();
+                for id in forgotten {
+                    live.remove(id);
+                }
+                forgotten.len()
+            } else {
+                learn(&head, learned, d, c).unwrap();
+                live.extend(learned.iter().copied());
+                learned.len()
+            };
+            let fresh = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
+            let items: Vec<(u64, &Sample)> = live.iter().map(|(&id, &s)| (id, s)).collect();
+            learn(&fresh, &items, d, c).unwrap();
+            let want = fresh.weights().unwrap();
+            let served = head.served_f64();
+            let rel = rel_diff(&served, &want);
+            let what = format!("{path:?}, step {step} (k = {k})");
+            assert!(
+                rel <= BEFORE_RESOLVE_REL_TOL,
+                "{what}: {rel:e} from canonical"
+            );
+            let resolved = match path {
+                UpdatePath::RankK => false,
+                UpdatePath::Resolve => true,
+                UpdatePath::ByCost => solver::resolve_is_cheaper(k, d + 1, c),
+            };
+            if resolved {
+                assert!(
+                    served == want,
+                    "{what}: re-solved, but not the canonical weights"
+                );
+            } else {
+                assert!(
+                    served != want,
+                    "{what}: the update served canonical weights"
+                );
+            }
+            if path == UpdatePath::ByCost {
+                picked_update |= !resolved;
+                picked_resolve |= resolved;
+            }
+            canonical = Some(want);
+        }
+        assert_eq!(head.weights().unwrap(), canonical.unwrap(), "{path:?}");
+    }
+    assert!(
+        picked_update && picked_resolve,
+        "the cost model picked one path for every call: it was not tested choosing"
+    );
 }

@@ -67,7 +67,11 @@ fn quick_bench_completes_and_is_sane() {
     for r in &report.forget {
         let memory = r.memory.unwrap_or(1.0);
         assert!(
-            r.forget > 0.0 && memory > 0.0 && r.canonical > 0.0 && r.refit > 0.0,
+            r.forget > 0.0
+                && memory > 0.0
+                && r.canonical > 0.0
+                && r.refit > 0.0
+                && r.stats_resolve > 0.0,
             "{r:?}"
         );
     }
@@ -91,7 +95,21 @@ fn quick_bench_completes_and_is_sane() {
     assert_eq!(report.open.n, largest.n);
     assert!(report.open.open > 0.0 && report.open.bytes > 0);
     let b = &report.breakdown;
-    assert!(b.stats > 0.0 && b.update > 0.0 && b.fsync > 0.0 && b.fsync_append > 0.0);
+    assert!(b.fsync > 0.0 && b.fsync_append > 0.0);
+    // The phases of real forget calls, recorded from the library's spans in the order the
+    // call runs them.
+    let p = &report.phases;
+    let names: Vec<&str> = p.phases.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, ["store", "stats", "solve", "publish"], "{p:?}");
+    assert!(
+        p.phases.iter().all(|(_, t)| *t > 0.0) && p.call > 0.0,
+        "{p:?}"
+    );
+    let b = &report.back_to_back;
+    assert!(
+        b.count == 50 && b.seconds > 0.0 && b.canonical > 0.0,
+        "{b:?}"
+    );
     for l in &report.learn {
         assert!(l.core > 0.0 && l.durable > 0.0 && l.memory > 0.0, "{l:?}");
     }
@@ -149,6 +167,11 @@ fn quick_bench_completes_and_is_sane() {
     }
     let tokenized = format!("{} at batch {}", fmt_secs(tokenize), text.batch);
     assert!(md.contains(&tokenized), "the report lacks {tokenized:?}");
+    let stated = format!(
+        "{} one-sample forgets issued one after another",
+        report.back_to_back.count
+    );
+    assert!(md.contains(&stated), "the report lacks {stated:?}");
     let agreement = format!("agree with Lethe's to {:.1e}", report.baseline_agreement);
     assert!(md.contains(&agreement), "the report lacks {agreement:?}");
 

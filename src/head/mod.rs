@@ -6,10 +6,13 @@
 //! current samples; see DESIGN.md for the math.
 //!
 //! # The canonical re-solve
-//! `learn` and `forget` update the integer statistics exactly, then update the Cholesky factor
-//! and the weights incrementally in O(k·p² + k·p·C) and serve the result at once. A background
-//! thread (one per head) then recomputes the canonical solution from the integer statistics
-//! (sequential Cholesky, O(p³)) and swaps it in if no other call came in meanwhile. Calls that
+//! `learn` and `forget` update the integer statistics exactly, then bring the weights up to
+//! date by whichever of two paths the cost model ([`solver::resolve_is_cheaper`]) expects to be
+//! faster, and serve the result at once: for a few samples, the Cholesky factor and the weights
+//! are updated incrementally in O(k·p² + k·p·C), and a background thread (one per head) then
+//! recomputes the canonical solution from the integer statistics (sequential Cholesky, O(p³))
+//! and swaps it in if no other call came in meanwhile; for many, the call computes the
+//! canonical solution itself, so that it never takes much longer than a re-solve. Calls that
 //! must return canonical weights — [`Head::weights`], [`Head::close`] — finish a pending
 //! re-solve themselves first. Served weights before the re-solve differ from canonical by
 //! rounding only.
@@ -97,6 +100,22 @@ struct State {
     /// Bumped by every change; the canonical solution is current when `canonical == version`.
     version: u64,
     canonical: u64,
+    path: UpdatePath,
+    /// The version the background re-solve is solving for, while it is.
+    solving: Option<u64>,
+}
+
+/// How learn and forget bring the weights up to date (see "The canonical re-solve" above); a
+/// test hook ([`Head::set_update_path`]) forces one path, to test each.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpdatePath {
+    /// Whichever the cost model expects to be faster (the default).
+    ByCost,
+    /// The incremental rank-k update, the canonical re-solve in the background.
+    RankK,
+    /// The canonical re-solve, in the call.
+    Resolve,
 }
 
 struct Inner {
@@ -250,6 +269,8 @@ impl Head {
                 solution,
                 version: 0,
                 canonical: 0,
+                path: UpdatePath::ByCost,
+                solving: None,
             }),
             spec,
             dir: dir.map(Path::to_path_buf),
@@ -494,14 +515,25 @@ impl Head {
         }
         let spec = &self.inner.spec;
         let mut st = self.inner.lock_sound()?;
-        let (q, r, sign) = prepare(&mut st)?;
+        // The phases of the call, as trace spans (how `lethe bench` times them in situ).
+        let (q, r, sign) = tracing::trace_span!("store").in_scope(|| prepare(&mut st))?;
         let one = spec.fixed.one();
-        st.stats.accumulate(q, r, one, sign);
+        tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
         st.version += 1;
         let st = &mut *st;
+        let k = r.len() / spec.num_classes();
+        let resolve = self.worker.is_none()
+            || match st.path {
+                UpdatePath::ByCost => {
+                    solver::resolve_is_cheaper(k, spec.dim + 1, spec.num_classes())
+                }
+                UpdatePath::RankK => false,
+                UpdatePath::Resolve => true,
+            };
         // The change is committed: the solves below cannot fail, since a learn was checked
         // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
-        if self.worker.is_none() {
+        let solve = tracing::trace_span!("solve", resolve).entered();
+        if resolve {
             st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
         } else {
@@ -512,7 +544,8 @@ impl Head {
                 st.canonical = st.version;
             }
         }
-        self.inner.publish(&st.solution);
+        drop(solve);
+        tracing::trace_span!("publish").in_scope(|| self.inner.publish(&st.solution));
         self.inner.wake.notify_all();
         Ok(())
     }
@@ -645,14 +678,20 @@ impl Head {
         self.inner.wake.notify_all();
     }
 
+    /// A test hook: how the following learn and forget calls bring the weights up to date
+    /// ([`UpdatePath::ByCost`] unless set). No effect with `synchronous_resolve`.
+    #[doc(hidden)]
+    pub fn set_update_path(&self, path: UpdatePath) {
+        self.inner.lock().path = path;
+    }
+
     /// The receipt of the head's state (G8), finishing a pending re-solve first: a digest of
     /// the spec, the algorithm version, the canonical weights and the remaining ids that a
     /// fresh head which learns only the remaining samples reproduces on any machine. Taken
     /// right after a learn or forget, it is that call's receipt (unless another thread changed
     /// the head in between).
     pub fn receipt(&self) -> Result<Receipt> {
-        let mut st = self.inner.lock_sound()?;
-        self.inner.make_canonical(&mut st)?;
+        let st = self.inner.canonical_state()?;
         let theta = &st.solution.theta;
         Ok(Receipt::of(
             &self.inner.spec,
@@ -664,8 +703,7 @@ impl Head {
 
     /// The canonical weights in f64 (finishing a pending re-solve first).
     pub fn weights(&self) -> Result<Weights> {
-        let mut st = self.inner.lock_sound()?;
-        self.inner.make_canonical(&mut st)?;
+        let st = self.inner.canonical_state()?;
         Ok(to_weights(&st.solution.theta, self.inner.spec.dim))
     }
 
@@ -691,8 +729,7 @@ impl Head {
     /// the largest relative difference from what is served (0 when they agree bit for bit).
     pub fn verify(&self) -> Result<VerifyReport> {
         let spec = &self.inner.spec;
-        let mut st = self.inner.lock_sound()?;
-        self.inner.make_canonical(&mut st)?;
+        let st = self.inner.canonical_state()?;
         let mut fresh = ExactStats::new(spec.dim, spec.num_classes());
         let one = spec.fixed.one();
         st.samples
@@ -817,6 +854,18 @@ impl Inner {
         })
     }
 
+    /// The state, with the canonical solution current: waits for the background re-solve when
+    /// it is solving for the current version (rather than solving the same again beside it),
+    /// else re-solves on this thread.
+    fn canonical_state(&self) -> Result<MutexGuard<'_, State>> {
+        let mut st = self.lock_sound()?;
+        while st.canonical != st.version && st.solving == Some(st.version) {
+            st = self.wake.wait(st).map_err(|_| self.poisoned())?;
+        }
+        self.make_canonical(&mut st)?;
+        Ok(st)
+    }
+
     fn make_canonical(&self, st: &mut State) -> Result<()> {
         if st.canonical != st.version {
             st.solution = self.canonical_of(&st.stats)?;
@@ -837,6 +886,7 @@ impl Inner {
 /// The background re-solve: waits for a change, factors A off the lock, installs the result
 /// if nothing changed meanwhile.
 fn resolve_loop(inner: &Inner) {
+    let _done = SolvingCleared(inner);
     loop {
         let (stats, version) = {
             let Ok(mut st) = inner.lock_sound() else {
@@ -853,6 +903,7 @@ fn resolve_loop(inner: &Inner) {
             if inner.stop.load(Ordering::SeqCst) {
                 return;
             }
+            st.solving = Some(st.version);
             (st.stats.clone(), st.version)
         };
         let solved = inner.canonical_of(&stats);
@@ -860,6 +911,8 @@ fn resolve_loop(inner: &Inner) {
         let Ok(mut st) = inner.lock_sound() else {
             return;
         };
+        st.solving = None;
+        inner.wake.notify_all();
         match solved {
             Ok(solution) if st.version == version && !inner.held.load(Ordering::SeqCst) => {
                 st.solution = solution;
@@ -872,6 +925,17 @@ fn resolve_loop(inner: &Inner) {
                 return;
             }
         }
+    }
+}
+
+/// Whenever the re-solve thread ends (stopped, failed or panicked), nobody waits for its
+/// solve any more: [`Inner::canonical_state`] then solves itself.
+struct SolvingCleared<'a>(&'a Inner);
+
+impl Drop for SolvingCleared<'_> {
+    fn drop(&mut self) {
+        self.0.lock().solving = None;
+        self.0.wake.notify_all();
     }
 }
 

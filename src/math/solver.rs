@@ -215,6 +215,21 @@ pub fn solve_in_place(l: &Mat<f64>, x: &mut Mat<f64>) {
     llt::solve::solve_in_place(l.as_ref(), x.as_mut(), Par::Seq, buf.stack());
 }
 
+/// Whether re-solving canonically from the statistics ([`canonical`]) is expected to take less
+/// time than [`apply`] for a change of k samples at size p = d + 1 with C classes.
+///
+/// The model counts each path's floating-point work, weighted by how fast each runs:
+/// [`apply`] costs k·(p² + p·C)·`UPDATE_WEIGHT` (the rank-k update and the two triangular
+/// solves, then the residual and the step), [`canonical`] p³/3 + 2·p²·C (Cholesky, then the
+/// two substitutions). The weight is fitted to timings of both (`examples/resolve_choice.rs`).
+pub fn resolve_is_cheaper(k: usize, p: usize, classes: usize) -> bool {
+    const UPDATE_WEIGHT: f64 = 4.0;
+    let (k, p, c) = (k as f64, p as f64, classes as f64);
+    let update = k * (p * p + p * c) * UPDATE_WEIGHT;
+    let resolve = p * p * p / 3.0 + 2.0 * p * p * c;
+    resolve < update
+}
+
 /// Updates `sol` for k samples learned (`sign` = 1) or forgotten (`sign` = −1): `x` holds
 /// their augmented features [φ, 1] (k × p) and `t` their targets (k × C), in real units.
 /// On error `sol` is unusable and must be recomputed with [`canonical`].
@@ -264,5 +279,21 @@ pub fn apply(
         Ok(())
     } else {
         Err(NotPositiveDefinite)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// At DESIGN.md's size (d = 1280, C = 100), one sample takes the update and a thousand
+    /// the re-solve; and once the re-solve is cheaper for k samples, it is for more.
+    #[test]
+    fn the_cost_model_switches_once_as_k_grows() {
+        let (p, c) = (1281, 100);
+        assert!(!resolve_is_cheaper(1, p, c));
+        assert!(resolve_is_cheaper(1000, p, c));
+        let first = (1..=1000).find(|&k| resolve_is_cheaper(k, p, c)).unwrap();
+        assert!((first..=5000).all(|k| resolve_is_cheaper(k, p, c)));
     }
 }

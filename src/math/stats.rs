@@ -7,24 +7,27 @@
 //! exact and commutative, so A and B depend only on the set of samples, never on the order of
 //! learn and forget calls: after forgetting, they are bit-identical to never having learned.
 //!
-//! Products of a batch are formed with an f64 matrix product over blocks of [`EXACT_BLOCK`]
-//! samples: each product is an integer below 2^48 and each partial sum of at most 16 of them is
-//! an integer below 2^52 < 2^53, so every f64 operation in the block is exact, whatever order
-//! the matrix product uses. The block sums are then added into the i128 totals.
+//! A batch's products are summed in i64 over blocks of up to [`products::EXACT_ROWS`] samples
+//! (exact: see [`products`]), and each block's sums are then added into the i128 totals, so a
+//! batch costs one pass over the i128 totals per block rather than per sample.
 
-use faer::{Accum, Par};
+mod products;
+
 use zeroize::{Zeroize, Zeroizing};
 
 use super::secret::SecretMat;
 
+pub use products::EXACT_ROWS;
+
 /// The most samples a head may hold (far below where the i128 sums could overflow).
 pub const MAX_SAMPLES: u64 = 1 << 40;
 
-/// Samples per exact f64 block (see the module docs).
-pub const EXACT_BLOCK: usize = 16;
-
-/// Batches smaller than this are summed directly in integers, without the f64 block product.
+/// Batches smaller than this are summed directly into the i128 totals, without transposing.
 const DIRECT_BELOW: usize = 4;
+
+/// The most bytes of transposed rows one block holds: large batches are split into blocks of
+/// at most this many, and of at most [`EXACT_ROWS`] samples.
+const BLOCK_BYTES: usize = 32 << 20;
 
 /// A and B of one head, as exact integers in units of 2^(−2F); zeroized when dropped (G4).
 #[derive(Clone, PartialEq, Eq)]
@@ -116,66 +119,40 @@ impl ExactStats {
     /// Adds (`sign` = 1) or subtracts (`sign` = −1) samples: `q` holds k × d quantized features
     /// and `r` k × C quantized targets, row-major; `one` is the fixed-point 1 of the bias.
     pub fn accumulate(&mut self, q: &[i32], r: &[i32], one: i32, sign: i8) {
-        let d = self.p - 1;
-        let k = r.len() / self.classes;
+        let block = EXACT_ROWS
+            .min(BLOCK_BYTES / (8 * (self.p + self.classes)))
+            .max(1);
+        self.accumulate_in_blocks(q, r, one, sign, block);
+    }
+
+    /// [`ExactStats::accumulate`] with i64 blocks of at most `block` ≤ [`EXACT_ROWS`] samples.
+    fn accumulate_in_blocks(&mut self, q: &[i32], r: &[i32], one: i32, sign: i8, block: usize) {
+        let (d, c) = (self.p - 1, self.classes);
+        let k = r.len() / c;
         assert_eq!(q.len(), k * d, "features are k × d");
-        assert_eq!(r.len(), k * self.classes, "targets are k × C");
+        assert_eq!(r.len(), k * c, "targets are k × C");
         if k < DIRECT_BELOW {
             self.accumulate_direct(q, r, one, sign);
             return;
         }
-        // Fixed shapes (a reallocation would free values unzeroed): the rows past a last,
-        // partial block are zero and add nothing.
-        let rows = EXACT_BLOCK.min(k);
-        let mut x = SecretMat::zeros(rows, self.p);
-        let mut t = SecretMat::zeros(rows, self.classes);
-        let mut xtx = SecretMat::zeros(self.p, self.p);
-        let mut xtr = SecretMat::zeros(self.p, self.classes);
-        for start in (0..k).step_by(EXACT_BLOCK) {
-            let m = EXACT_BLOCK.min(k - start);
+        // Fixed capacities (a reallocation would free values unzeroed).
+        let rows = block.min(k);
+        let mut xt = Zeroizing::new(vec![0i64; self.p * rows]);
+        let mut rt = Zeroizing::new(vec![0i64; c * rows]);
+        for start in (0..k).step_by(block) {
+            let m = block.min(k - start);
+            let (xt, rt) = (&mut xt[..self.p * m], &mut rt[..c * m]);
             for s in 0..m {
                 let row = &q[(start + s) * d..(start + s + 1) * d];
                 for (j, &v) in row.iter().enumerate() {
-                    x[(s, j)] = v as f64;
+                    xt[j * m + s] = v as i64;
                 }
-                x[(s, d)] = one as f64;
-                for c in 0..self.classes {
-                    t[(s, c)] = r[(start + s) * self.classes + c] as f64;
-                }
-            }
-            for s in m..rows {
-                x.row_mut(s).fill(0.0);
-                t.row_mut(s).fill(0.0);
-            }
-            faer::linalg::matmul::matmul(
-                xtx.as_mut(),
-                Accum::Replace,
-                x.transpose(),
-                x.as_ref(),
-                1.0,
-                Par::Seq,
-            );
-            faer::linalg::matmul::matmul(
-                xtr.as_mut(),
-                Accum::Replace,
-                x.transpose(),
-                t.as_ref(),
-                1.0,
-                Par::Seq,
-            );
-            let sign = sign as i128;
-            for j in 0..self.p {
-                let off = self.offset(j);
-                let col = xtx.col(j);
-                for i in j..self.p {
-                    self.a[off + i - j] += sign * (col[i] as i64 as i128);
+                xt[d * m + s] = one as i64;
+                for (t, &v) in r[(start + s) * c..(start + s + 1) * c].iter().enumerate() {
+                    rt[t * m + s] = v as i64;
                 }
             }
-            for i in 0..self.p {
-                for c in 0..self.classes {
-                    self.b[i * self.classes + c] += sign * (xtr[(i, c)] as i64 as i128);
-                }
-            }
+            products::add_products(&mut self.a, &mut self.b, xt, rt, m, sign);
         }
         if sign > 0 {
             self.n += k as u64;
@@ -400,25 +377,60 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut s = ExactStats::new(d, c);
-            s.accumulate(&q, &r, one, 1);
             let (a, b) = naive(&q, &r, d, c, one);
-            for (i, (a_row, b_row)) in a.iter().zip(&b).enumerate() {
-                for (j, &v) in a_row.iter().enumerate() {
-                    assert_eq!(s.a(i, j), v, "k = {k}: A[{i}][{j}]");
-                }
-                for (t, &v) in b_row.iter().enumerate() {
-                    assert_eq!(s.b()[i * c + t], v, "k = {k}: B[{i}][{t}]");
-                }
+            // One block, and blocks of 5 (several, the last one partial).
+            for block in [EXACT_ROWS, 5] {
+                let mut s = ExactStats::new(d, c);
+                s.accumulate_in_blocks(&q, &r, one, 1, block);
+                assert_same(&s, &a, &b, &format!("k = {k}, blocks of {block}"));
+                assert_eq!(s.n(), k as u64);
+                s.accumulate_in_blocks(&q, &r, one, -1, block);
+                assert_eq!(
+                    s,
+                    ExactStats::new(d, c),
+                    "k = {k}: subtracting restores zero"
+                );
             }
-            assert_eq!(s.n(), k as u64);
-            s.accumulate(&q, &r, one, -1);
-            assert_eq!(
-                s,
-                ExactStats::new(d, c),
-                "k = {k}: subtracting restores zero"
-            );
         }
+    }
+
+    fn assert_same(s: &ExactStats, a: &[Vec<i128>], b: &[Vec<i128>], what: &str) {
+        let c = s.classes();
+        for (i, (a_row, b_row)) in a.iter().zip(b).enumerate() {
+            for (j, &v) in a_row.iter().enumerate() {
+                assert_eq!(s.a(i, j), v, "{what}: A[{i}][{j}]");
+            }
+            for (t, &v) in b_row.iter().enumerate() {
+                assert_eq!(s.b()[i * c + t], v, "{what}: B[{i}][{t}]");
+            }
+        }
+    }
+
+    /// The i64 block bound is tight and holds: one block of [`EXACT_ROWS`] samples whose every
+    /// value is at the range limit (every product ±2^48, all of one sign in each entry) sums
+    /// exactly, while one more such product would not fit in i64.
+    #[test]
+    fn a_full_block_at_the_range_limits_is_exact() {
+        let (d, c, one) = (3, 2, 1 << 24);
+        let lim = 1i32 << 24;
+        assert!(((EXACT_ROWS as i64 + 1) as i128 * (1i128 << 48)) > i64::MAX as i128);
+        assert!((EXACT_ROWS as i128 * (1i128 << 48)) <= i64::MAX as i128);
+        let k = EXACT_ROWS;
+        // Feature 0 at +2^24, feature 1 at −2^24, feature 2 alternating; targets at ±2^24.
+        let q: Vec<i32> = (0..k)
+            .flat_map(|s| [lim, -lim, if s % 2 == 0 { lim } else { -lim }])
+            .collect();
+        let r: Vec<i32> = (0..k).flat_map(|_| [lim, -lim]).collect();
+        let (a, b) = naive(&q, &r, d, c, one);
+        let mut s = ExactStats::new(d, c);
+        s.accumulate_in_blocks(&q, &r, one, 1, EXACT_ROWS);
+        assert_same(&s, &a, &b, "a full block");
+        let full = k as i128 * (1i128 << 48);
+        assert_eq!(s.a(0, 0), full);
+        assert_eq!(s.a(1, 0), -full);
+        assert_eq!(s.b()[1], -full);
+        s.accumulate_in_blocks(&q, &r, one, -1, EXACT_ROWS);
+        assert_eq!(s, ExactStats::new(d, c));
     }
 
     #[test]

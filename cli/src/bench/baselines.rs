@@ -1,5 +1,6 @@
-//! The baselines Lethe is measured against: a bare ONNX Runtime session of the same core, and
-//! the head refitted in closed form from the stored features.
+//! The baselines Lethe is measured against: a bare ONNX Runtime session of the same core, the
+//! head refitted in closed form from the stored features, and the head re-solved from f64
+//! sufficient statistics kept in memory.
 
 use faer::linalg::matmul::triangular::BlockStructure;
 use faer::{Accum, Mat, MatRef, Par};
@@ -109,6 +110,12 @@ pub fn bare_run_inputs(session: &mut Session, inputs: &[BareInput]) -> Result<()
 /// busy.) The Cholesky factorization and solve, O(p³) with p ≤ 2049, take a few percent and run
 /// sequentially.
 pub fn refit(x: MatRef<'_, f64>, t: MatRef<'_, f64>, lambda: f64) -> Result<Mat<f64>> {
+    let (a, b) = products(x, t);
+    solve(&a, b, lambda)
+}
+
+/// A = XᵀX (lower triangle) and B = XᵀT on every core (see [`refit`]).
+fn products(x: MatRef<'_, f64>, t: MatRef<'_, f64>) -> (Mat<f64>, Mat<f64>) {
     let (n, p) = (x.nrows(), x.ncols());
     let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
     let per = n.div_ceil(threads).max(1);
@@ -149,18 +156,77 @@ pub fn refit(x: MatRef<'_, f64>, t: MatRef<'_, f64>, lambda: f64) -> Result<Mat<
             .collect()
     });
     let mut a = Mat::<f64>::zeros(p, p);
-    let mut theta = Mat::<f64>::zeros(p, t.ncols());
+    let mut b = Mat::<f64>::zeros(p, t.ncols());
     for (pa, pb) in &parts {
         a += pa;
-        theta += pb;
+        b += pb;
     }
-    for j in 0..p {
-        a[(j, j)] += lambda;
+    (a, b)
+}
+
+/// Θ = (A + λI)⁻¹ B from the lower triangle of A: Cholesky of a copy, then the two triangular
+/// solves (faer, sequential).
+fn solve(a: &Mat<f64>, b: Mat<f64>, lambda: f64) -> Result<Mat<f64>> {
+    let mut l = a.clone();
+    for j in 0..l.nrows() {
+        l[(j, j)] += lambda;
     }
-    solver::cholesky_in_place(&mut a)
-        .map_err(|_| Error::Limit("the refit's XᵀX + λI is not positive definite".into()))?;
-    solver::solve_in_place(&a, &mut theta);
+    solver::cholesky_in_place(&mut l)
+        .map_err(|_| Error::Limit("XᵀX + λI is not positive definite".into()))?;
+    let mut theta = b;
+    solver::solve_in_place(&l, &mut theta);
     Ok(theta)
+}
+
+/// The baseline a competent engineer would build for forgetting: the sufficient statistics
+/// A = XᵀX and B = XᵀT kept in memory in f64, and on each forget of k samples A and B
+/// downdated by their rows (O(k·p²)), then A + λI factored by Cholesky and solved (O(p³)).
+/// Not exact (f64 sums depend on the order of changes), but no O(n) work per forget.
+pub struct StatsResolve {
+    a: Mat<f64>,
+    b: Mat<f64>,
+    lambda: f64,
+}
+
+impl StatsResolve {
+    /// The statistics of the samples X (n × p, augmented) with targets T.
+    pub fn new(x: MatRef<'_, f64>, t: MatRef<'_, f64>, lambda: f64) -> StatsResolve {
+        let (a, b) = products(x, t);
+        StatsResolve { a, b, lambda }
+    }
+
+    /// Forgets the samples `x` (k × p) with targets `t` and returns the new weights Θ.
+    pub fn forget(&mut self, x: MatRef<'_, f64>, t: MatRef<'_, f64>) -> Result<Mat<f64>> {
+        self.change(x, t, -1.0);
+        solve(&self.a, self.b.clone(), self.lambda)
+    }
+
+    /// Learns the samples back (not timed).
+    pub fn learn(&mut self, x: MatRef<'_, f64>, t: MatRef<'_, f64>) {
+        self.change(x, t, 1.0);
+    }
+
+    fn change(&mut self, x: MatRef<'_, f64>, t: MatRef<'_, f64>, sign: f64) {
+        faer::linalg::matmul::triangular::matmul(
+            self.a.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            x.transpose(),
+            BlockStructure::Rectangular,
+            x,
+            BlockStructure::Rectangular,
+            sign,
+            Par::Seq,
+        );
+        faer::linalg::matmul::matmul(
+            self.b.as_mut(),
+            Accum::Add,
+            x.transpose(),
+            t,
+            sign,
+            Par::Seq,
+        );
+    }
 }
 
 /// max |Θ_refit − Θ_Lethe| / max |Θ_Lethe|.

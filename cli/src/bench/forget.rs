@@ -1,21 +1,23 @@
-//! Forget: Lethe's forget on a durable and an in-memory head vs the closed-form refit, and
-//! where the time of one forget call goes.
+//! Forget: Lethe's forget on a durable and an in-memory head vs the closed-form refit and the
+//! re-solve from f64 sufficient statistics, back-to-back forgets, and where the time of one
+//! forget call goes (in situ).
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use faer::Mat;
 use ndarray::Array2;
 use rand::rngs::StdRng;
+use rand::Rng;
 
-use super::baselines::{agreement_with, refit};
+use super::baselines::{agreement_with, refit, StatsResolve};
 use super::plan::Plan;
-use super::results::{ForgetBreakdown, ForgetRow};
+use super::results::{BackToBack, ForgetBreakdown, ForgetPhases, ForgetRow};
+use super::spans::SpanTimes;
 use super::workloads::{synthetic_feature, synthetic_label, SYNTHETIC_LAMBDA};
-use crate::harness::{median, seconds_of, time_forget};
+use crate::harness::{median, seconds_of, settle, time_forget};
 use crate::units::fmt_secs;
-use lethe::math::solver;
-use lethe::math::stats::ExactStats;
 use lethe::{Core, Error, Head, HeadOptions, Result};
 
 /// Samples per learn call when filling a head.
@@ -28,8 +30,18 @@ pub struct ForgetSweep<'a> {
     pub d: usize,
     pub c: usize,
     pub seed: u64,
-    /// Also time forget on an in-memory head holding the same samples.
+    /// Also time forget on an in-memory head holding the same samples, back-to-back forgets
+    /// and the phases of a forget call, at the largest n.
     pub compare_memory: bool,
+}
+
+/// What one sweep measured.
+pub struct SweepResult {
+    pub rows: Vec<ForgetRow>,
+    /// The refit baseline's agreement with Lethe's weights at the first n.
+    pub agreement: f64,
+    pub back_to_back: Option<BackToBack>,
+    pub phases: Option<ForgetPhases>,
 }
 
 impl ForgetSweep<'_> {
@@ -65,15 +77,14 @@ impl ForgetSweep<'_> {
         (x, t)
     }
 
-    /// Measures every n of `ns` and k of the plan; returns the rows and the baseline's
-    /// agreement with Lethe's weights at the first n.
+    /// Measures every n of `ns` and k of the plan (k < n).
     pub fn run(
         &self,
         ns: &[usize],
         plan: &Plan,
         rng: &mut StdRng,
         core_per_sample: f64,
-    ) -> Result<(Vec<ForgetRow>, f64)> {
+    ) -> Result<SweepResult> {
         let head = Head::open(self.core.clone(), self.state, &HeadOptions::default())?;
         let memory = self
             .compare_memory
@@ -99,7 +110,8 @@ impl ForgetSweep<'_> {
                 let theta = refit(x.subrows(0, n), t.subrows(0, n), SYNTHETIC_LAMBDA)?;
                 agreement = agreement_with(&head.weights()?, &theta, self.d);
             }
-            for &k in &plan.ks {
+            let mut stats = StatsResolve::new(x.subrows(0, n), t.subrows(0, n), SYNTHETIC_LAMBDA);
+            for &k in plan.ks.iter().filter(|&&k| k < n) {
                 let (forget, canonical) =
                     time_forget(&head, &ids, k, plan.forget_repeats, rng, &|ids| {
                         self.learn(&head, ids)
@@ -121,15 +133,29 @@ impl ForgetSweep<'_> {
                     })?);
                 }
                 let refit = median(times);
+                let mut times = Vec::new();
+                for _ in 0..plan.forget_repeats {
+                    let picked = rand::seq::index::sample(rng, n, k).into_vec();
+                    let xs = Mat::from_fn(k, self.d + 1, |i, j| x[(picked[i], j)]);
+                    let ts = Mat::from_fn(k, self.c, |i, j| t[(picked[i], j)]);
+                    times.push(seconds_of(|| {
+                        stats.forget(xs.as_ref(), ts.as_ref()).map(drop)
+                    })?);
+                    stats.learn(xs.as_ref(), ts.as_ref());
+                }
+                let stats_resolve = median(times);
                 let retrain = (self.d == 1280).then_some(m as f64 * core_per_sample + refit);
                 eprintln!(
-                    "  n {n} d {} C {} k {k}: forget {} (canonical {}), refit {} ({:.0}×)",
+                    "  n {n} d {} C {} k {k}: forget {} (canonical {}), refit {} ({:.0}×), \
+                     stats re-solve {} ({:.1}×)",
                     self.d,
                     self.c,
                     fmt_secs(forget),
                     fmt_secs(canonical),
                     fmt_secs(refit),
-                    refit / forget
+                    refit / forget,
+                    fmt_secs(stats_resolve),
+                    stats_resolve / forget
                 );
                 rows.push(ForgetRow {
                     n,
@@ -140,29 +166,98 @@ impl ForgetSweep<'_> {
                     memory,
                     canonical,
                     refit,
+                    stats_resolve,
                     retrain,
                 });
             }
         }
+        let (mut back_to_back, mut phases) = (None, None);
+        if self.compare_memory {
+            let ids: Vec<u64> = (0..max_n as u64).collect();
+            phases = Some(self.phases(&head, &ids, max_n, plan.forget_repeats, rng)?);
+            back_to_back = Some(self.back_to_back(&head, &ids, max_n, plan.back_to_back, rng)?);
+        }
         head.close()?;
-        Ok((rows, agreement))
+        Ok(SweepResult {
+            rows,
+            agreement,
+            back_to_back,
+            phases,
+        })
+    }
+
+    /// The phases of one-sample forgets, timed in situ (the background idle before each).
+    fn phases(
+        &self,
+        head: &Head,
+        ids: &[u64],
+        n: usize,
+        repeats: usize,
+        rng: &mut StdRng,
+    ) -> Result<ForgetPhases> {
+        let (mut calls, mut by_phase) = (Vec::new(), Vec::<(&'static str, Vec<f64>)>::new());
+        for _ in 0..repeats {
+            let id = ids[rng.random_range(0..ids.len())];
+            let start = Instant::now();
+            let (done, spans) = SpanTimes::record(|| head.forget(&[id]));
+            calls.push(start.elapsed().as_secs_f64());
+            done?;
+            for (name, seconds) in spans {
+                match by_phase.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, times)) => times.push(seconds),
+                    None => by_phase.push((name, vec![seconds])),
+                }
+            }
+            self.learn(head, &[id])?;
+            settle(seconds_of(|| head.weights().map(drop))?);
+        }
+        Ok(ForgetPhases {
+            n,
+            d: self.d,
+            c: self.c,
+            call: median(calls),
+            phases: by_phase
+                .into_iter()
+                .map(|(name, times)| (name, median(times)))
+                .collect(),
+        })
+    }
+
+    /// `count` one-sample forgets issued one after another, each durable; then the wait until
+    /// the canonical weights are ready. The samples are learned back afterwards.
+    fn back_to_back(
+        &self,
+        head: &Head,
+        ids: &[u64],
+        n: usize,
+        count: usize,
+        rng: &mut StdRng,
+    ) -> Result<BackToBack> {
+        settle(seconds_of(|| head.weights().map(drop))?);
+        let picked: Vec<u64> = rand::seq::index::sample(rng, ids.len(), count)
+            .into_iter()
+            .map(|i| ids[i])
+            .collect();
+        let start = Instant::now();
+        for id in &picked {
+            head.forget(&[*id])?;
+        }
+        let forgets = start.elapsed().as_secs_f64();
+        let canonical = seconds_of(|| head.weights().map(drop))?;
+        self.learn(head, &picked)?;
+        Ok(BackToBack {
+            n,
+            d: self.d,
+            c: self.c,
+            count,
+            seconds: forgets,
+            canonical,
+        })
     }
 }
 
-/// Times the parts of one forget call at (d, C) with k = 1, outside the head.
-pub fn forget_breakdown(work: &Path, d: usize, c: usize, seed: u64) -> Result<ForgetBreakdown> {
-    let n = 4 * (d + 1);
-    let q: Vec<i32> = (0..n * d)
-        .map(|i| (synthetic_feature(seed, (i / d) as u64, i % d) * 2f32.powi(21)) as i32)
-        .collect();
-    let r: Vec<i32> = (0..n * c)
-        .map(|i| if i % c == (i / c) % c { 1 << 21 } else { 0 })
-        .collect();
-    let mut stats = ExactStats::new(d, c);
-    stats.accumulate(&q, &r, 1 << 21, 1);
-    let mut sol = solver::canonical(&stats, SYNTHETIC_LAMBDA, 21)
-        .map_err(|_| Error::Limit("not positive definite".into()))?;
-    let (mut t_stats, mut t_update) = (Vec::new(), Vec::new());
+/// Probes the disk's sync latency with records the size of one sample's at (d, C).
+pub fn forget_breakdown(work: &Path, d: usize, c: usize) -> Result<ForgetBreakdown> {
     let (mut t_sync, mut t_append) = (Vec::new(), Vec::new());
     let record = vec![0u8; 16 + 4 * (d + c)];
     let (in_place, appended) = (work.join("fsync-in-place"), work.join("fsync-append"));
@@ -174,31 +269,6 @@ pub fn forget_breakdown(work: &Path, d: usize, c: usize, seed: u64) -> Result<Fo
     file.sync_all().map_err(io(&in_place))?;
     let mut log = std::fs::File::create(&appended).map_err(io(&appended))?;
     for s in 0..9 {
-        let (qs, rs) = (&q[s * d..(s + 1) * d], &r[s * c..(s + 1) * c]);
-        t_stats.push(seconds_of(|| {
-            stats.accumulate(qs, rs, 1 << 21, -1);
-            Ok(())
-        })?);
-        stats.accumulate(qs, rs, 1 << 21, 1);
-        let unit = 2f64.powi(-21);
-        let x = Mat::from_fn(
-            1,
-            d + 1,
-            |_, j| {
-                if j < d {
-                    qs[j] as f64 * unit
-                } else {
-                    1.0
-                }
-            },
-        );
-        let t = Mat::from_fn(1, c, |_, k| rs[k] as f64 * unit);
-        t_update.push(seconds_of(|| {
-            solver::apply(&mut sol, &x, &t, -1.0)
-                .map_err(|_| Error::Limit("not positive definite".into()))
-        })?);
-        solver::apply(&mut sol, &x, &t, 1.0)
-            .map_err(|_| Error::Limit("not positive definite".into()))?;
         t_sync.push(seconds_of(|| {
             use std::os::unix::fs::FileExt;
             file.write_all_at(&record, (s * record.len()) as u64)
@@ -222,8 +292,6 @@ pub fn forget_breakdown(work: &Path, d: usize, c: usize, seed: u64) -> Result<Fo
     Ok(ForgetBreakdown {
         d,
         c,
-        stats: median(t_stats),
-        update: median(t_update),
         fsync: median(t_sync),
         fsync_append: median(t_append),
         fsync_range,

@@ -36,6 +36,7 @@ mod plan;
 pub mod plot;
 pub mod report;
 pub mod results;
+mod spans;
 mod workloads;
 
 use std::path::PathBuf;
@@ -119,6 +120,7 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
     let mut encryption = None;
     let mut close = None;
     let mut breakdown = None;
+    let (mut phases, mut back_to_back) = (None, None);
     for (i, (d, c, ns)) in plan.heads.iter().enumerate() {
         eprintln!("bench: forget, d = {d}, C = {c}");
         let bundle = synthetic_bundle(&args.python, work, *d, *c)?;
@@ -132,13 +134,14 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
             seed: args.seed,
             compare_memory: i == 0,
         };
-        let (rows, agreement) = sweep.run(ns, &plan, &mut rng, core_per_sample)?;
+        let result = sweep.run(ns, &plan, &mut rng, core_per_sample)?;
         let max_n = *ns.iter().max().expect("sizes");
-        forget.extend(rows);
+        forget.extend(result.rows);
         if i == 0 {
-            baseline_agreement = agreement;
+            baseline_agreement = result.agreement;
+            (phases, back_to_back) = (result.phases, result.back_to_back);
             // Right after the headline measurements: the disk's sync latency drifts.
-            breakdown = Some(forget_breakdown(work, *d, *c, args.seed)?);
+            breakdown = Some(forget_breakdown(work, *d, *c)?);
             eprintln!("bench: open");
             open = Some(bench_open(g, &args.models, &core, &state, &plan, max_n)?);
             eprintln!("bench: encryption");
@@ -166,6 +169,8 @@ pub fn run(g: &Global, args: &BenchArgs) -> Result<BenchReport> {
         encryption: encryption.expect("the plan has a head"),
         close: close.expect("the plan has a head"),
         breakdown: breakdown.expect("the plan has a head"),
+        phases: phases.expect("the first head times the phases"),
+        back_to_back: back_to_back.expect("the first head times back-to-back forgets"),
         seconds: start.elapsed().as_secs_f64(),
     };
     if let Some(dir) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {

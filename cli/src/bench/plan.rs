@@ -9,8 +9,11 @@ use crate::tweets::MINILM;
 pub struct Plan {
     /// (d, C, the n values to measure at); each (d, C) is one head grown through its n values.
     pub heads: Vec<(usize, usize, Vec<usize>)>,
+    /// The k values forgotten at each n (those below n).
     pub ks: Vec<usize>,
     pub forget_repeats: usize,
+    /// One-sample forgets issued back to back at the first head's largest n.
+    pub back_to_back: usize,
     pub refit_repeats: usize,
     pub predict_batches: Vec<(&'static str, usize)>,
     pub predict_budget: Duration,
@@ -29,6 +32,7 @@ impl Plan {
                 heads: vec![(256, 10, vec![1000, 4000])],
                 ks: vec![1, 100],
                 forget_repeats: 3,
+                back_to_back: 50,
                 refit_repeats: 3,
                 predict_batches: vec![
                     ("mnist-core", 1),
@@ -51,8 +55,9 @@ impl Plan {
                     (1280, 10, vec![1000, 10_000, 50_000]),
                     (1280, 1000, vec![1000, 10_000, 50_000]),
                 ],
-                ks: vec![1, 100],
+                ks: vec![1, 100, 1000],
                 forget_repeats: 9,
+                back_to_back: 1000,
                 refit_repeats: 3,
                 predict_batches: vec![
                     ("mnist-core", 1),

@@ -104,56 +104,33 @@ impl BenchReport {
             any = true;
             let b = &self.breakdown;
             let memory = h.memory.unwrap_or(f64::NAN);
-            let sync = h.forget - memory;
             s += &format!(
                 "- **Forget vs refit** (n = {}, d = {}, C = {}: {}). Of the durable forget's \
-                 {}, {} is the head's own work (the same forget on an in-memory head: {} vs \
-                 the refit) and {} the state dir's: writing and syncing before the call returns \
-                 (G3, G4); on this machine's shared disk `fdatasync` took {} after an in-place \
-                 overwrite and {} after an append when probed (medians; the probes ranged from \
-                 {} to {}). The head's own work for one sample at d = {}: {} to subtract \
-                 it from the exact integer statistics (one memory-bound pass over A's packed \
-                 i128 triangle, {:.0} MB) and {} for the rank-1 Cholesky downdate and Newton \
-                 step (three memory-bound passes over the {:.0} MB factor L: the downdate, then \
-                 the forward and backward solves). The two touch different memory and do not \
-                 depend on each other, so they could run on two cores at once; fusing the \
-                 downdate with the forward solve would save a pass. Reaching 1000× at this n \
-                 needs the whole durable forget under {}, {:.1}× less than now; {}. The \
-                 ratio grows linearly with n (the refit is O(n·d²), a forget O(d²)): at \
-                 today's forget time it reaches 1000× at about n = {}.\n",
+                 {}, the same forget on an in-memory head takes {}; the rest is the state \
+                 dir's writing and syncing before the call returns (G3, G4): on this machine's \
+                 shared disk `fdatasync` took {} after an in-place overwrite and {} after an \
+                 append when probed (medians; the probes ranged from {} to {}). The phases of a \
+                 real call are in the forget section ({}). Reaching 1000× at this n needs the \
+                 whole durable forget under {}, {:.1}× less than now: what is left on the \
+                 caller's path beyond the journal's sync (the exact statistics' pass over A's \
+                 packed i128 triangle, {:.0} MB, and the rank-1 update of the {:.0} MB factor) \
+                 could move to the background thread, the caller applying a Woodbury \
+                 correction to the weights from the previous inverse.\n",
                 fmt_n(h.n),
                 h.d,
                 h.c,
                 fmt_ratio(h.refit / h.forget),
                 fmt_secs(h.forget),
                 fmt_secs(memory),
-                fmt_ratio(h.refit / memory),
-                fmt_secs(sync.max(0.0)),
                 fmt_secs(b.fsync),
                 fmt_secs(b.fsync_append),
                 fmt_secs(b.fsync_range.0),
                 fmt_secs(b.fsync_range.1),
-                b.d,
-                fmt_secs(b.stats),
-                ((b.d + 1) * (b.d + 2) / 2 * 16) as f64 / 1e6,
-                fmt_secs(b.update),
-                ((b.d + 1) * (b.d + 1) * 8) as f64 / 1e6,
+                self.phases_inline(),
                 fmt_secs(h.refit / 1000.0),
                 1000.0 * h.forget / h.refit,
-                if memory > h.refit / 1000.0 {
-                    format!(
-                        "the in-memory forget alone ({}) is above that, so a faster disk \
-                         would not be enough",
-                        fmt_secs(memory)
-                    )
-                } else {
-                    format!(
-                        "the in-memory forget ({}) is below it: the state dir's writing and \
-                         syncing is what is missing",
-                        fmt_secs(memory)
-                    )
-                },
-                fmt_n((h.n as f64 * 1000.0 * h.forget / h.refit / 1000.0).ceil() as usize * 1000)
+                ((h.d + 1) * (h.d + 2) / 2 * 16) as f64 / 1e6,
+                ((h.d + 1) * (h.d + 1) * 8) as f64 / 1e6,
             );
         }
         if let Some(h) = self
@@ -253,6 +230,14 @@ impl BenchReport {
                 fmt_secs(h.refit),
                 met(r >= 1000.0)
             );
+            let r = h.stats_resolve / h.forget;
+            s += &format!(
+                "| forget vs f64 sufficient-statistics re-solve ({at}) | ≥ 30× | {} ({} vs {}) | {} |\n",
+                fmt_ratio(r),
+                fmt_secs(h.forget),
+                fmt_secs(h.stats_resolve),
+                met(r >= 30.0)
+            );
             if let Some(retrain) = h.retrain {
                 let r = retrain / h.forget;
                 s += &format!(
@@ -261,6 +246,35 @@ impl BenchReport {
                     fmt_secs(h.forget),
                     fmt_secs(retrain),
                     met(r >= 1e5)
+                );
+            }
+        }
+        let b = &self.back_to_back;
+        let rate = b.count as f64 / b.seconds;
+        s += &format!(
+            "| sustained one-sample forgets, durable, back to back (n = {}, d = {}, C = {}) | ≥ 500 / s | {:.0} / s | {} |\n",
+            fmt_n(b.n),
+            b.d,
+            b.c,
+            rate,
+            met(rate >= 500.0)
+        );
+        if let Some(h) = self.headline() {
+            if let Some(r) = self
+                .forget
+                .iter()
+                .find(|r| (r.n, r.d, r.c, r.k) == (h.n, h.d, h.c, 1000))
+            {
+                let ratio = r.forget / r.stats_resolve;
+                s += &format!(
+                    "| forget of 1 000 samples vs the f64 sufficient-statistics re-solve (n = {}, d = {}, C = {}) | ≤ 1.1× | {} ({} vs {}) | {} |\n",
+                    fmt_n(r.n),
+                    r.d,
+                    r.c,
+                    fmt_ratio(ratio),
+                    fmt_secs(r.forget),
+                    fmt_secs(r.stats_resolve),
+                    met(ratio <= 1.1)
                 );
             }
         }
@@ -378,6 +392,10 @@ impl BenchReport {
              - **canonical**: from the forget call until `Head::weights` returns the canonical \
              weights (those `lethe verify` compares with a recomputation from scratch; the \
              background re-solve, finished on the caller's thread).\n\
+             - **stats re-solve**: the stronger baseline: f64 sufficient statistics A = XᵀX \
+             and B = XᵀT kept in memory, downdated by the k samples' rows on each forget, then \
+             A + λI factored by Cholesky and solved (faer, sequential). No O(n) work per forget, \
+             but not exact: its f64 sums depend on the order of changes.\n\
              - **refit**: the head refitted in closed form from the n − k remaining features already in \
              memory as f64; A = XᵀX + λI (lower triangle) and B = XᵀT with faer's GEMM on every \
              core (one block of rows per core), then Cholesky and solve.\n\
@@ -390,7 +408,9 @@ impl BenchReport {
              too: its core is an ONNX `Identity` graph (scripts/make_identity_core.py), so that d and C \
              can be chosen freely, while the head and its state dir are exactly those of a real \
              bundle. Each (d, C) head is grown through its n values; at each, k random samples \
-             are forgotten and learned back, repeatedly.\n\n",
+             are forgotten and learned back, repeatedly. Every forget is timed with the head's \
+             background re-solve idle (the one before it finished); back-to-back forgets are \
+             below the table.\n\n",
         );
         let mut pairs: Vec<(usize, usize)> = self.forget.iter().map(|r| (r.d, r.c)).collect();
         pairs.dedup();
@@ -412,7 +432,7 @@ impl BenchReport {
             format!(
                 "The grid is a cross through d ∈ {{128, 1280, 2048}} × C ∈ {{10, 100, 1000}} × \
                  n ∈ {{1k, 10k, 50k}} rather than its full product (which would take about \
-                 twice as long): {}; k ∈ {{1, 100}} everywhere.\n\n",
+                 twice as long): {}; k ∈ {{1, 100, 1000}} everywhere (those below n).\n\n",
                 pairs.join("; ")
             )
         };
@@ -424,11 +444,11 @@ impl BenchReport {
             self.core_batch,
             self.baseline_agreement
         );
-        s += "| n | d | C | k | Lethe forget | in memory | canonical | refit | full retrain | refit / forget | refit / canonical | retrain / forget |\n\
-              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+        s += "| n | d | C | k | Lethe forget | in memory | canonical | stats re-solve | refit | full retrain | stats re-solve / forget | refit / forget | refit / canonical | retrain / forget |\n\
+              | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
         for r in &self.forget {
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 fmt_n(r.n),
                 r.d,
                 r.c,
@@ -436,31 +456,74 @@ impl BenchReport {
                 fmt_secs(r.forget),
                 r.memory.map_or("–".into(), fmt_secs),
                 fmt_secs(r.canonical),
+                fmt_secs(r.stats_resolve),
                 fmt_secs(r.refit),
                 r.retrain.map_or("–".into(), fmt_secs),
+                fmt_ratio(r.stats_resolve / r.forget),
                 fmt_ratio(r.refit / r.forget),
                 fmt_ratio(r.refit / r.canonical),
                 r.retrain.map_or("–".into(), |t| fmt_ratio(t / r.forget)),
             );
         }
         let (d, c) = (self.breakdown.d, self.breakdown.c);
+        let b = &self.back_to_back;
         s += &format!(
             "\n![Forget latency vs n, log-log: d = {d}, C = {c}]({PLOT_FILE})\n\n\
-             Where a one-sample forget's time goes at d = {d}, C = {c}, each part timed alone: \
-             subtracting the sample from the exact integer statistics {}, the rank-1 Cholesky \
-             downdate and Newton step {}; on this machine's disk, `fdatasync` after \
-             overwriting one record in place took {}, after appending one to a file {} (the \
-             file's size changes, so the file system commits metadata too). How many of each \
-             a durable forget makes is the store's protocol (src/store.rs). These parts were \
-             timed right after the forgets above (medians; the syncs ranged from {} to {}).\n\n",
-            fmt_secs(self.breakdown.stats),
-            fmt_secs(self.breakdown.update),
+             **Back to back**: {} one-sample forgets issued one after another on the durable \
+             head at n = {}, d = {}, C = {}, each durable before it returned, took {} in all: \
+             {:.0} forgets per second ({} each). The canonical weights were ready {} after \
+             the last one returned (`Head::weights`; the re-solves in the background jump to \
+             the newest change instead of queueing).\n\n\
+             **Where a one-sample forget's time goes**, in situ: the phases of real calls on \
+             the durable head at n = {}, d = {}, C = {} (trace spans recorded by the bench; \
+             medians, so they need not add up to the call's median):\n\n{}\n\
+             On this machine's disk, `fdatasync` after overwriting one record in place took {}, \
+             after appending one to a file {} (the file's size changes, so the file system \
+             commits metadata too); the probes ranged from {} to {}. How many of each a \
+             durable forget makes is the store's protocol (src/store.rs).\n\n",
+            b.count,
+            fmt_n(b.n),
+            b.d,
+            b.c,
+            fmt_secs(b.seconds),
+            b.count as f64 / b.seconds,
+            fmt_secs(b.seconds / b.count as f64),
+            fmt_secs(b.canonical),
+            fmt_n(self.phases.n),
+            self.phases.d,
+            self.phases.c,
+            self.phases_table(),
             fmt_secs(self.breakdown.fsync),
             fmt_secs(self.breakdown.fsync_append),
             fmt_secs(self.breakdown.fsync_range.0),
             fmt_secs(self.breakdown.fsync_range.1),
         );
         s
+    }
+
+    /// The in-situ phases as a Markdown table.
+    fn phases_table(&self) -> String {
+        let p = &self.phases;
+        let mut s = String::from("| phase | what | median |\n| --- | --- | --- |\n");
+        for (name, seconds) in &p.phases {
+            s += &format!(
+                "| {name} | {} | {} |\n",
+                phase_meaning(name),
+                fmt_secs(*seconds)
+            );
+        }
+        s + &format!("| the whole call | | {} |\n", fmt_secs(p.call))
+    }
+
+    /// The in-situ phases in one line.
+    fn phases_inline(&self) -> String {
+        let parts: Vec<String> = self
+            .phases
+            .phases
+            .iter()
+            .map(|(name, seconds)| format!("{name} {}", fmt_secs(*seconds)))
+            .collect();
+        parts.join(", ")
     }
 
     fn learn_section(&self) -> String {
@@ -568,5 +631,16 @@ impl BenchReport {
             fmt_secs(o.read),
             fmt_secs(o.session)
         )
+    }
+}
+
+/// What a phase of a learn or forget call does (the library's span names).
+fn phase_meaning(name: &str) -> &'static str {
+    match name {
+        "store" => "checks, the state dir's records and journal, synced",
+        "stats" => "the exact integer statistics updated",
+        "solve" => "the rank-k update of the factor and weights, or the re-solve",
+        "publish" => "the new weights made the ones predictions use",
+        _ => "",
     }
 }

@@ -69,20 +69,44 @@ pub struct ForgetRow {
     pub canonical: f64,
     /// Closed-form refit of the head from the n − k remaining stored features.
     pub refit: f64,
+    /// The f64 sufficient statistics downdated by the k samples, then Cholesky and solve.
+    pub stats_resolve: f64,
     /// Core re-run over the n − k remaining inputs (extrapolated) plus the refit; only where d
     /// is the measured core's.
     pub retrain: Option<f64>,
 }
 
-/// Where the time of one forget call goes, measured piece by piece at one size.
+/// Where the time of a one-sample forget call goes, timed in situ (trace spans of real
+/// calls on the durable head, the background idle before each).
+#[derive(Debug, Clone)]
+pub struct ForgetPhases {
+    pub n: usize,
+    pub d: usize,
+    pub c: usize,
+    /// The whole call.
+    pub call: f64,
+    /// Each phase's median, in the order the call runs them.
+    pub phases: Vec<(&'static str, f64)>,
+}
+
+/// One-sample forgets issued one after another on the durable head, each durable.
+#[derive(Debug, Clone)]
+pub struct BackToBack {
+    pub n: usize,
+    pub d: usize,
+    pub c: usize,
+    pub count: usize,
+    /// From the first call to the last one's return.
+    pub seconds: f64,
+    /// From the last call's return until `Head::weights` returned the canonical weights.
+    pub canonical: f64,
+}
+
+/// The disk's sync latency at one size.
 #[derive(Debug, Clone)]
 pub struct ForgetBreakdown {
     pub d: usize,
     pub c: usize,
-    /// Subtracting k samples from the exact integer statistics.
-    pub stats: f64,
-    /// The rank-k Cholesky downdate and Newton step.
-    pub update: f64,
     /// One `sync_data` after overwriting a record in place in an existing file.
     pub fsync: f64,
     /// One `sync_data` after appending a record to a file (its size changes, so the file
@@ -135,6 +159,8 @@ pub struct BenchReport {
     pub core_batch: usize,
     pub forget: Vec<ForgetRow>,
     pub breakdown: ForgetBreakdown,
+    pub phases: ForgetPhases,
+    pub back_to_back: BackToBack,
     /// max |Θ_refit − Θ_Lethe| / max |Θ_Lethe| at the smallest size: the baseline solves the
     /// same problem (up to Lethe's fixed-point quantization of the features).
     pub baseline_agreement: f64,
