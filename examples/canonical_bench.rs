@@ -11,6 +11,9 @@ use std::time::Instant;
 
 use lethe::math::solver::{self, CanonicalKernel};
 use lethe::math::stats::ExactStats;
+use support::{median, quantized_rows, repeats};
+
+mod support;
 
 const C: usize = 100;
 const LAMBDA: f64 = 1.0;
@@ -21,24 +24,8 @@ const SCALAR_UP_TO: usize = 1280;
 /// Statistics of `n` samples with deterministic features in [−1, 1) and one-hot targets.
 fn stats(d: usize, n: usize) -> ExactStats {
     let mut s = ExactStats::new(d, C);
-    let one = 1i32 << FRAC_BITS;
-    let mut state = 0x9e3779b97f4a7c15u64 ^ d as u64;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-    };
-    for batch in (0..n).collect::<Vec<_>>().chunks(256) {
-        let q: Vec<i32> = (0..batch.len() * d)
-            .map(|_| (next() * one as f64).round() as i32)
-            .collect();
-        let r: Vec<i32> = batch
-            .iter()
-            .flat_map(|&i| (0..C).map(move |c| if c == i % C { one } else { 0 }))
-            .collect();
-        s.accumulate(&q, &r, one, 1);
-    }
+    let (q, r) = quantized_rows(n, d, C, 1.0, FRAC_BITS, d as u64);
+    s.accumulate(&q, &r, 1 << FRAC_BITS, 1);
     s
 }
 
@@ -55,16 +42,8 @@ fn canonical_solve(s: &ExactStats, kernel: CanonicalKernel) -> f64 {
     sol.theta[(0, 0)]
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let repeats: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("REPEATS is a number"))
-        .unwrap_or(7);
+    let repeats = repeats(7);
     println!(
         "canonical re-solve vs faer (sequential), C = {C}, median of {repeats} interleaved runs; \
          kernels here: {:?}",

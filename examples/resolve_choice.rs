@@ -12,37 +12,15 @@ use std::time::Instant;
 
 use lethe::math::solver::{self, Solution};
 use lethe::math::stats::ExactStats;
+use support::{median, quantized_rows, repeats};
+
+mod support;
 
 const LAMBDA: f64 = 1.0;
 const FRAC_BITS: u32 = 16;
 
-fn rows(n: usize, d: usize, c: usize, seed: u64) -> (Vec<i32>, Vec<i32>) {
-    let one = 1i32 << FRAC_BITS;
-    let mut state = 0x9e3779b97f4a7c15u64 ^ seed;
-    let q = (0..n * d)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0) * one as f64) as i32
-        })
-        .collect();
-    let r = (0..n * c)
-        .map(|i| if i % c == (i / c) % c { one } else { 0 })
-        .collect();
-    (q, r)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn main() {
-    let repeats: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse().expect("REPEATS is a number"))
-        .unwrap_or(5);
+    let repeats = repeats(5);
     println!("rank-k update vs canonical re-solve, median of {repeats}");
     println!("| d | C | k | update | re-solve | update / re-solve | model picks |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -55,7 +33,7 @@ fn main() {
         (2048, 100),
     ] {
         let n = 2 * (d + 1);
-        let (q, r) = rows(n, d, c, d as u64);
+        let (q, r) = quantized_rows(n, d, c, 1.0, FRAC_BITS, d as u64);
         let mut stats = ExactStats::new(d, c);
         stats.accumulate(&q, &r, 1 << FRAC_BITS, 1);
         let base: Solution = solver::canonical(&stats, LAMBDA, FRAC_BITS).expect("solvable");
