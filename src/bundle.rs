@@ -370,35 +370,9 @@ impl Bundle {
     /// sum of theirs, accepted magnitude the largest of theirs.
     pub fn features(&self, name: Option<&str>) -> Result<FeaturesSpec> {
         let name = name.unwrap_or(&self.manifest.default_features);
-        let parts: Vec<&str> = name.split(FEATURES_JOIN).collect();
-        let mut spec = FeaturesSpec {
-            output: name.to_string(),
-            dim: 0,
-            max_abs: 0.0,
-        };
-        for (i, part) in parts.iter().enumerate() {
-            if parts[..i].contains(part) {
-                return Err(Error::InvalidInput(format!(
-                    "features {name:?} name {part:?} twice"
-                )));
-            }
-            let one = self
-                .manifest
-                .features
-                .iter()
-                .find(|f| f.output == *part)
-                .ok_or_else(|| {
-                    let known: Vec<_> = self.manifest.features.iter().map(|f| &f.output).collect();
-                    Error::InvalidInput(format!(
-                        "bundle {} has no features output {part:?} (it has {known:?}; join \
-                         several with {FEATURES_JOIN:?} to concatenate them)",
-                        self.manifest.name
-                    ))
-                })?;
-            spec.dim += one.dim;
-            spec.max_abs = spec.max_abs.max(one.max_abs);
-        }
-        Ok(spec)
+        self.manifest
+            .joined_features(name)
+            .map_err(|why| Error::InvalidInput(format!("bundle {}: {why}", self.manifest.name)))
     }
 
     /// The core's one float32 input of fixed sample shape, for the single-input shorthands
@@ -635,6 +609,36 @@ fn check_values(t: &Tensor<'_>) -> Result<()> {
 }
 
 impl Manifest {
+    /// The features output `name`, or several joined by [`FEATURES_JOIN`] (each once), as one:
+    /// dimension the sum of theirs, accepted magnitude the largest of theirs.
+    fn joined_features(&self, name: &str) -> std::result::Result<FeaturesSpec, String> {
+        let parts: Vec<&str> = name.split(FEATURES_JOIN).collect();
+        let mut spec = FeaturesSpec {
+            output: name.to_string(),
+            dim: 0,
+            max_abs: 0.0,
+        };
+        for (i, part) in parts.iter().enumerate() {
+            if parts[..i].contains(part) {
+                return Err(format!("features {name:?} name {part:?} twice"));
+            }
+            let one = self
+                .features
+                .iter()
+                .find(|f| f.output == *part)
+                .ok_or_else(|| {
+                    let known: Vec<_> = self.features.iter().map(|f| &f.output).collect();
+                    format!(
+                        "no features output {part:?} (there are {known:?}; join several with \
+                         {FEATURES_JOIN:?} to concatenate them)"
+                    )
+                })?;
+            spec.dim += one.dim;
+            spec.max_abs = spec.max_abs.max(one.max_abs);
+        }
+        Ok(spec)
+    }
+
     /// Version 1: exactly one float32 input of fixed shape, preprocessing in words.
     fn validate_v1_inputs(&self) -> std::result::Result<(), (String, String)> {
         let fail = |field: &str, message: String| Err((field.to_string(), message));
@@ -935,18 +939,8 @@ impl Manifest {
                 );
             }
         }
-        let defaults: Vec<&str> = self.default_features.split(FEATURES_JOIN).collect();
-        for (i, part) in defaults.iter().enumerate() {
-            if !self.features.iter().any(|f| f.output == *part) || defaults[..i].contains(part) {
-                return fail(
-                    "default_features",
-                    format!(
-                        "{:?} is not one of the features outputs, or several joined by {:?}, \
-                         each once",
-                        self.default_features, FEATURES_JOIN
-                    ),
-                );
-            }
+        if let Err(why) = self.joined_features(&self.default_features) {
+            return fail("default_features", why);
         }
         if self.classes.is_empty() {
             return fail("classes", "at least one class is required".into());
