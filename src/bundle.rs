@@ -184,6 +184,14 @@ impl Preprocessing {
             Preprocessing::Declared(spec) => spec.text.as_ref(),
         }
     }
+
+    /// The image decoding and transforms, for an image bundle that declares them.
+    pub fn image(&self) -> Option<&ImageSpec> {
+        match self {
+            Preprocessing::Described(_) => None,
+            Preprocessing::Declared(spec) => spec.image.as_ref(),
+        }
+    }
 }
 
 impl Serialize for Preprocessing {
@@ -220,6 +228,67 @@ pub struct PreprocessingSpec {
     /// Present when the core takes tokenized text: Lethe then accepts raw UTF-8 text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<TextSpec>,
+    /// Present when the core takes images: Lethe then accepts PNG and JPEG files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSpec>,
+}
+
+/// How Lethe turns an image file into an image bundle's input (`preprocessing.image`), in this
+/// order: decode (PNG or JPEG, 8 bits per channel; alpha dropped; gray replicated into each
+/// channel of an RGB input, RGB to gray by ITU-R 601-2 luma `L = R·299/1000 + G·587/1000 +
+/// B·114/1000` for a gray input); `v = p / divide_by` in f32; resize so that the shorter side is
+/// `resize_shorter_side` and the longer side `floor(shorter_side · long / short)`, with
+/// `filter`; crop the input's height × width from the centre (offsets `round((size − crop) /
+/// 2)`, halves to even); `(v − mean[c]) / std[c]` per channel, in f32; layout
+/// `[n, channels, height, width]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    /// The core input that receives the image: float32 `[null, channels, height, width]`.
+    pub input: String,
+    /// The input's channels: `rgb` (3, in the order R, G, B) or `gray` (1).
+    pub channels: ImageChannels,
+    /// Pixel bytes are divided by this (255 maps 0..255 to 0..1).
+    pub divide_by: f32,
+    /// The shorter side after resizing; `null` keeps the decoded size (the image must then be
+    /// at least the input's height and width).
+    pub resize_shorter_side: Option<u32>,
+    /// The resampling filter of the resize.
+    pub filter: ResizeFilter,
+    /// Per channel, subtracted after scaling.
+    pub mean: Vec<f32>,
+    /// Per channel, divides after the mean is subtracted.
+    pub std: Vec<f32>,
+}
+
+/// The channels of an image input.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ImageChannels {
+    Rgb,
+    Gray,
+}
+
+impl ImageChannels {
+    /// The number of channels.
+    pub fn count(self) -> usize {
+        match self {
+            ImageChannels::Rgb => 3,
+            ImageChannels::Gray => 1,
+        }
+    }
+}
+
+/// The resampling filter of an image resize.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ResizeFilter {
+    /// Separable triangle (bilinear) filter whose support widens by the scale factor when
+    /// shrinking (antialiasing), pixel centres at half-integers, weights normalized over the
+    /// pixels inside the image; rows first, then columns, each pass summed in f64 and stored in
+    /// f32. This is Pillow's `BILINEAR` resampling of a float image, which torchvision's
+    /// `resize(..., antialias=True)` follows.
+    Bilinear,
 }
 
 /// How Lethe turns UTF-8 texts into a text bundle's inputs (`preprocessing.text`).
@@ -756,10 +825,104 @@ impl Manifest {
         if spec.description.is_empty() {
             return fail("preprocessing.description", "must not be empty".into());
         }
-        match &spec.text {
-            Some(text) => self.validate_text(text),
-            None => Ok(()),
+        if spec.text.is_some() && spec.image.is_some() {
+            return fail(
+                "preprocessing",
+                "declares both text and image: a core takes one or the other".into(),
+            );
         }
+        if let Some(text) = &spec.text {
+            self.validate_text(text)?;
+        }
+        if let Some(image) = &spec.image {
+            self.validate_image(image)?;
+        }
+        Ok(())
+    }
+
+    fn validate_image(&self, image: &ImageSpec) -> std::result::Result<(), (String, String)> {
+        let fail =
+            |field: &str, message: String| Err((format!("preprocessing.image.{field}"), message));
+        let [input] = self.inputs.as_slice() else {
+            return fail(
+                "input",
+                format!(
+                    "an image bundle's core takes exactly one input, found {}",
+                    self.inputs.len()
+                ),
+            );
+        };
+        if image.input != input.name {
+            return fail(
+                "input",
+                format!(
+                    "{:?} is not the core's input (it is {:?})",
+                    image.input, input.name
+                ),
+            );
+        }
+        let channels = image.channels.count();
+        let fixed = |d: &Dim| match d {
+            Dim::Fixed(k) => Some(*k),
+            Dim::Batch | Dim::Named(_) => None,
+        };
+        let shape: Option<Vec<u64>> = input.shape[1..].iter().map(fixed).collect();
+        match (input.dtype.as_str(), shape.as_deref()) {
+            ("float32", Some([c, h, w])) if *c == channels as u64 && *h > 0 && *w > 0 => {
+                if let Some(side) = image.resize_shorter_side {
+                    if u64::from(side) < (*h).max(*w) {
+                        return fail(
+                            "resize_shorter_side",
+                            format!(
+                                "{side} is smaller than the {h}x{w} crop: it must be at least \
+                                 {}",
+                                (*h).max(*w)
+                            ),
+                        );
+                    }
+                }
+            }
+            _ => {
+                return fail(
+                    "input",
+                    format!(
+                        "the core input {:?} must be float32 [null, {channels}, height, width] \
+                         for {:?} images, found {} {}",
+                        input.name,
+                        image.channels,
+                        input.dtype,
+                        input.shape_text()
+                    ),
+                )
+            }
+        }
+        if !(image.divide_by.is_finite() && image.divide_by > 0.0) {
+            return fail(
+                "divide_by",
+                format!("must be finite and > 0, found {}", image.divide_by),
+            );
+        }
+        if image.resize_shorter_side == Some(0) {
+            return fail("resize_shorter_side", "must be > 0 or null".into());
+        }
+        for (field, values) in [("mean", &image.mean), ("std", &image.std)] {
+            if values.len() != channels {
+                return fail(
+                    field,
+                    format!(
+                        "needs one value per channel ({channels}), found {}",
+                        values.len()
+                    ),
+                );
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                return fail(field, format!("must be finite, found {values:?}"));
+            }
+        }
+        if image.std.iter().any(|v| *v <= 0.0) {
+            return fail("std", format!("must be > 0, found {:?}", image.std));
+        }
+        Ok(())
     }
 
     fn validate_text(&self, text: &TextSpec) -> std::result::Result<(), (String, String)> {

@@ -16,8 +16,9 @@
 //!
 //! A core takes named, typed tensors ([`Core::run_tensors`]; [`Core::run`] is the shorthand
 //! for a core with one float32 input); a text bundle's core also takes UTF-8 texts, tokenized
-//! as its manifest says ([`text`]).
+//! as its manifest says ([`text`]), and an image bundle's PNG and JPEG files ([`image`]).
 
+pub mod image;
 pub mod text;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,7 @@ use ort::session::Session;
 use ort::value::{DynTensor, TensorElementType, TensorRefMut, ValueType};
 use zeroize::Zeroize;
 
+use self::image::ImageEncoder;
 use crate::bundle::tensor::{DType, Tensor};
 use crate::bundle::{Bundle, Dim, FEATURES_JOIN};
 use crate::device::cuda;
@@ -58,6 +60,8 @@ pub struct Core {
     idle: Mutex<Vec<Session>>,
     /// The tokenizer, for a bundle that takes text.
     text: Option<TextEncoder>,
+    /// The image preprocessing, for a bundle that declares it.
+    image: Option<ImageEncoder>,
 }
 
 /// One output of [`Core::run_on_device`]: `[n, width]` f32 in the CUDA device's memory.
@@ -123,12 +127,14 @@ impl Core {
     pub fn from_bundle(bundle: Bundle, options: &CoreOptions) -> Result<Core> {
         let rt = runtime::ensure_loaded(options.ort_library.as_deref())?;
         let text = TextEncoder::open(&bundle)?;
+        let image = ImageEncoder::open(&bundle);
         let mut core = Core {
             bundle,
             options: options.clone(),
             backend: CoreBackend::choose(&options.backend, rt)?,
             idle: Mutex::new(Vec::new()),
             text,
+            image,
         };
         let session = match core.new_session() {
             // The CUDA EP loads its own libraries (cuBLAS, cuDNN) only now.
@@ -192,6 +198,34 @@ impl Core {
     /// [`Core::run_tensors`] on UTF-8 texts (see [`Core::encode_text`]).
     pub fn run_text(&self, texts: &[&str], names: &[&str]) -> Result<CoreOutputs> {
         self.run_tensors(&self.encode_text(texts)?, names)
+    }
+
+    /// The image preprocessing of a bundle that declares it.
+    pub fn image(&self) -> Option<&ImageEncoder> {
+        self.image.as_ref()
+    }
+
+    /// The image preprocessing, or an error for a bundle that declares none.
+    pub fn image_encoder(&self) -> Result<&ImageEncoder> {
+        self.image.as_ref().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "bundle {} does not take image files (its manifest declares no image \
+                 preprocessing); its core takes {}",
+                self.bundle.manifest.name,
+                self.bundle.describe_inputs()
+            ))
+        })
+    }
+
+    /// The core's input for PNG or JPEG `files`, preprocessed as the manifest says; an error
+    /// for a bundle that declares no image preprocessing.
+    pub fn encode_images(&self, files: &[&[u8]]) -> Result<Vec<Tensor<'static>>> {
+        self.image_encoder()?.encode(files)
+    }
+
+    /// [`Core::run_tensors`] on PNG or JPEG files (see [`Core::encode_images`]).
+    pub fn run_images(&self, files: &[&[u8]], names: &[&str]) -> Result<CoreOutputs> {
+        self.run_tensors(&self.encode_images(files)?, names)
     }
 
     fn new_session(&self) -> Result<Session> {

@@ -607,6 +607,115 @@ fn every_validated_v2_field_is_rejected_by_name() {
     check_cases(dir.path(), &invalid_v2_manifests());
 }
 
+/// `preprocessing.image` fields, on the image bundle's manifest.
+fn invalid_image_manifests() -> Vec<Case> {
+    fn image(m: &mut Value) -> &mut Value {
+        &mut m["preprocessing"]["image"]
+    }
+    vec![
+        case(
+            "an image input that is not the core's",
+            |m| image(m)["input"] = json!("pixels"),
+            "preprocessing.image.input",
+        ),
+        case(
+            "gray images for a 3-channel input",
+            |m| image(m)["channels"] = json!("gray"),
+            "preprocessing.image.input",
+        ),
+        case(
+            "an image input of another type",
+            |m| m["inputs"][0]["dtype"] = json!("float16"),
+            "preprocessing.image.input",
+        ),
+        case(
+            "an image input with a named axis",
+            |m| m["inputs"][0]["shape"] = json!([null, 3, "height", 224]),
+            "preprocessing.image.input",
+        ),
+        case(
+            "divide_by 0",
+            |m| image(m)["divide_by"] = json!(0.0),
+            "preprocessing.image.divide_by",
+        ),
+        case(
+            "a negative divide_by",
+            |m| image(m)["divide_by"] = json!(-255.0),
+            "preprocessing.image.divide_by",
+        ),
+        case(
+            "a shorter side smaller than the crop",
+            |m| image(m)["resize_shorter_side"] = json!(223),
+            "preprocessing.image.resize_shorter_side",
+        ),
+        case(
+            "a shorter side of 0",
+            |m| image(m)["resize_shorter_side"] = json!(0),
+            "preprocessing.image.resize_shorter_side",
+        ),
+        case(
+            "two means for three channels",
+            |m| image(m)["mean"] = json!([0.5, 0.5]),
+            "preprocessing.image.mean",
+        ),
+        case(
+            "a std of 0",
+            |m| image(m)["std"] = json!([0.229, 0.0, 0.225]),
+            "preprocessing.image.std",
+        ),
+        case(
+            "a negative std",
+            |m| image(m)["std"] = json!([0.229, -0.224, 0.225]),
+            "preprocessing.image.std",
+        ),
+        case(
+            "a second input beside the image",
+            |m| {
+                let second = json!({"name": "mask", "dtype": "float32", "shape": [null, 1]});
+                m["inputs"].as_array_mut().unwrap().push(second);
+            },
+            "preprocessing.image.input",
+        ),
+        case(
+            "text and images together",
+            |m| {
+                m["preprocessing"]["text"] = json!({
+                    "tokenizer": "tokenizer.json",
+                    "tokenizer_sha256": "0".repeat(64),
+                    "add_special_tokens": true,
+                    "max_length": 8,
+                    "padding": "longest",
+                    "pad_id": 0,
+                    "inputs": {"image": "ids"}
+                })
+            },
+            "preprocessing",
+        ),
+        parse_case(
+            "an unknown filter",
+            |m| image(m)["filter"] = json!("bicubic"),
+            "bilinear",
+        ),
+        parse_case(
+            "unknown channels",
+            |m| image(m)["channels"] = json!("bgr"),
+            "rgb",
+        ),
+        parse_case(
+            "an unknown image field",
+            |m| image(m)["crop"] = json!("center"),
+            "crop",
+        ),
+    ]
+}
+
+#[test]
+fn every_validated_image_field_is_rejected_by_name() {
+    let dir = common::temp_dir();
+    copy_bundle("mobilenetv2-imagenet", dir.path());
+    check_cases(dir.path(), &invalid_image_manifests());
+}
+
 /// A bundle folder whose files are not what the manifest says: Core::open refuses it.
 #[test]
 fn text_bundle_files_and_graph_are_checked() {

@@ -1,4 +1,5 @@
-//! The samples a command reads (a float32 array, named tensors or lines of text), and running
+//! The samples a command reads (a float32 array, named tensors, lines of text or image files),
+//! and running
 //! a core over many of them in chunks, with a progress bar.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +9,7 @@ use ndarray::{s, Array2, ArrayD, IxDyn};
 
 use lethe::bundle::tensor::{DType, Tensor};
 use lethe::bundle::FEATURES_JOIN;
+use lethe::core::image::about;
 use lethe::math::secret::Zeroizing;
 use lethe::{data, Bundle, Core, Error, Head, Result};
 
@@ -24,13 +26,22 @@ pub struct InputArgs {
     #[arg(
         long = "input",
         value_name = "[NAME=]FILE",
-        required_unless_present = "text"
+        required_unless_present_any = ["text", "image"]
     )]
     pub input: Vec<String>,
     /// UTF-8 text, one sample per line, for a bundle that ships a tokenizer (tokenized as its
     /// manifest says).
     #[arg(long, value_name = "FILE", conflicts_with = "input")]
     pub text: Option<PathBuf>,
+    /// Image files (PNG or JPEG), one sample each, in order, for a bundle that declares its
+    /// image preprocessing (decoded, resized, cropped and normalized as its manifest says).
+    #[arg(
+        long = "image",
+        value_name = "FILE",
+        num_args = 1..,
+        conflicts_with_all = ["input", "text"]
+    )]
+    pub image: Vec<PathBuf>,
 }
 
 /// A command's samples, read and checked against the bundle.
@@ -41,6 +52,8 @@ pub enum Samples {
     Tensors(usize, Vec<Tensor<'static>>),
     /// One sample per text.
     Texts(Zeroizing<Vec<String>>),
+    /// One sample per image file, read when its chunk runs.
+    Images(Vec<PathBuf>),
 }
 
 impl Samples {
@@ -56,6 +69,17 @@ impl Samples {
                 )));
             }
             return Ok(Samples::Texts(data::read_lines(path)?));
+        }
+        if !args.image.is_empty() {
+            if bundle.manifest.preprocessing.image().is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "bundle {} does not take image files (its manifest declares no image \
+                     preprocessing); its core takes {}",
+                    bundle.manifest.name,
+                    bundle.describe_inputs()
+                )));
+            }
+            return Ok(Samples::Images(args.image.clone()));
         }
         match args.input.as_slice() {
             [one] if !one.contains('=') && !is_npz(one) => {
@@ -83,6 +107,7 @@ impl Samples {
         match self {
             Samples::Floats(n, _) | Samples::Tensors(n, _) => *n,
             Samples::Texts(texts) => texts.len(),
+            Samples::Images(paths) => paths.len(),
         }
     }
 
@@ -102,6 +127,20 @@ impl Samples {
             Samples::Texts(texts) => {
                 let chunk: Vec<&str> = texts[start..start + k].iter().map(String::as_str).collect();
                 core.encode_text(&chunk)?
+            }
+            Samples::Images(paths) => {
+                let encoder = core.image_encoder()?;
+                let images = paths[start..start + k]
+                    .iter()
+                    .map(|path| {
+                        let file =
+                            Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
+                        encoder
+                            .values(&file)
+                            .map_err(|e| about(e, &path.display().to_string()))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                vec![encoder.batch(&images)]
             }
         })
     }

@@ -230,19 +230,32 @@ def main():
     assert TARGET_MAX_ABS * 2 ** FRAC_BITS <= 2 ** 24
     manifest = {
         "format": "lethe-bundle",
-        "version": 1,
+        "version": 2,
         "name": "mobilenetv2-imagenet",
         "description": "torchvision MobileNetV2 with ImageNet-1k weights as a 1280-d feature "
                        "extractor (global average pool of the last block); no core logits.",
         "core": {"file": "core.onnx", "sha256": sha, "opset": OPSET},
         "inputs": [{"name": "image", "dtype": "float32", "shape": [None, 3, 224, 224]}],
-        "preprocessing": (
-            "RGB image as [batch, 3, 224, 224], channel order R, G, B: pixel bytes p in 0..255 "
-            "-> p / 255, brought to 224x224 (ImageNet recipe for photos: resize the shorter side "
-            "to 256, center-crop 224x224), then per channel (v - mean) / std with "
-            "mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225]. Grayscale images: "
-            "copy the gray value into R, G and B. 28x28 MNIST digits: repeat each pixel 8x8 "
-            "(nearest-neighbour upscale to 224x224)."),
+        "preprocessing": {
+            "description": (
+                "RGB image as [batch, 3, 224, 224], channel order R, G, B: pixel bytes p in "
+                "0..255 -> p / 255, then the ImageNet recipe for photos: resize the shorter side "
+                "to 256 (bilinear with antialiasing, as torchvision's resize(..., "
+                "antialias=True)), center-crop 224x224, then per channel (v - mean) / std with "
+                "mean = [0.485, 0.456, 0.406], std = [0.229, 0.224, 0.225]. Grayscale images: "
+                "the gray value in R, G and B. Lethe applies this itself to PNG and JPEG files "
+                "(preprocessing.image). Arrays of 28x28 MNIST digits are brought to 224x224 "
+                "otherwise: each pixel repeated 8x8 (nearest-neighbour), gray to RGB."),
+            "image": {
+                "input": "image",
+                "channels": "rgb",
+                "divide_by": 255.0,
+                "resize_shorter_side": 256,
+                "filter": "bilinear",
+                "mean": MEAN,
+                "std": STD,
+            },
+        },
         "features": [{"output": "features", "dim": FEATURE_DIM, "max_abs": FEATURE_MAX_ABS}],
         "default_features": "features",
         "core_logits": None,

@@ -74,6 +74,7 @@ pub fn synthetic_bundle(python: &Path, work: &Path, d: usize, c: usize) -> Resul
         preprocessing: Preprocessing::Declared(PreprocessingSpec {
             description: "none: the input is the features".into(),
             text: None,
+            image: None,
         }),
         features: vec![FeaturesSpec {
             output: "features".into(),
