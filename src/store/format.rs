@@ -492,10 +492,11 @@ pub fn stats_checksum(bytes: &[u8]) -> Option<u128> {
     Some(u128_at(bytes, at))
 }
 
-/// Parses `stats.bin`; `one` is the fixed-point 1 (A's bias corner must be n · one²).
+/// Parses `stats.bin`, opening its sealed part in place in `bytes`; `one` is the fixed-point
+/// 1 (A's bias corner must be n · one²).
 pub fn parse_stats(
     sealer: &Sealer,
-    bytes: &[u8],
+    bytes: &mut [u8],
     expect: &Header,
     one: i32,
 ) -> Parsed<(ExactStats, Solution)> {
@@ -509,12 +510,13 @@ pub fn parse_stats(
     if bytes.len() != len {
         return Err(format!("{} bytes, expected {len}", bytes.len()));
     }
-    let (body, sum) = bytes.split_at(len - 16);
+    let (body, sum) = bytes.split_at_mut(len - 16);
     if u128_at(sum, 0) != xxh3_128(body) {
         return Err("checksum mismatch: the file is corrupt or was modified".into());
     }
+    let (head, sealed) = body.split_at_mut(HEADER_LEN);
     let plain = sealer
-        .open(&stats_ad(&body[..HEADER_LEN]), &body[HEADER_LEN..])
+        .open_in_place(&stats_ad(head), sealed)
         .map_err(|why| match why {
             Unsealed::Zero => "its statistics are zero bytes".to_string(),
             Unsealed::Bad => "its statistics do not authenticate: the file was modified, or \
@@ -538,25 +540,20 @@ pub fn parse_stats(
     // Every buffer below is zeroized when dropped, on errors too (G4).
     let stats =
         ExactStats::from_parts(d, c, n, i128s(tri), i128s(p * c)).ok_or("inconsistent sizes")?;
-    let mut f64s = |k: usize| -> Zeroizing<Vec<f64>> {
-        Zeroizing::new(
-            take(8 * k)
-                .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .collect(),
-        )
-    };
-    let l_packed = f64s(tri);
-    let theta = f64s(p * c);
     if stats.a_packed()[tri - 1] != n as i128 * (one as i128 * one as i128) {
         return Err(format!("A's bias entry does not match its {n} samples"));
     }
+    let f64s = |bytes: &[u8]| -> Vec<f64> {
+        bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
+            .collect()
+    };
     let mut l = SecretMat::zeros(p, p);
-    let mut k = 0;
     for j in 0..p {
-        for i in j..p {
-            l[(i, j)] = l_packed[k];
-            k += 1;
+        let column = take(8 * (p - j));
+        for (i, chunk) in (j..p).zip(column.chunks_exact(8)) {
+            l[(i, j)] = f64::from_le_bytes(chunk.try_into().expect("8 bytes"));
         }
         if !(l[(j, j)].is_finite() && l[(j, j)] > 0.0) {
             return Err(format!(
@@ -564,7 +561,9 @@ pub fn parse_stats(
             ));
         }
     }
-    if l_packed.iter().chain(theta.iter()).any(|v| !v.is_finite()) {
+    let theta = Zeroizing::new(f64s(take(8 * p * c)));
+    let finite = |v: &f64| v.is_finite();
+    if !((0..p).all(|j| (j..p).all(|i| finite(&l[(i, j)]))) && theta.iter().all(finite)) {
         return Err("the solution holds a value that is not finite".into());
     }
     let theta = SecretMat::from_fn(p, c, |i, k| theta[i * c + k]);

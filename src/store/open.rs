@@ -9,6 +9,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::math::samples::{Entry, SampleIndex};
+use crate::math::solver::Solution;
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 
@@ -160,28 +161,8 @@ impl Store {
             tracing::warn!("state dir {}: {JOURNAL}: {note}", path.display());
         }
         let versions = choose_versions(&dir, names, &head.base, &header)?;
-        let stats_source = match head.base.parent {
-            0 => None,
-            parent => [STATS, STATS_TMP]
-                .into_iter()
-                .find(|name| stats_matches(&dir, name, parent)),
-        };
-        let quiet = parsed.ops.is_empty() && head.base.holes.is_empty();
-        if quiet && head.base.parent != 0 && stats_source.is_none() {
-            // Only a forget retires the statistics the base names, and its entry precedes that.
-            let why = match dir.open_file(STATS)? {
-                None => "it is missing".to_string(),
-                Some(f) => {
-                    let bytes = Scratch(f.read_all()?);
-                    match parse_stats(&head.sealer, &bytes, &header, spec.fixed.one()) {
-                        Err(m) => m,
-                        Ok(_) => "it is not the one the journal names".to_string(),
-                    }
-                }
-            };
-            return Err(corrupt(&path, STATS, why));
-        }
-        let closed = quiet && stats_source.is_some();
+        // Closed: nothing happened since the base, whose statistics file must then be there.
+        let closed = parsed.ops.is_empty() && head.base.holes.is_empty() && head.base.parent != 0;
         let keys = match (key, &head.data_key) {
             (Some(app), Some(data)) => Some(Keys {
                 app: app.clone(),
@@ -206,13 +187,18 @@ impl Store {
             poisoned: None,
         };
         if closed {
-            let source = stats_source.expect("closed");
-            store.index_closed(&versions)?;
-            let stats_file = open_part(&store.dir, source)?;
-            let bytes = Scratch(stats_file.read_all()?);
-            let (stats, solution) =
-                parse_stats(&store.sealer, &bytes, &header, store.spec.fixed.one())
-                    .map_err(|m| corrupt(&path, source, m))?;
+            // The statistics are found, decrypted and parsed on a second thread while this one
+            // checks and indexes the bucket files: the two are independent.
+            let (index, found) = std::thread::scope(|scope| {
+                let stats = scope.spawn(|| store.closed_stats(&header));
+                let index = store.index_closed(&versions);
+                let found = stats
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                (index, found)
+            });
+            let (source, stats, solution) = found?;
+            store.index = index?;
             // Checked: from here on, leftovers first, then files moved into place.
             store.settle(&versions, names)?;
             if source == STATS_TMP {
@@ -248,10 +234,39 @@ impl Store {
         Ok((store, Loaded { stats, solution }))
     }
 
-    /// Indexes a closed state dir, checking every bucket file completely. The records are
+    /// The statistics and solution of a closed state dir: from the `stats.bin` (or, after a
+    /// crash before its rename, the `stats.tmp`) whose checksum the journal's base names, with
+    /// the name of the file they came from.
+    fn closed_stats(&self, header: &Header) -> Result<(&'static str, ExactStats, Solution)> {
+        let path = self.dir.path();
+        let one = self.spec.fixed.one();
+        let found = [STATS, STATS_TMP]
+            .into_iter()
+            .find_map(|name| stats_matches(&self.dir, name, self.parent).map(|b| (name, b)));
+        let Some((source, mut bytes)) = found else {
+            // Only a forget retires the statistics the base names, and its entry precedes that.
+            let why = match self.dir.open_file(STATS)? {
+                None => "it is missing".to_string(),
+                Some(f) => {
+                    let mut bytes = Scratch(f.read_all()?);
+                    match parse_stats(&self.sealer, &mut bytes, header, one) {
+                        Err(m) => m,
+                        Ok(_) => "it is not the one the journal names".to_string(),
+                    }
+                }
+            };
+            return Err(corrupt(path, STATS, why));
+        };
+        let (stats, solution) = parse_stats(&self.sealer, &mut bytes, header, one)
+            .map_err(|m| corrupt(path, source, m))?;
+        Ok((source, stats, solution))
+    }
+
+    /// The index of a closed state dir, checking every bucket file completely. The records are
     /// hashed as they stream through one reused buffer: holding the files' bytes at once (n·d
     /// values) would cost more in allocating, faulting in and zeroizing than in reading.
-    pub(super) fn index_closed(&mut self, versions: &BTreeMap<usize, Version>) -> Result<()> {
+    pub(super) fn index_closed(&self, versions: &BTreeMap<usize, Version>) -> Result<SampleIndex> {
+        let mut index = SampleIndex::new(self.spec.num_classes());
         let rec = self.record_len();
         let mut chunk = Scratch::<u8>::new(CHECK_CHUNK);
         for (&b, r) in &self.buckets {
@@ -285,7 +300,7 @@ impl Store {
                 ));
             }
             for (i, (id, label)) in self.bucket_ids(&name, r, &head)?.into_iter().enumerate() {
-                self.index.insert(
+                index.insert(
                     id,
                     Entry {
                         pos: bucket_loc(b, i as u64),
@@ -294,7 +309,7 @@ impl Store {
                 );
             }
         }
-        Ok(())
+        Ok(index)
     }
 
     /// Opens a bucket file's index (the file's bytes from its start, at least through the
@@ -501,19 +516,12 @@ impl Store {
     }
 }
 
-/// Whether the file `name` is a `stats.bin` whose checksum is `parent` (checked over the
-/// whole file).
-pub(super) fn stats_matches(dir: &Dir, name: &str, parent: u128) -> bool {
-    let Ok(Some(f)) = dir.open_file(name) else {
-        return false;
-    };
-    let Ok(bytes) = f.read_all().map(Scratch) else {
-        return false;
-    };
-    let Some(sum) = stats_checksum(&bytes) else {
-        return false;
-    };
-    sum == parent && xxh3_128(&bytes[..bytes.len() - 16]) == sum
+/// The bytes of the file `name` if it is a `stats.bin` whose checksum is `parent` (checked
+/// over the whole file).
+pub(super) fn stats_matches(dir: &Dir, name: &str, parent: u128) -> Option<Scratch<u8>> {
+    let bytes = Scratch(dir.open_file(name).ok()??.read_all().ok()?);
+    let sum = stats_checksum(&bytes)?;
+    (sum == parent && xxh3_128(&bytes[..bytes.len() - 16]) == sum).then_some(bytes)
 }
 
 /// Which version of each bucket file the base names is on disk (reading their headers).

@@ -215,6 +215,44 @@ impl Sealer {
         })
     }
 
+    /// Opens a sealed piece where it lies: returns the plaintext, a part of `sealed` (which
+    /// is left as it was when the piece does not open).
+    pub fn open_in_place<'a>(
+        &self,
+        ad: &Ad,
+        sealed: &'a mut [u8],
+    ) -> std::result::Result<&'a [u8], Unsealed> {
+        let len = self.plain_len(sealed.len()).ok_or(Unsealed::Bad)?;
+        let (start, ok) = match self {
+            Sealer::Checksum => {
+                let (body, sum) = sealed.split_at(len);
+                let sum = u64::from_le_bytes(sum.try_into().expect("8 bytes"));
+                (0, sum == checksum(ad, body))
+            }
+            Sealer::Key(cipher) => {
+                let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
+                let (body, tag) = rest.split_at_mut(len);
+                let ok = cipher
+                    .decrypt_in_place_detached(
+                        XNonce::from_slice(nonce),
+                        &ad.0,
+                        body,
+                        Tag::from_slice(tag),
+                    )
+                    .is_ok();
+                (NONCE_LEN, ok)
+            }
+        };
+        if ok {
+            return Ok(&sealed[start..start + len]);
+        }
+        Err(if sealed.iter().all(|&b| b == 0) {
+            Unsealed::Zero
+        } else {
+            Unsealed::Bad
+        })
+    }
+
     /// Opens a whole sealed piece (the plaintext is zeroized when dropped).
     pub fn open(
         &self,
