@@ -933,6 +933,60 @@ lethe_status lethe_head_predict_text(const struct lethe_head *head,
                                      size_t *logits_needed);
 
 /**
+ * Learns n samples from image files, for a bundle that declares its image preprocessing
+ * (`preprocessing.image` in its manifest): sample i is the PNG or JPEG file of `file_lens[i]`
+ * bytes at `files[i]`, decoded, resized, cropped and normalized as the manifest says, with
+ * the id `ids[i]` and the class `labels[i]`. Otherwise as lethe_head_learn_tensors.
+ *
+ * All or nothing: on any error nothing is learned and the head is unchanged.
+ *
+ * Thread-safe: as lethe_head_learn.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (also a NULL file); LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_INVALID_ARGUMENT (n = 0, a file that is not a PNG or JPEG image or does not
+ * decode, an image smaller than the input with no resize, a bundle without image
+ * preprocessing, a label >= C); LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO; LETHE_ERROR_ORT;
+ * LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `ids`, `labels`, `files` and `file_lens` point to n
+ * readable values each and every `files[i]` to `file_lens[i]` readable bytes, none of which
+ * change during the call.
+ */
+lethe_status lethe_head_learn_images(struct lethe_head *head,
+                                     const uint64_t *ids,
+                                     const uint8_t *const *files,
+                                     const size_t *file_lens,
+                                     size_t n,
+                                     const uint32_t *labels);
+
+/**
+ * Predicts n image files (as for lethe_head_learn_images): writes their logits, n rows of C
+ * floats, to `logits`, which holds `logits_len` floats (at least n * C). `logits` and
+ * `logits_needed` must not overlap `files`, `file_lens` or the files. Otherwise as
+ * lethe_head_predict.
+ *
+ * Writes nothing else on error.
+ *
+ * Thread-safe: as lethe_head_predict.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+ * LETHE_ERROR_INVALID_ARGUMENT (n = 0, a file that is not a PNG or JPEG image or does not
+ * decode, a bundle without image preprocessing, overlapping arrays);
+ * LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C); LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
+ *
+ * The behaviour is undefined unless `files` and `file_lens` point to n values each, every
+ * `files[i]` to `file_lens[i]` readable bytes that do not change during the call, `logits`
+ * to `logits_len` writable floats, and `logits_needed` is NULL or writable.
+ */
+lethe_status lethe_head_predict_images(const struct lethe_head *head,
+                                       const uint8_t *const *files,
+                                       const size_t *file_lens,
+                                       size_t n,
+                                       float *logits,
+                                       size_t logits_len,
+                                       size_t *logits_needed);
+
+/**
  * Writes the head's canonical weights in double precision: W (C x d, row-major) to `w`, which
  * holds `w_len` doubles (at least C * d), and b (C) to `b`, which holds `b_len` doubles (at
  * least C); `w` and `b` must not overlap. Canonical means bit-identical to a fresh head that

@@ -14,7 +14,8 @@
  *   length and the head's classes before calling Lethe.
  * - A core with other inputs (several, integer, dynamic axes: a text bundle's) takes named
  *   lethe::Tensor views (learn_tensors, predict_tensors); one that ships a tokenizer also
- *   takes UTF-8 strings (learn_text, predict_text).
+ *   takes UTF-8 strings (learn_text, predict_text), and an image bundle's PNG or JPEG files
+ *   (learn_images, predict_images).
  * - Thread safety is that of the C API (see lethe.h): a const Head may be used from many
  *   threads at once, also while one thread calls learn/forget on it.
  *
@@ -280,6 +281,14 @@ inline std::size_t batch_of(const std::vector<Tensor> &tensors) {
   return tensors[0].samples();
 }
 
+inline void file_views(const std::vector<std::vector<std::uint8_t>> &files,
+                       std::vector<const std::uint8_t *> &data, std::vector<std::size_t> &lens) {
+  for (const std::vector<std::uint8_t> &f : files) {
+    data.push_back(f.data());
+    lens.push_back(f.size());
+  }
+}
+
 inline std::vector<const char *> c_strings(const std::vector<std::string> &texts) {
   std::vector<const char *> out;
   for (const std::string &t : texts) out.push_back(t.c_str());
@@ -397,6 +406,30 @@ class Head {
     std::vector<float> logits(texts.size() * num_classes_);
     detail::check(lethe_head_predict_text(handle_, c.data(), c.size(), logits.data(),
                                           logits.size(), nullptr));
+    return logits;
+  }
+
+  /// Learns one sample per image file (PNG or JPEG bytes), for a bundle that declares its image
+  /// preprocessing. All or nothing.
+  void learn_images(const std::vector<std::uint64_t> &ids,
+                    const std::vector<std::vector<std::uint8_t>> &files,
+                    const std::vector<std::uint32_t> &labels) {
+    detail::same_count(ids.size(), files.size(), "ids and files");
+    detail::same_count(ids.size(), labels.size(), "ids and labels");
+    std::vector<const std::uint8_t *> data;
+    std::vector<std::size_t> lens;
+    detail::file_views(files, data, lens);
+    detail::check(lethe_head_learn_images(handle_, ids.data(), data.data(), lens.data(),
+                                          files.size(), labels.data()));
+  }
+  /// The logits (n x C, row-major) of n image files.
+  std::vector<float> predict_images(const std::vector<std::vector<std::uint8_t>> &files) const {
+    std::vector<const std::uint8_t *> data;
+    std::vector<std::size_t> lens;
+    detail::file_views(files, data, lens);
+    std::vector<float> logits(files.size() * num_classes_);
+    detail::check(lethe_head_predict_images(handle_, data.data(), lens.data(), files.size(),
+                                            logits.data(), logits.size(), nullptr));
     return logits;
   }
 

@@ -1943,6 +1943,117 @@ pub unsafe extern "C" fn lethe_head_predict_text(
     })
 }
 
+/// The caller's `n` image files (`files[i]`: `file_lens[i]` bytes) and the memory they occupy
+/// (the two arrays and each file).
+///
+/// # Safety
+/// `files` and `file_lens` must point to `n` values each, and each `files[i]` to
+/// `file_lens[i]` readable bytes (or be NULL), unchanged for `'a`.
+unsafe fn files_arg<'a>(
+    files: *const *const u8,
+    file_lens: *const usize,
+    n: usize,
+) -> Result<(Vec<&'a [u8]>, Vec<Region>), Failure> {
+    let pointers = input(files, n, "files")?;
+    let lens = input(file_lens, n, "file_lens")?;
+    let mut regions = vec![region("files", files, n), region("file_lens", file_lens, n)];
+    let mut out = Vec::with_capacity(n);
+    for (i, (&p, &len)) in pointers.iter().zip(lens).enumerate() {
+        if p.is_null() {
+            return Err(Failure::new(
+                LETHE_ERROR_NULL_ARGUMENT,
+                format!("`files[{i}]` is NULL"),
+            ));
+        }
+        out.push(input(p, len, &format!("files[{i}]"))?);
+        regions.push(region(format!("files[{i}]"), p, len));
+    }
+    Ok((out, regions))
+}
+
+/// Learns n samples from image files, for a bundle that declares its image preprocessing
+/// (`preprocessing.image` in its manifest): sample i is the PNG or JPEG file of `file_lens[i]`
+/// bytes at `files[i]`, decoded, resized, cropped and normalized as the manifest says, with
+/// the id `ids[i]` and the class `labels[i]`. Otherwise as lethe_head_learn_tensors.
+///
+/// All or nothing: on any error nothing is learned and the head is unchanged.
+///
+/// Thread-safe: as lethe_head_learn.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT (also a NULL file); LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a file that is not a PNG or JPEG image or does not
+/// decode, an image smaller than the input with no resize, a bundle without image
+/// preprocessing, a label >= C); LETHE_ERROR_SAMPLE_ID; LETHE_ERROR_IO; LETHE_ERROR_ORT;
+/// LETHE_ERROR_LIMIT; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `ids`, `labels`, `files` and `file_lens` point to n
+/// readable values each and every `files[i]` to `file_lens[i]` readable bytes, none of which
+/// change during the call.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_learn_images(
+    head: *mut lethe_head,
+    ids: *const u64,
+    files: *const *const u8,
+    file_lens: *const usize,
+    n: usize,
+    labels: *const u32,
+) -> lethe_status {
+    boundary!(
+        "lethe_head_learn_images",
+        [head, ids, files, file_lens, labels],
+        {
+            positive_n(n)?;
+            let (files, _) = files_arg(files, file_lens, n)?;
+            let ids = input(ids, n, "ids")?;
+            let labels = input(labels, n, "labels")?;
+            with_head(head, |h| Ok(h.learn_images(ids, &files, labels)?))
+        }
+    )
+}
+
+/// Predicts n image files (as for lethe_head_learn_images): writes their logits, n rows of C
+/// floats, to `logits`, which holds `logits_len` floats (at least n * C). `logits` and
+/// `logits_needed` must not overlap `files`, `file_lens` or the files. Otherwise as
+/// lethe_head_predict.
+///
+/// Writes nothing else on error.
+///
+/// Thread-safe: as lethe_head_predict.
+///
+/// Returns LETHE_OK; LETHE_ERROR_NULL_ARGUMENT; LETHE_ERROR_INVALID_HANDLE;
+/// LETHE_ERROR_INVALID_ARGUMENT (n = 0, a file that is not a PNG or JPEG image or does not
+/// decode, a bundle without image preprocessing, overlapping arrays);
+/// LETHE_ERROR_BUFFER_TOO_SMALL (logits_len < n * C); LETHE_ERROR_ORT; LETHE_ERROR_POISONED.
+///
+/// The behaviour is undefined unless `files` and `file_lens` point to n values each, every
+/// `files[i]` to `file_lens[i]` readable bytes that do not change during the call, `logits`
+/// to `logits_len` writable floats, and `logits_needed` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn lethe_head_predict_images(
+    head: *const lethe_head,
+    files: *const *const u8,
+    file_lens: *const usize,
+    n: usize,
+    logits: *mut f32,
+    logits_len: usize,
+    logits_needed: *mut usize,
+) -> lethe_status {
+    boundary!(
+        "lethe_head_predict_images",
+        [head, files, file_lens, logits],
+        {
+            positive_n(n)?;
+            let (files, regions) = files_arg(files, file_lens, n)?;
+            with_head(head, |h| {
+                let c = h.spec().num_classes();
+                write_logits(n, c, &regions, logits, logits_len, logits_needed, || {
+                    h.predict_images(&files)
+                })
+            })
+        }
+    )
+}
+
 /// Writes the head's canonical weights in double precision: W (C x d, row-major) to `w`, which
 /// holds `w_len` doubles (at least C * d), and b (C) to `b`, which holds `b_len` doubles (at
 /// least C); `w` and `b` must not overlap. Canonical means bit-identical to a fresh head that

@@ -3,8 +3,8 @@
  * short buffers and the sizes they report, overlapping arrays, unknown and duplicate ids, NaN
  * inputs, bad options and struct sizes, a broken bundle, a state dir of another bundle, closed
  * and foreign handles, a close that cannot persist), that a failed call changes nothing, that
- * Lethe's warnings reach the log callback, erasing a state dir, and the text bundle through
- * named tensors and UTF-8 texts.
+ * Lethe's warnings reach the log callback, erasing a state dir, the text bundle through
+ * named tensors and UTF-8 texts, and the image bundle through PNG and JPEG files.
  *
  *   usage: test_api   (run from the repository root: it reads models/ and tests/data/)
  *
@@ -1053,6 +1053,88 @@ static void test_text_bundle(lethe_core *image_core) {
   }
 }
 
+/* The whole file at `path`, malloc'd; its size in `*len`. */
+static unsigned char *read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  unsigned char *bytes;
+  long size;
+  CHECK(f != NULL);
+  CHECK(fseek(f, 0, SEEK_END) == 0);
+  size = ftell(f);
+  CHECK(size > 0 && fseek(f, 0, SEEK_SET) == 0);
+  bytes = (unsigned char *)malloc((size_t)size);
+  CHECK(bytes != NULL && fread(bytes, 1, (size_t)size, f) == (size_t)size);
+  fclose(f);
+  *len = (size_t)size;
+  return bytes;
+}
+
+/* The image bundle: real PNG and JPEG files learned and predicted; a batch predicts what each
+ * file alone predicts; forget-all leaves zero logits (the bundle has no core logits); a NULL
+ * file, a file that is not an image and a short buffer are errors that change nothing; a
+ * bundle without image preprocessing refuses files. */
+static void test_image_bundle(lethe_core *digits_core) {
+  const char *paths[3] = {"tests/data/photo_china.png", "tests/data/digit_7.png",
+                          "tests/data/photo_flower.jpg"};
+  const unsigned char *files[3];
+  size_t lens[3], c, i;
+  uint64_t ids[3] = {1, 2, 3};
+  uint32_t labels[3] = {4, 7, 9};
+  const unsigned char not_image[5] = {'h', 'e', 'l', 'l', 'o'};
+  const unsigned char *bad[2];
+  size_t bad_lens[2];
+  float batch[30], alone[10], after[30];
+  lethe_core *core = NULL;
+  lethe_head *head = NULL;
+  lethe_options o;
+  OK(lethe_options_default(&o, sizeof o));
+  o.intra_threads = 1;
+  OK(lethe_core_open(OTHER_BUNDLE, &o, &core));
+  OK(lethe_core_num_classes(core, &c));
+  CHECK(c == 10);
+  for (i = 0; i < 3; i++) files[i] = read_file(paths[i], &lens[i]);
+  OK(lethe_head_open(core, tmp_path("images"), NULL, &head));
+  OK(lethe_head_learn_images(head, ids, files, lens, 3, labels));
+  OK(lethe_head_predict_images(head, files, lens, 3, batch, 30, NULL));
+  for (i = 0; i < 3; i++) {
+    size_t best = 0, k;
+    OK(lethe_head_predict_images(head, files + i, lens + i, 1, alone, 10, NULL));
+    CHECK(memcmp(alone, batch + 10 * i, sizeof alone) == 0);
+    for (k = 1; k < 10; k++)
+      if (alone[k] > alone[best]) best = k;
+    CHECK(best == labels[i]); /* each learned image is predicted as its own label */
+  }
+
+  bad[0] = files[0];
+  bad[1] = NULL;
+  bad_lens[0] = lens[0];
+  bad_lens[1] = 5;
+  EXPECT_MSG(lethe_head_learn_images(head, ids, bad, bad_lens, 2, labels),
+             LETHE_ERROR_NULL_ARGUMENT, "files[1]");
+  bad[1] = not_image;
+  {
+    uint64_t new_ids[2] = {10, 11};
+    EXPECT_MSG(lethe_head_learn_images(head, new_ids, bad, bad_lens, 2, labels),
+               LETHE_ERROR_INVALID_ARGUMENT, "image 1: not a PNG or JPEG");
+  }
+  EXPECT_MSG(lethe_head_predict_images(head, files, lens, 3, after, 29, NULL),
+             LETHE_ERROR_BUFFER_TOO_SMALL, NULL);
+  OK(lethe_head_predict_images(head, files, lens, 3, after, 30, NULL));
+  CHECK(memcmp(after, batch, sizeof batch) == 0); /* the failed calls changed nothing */
+
+  OK(lethe_head_forget_all(head));
+  OK(lethe_head_predict_images(head, files, lens, 3, after, 30, NULL));
+  for (i = 0; i < 30; i++) CHECK(after[i] == 0.0f);
+  OK(lethe_head_close(head));
+  OK(lethe_core_close(core));
+
+  OK(lethe_head_open(digits_core, tmp_path("images-digits"), NULL, &head));
+  EXPECT_MSG(lethe_head_learn_images(head, ids, files, lens, 1, labels),
+             LETHE_ERROR_INVALID_ARGUMENT, "does not take image files");
+  OK(lethe_head_close(head));
+  for (i = 0; i < 3; i++) free((void *)files[i]);
+}
+
 /* Handles: NULL closes are no-ops; closed, twice-closed and foreign handles are errors. */
 static void test_handles(void) {
   lethe_core *core = NULL;
@@ -1123,6 +1205,7 @@ int main(void) {
   test_encrypted_state_dirs(core);
   test_state_erase(core);
   test_text_bundle(core);
+  test_image_bundle(core);
   OK(lethe_core_close(core));
   test_handles();
   OK(lethe_set_log_callback(NULL, NULL, 0));

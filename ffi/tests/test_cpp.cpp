@@ -1,19 +1,21 @@
 // test_cpp.cpp: lethe.hpp, the C++ wrapper. RAII and moves, exceptions carrying the status and
 // the message, std::vector overloads (and std::span ones when built as C++20), sizes checked
 // before calling Lethe, the same learn/forget exactness as through the C API, a close that
-// cannot persist, Lethe's warnings reaching a std::function, and the text bundle through
-// lethe::Tensor views and std::string texts.
+// cannot persist, Lethe's warnings reaching a std::function, the text bundle through
+// lethe::Tensor views and std::string texts, and the image bundle through PNG files.
 //
 //   usage: test_cpp   (run from the repository root)
 //
 // Built as C++17 and C++20 with -Wall -Wextra -Wpedantic -Werror, run under ASan and UBSan.
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -285,6 +287,31 @@ int main() {
     head.learn_tensors({3, 4}, inputs, {1, 1});
     head.forget({3, 4});
     CHECK(head.weights().w == w.w && head.predict_text(texts) == from_text);
+    head.close();
+  }
+
+  // The image bundle: PNG files learned and predicted; forget-all leaves zero logits.
+  {
+    lethe::Core images("models/mobilenetv2-imagenet", options);
+    lethe::Head head(images, (tmp / "images").string(), options);
+    std::vector<std::vector<std::uint8_t>> files;
+    for (const char *path : {"tests/data/photo_china.png", "tests/data/digit_7.png"}) {
+      std::ifstream in(path, std::ios::binary);
+      files.emplace_back(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      CHECK(files.back().size() > 100);
+    }
+    head.learn_images({1, 2}, files, {3, 8});
+    std::vector<float> logits = head.predict_images(files);
+    CHECK(logits.size() == 20);
+    // Each learned image is predicted as its own label.
+    CHECK(std::max_element(logits.begin(), logits.begin() + 10) - logits.begin() == 3);
+    CHECK(std::max_element(logits.begin() + 10, logits.end()) - logits.begin() == 18);
+    CHECK_THROWS(head.learn_images({3}, files, {0}), LETHE_ERROR_INVALID_ARGUMENT,
+                 "ids and files");
+    CHECK_THROWS(head.predict_images({std::vector<std::uint8_t>{'n', 'o'}}),
+                 LETHE_ERROR_INVALID_ARGUMENT, "not a PNG or JPEG");
+    head.forget_all();
+    for (float v : head.predict_images(files)) CHECK(v == 0.0f);
     head.close();
   }
 

@@ -388,6 +388,22 @@ impl Head {
         self.learn_tensors(ids, &inputs, labels)
     }
 
+    /// [`Head::learn_tensors`] for PNG or JPEG files, for a bundle that declares its image
+    /// preprocessing: each file is decoded and preprocessed as the manifest says
+    /// ([`Core::encode_images`]).
+    pub fn learn_images(&self, ids: &[u64], files: &[&[u8]], labels: &[u32]) -> Result<()> {
+        self.check_new_ids(ids, labels)?;
+        if files.len() != ids.len() {
+            return Err(Error::InvalidInput(format!(
+                "{} images but {} ids",
+                files.len(),
+                ids.len()
+            )));
+        }
+        let inputs = self.core_or_err()?.encode_images(files)?;
+        self.learn_tensors(ids, &inputs, labels)
+    }
+
     /// [`Head::learn`] for an input array in the core's input shape `[n, …]` or its flat form
     /// `[n, input_len]` (see [`Core::input_rows`]); any other shape is refused.
     pub fn learn_array(
@@ -614,6 +630,11 @@ impl Head {
     /// [`Core::encode_text`]).
     pub fn predict_text(&self, texts: &[&str]) -> Result<Array2<f32>> {
         self.predict_tensors(&self.core_or_err()?.encode_text(texts)?)
+    }
+
+    /// [`Head::predict_tensors`] for PNG or JPEG files (see [`Head::learn_images`]).
+    pub fn predict_images(&self, files: &[&[u8]]) -> Result<Array2<f32>> {
+        self.predict_tensors(&self.core_or_err()?.encode_images(files)?)
     }
 
     /// [`Head::predict`] for an input array in the core's input shape `[n, …]` or its flat
