@@ -316,6 +316,14 @@ fn unusable_image_files_are_clear_errors() {
         let _ = encoder.values(&damaged);
         let _ = encoder.values(&jpeg[..at]);
     }
+    // Strips resize to billions of pixels (1 x 20 000 to 256 x 5 120 000): only the crop is
+    // computed, fast and in little memory, and it is the strip's middle, scaled up.
+    for (w, h) in [(1, 20_000), (20_000, 1)] {
+        let strip = image_png(w, h);
+        let values = encoder.values(&strip).unwrap();
+        assert_eq!(values.len(), 3 * 224 * 224);
+        assert!(values.iter().all(|v| v.is_finite()), "{w}x{h}");
+    }
     let message = invalid_input(core.encode_images(&[&png, b"GIF89a"]), "a batch");
     assert!(message.starts_with("image 1: "), "{message}");
 

@@ -22,8 +22,9 @@ use crate::error::{Error, Result};
 
 /// The longest side of an image Lethe decodes.
 pub const MAX_IMAGE_SIDE: u32 = 1 << 15;
-/// The most memory a decoder may allocate for one image.
-pub const MAX_IMAGE_BYTES: u64 = 1 << 30;
+/// The most memory a decoder may allocate for one image (a 50-megapixel RGB photo takes 150
+/// MB). Preprocessing adds only the crop's rows: the resized image is never held.
+pub const MAX_IMAGE_BYTES: u64 = 512 << 20;
 
 /// Decoded 8-bit pixels, interleaved by channel (`height × width × channels`, row-major),
 /// zeroized when dropped.
@@ -152,22 +153,32 @@ impl ImageEncoder {
         }
         let top = centre_offset(rh, self.height);
         let left = centre_offset(rw, self.width);
+        // Only the crop is computed: the resized image itself can be far larger than the input
+        // (a 1 x 30 000 strip becomes 256 x 7 680 000), and is never held.
+        let (columns, rows) = match self.spec.filter {
+            ResizeFilter::Bilinear => (
+                Taps::bilinear(w, rw, left..left + self.width),
+                Taps::bilinear(h, rh, top..top + self.height),
+            ),
+        };
+        let divide_by = self.spec.divide_by;
+        let (first_row, last_row) = rows.span();
         let mut out = Zeroizing::new(Vec::with_capacity(self.sample_len()));
-        let mut plane = Zeroizing::new(vec![0f32; w * h]);
+        // The input rows the crop needs, each resampled to the crop's columns.
+        let mut band = Zeroizing::new(vec![0f32; (last_row - first_row) * self.width]);
         for c in 0..channels {
-            for (v, p) in plane
-                .iter_mut()
-                .zip(pixels.data.iter().skip(c).step_by(channels))
-            {
-                *v = f32::from(*p) / self.spec.divide_by;
+            let value = |x: usize, y: usize| f32::from(pixels.data[(y * w + x) * channels + c]);
+            for (y, row) in (first_row..last_row).zip(band.chunks_exact_mut(self.width)) {
+                for (j, v) in row.iter_mut().enumerate() {
+                    *v = columns.apply(j, |x| value(x, y) / divide_by);
+                }
             }
-            let resized = match self.spec.filter {
-                ResizeFilter::Bilinear => resize_bilinear(&plane, w, h, rw, rh),
-            };
             let (mean, std) = (self.spec.mean[c], self.spec.std[c]);
-            for y in top..top + self.height {
-                let row = &resized[y * rw + left..y * rw + left + self.width];
-                out.extend(row.iter().map(|v| (v - mean) / std));
+            for i in 0..self.height {
+                for j in 0..self.width {
+                    let v = rows.apply(i, |y| band[(y - first_row) * self.width + j]);
+                    out.push((v - mean) / std);
+                }
             }
         }
         Ok(out)
@@ -217,10 +228,13 @@ pub fn decode(file: &[u8], channels: ImageChannels) -> Result<Pixels> {
     let (width, height) = (image.width() as usize, image.height() as usize);
     let gray_source = !image.color().has_color();
     let data = match (channels, gray_source) {
-        (ImageChannels::Rgb, _) => Zeroizing::new(converted(image, DynamicImage::to_rgb8)),
-        (ImageChannels::Gray, true) => Zeroizing::new(converted(image, DynamicImage::to_luma8)),
+        (ImageChannels::Rgb, _) => Zeroizing::new(rgb8(image)),
+        (ImageChannels::Gray, true) => Zeroizing::new(match image {
+            DynamicImage::ImageLuma8(buffer) => buffer.into_raw(),
+            other => converted(other, DynamicImage::to_luma8),
+        }),
         (ImageChannels::Gray, false) => {
-            let rgb = Zeroizing::new(converted(image, DynamicImage::to_rgb8));
+            let rgb = Zeroizing::new(rgb8(image));
             Zeroizing::new(rgb.chunks_exact(3).map(luma).collect())
         }
     };
@@ -230,6 +244,15 @@ pub fn decode(file: &[u8], channels: ImageChannels) -> Result<Pixels> {
         channels: channels.count(),
         data,
     })
+}
+
+/// The image's R, G, B bytes: its own buffer when it is 8-bit RGB already (no copy), else a
+/// conversion.
+fn rgb8(image: DynamicImage) -> Vec<u8> {
+    match image {
+        DynamicImage::ImageRgb8(buffer) => buffer.into_raw(),
+        other => converted(other, DynamicImage::to_rgb8),
+    }
 }
 
 /// `convert(&image)`'s bytes; the decoded image's own bytes are zeroized.
@@ -265,8 +288,9 @@ fn centre_offset(size: usize, crop: usize) -> usize {
     ((size - crop) as f64 / 2.0).round_ties_even() as usize
 }
 
-/// One axis's resampling: for output pixel i, the input pixels `start[i]..start[i] + len[i]`
-/// with their weights.
+/// One axis's resampling to the output pixels `range` of `n_out`: for the range's i-th output
+/// pixel, the input pixels `start[i]..start[i] + len[i]` with their weights. When the size
+/// does not change, each output pixel is its input pixel (the reference skips such a pass).
 struct Taps {
     start: Vec<usize>,
     len: Vec<usize>,
@@ -278,25 +302,35 @@ struct Taps {
 impl Taps {
     /// The triangle filter from `n_in` pixels to `n_out`, widened by the scale when shrinking,
     /// centres at half-integers, weights normalized over the taps inside the image.
-    fn bilinear(n_in: usize, n_out: usize) -> Taps {
+    fn bilinear(n_in: usize, n_out: usize, range: std::ops::Range<usize>) -> Taps {
+        if n_in == n_out {
+            let start: Vec<usize> = range.collect();
+            return Taps {
+                len: vec![1; start.len()],
+                weights: vec![1.0; start.len()],
+                width: 1,
+                start,
+            };
+        }
         let scale = n_in as f64 / n_out as f64;
         let filter_scale = scale.max(1.0);
         let support = filter_scale;
         let inverse = 1.0 / filter_scale;
         let width = support.ceil() as usize * 2 + 1;
+        let count = range.len();
         let mut taps = Taps {
-            start: Vec::with_capacity(n_out),
-            len: Vec::with_capacity(n_out),
-            weights: vec![0.0; n_out * width],
+            start: Vec::with_capacity(count),
+            len: Vec::with_capacity(count),
+            weights: vec![0.0; count * width],
             width,
         };
-        for i in 0..n_out {
+        for (k, i) in range.enumerate() {
             let centre = (i as f64 + 0.5) * scale;
             // Truncation toward zero, then clamping, as the reference does.
             let start = ((centre - support + 0.5) as i64).max(0) as usize;
             let end = ((centre + support + 0.5) as i64).min(n_in as i64) as usize;
             let len = end - start;
-            let w = &mut taps.weights[i * width..i * width + len];
+            let w = &mut taps.weights[k * width..k * width + len];
             let mut total = 0.0;
             for (j, w) in w.iter_mut().enumerate() {
                 let x = (((start + j) as f64 - centre + 0.5) * inverse).abs();
@@ -312,37 +346,28 @@ impl Taps {
         taps
     }
 
-    /// Output pixel i from the input read by `at(k)` for tap k: the weighted sum in f64.
-    fn apply(&self, i: usize, at: impl Fn(usize) -> f32) -> f32 {
-        let w = &self.weights[i * self.width..i * self.width + self.len[i]];
-        let start = self.start[i];
+    /// The input pixels any output pixel reads: `first..last`.
+    fn span(&self) -> (usize, usize) {
+        let first = self.start.iter().copied().min().unwrap_or(0);
+        let last = self
+            .start
+            .iter()
+            .zip(&self.len)
+            .map(|(s, l)| s + l)
+            .max()
+            .unwrap_or(0);
+        (first, last)
+    }
+
+    /// Output pixel k (of the range) from the input read by `at(x)` for input pixel x: the
+    /// weighted sum in f64, stored in f32 (a single weight of 1 gives the pixel exactly).
+    fn apply(&self, k: usize, at: impl Fn(usize) -> f32) -> f32 {
+        let start = self.start[k];
+        let w = &self.weights[k * self.width..k * self.width + self.len[k]];
         let mut sum = 0.0f64;
         for (j, w) in w.iter().enumerate() {
             sum += f64::from(at(start + j)) * w;
         }
         sum as f32
     }
-}
-
-/// Resizes one `w × h` plane to `rw × rh`: rows first, then columns (a pass whose size does not
-/// change is skipped).
-fn resize_bilinear(plane: &[f32], w: usize, h: usize, rw: usize, rh: usize) -> Zeroizing<Vec<f32>> {
-    let mut rows = Zeroizing::new(plane.to_vec());
-    if rw != w {
-        let taps = Taps::bilinear(w, rw);
-        let mut out = Zeroizing::new(Vec::with_capacity(rw * h));
-        for row in plane.chunks_exact(w) {
-            out.extend((0..rw).map(|i| taps.apply(i, |x| row[x])));
-        }
-        rows = out;
-    }
-    if rh == h {
-        return rows;
-    }
-    let taps = Taps::bilinear(h, rh);
-    let mut out = Zeroizing::new(Vec::with_capacity(rw * rh));
-    for i in 0..rh {
-        out.extend((0..rw).map(|x| taps.apply(i, |y| rows[y * rw + x])));
-    }
-    out
 }
