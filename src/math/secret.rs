@@ -14,6 +14,18 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 pub use zeroize::Zeroizing;
 
+/// Zeroizes `bytes` as the `zeroize` crate does (volatile writes that the compiler cannot
+/// remove), a machine word at a time where they are aligned: eight times fewer writes than
+/// byte by byte, which matters for buffers of tens of MB.
+pub fn zeroize_bytes(bytes: &mut [u8]) {
+    // SAFETY: every bit pattern is a valid u64, and `align_to_mut` splits the slice without
+    // overlap.
+    let (head, words, tail) = unsafe { bytes.align_to_mut::<u64>() };
+    head.zeroize();
+    words.zeroize();
+    tail.zeroize();
+}
+
 /// An f64 matrix zeroized when dropped. Never resize it (through `DerefMut`): a reallocation
 /// would free the old memory with its values.
 #[derive(Clone, PartialEq)]
