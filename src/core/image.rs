@@ -129,7 +129,8 @@ impl ImageEncoder {
             )));
         }
         let (w, h) = (pixels.width, pixels.height);
-        if w == 0 || h == 0 || pixels.data.len() != w * h * channels {
+        let len = w.checked_mul(h).and_then(|p| p.checked_mul(channels));
+        if w == 0 || h == 0 || len != Some(pixels.data.len()) {
             return Err(Error::InvalidInput(format!(
                 "{} pixel bytes for a {w}x{h} image of {channels} channels",
                 pixels.data.len()
@@ -274,7 +275,8 @@ fn luma(rgb: &[u8]) -> u8 {
 /// The size after resizing `w × h` so that its shorter side is `side`: the longer side is
 /// `floor(side · long / short)` (torchvision's rule; a square stays square).
 pub fn resized_size(w: usize, h: usize, side: usize) -> (usize, usize) {
-    let long = |long: usize, short: usize| ((side * long) as f64 / short as f64) as usize;
+    let long =
+        |long: usize, short: usize| (side.saturating_mul(long) as f64 / short as f64) as usize;
     if w <= h {
         (side, long(h, w))
     } else {
