@@ -176,6 +176,32 @@ impl Sealer {
         out
     }
 
+    /// Checks (and, with a key, decrypts) a sealed piece's `body` in place: `prefix` is what
+    /// precedes it (the nonce, or nothing), `suffix` what follows (the tag or the checksum).
+    fn unseal(&self, ad: &Ad, prefix: &[u8], body: &mut [u8], suffix: &[u8]) -> bool {
+        match self {
+            Sealer::Checksum => {
+                u64::from_le_bytes(suffix.try_into().expect("8 bytes")) == checksum(ad, body)
+            }
+            Sealer::Key(cipher) => cipher
+                .decrypt_in_place_detached(
+                    XNonce::from_slice(prefix),
+                    &ad.0,
+                    body,
+                    Tag::from_slice(suffix),
+                )
+                .is_ok(),
+        }
+    }
+
+    /// Where a sealed piece's body starts: after the nonce, with a key.
+    fn body_at(&self) -> usize {
+        match self {
+            Sealer::Checksum => 0,
+            Sealer::Key(_) => NONCE_LEN,
+        }
+    }
+
     /// Opens a sealed piece into `out` ([`Sealer::plain_len`] bytes). On failure `out` is
     /// zeroed.
     pub fn open_into(
@@ -184,35 +210,14 @@ impl Sealer {
         sealed: &[u8],
         out: &mut [u8],
     ) -> std::result::Result<(), Unsealed> {
-        let ok = match self {
-            Sealer::Checksum => {
-                let (body, sum) = sealed.split_at(out.len());
-                out.copy_from_slice(body);
-                u64::from_le_bytes(sum.try_into().expect("8 bytes")) == checksum(ad, body)
-            }
-            Sealer::Key(cipher) => {
-                let (nonce, rest) = sealed.split_at(NONCE_LEN);
-                let (body, tag) = rest.split_at(out.len());
-                out.copy_from_slice(body);
-                cipher
-                    .decrypt_in_place_detached(
-                        XNonce::from_slice(nonce),
-                        &ad.0,
-                        out,
-                        Tag::from_slice(tag),
-                    )
-                    .is_ok()
-            }
-        };
-        if ok {
+        let (prefix, rest) = sealed.split_at(self.body_at());
+        let (body, suffix) = rest.split_at(out.len());
+        out.copy_from_slice(body);
+        if self.unseal(ad, prefix, out, suffix) {
             return Ok(());
         }
         out.zeroize();
-        Err(if sealed.iter().all(|&b| b == 0) {
-            Unsealed::Zero
-        } else {
-            Unsealed::Bad
-        })
+        Err(failure(sealed))
     }
 
     /// Opens a sealed piece where it lies: returns the plaintext, a part of `sealed` (which
@@ -223,34 +228,13 @@ impl Sealer {
         sealed: &'a mut [u8],
     ) -> std::result::Result<&'a [u8], Unsealed> {
         let len = self.plain_len(sealed.len()).ok_or(Unsealed::Bad)?;
-        let (start, ok) = match self {
-            Sealer::Checksum => {
-                let (body, sum) = sealed.split_at(len);
-                let sum = u64::from_le_bytes(sum.try_into().expect("8 bytes"));
-                (0, sum == checksum(ad, body))
-            }
-            Sealer::Key(cipher) => {
-                let (nonce, rest) = sealed.split_at_mut(NONCE_LEN);
-                let (body, tag) = rest.split_at_mut(len);
-                let ok = cipher
-                    .decrypt_in_place_detached(
-                        XNonce::from_slice(nonce),
-                        &ad.0,
-                        body,
-                        Tag::from_slice(tag),
-                    )
-                    .is_ok();
-                (NONCE_LEN, ok)
-            }
-        };
-        if ok {
+        let start = self.body_at();
+        let (prefix, rest) = sealed.split_at_mut(start);
+        let (body, suffix) = rest.split_at_mut(len);
+        if self.unseal(ad, prefix, body, suffix) {
             return Ok(&sealed[start..start + len]);
         }
-        Err(if sealed.iter().all(|&b| b == 0) {
-            Unsealed::Zero
-        } else {
-            Unsealed::Bad
-        })
+        Err(failure(sealed))
     }
 
     /// Opens a whole sealed piece (the plaintext is zeroized when dropped).
@@ -263,6 +247,15 @@ impl Sealer {
         let mut out = Zeroizing::new(vec![0u8; len]);
         self.open_into(ad, sealed, &mut out)?;
         Ok(out)
+    }
+}
+
+/// Why a sealed piece did not open: it is all zeros (overwritten), or anything else.
+fn failure(sealed: &[u8]) -> Unsealed {
+    if sealed.iter().all(|&b| b == 0) {
+        Unsealed::Zero
+    } else {
+        Unsealed::Bad
     }
 }
 
