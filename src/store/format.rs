@@ -543,17 +543,14 @@ pub fn parse_stats(
     if stats.a_packed()[tri - 1] != n as i128 * (one as i128 * one as i128) {
         return Err(format!("A's bias entry does not match its {n} samples"));
     }
-    let f64s = |bytes: &[u8]| -> Vec<f64> {
-        bytes
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")))
-            .collect()
-    };
+    let f64_at = |b: &[u8]| f64::from_le_bytes(b.try_into().expect("8 bytes"));
+    let mut finite = true;
     let mut l = SecretMat::zeros(p, p);
     for j in 0..p {
-        let column = take(8 * (p - j));
-        for (i, chunk) in (j..p).zip(column.chunks_exact(8)) {
-            l[(i, j)] = f64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        for (i, b) in (j..p).zip(take(8 * (p - j)).chunks_exact(8)) {
+            let v = f64_at(b);
+            finite &= v.is_finite();
+            l[(i, j)] = v;
         }
         if !(l[(j, j)].is_finite() && l[(j, j)] > 0.0) {
             return Err(format!(
@@ -561,12 +558,11 @@ pub fn parse_stats(
             ));
         }
     }
-    let theta = Zeroizing::new(f64s(take(8 * p * c)));
-    let finite = |v: &f64| v.is_finite();
-    if !((0..p).all(|j| (j..p).all(|i| finite(&l[(i, j)]))) && theta.iter().all(finite)) {
+    let theta = take(8 * p * c);
+    if !(finite && theta.chunks_exact(8).all(|b| f64_at(b).is_finite())) {
         return Err("the solution holds a value that is not finite".into());
     }
-    let theta = SecretMat::from_fn(p, c, |i, k| theta[i * c + k]);
+    let theta = SecretMat::from_fn(p, c, |i, k| f64_at(&theta[8 * (i * c + k)..][..8]));
     Ok((stats, Solution { l, theta }))
 }
 
