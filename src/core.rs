@@ -263,6 +263,30 @@ impl Core {
         }
     }
 
+    /// An idle session with `inputs` copied into its buffers (those of its last run, where
+    /// they fit; the others are dropped). On error the session goes back to the pool.
+    fn take_session_with(&self, inputs: &[Tensor<'_>]) -> Result<(Session, Vec<InputValue>)> {
+        let Idle {
+            session,
+            inputs: mut buffers,
+        } = self.take_session()?;
+        let values = inputs
+            .iter()
+            .map(|t| InputValue::reuse_or_copy(&mut buffers, t))
+            .collect::<Result<Vec<_>>>();
+        drop(buffers);
+        match values {
+            Ok(values) => Ok((session, values)),
+            Err(e) => {
+                self.put_back(Idle {
+                    session,
+                    inputs: Vec::new(),
+                });
+                Err(e)
+            }
+        }
+    }
+
     /// Returns a session to the pool with the input buffers of its run, zeroed (G4).
     fn put_back(&self, mut idle: Idle) {
         for input in &mut idle.inputs {
@@ -414,25 +438,7 @@ impl Core {
         if n == 0 {
             return Ok(CoreOutputs { outputs });
         }
-        let Idle {
-            mut session,
-            inputs: mut buffers,
-        } = self.take_session()?;
-        let values = inputs
-            .iter()
-            .map(|t| InputValue::reuse_or_copy(&mut buffers, t))
-            .collect::<Result<Vec<_>>>();
-        drop(buffers);
-        let values = match values {
-            Ok(values) => values,
-            Err(e) => {
-                self.put_back(Idle {
-                    session,
-                    inputs: Vec::new(),
-                });
-                return Err(e);
-            }
-        };
+        let (mut session, values) = self.take_session_with(inputs)?;
         // ONNX Runtime writes each output into Lethe's buffer: the binding points into
         // `outputs`, and it and its results are dropped before `outputs` is read.
         let result = (|| -> Result<()> {
@@ -484,22 +490,7 @@ impl Core {
         let name = self.bundle.manifest.inputs[0].name.as_str();
         let tensor = Tensor::from_slice(name, &shape, input);
         self.bundle.check_inputs(std::slice::from_ref(&tensor))?;
-        let Idle {
-            mut session,
-            inputs: mut buffers,
-        } = self.take_session()?;
-        let value = InputValue::reuse_or_copy(&mut buffers, &tensor);
-        drop(buffers);
-        let value = match value {
-            Ok(value) => value,
-            Err(e) => {
-                self.put_back(Idle {
-                    session,
-                    inputs: Vec::new(),
-                });
-                return Err(e);
-            }
-        };
+        let (mut session, values) = self.take_session_with(std::slice::from_ref(&tensor))?;
         let result = (|| -> Result<R> {
             let on_gpu = MemoryInfo::new(
                 AllocationDevice::CUDA,
@@ -508,7 +499,9 @@ impl Core {
                 MemoryType::Default,
             )?;
             let mut binding = session.create_binding()?;
-            binding.bind_input(value.name.as_str(), &value.value)?;
+            for v in &values {
+                binding.bind_input(v.name.as_str(), &v.value)?;
+            }
             for &name in names {
                 binding.bind_output_to_device(name, &on_gpu)?;
             }
@@ -534,7 +527,7 @@ impl Core {
         })();
         self.put_back(Idle {
             session,
-            inputs: vec![value],
+            inputs: values,
         });
         result.map(Some)
     }
@@ -617,7 +610,6 @@ struct InputValue {
     dtype: DType,
     shape: Vec<usize>,
     value: DynTensor,
-    len: usize,
     /// Holds an input (not zeroed yet).
     filled: bool,
 }
@@ -637,7 +629,6 @@ impl InputValue {
                     dtype: t.dtype(),
                     shape: t.shape().to_vec(),
                     value: DynTensor::new(&Allocator::default(), ort_type(t.dtype()), shape)?,
-                    len: t.bytes().len(),
                     filled: false,
                 }
             }
@@ -661,9 +652,10 @@ impl InputValue {
     /// Zeroes the input it holds (G4).
     fn wipe(&mut self) {
         if self.filled {
+            let len = self.shape.iter().product::<usize>() * self.dtype.size();
             // SAFETY: as in `reuse_or_copy`: `len` bytes of CPU memory owned by `value`.
             let bytes = unsafe {
-                std::slice::from_raw_parts_mut(self.value.data_ptr_mut().cast::<u8>(), self.len)
+                std::slice::from_raw_parts_mut(self.value.data_ptr_mut().cast::<u8>(), len)
             };
             zeroize_bytes(bytes);
             self.filled = false;
