@@ -470,6 +470,17 @@ impl Bundle {
         }
     }
 
+    /// The error for raw inputs (`what`: "text", "image files") given to a bundle whose
+    /// manifest declares no `kind` preprocessing for them ("text", "image").
+    pub fn does_not_take(&self, what: &str, kind: &str) -> Error {
+        Error::InvalidInput(format!(
+            "bundle {} does not take {what} (its manifest declares no {kind} preprocessing); \
+             its core takes {}",
+            self.manifest.name,
+            self.describe_inputs()
+        ))
+    }
+
     /// The core's inputs in words, e.g. `input_ids (int64 [n, seq]), attention_mask (…)`.
     pub fn describe_inputs(&self) -> String {
         let all: Vec<String> = self

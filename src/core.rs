@@ -189,12 +189,7 @@ impl Core {
     pub fn encode_text(&self, texts: &[&str]) -> Result<Vec<Tensor<'static>>> {
         match &self.text {
             Some(encoder) => encoder.encode(texts),
-            None => Err(Error::InvalidInput(format!(
-                "bundle {} does not take text (its manifest declares no text preprocessing); \
-                 its core takes {}",
-                self.bundle.manifest.name,
-                self.bundle.describe_inputs()
-            ))),
+            None => Err(self.bundle.does_not_take("text", "text")),
         }
     }
 
@@ -210,14 +205,9 @@ impl Core {
 
     /// The image preprocessing, or an error for a bundle that declares none.
     pub fn image_encoder(&self) -> Result<&ImageEncoder> {
-        self.image.as_ref().ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "bundle {} does not take image files (its manifest declares no image \
-                 preprocessing); its core takes {}",
-                self.bundle.manifest.name,
-                self.bundle.describe_inputs()
-            ))
-        })
+        self.image
+            .as_ref()
+            .ok_or_else(|| self.bundle.does_not_take("image files", "image"))
     }
 
     /// The core's input for PNG or JPEG `files`, preprocessed as the manifest says; an error

@@ -61,23 +61,13 @@ impl Samples {
     pub fn read(bundle: &Bundle, args: &InputArgs) -> Result<Samples> {
         if let Some(path) = &args.text {
             if bundle.manifest.preprocessing.text().is_none() {
-                return Err(Error::InvalidInput(format!(
-                    "bundle {} does not take text (its manifest declares no tokenizer); its \
-                     core takes {}",
-                    bundle.manifest.name,
-                    bundle.describe_inputs()
-                )));
+                return Err(bundle.does_not_take("text", "text"));
             }
             return Ok(Samples::Texts(data::read_lines(path)?));
         }
         if !args.image.is_empty() {
             if bundle.manifest.preprocessing.image().is_none() {
-                return Err(Error::InvalidInput(format!(
-                    "bundle {} does not take image files (its manifest declares no image \
-                     preprocessing); its core takes {}",
-                    bundle.manifest.name,
-                    bundle.describe_inputs()
-                )));
+                return Err(bundle.does_not_take("image files", "image"));
             }
             return Ok(Samples::Images(args.image.clone()));
         }

@@ -376,15 +376,29 @@ impl Head {
     /// Learns one sample per UTF-8 text, for a bundle that takes text (see
     /// [`Core::encode_text`]).
     pub fn learn_text(&self, ids: &[u64], texts: &[&str], labels: &[u32]) -> Result<()> {
+        self.learn_encoded(ids, labels, texts.len(), "texts", |core| {
+            core.encode_text(texts)
+        })
+    }
+
+    /// [`Head::learn_tensors`] for `count` raw samples (`what`: texts, images) that `encode`
+    /// turns into the core's inputs, one id and label each.
+    fn learn_encoded(
+        &self,
+        ids: &[u64],
+        labels: &[u32],
+        count: usize,
+        what: &str,
+        encode: impl FnOnce(&Core) -> Result<Vec<Tensor<'static>>>,
+    ) -> Result<()> {
         self.check_new_ids(ids, labels)?;
-        if texts.len() != ids.len() {
+        if count != ids.len() {
             return Err(Error::InvalidInput(format!(
-                "{} texts but {} ids",
-                texts.len(),
+                "{count} {what} but {} ids",
                 ids.len()
             )));
         }
-        let inputs = self.core_or_err()?.encode_text(texts)?;
+        let inputs = encode(self.core_or_err()?)?;
         self.learn_tensors(ids, &inputs, labels)
     }
 
@@ -392,16 +406,9 @@ impl Head {
     /// preprocessing: each file is decoded and preprocessed as the manifest says
     /// ([`Core::encode_images`]).
     pub fn learn_images(&self, ids: &[u64], files: &[&[u8]], labels: &[u32]) -> Result<()> {
-        self.check_new_ids(ids, labels)?;
-        if files.len() != ids.len() {
-            return Err(Error::InvalidInput(format!(
-                "{} images but {} ids",
-                files.len(),
-                ids.len()
-            )));
-        }
-        let inputs = self.core_or_err()?.encode_images(files)?;
-        self.learn_tensors(ids, &inputs, labels)
+        self.learn_encoded(ids, labels, files.len(), "images", |core| {
+            core.encode_images(files)
+        })
     }
 
     /// [`Head::learn`] for an input array in the core's input shape `[n, …]` or its flat form
