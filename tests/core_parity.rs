@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use lethe::{Core, CoreOptions, Error};
+use lethe::{Core, CoreOptions};
 use ndarray::{s, Array2, Array4};
 
 /// Rust vs Python ONNX Runtime, per output: max abs difference / max abs reference value.
@@ -140,13 +140,6 @@ fn mobilenetv2_matches_python_onnxruntime() {
     );
 }
 
-fn invalid_input_message<T: std::fmt::Debug>(result: lethe::Result<T>, what: &str) -> String {
-    match result {
-        Err(Error::InvalidInput(message)) => message,
-        other => panic!("{what}: expected Error::InvalidInput, got {other:?}"),
-    }
-}
-
 #[test]
 fn bad_input_is_a_clear_error() {
     let core = open("mnist-core");
@@ -156,12 +149,12 @@ fn bad_input_is_a_clear_error() {
     assert_eq!(good.len(), 3 * per);
     core.run(&good, 3, &names).expect("valid input runs");
 
-    let message = invalid_input_message(core.run(&good[..2 * per + 1], 2, &names), "n × len + 1");
+    let message = common::invalid_input(core.run(&good[..2 * per + 1], 2, &names), "n × len + 1");
     assert!(message.contains(&(2 * per).to_string()), "{message}");
-    invalid_input_message(core.run(&good[..2 * per], 3, &names), "too few values");
-    invalid_input_message(core.run(&good, 2, &names), "too many values");
-    invalid_input_message(core.run(&good, 0, &names), "n = 0 with values");
-    invalid_input_message(core.run(&[], usize::MAX, &names), "n × len overflows");
+    common::invalid_input(core.run(&good[..2 * per], 3, &names), "too few values");
+    common::invalid_input(core.run(&good, 2, &names), "too many values");
+    common::invalid_input(core.run(&good, 0, &names), "n = 0 with values");
+    common::invalid_input(core.run(&[], usize::MAX, &names), "n × len overflows");
 
     for (bad, shown) in [
         (f32::NAN, "NaN"),
@@ -170,7 +163,7 @@ fn bad_input_is_a_clear_error() {
     ] {
         let mut x = good.clone();
         x[per + 100] = bad;
-        let message = invalid_input_message(core.run(&x, 3, &names), shown);
+        let message = common::invalid_input(core.run(&x, 3, &names), shown);
         assert!(
             message.contains(shown) && message.contains("sample 1"),
             "{shown}: the message should name the value and the sample: {message}"

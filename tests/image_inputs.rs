@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use lethe::bundle::ImageChannels;
 use lethe::core::image::{decode, resized_size, ImageEncoder, Pixels};
-use lethe::{Bundle, Core, Error};
+use lethe::{Bundle, Core};
 
 /// Lethe vs Pillow on the same pixels: max abs difference of the preprocessed values.
 const PREPROCESS_TOL: f32 = 1e-6;
@@ -263,13 +263,6 @@ fn crc32(bytes: &[u8]) -> u32 {
     !crc
 }
 
-fn invalid_input(result: lethe::Result<impl std::fmt::Debug>, what: &str) -> String {
-    match result {
-        Err(Error::InvalidInput(message)) => message,
-        other => panic!("{what}: expected an invalid-input error, got {other:?}"),
-    }
-}
-
 /// Files that are not usable images: each an invalid-input error that says why, never a panic
 /// or an exhausted machine; in a batch, the error names the image.
 #[test]
@@ -306,7 +299,7 @@ fn unusable_image_files_are_clear_errors() {
         ("a JPEG header alone", jpeg[..20].to_vec(), "decoding"),
     ];
     for (what, bytes, says) in &cases {
-        let message = invalid_input(encoder.values(bytes), what);
+        let message = common::invalid_input(encoder.values(bytes), what);
         assert!(message.contains(says), "{what}: {message:?} lacks {says:?}");
     }
     // Damaged JPEG data may still decode (JPEG decoders conceal errors): never a panic.
@@ -324,20 +317,20 @@ fn unusable_image_files_are_clear_errors() {
         assert_eq!(values.len(), 3 * 224 * 224);
         assert!(values.iter().all(|v| v.is_finite()), "{w}x{h}");
     }
-    let message = invalid_input(core.encode_images(&[&png, b"GIF89a"]), "a batch");
+    let message = common::invalid_input(core.encode_images(&[&png, b"GIF89a"]), "a batch");
     assert!(message.starts_with("image 1: "), "{message}");
 
     let dir = common::temp_dir();
     let gray = Core::open(gray_mnist_bundle(dir.path(), None), &Default::default()).unwrap();
     let small = image_png(20, 20);
-    let message = invalid_input(gray.image().unwrap().values(&small), "a 20x20 image");
+    let message = common::invalid_input(gray.image().unwrap().values(&small), "a 20x20 image");
     assert!(
         message.contains("smaller than the 28x28 input"),
         "{message}"
     );
 
     let mnist = Core::open(common::bundle_dir("mnist-core"), &Default::default()).unwrap();
-    let message = invalid_input(mnist.encode_images(&[&png]), "a bundle without images");
+    let message = common::invalid_input(mnist.encode_images(&[&png]), "a bundle without images");
     assert!(message.contains("does not take image files"), "{message}");
     assert!(mnist.image().is_none());
 }

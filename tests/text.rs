@@ -11,7 +11,7 @@ use std::process::Command;
 use std::sync::Arc;
 
 use lethe::bundle::tensor::{DType, Tensor};
-use lethe::{Core, CoreOptions, Error, Head, HeadOptions};
+use lethe::{Core, CoreOptions, Head, HeadOptions};
 use ndarray::{s, Array2, ArrayD, IxDyn};
 use ndarray_npy::ReadNpyExt;
 use serde_json::Value;
@@ -231,13 +231,6 @@ fn tensors(parts: &[(String, DType, Vec<usize>, Vec<u8>)]) -> Vec<Tensor<'_>> {
         .collect()
 }
 
-fn invalid(result: lethe::Result<impl std::fmt::Debug>, what: &str) -> String {
-    match result {
-        Err(Error::InvalidInput(message)) => message,
-        other => panic!("{what}: expected Error::InvalidInput, got {other:?}"),
-    }
-}
-
 #[test]
 fn mismatched_tensors_are_clear_errors_and_change_nothing() {
     let core = text_core();
@@ -328,15 +321,15 @@ fn mismatched_tensors_are_clear_errors_and_change_nothing() {
         for (call, message) in [
             (
                 "run_tensors",
-                invalid(core.run_tensors(&inputs, &["features"]), what),
+                common::invalid_input(core.run_tensors(&inputs, &["features"]), what),
             ),
             (
                 "learn_tensors",
-                invalid(head.learn_tensors(&[3, 4], &inputs, &[1, 1]), what),
+                common::invalid_input(head.learn_tensors(&[3, 4], &inputs, &[1, 1]), what),
             ),
             (
                 "predict_tensors",
-                invalid(head.predict_tensors(&inputs), what),
+                common::invalid_input(head.predict_tensors(&inputs), what),
             ),
         ] {
             for m in mentions {
@@ -348,15 +341,15 @@ fn mismatched_tensors_are_clear_errors_and_change_nothing() {
         }
     }
     // More ids than samples, and texts for ids.
-    let m = invalid(
+    let m = common::invalid_input(
         head.learn_tensors(&[3, 4, 5], &tensors(&good), &[0, 1, 2]),
         "3 ids",
     );
     assert!(m.contains("2 samples but there are 3 ids"), "{m}");
-    let m = invalid(head.learn_text(&[3], &["a", "b"], &[0]), "2 texts, 1 id");
+    let m = common::invalid_input(head.learn_text(&[3], &["a", "b"], &[0]), "2 texts, 1 id");
     assert!(m.contains("2 texts but 1 ids"), "{m}");
     // The float32 shorthand names what the core takes.
-    let m = invalid(core.run(&[0.0; 4], 1, &["features"]), "f32 shorthand");
+    let m = common::invalid_input(core.run(&[0.0; 4], 1, &["features"]), "f32 shorthand");
     assert!(
         m.contains("does not take one float32 array") && m.contains("or text"),
         "{m}"
@@ -374,7 +367,7 @@ fn mismatched_tensors_are_clear_errors_and_change_nothing() {
 #[test]
 fn image_bundles_refuse_text_and_check_their_float_tensor() {
     let core = Core::open(common::bundle_dir("mnist-core"), &CoreOptions::default()).unwrap();
-    let m = invalid(core.encode_text(&["a digit"]), "text for mnist-core");
+    let m = common::invalid_input(core.encode_text(&["a digit"]), "text for mnist-core");
     assert!(
         m.contains("does not take text") && m.contains("image (float32 [n, 1, 28, 28])"),
         "{m}"
@@ -388,7 +381,7 @@ fn image_bundles_refuse_text_and_check_their_float_tensor() {
 
     let mut bad = x.clone();
     bad[[1, 0, 3, 4]] = f32::NAN;
-    let m = invalid(
+    let m = common::invalid_input(
         core.run_tensors(
             &[Tensor::from_array("image", bad.view().into_dyn())],
             &["features"],
@@ -397,7 +390,7 @@ fn image_bundles_refuse_text_and_check_their_float_tensor() {
     );
     assert!(m.contains("NaN") && m.contains("sample 1"), "{m}");
     let ids = ArrayD::<i64>::zeros(IxDyn(&[2, 1, 28, 28]));
-    let m = invalid(
+    let m = common::invalid_input(
         core.run_tensors(&[Tensor::from_array("image", ids.view())], &["features"]),
         "int64 image",
     );

@@ -190,3 +190,12 @@ impl<T: Send + 'static> Readers<T> {
             .collect()
     }
 }
+
+/// The message of an `Error::InvalidInput`; panics, naming `what`, on success or any other
+/// error.
+pub fn invalid_input<T: std::fmt::Debug>(result: lethe::Result<T>, what: &str) -> String {
+    match result {
+        Err(lethe::Error::InvalidInput(message)) => message,
+        other => panic!("{what}: expected Error::InvalidInput, got {other:?}"),
+    }
+}
