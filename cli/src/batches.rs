@@ -1,6 +1,5 @@
 //! The samples a command reads (a float32 array, named tensors, lines of text or image files),
-//! and running
-//! a core over many of them in chunks, with a progress bar.
+//! and running a core over many of them in chunks, with a progress bar.
 
 use std::path::{Path, PathBuf};
 

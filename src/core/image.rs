@@ -69,11 +69,6 @@ impl ImageEncoder {
         })
     }
 
-    /// The manifest's image preprocessing.
-    pub fn spec(&self) -> &ImageSpec {
-        &self.spec
-    }
-
     /// The number of f32 values of one preprocessed image (`channels × height × width`).
     pub fn sample_len(&self) -> usize {
         self.spec.channels.count() * self.height * self.width
