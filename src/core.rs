@@ -744,3 +744,33 @@ fn core_device(ordinal: usize, rt: &Runtime) -> std::result::Result<String, CpuR
         .unwrap_or_else(|_| "an unnamed device".into());
     Ok(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// G4: the input buffers an idle session keeps for its next run hold zeros, not the last
+    /// run's inputs.
+    #[test]
+    fn pooled_input_buffers_hold_zeros_between_runs() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist-core");
+        let core = Core::open(dir, &CoreOptions::default()).unwrap();
+        let n = 3;
+        let x: Vec<f32> = (0..n * core.input_len())
+            .map(|i| 0.25 + (i % 7) as f32 / 8.0)
+            .collect();
+        core.run(&x, n, &["features"]).unwrap();
+        let mut idle = core.idle.lock().unwrap();
+        let buffers: Vec<&mut InputValue> = idle.iter_mut().flat_map(|i| &mut i.inputs).collect();
+        assert_eq!(buffers.len(), 1, "the run's input buffer was not kept");
+        for b in buffers {
+            assert!(!b.filled);
+            let len = b.shape.iter().product::<usize>() * b.dtype.size();
+            assert_eq!(len, x.len() * 4);
+            // SAFETY: `len` bytes of CPU memory owned by the tensor, as in `InputValue::wipe`.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(b.value.data_ptr_mut().cast::<u8>(), len) };
+            assert!(bytes.iter().all(|&v| v == 0), "an idle buffer holds inputs");
+        }
+    }
+}
