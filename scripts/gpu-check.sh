@@ -45,6 +45,9 @@ for line in open(f"{out}/build.json"):
         subprocess.run(["chmod", "+x", dest], check=True)
 PY
   rm -f "$bin_dir/build.json"
+  # The commit the binaries were built from (the GPU machine's copy of the repo may not say).
+  echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src tests kernels Cargo.toml || echo '+changes')" \
+    >"$bin_dir/commit"
   du -sh "$bin_dir"
   echo "gpu-check: bring $bin_dir (relative: ${bin_dir#"$repo"/}) to the GPU machine"
 }
@@ -100,7 +103,7 @@ fi
   echo "repo: $repo ($(git rev-parse --short HEAD 2>/dev/null || echo 'no git'))"
   echo "ORT_DYLIB_PATH: ${ORT_DYLIB_PATH:-(unset: .lethe/ort or the loader path)}"
   echo "LETHE_NVRTC: ${LETHE_NVRTC:-(unset: the loader path or .lethe/nvrtc)}"
-  echo "binaries: $bin_dir"
+  echo "binaries: $bin_dir, built at commit $(cat "$bin_dir/commit" 2>/dev/null || echo '(not recorded)')"
 } | tee "$out/environment.txt"
 
 # 3. The binaries.
@@ -146,7 +149,7 @@ rows+=("| $bench | $result | see gpu-bench.md |")
 {
   echo "# Lethe GPU check: $card"
   echo
-  echo "$(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); logs in $out"
+  echo "$(date -u +%Y-%m-%d), binaries built at commit $(cat "$bin_dir/commit" 2>/dev/null || echo '(not recorded)'); logs in $out"
   echo
   echo "| suite | result | tests (filtered out: the CUDA EP tests, see LETHE_REQUIRE_CUDA_EP) |"
   echo "|---|---|---|"
