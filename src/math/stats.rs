@@ -10,6 +10,11 @@
 //! A batch's products are summed in i64 over blocks of up to [`products::EXACT_ROWS`] samples
 //! (exact: see [`products`]), and each block's sums are then added into the i128 totals, so a
 //! batch costs one pass over the i128 totals per block rather than per sample.
+//!
+//! A few samples at a time (a typical forget) go into i64 deltas beside the totals instead,
+//! half the bytes to read and write: the same bound keeps them exact while they hold the
+//! products of at most [`EXACT_ROWS`] samples, and they are folded into the totals before
+//! they could hold more. Every value read is total + delta.
 
 mod products;
 
@@ -30,17 +35,35 @@ const DIRECT_BELOW: usize = 4;
 const BLOCK_BYTES: usize = 32 << 20;
 
 /// A and B of one head, as exact integers in units of 2^(−2F); zeroized when dropped (G4).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct ExactStats {
     /// Augmented dimension p = d + 1 (features and the bias).
     p: usize,
     classes: usize,
-    /// The lower triangle of A, column by column: (i, j) with i ≥ j at `offset(j) + i − j`.
+    /// The lower triangle of A, column by column: (i, j) with i ≥ j at `offset(j) + i − j`
+    /// (plus `a_delta`'s entry).
     a: Vec<i128>,
-    /// B, p × C, row-major.
+    /// B, p × C, row-major (plus `b_delta`'s entry).
     b: Vec<i128>,
+    /// Recent samples' products, laid out as `a` and `b` (see the module docs).
+    a_delta: Vec<i64>,
+    b_delta: Vec<i64>,
+    /// How many samples' products the deltas hold (at most [`EXACT_ROWS`]).
+    delta_rows: usize,
     n: u64,
 }
+
+impl PartialEq for ExactStats {
+    fn eq(&self, other: &Self) -> bool {
+        self.p == other.p
+            && self.classes == other.classes
+            && self.n == other.n
+            && self.a_values().eq(other.a_values())
+            && self.b_values().eq(other.b_values())
+    }
+}
+
+impl Eq for ExactStats {}
 
 impl std::fmt::Debug for ExactStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +84,9 @@ impl ExactStats {
             classes,
             a: vec![0; p * (p + 1) / 2],
             b: vec![0; p * classes],
+            a_delta: vec![0; p * (p + 1) / 2],
+            b_delta: vec![0; p * classes],
+            delta_rows: 0,
             n: 0,
         }
     }
@@ -74,9 +100,12 @@ impl ExactStats {
         b: Vec<i128>,
     ) -> Option<ExactStats> {
         let p = dim + 1;
-        (a.len() == p * (p + 1) / 2 && b.len() == p * classes).then_some(ExactStats {
+        (a.len() == p * (p + 1) / 2 && b.len() == p * classes).then(|| ExactStats {
             p,
             classes,
+            a_delta: vec![0; a.len()],
+            b_delta: vec![0; b.len()],
+            delta_rows: 0,
             a,
             b,
             n,
@@ -96,14 +125,20 @@ impl ExactStats {
         self.n
     }
 
-    /// The packed lower triangle of A (see the field docs).
-    pub fn a_packed(&self) -> &[i128] {
-        &self.a
+    /// The packed lower triangle of A (column j from its diagonal down), entry by entry.
+    pub fn a_values(&self) -> impl Iterator<Item = i128> + '_ {
+        self.a
+            .iter()
+            .zip(&self.a_delta)
+            .map(|(&t, &d)| t + d as i128)
     }
 
-    /// B, p × C, row-major.
-    pub fn b(&self) -> &[i128] {
-        &self.b
+    /// B, p × C, row-major, entry by entry.
+    pub fn b_values(&self) -> impl Iterator<Item = i128> + '_ {
+        self.b
+            .iter()
+            .zip(&self.b_delta)
+            .map(|(&t, &d)| t + d as i128)
     }
 
     fn offset(&self, j: usize) -> usize {
@@ -113,7 +148,21 @@ impl ExactStats {
     /// A[i][j] (either triangle).
     pub fn a(&self, i: usize, j: usize) -> i128 {
         let (i, j) = if i >= j { (i, j) } else { (j, i) };
-        self.a[self.offset(j) + i - j]
+        let at = self.offset(j) + i - j;
+        self.a[at] + self.a_delta[at] as i128
+    }
+
+    /// Adds the deltas into the totals and clears them.
+    fn fold(&mut self) {
+        for (t, d) in self.a.iter_mut().zip(self.a_delta.iter_mut()) {
+            *t += *d as i128;
+            *d = 0;
+        }
+        for (t, d) in self.b.iter_mut().zip(self.b_delta.iter_mut()) {
+            *t += *d as i128;
+            *d = 0;
+        }
+        self.delta_rows = 0;
     }
 
     /// Adds (`sign` = 1) or subtracts (`sign` = −1) samples: `q` holds k × d quantized features
@@ -161,31 +210,38 @@ impl ExactStats {
         }
     }
 
-    /// [`ExactStats::accumulate`] for a few samples: products of the lower triangle straight
-    /// into the i128 sums (no p × p temporary, half the multiplications).
+    /// [`ExactStats::accumulate`] for a few samples: products of the lower triangle into the
+    /// i64 deltas (no p × p temporary, half the multiplications).
     fn accumulate_direct(&mut self, q: &[i32], r: &[i32], one: i32, sign: i8) {
         let (d, c) = (self.p - 1, self.classes);
         let k = r.len() / c;
-        let sign = sign as i128;
+        if self.delta_rows + k > EXACT_ROWS {
+            self.fold();
+        }
+        self.delta_rows += k;
+        let sign = sign as i64;
         let mut x = Zeroizing::new(vec![0i64; self.p]);
         for s in 0..k {
             for (xi, &v) in x.iter_mut().zip(&q[s * d..(s + 1) * d]) {
                 *xi = v as i64;
             }
             x[d] = one as i64;
+            // Each product is at most 2^48 and a delta sums at most EXACT_ROWS of them: no
+            // overflow.
             for j in 0..self.p {
                 let off = self.offset(j);
-                let xj = x[j];
-                for (a, &xi) in self.a[off..off + self.p - j].iter_mut().zip(&x[j..]) {
-                    *a += sign * (xi * xj) as i128;
+                let xj = sign * x[j];
+                for (a, &xi) in self.a_delta[off..off + self.p - j].iter_mut().zip(&x[j..]) {
+                    *a += xi * xj;
                 }
             }
             for (i, &xi) in x.iter().enumerate() {
-                for (b, &rc) in self.b[i * c..(i + 1) * c]
+                let xi = sign * xi;
+                for (b, &rc) in self.b_delta[i * c..(i + 1) * c]
                     .iter_mut()
                     .zip(&r[s * c..(s + 1) * c])
                 {
-                    *b += sign * (xi * rc as i64) as i128;
+                    *b += xi * rc as i64;
                 }
             }
         }
@@ -203,9 +259,10 @@ impl ExactStats {
         let p = self.p;
         let mut a = SecretMat::zeros(p, p);
         for j in 0..p {
-            let packed = &self.a[self.offset(j)..self.offset(j) + p - j];
-            for (v, &x) in a.col_as_slice_mut(j)[j..].iter_mut().zip(packed) {
-                *v = to_f64(x) * unit;
+            let at = self.offset(j)..self.offset(j) + p - j;
+            let (total, delta) = (&self.a[at.clone()], &self.a_delta[at]);
+            for ((v, &t), &e) in a.col_as_slice_mut(j)[j..].iter_mut().zip(total).zip(delta) {
+                *v = to_f64(t + e as i128) * unit;
             }
         }
         // The upper triangle mirrors the lower one, in tiles so that the columns read and
@@ -230,7 +287,8 @@ impl ExactStats {
     pub fn b_f64(&self, frac_bits: u32) -> SecretMat {
         let unit = (-2.0 * frac_bits as f64).exp2();
         SecretMat::from_fn(self.p, self.classes, |i, c| {
-            to_f64(self.b[i * self.classes + c]) * unit
+            let at = i * self.classes + c;
+            to_f64(self.b[at] + self.b_delta[at] as i128) * unit
         })
     }
 
@@ -255,6 +313,9 @@ impl ExactStats {
     pub fn clear(&mut self) {
         self.a.fill(0);
         self.b.fill(0);
+        self.a_delta.fill(0);
+        self.b_delta.fill(0);
+        self.delta_rows = 0;
         self.n = 0;
     }
 }
@@ -263,6 +324,8 @@ impl Drop for ExactStats {
     fn drop(&mut self) {
         self.a.zeroize();
         self.b.zeroize();
+        self.a_delta.zeroize();
+        self.b_delta.zeroize();
     }
 }
 
@@ -401,7 +464,7 @@ mod tests {
                 assert_eq!(s.a(i, j), v, "{what}: A[{i}][{j}]");
             }
             for (t, &v) in b_row.iter().enumerate() {
-                assert_eq!(s.b()[i * c + t], v, "{what}: B[{i}][{t}]");
+                assert_eq!(s.b_values().nth(i * c + t), Some(v), "{what}: B[{i}][{t}]");
             }
         }
     }
@@ -428,7 +491,7 @@ mod tests {
         let full = k as i128 * (1i128 << 48);
         assert_eq!(s.a(0, 0), full);
         assert_eq!(s.a(1, 0), -full);
-        assert_eq!(s.b()[1], -full);
+        assert_eq!(s.b_values().nth(1), Some(-full));
         s.accumulate_in_blocks(&q, &r, one, -1, EXACT_ROWS);
         assert_eq!(s, ExactStats::new(d, c));
     }
@@ -447,5 +510,30 @@ mod tests {
         assert_ne!(s, before);
         s.accumulate(&q2, &r2, one, -1);
         assert_eq!(s, before);
+    }
+
+    /// One sample at a time (the i64 deltas), at the range limits and past the most samples a
+    /// delta may hold: every entry stays exact, the deltas folded before they could overflow.
+    #[test]
+    fn single_samples_at_the_range_limits_stay_exact_past_a_fold() {
+        let (d, c) = (2, 1);
+        let top = 1i32 << 24;
+        let (q, r) = ([top, -top], [top]);
+        let mut s = ExactStats::new(d, c);
+        let rows = EXACT_ROWS + 5;
+        for _ in 0..rows {
+            s.accumulate(&q, &r, top, 1);
+        }
+        assert!(s.delta_rows <= EXACT_ROWS);
+        let big = rows as i128 * (1i128 << 48);
+        assert_eq!(s.a(0, 0), big);
+        assert_eq!(s.a(1, 0), -big);
+        assert_eq!(s.a(2, 1), -big);
+        assert_eq!(s.b_values().collect::<Vec<_>>(), vec![big, -big, big]);
+        for _ in 0..rows {
+            s.accumulate(&q, &r, top, -1);
+        }
+        assert_eq!(s, ExactStats::new(d, c));
+        assert!(s.a_values().chain(s.b_values()).all(|v| v == 0));
     }
 }

@@ -463,7 +463,7 @@ pub fn encode_stats(
 ) -> Zeroizing<Vec<u8>> {
     let (p, c) = (header.dim + 1, header.classes);
     let mut plain = Zeroizing::new(Vec::with_capacity(stats_payload_len(header.dim, c)));
-    for v in stats.a_packed().iter().chain(stats.b()) {
+    for v in stats.a_values().chain(stats.b_values()) {
         plain.extend_from_slice(&v.to_le_bytes());
     }
     for j in 0..p {
@@ -540,7 +540,7 @@ pub fn parse_stats(
     // Every buffer below is zeroized when dropped, on errors too (G4).
     let stats =
         ExactStats::from_parts(d, c, n, i128s(tri), i128s(p * c)).ok_or("inconsistent sizes")?;
-    if stats.a_packed()[tri - 1] != n as i128 * (one as i128 * one as i128) {
+    if stats.a(p - 1, p - 1) != n as i128 * (one as i128 * one as i128) {
         return Err(format!("A's bias entry does not match its {n} samples"));
     }
     let f64_at = |b: &[u8]| f64::from_le_bytes(b.try_into().expect("8 bytes"));
