@@ -1,11 +1,13 @@
 //! G6: while learn, forget and forget-all run, every prediction from other threads equals, bit
-//! for bit, the prediction of one weights version the head can have published: never a mix.
+//! for bit, the prediction of one weights version the head published (each one recorded by
+//! the head as it publishes it): never a mix.
 //! On the default asynchronous path the head serves an incremental update at once and the
 //! background re-solve later publishes the canonical weights; the writer holds the re-solve back
 //! during every other pair of calls, so that the readers certainly see incremental updates, and
 //! releases it during the others, so that re-solves publish while they read. With
-//! `synchronous_resolve` only canonical weights are served. The GPU version of the check is
-//! ignored without a GPU.
+//! `synchronous_resolve` only canonical weights are served: every version published is then
+//! one of the canonical weights of a fresh head after some prefix of the calls. The GPU
+//! version of the check is ignored without a GPU.
 //! And a head persisted in a state dir reopens with identical predictions.
 
 mod common;
@@ -78,24 +80,17 @@ fn apply(head: &Head, change: &Change) {
     }
 }
 
-/// The weights a head running `script` can serve. `canonical[m]`: those of the samples after
-/// change m (`canonical[0]`: none). `incremental`: after change m, the incremental updates of
-/// changes j+1..=m applied to `canonical[j]`, for every j < m (the background re-solve last
-/// finished after change j). Each is computed by a head whose re-solve is held back.
-fn reachable(script: &[Change]) -> (Vec<ServedWeights>, Vec<ServedWeights>) {
-    let (mut canonical, mut incremental) = (Vec::new(), Vec::new());
-    for j in 0..=script.len() {
-        let head = Head::detached(spec(), &HeadOptions::default()).unwrap();
-        head.hold_resolve(true);
-        script[..j].iter().for_each(|change| apply(&head, change));
-        head.weights().unwrap();
-        canonical.push((*head.served()).clone());
-        for change in &script[j..] {
-            apply(&head, change);
-            incremental.push((*head.served()).clone());
-        }
-    }
-    (canonical, incremental)
+/// The canonical weights of a head running `script`: `[m]` those of the samples after change m
+/// (`[0]`: none), each computed by a fresh head.
+fn canonical_versions(script: &[Change]) -> Vec<ServedWeights> {
+    (0..=script.len())
+        .map(|j| {
+            let head = Head::detached(spec(), &HeadOptions::default()).unwrap();
+            script[..j].iter().for_each(|change| apply(&head, change));
+            head.weights().unwrap();
+            (*head.served()).clone()
+        })
+        .collect()
 }
 
 fn bits(logits: &Array2<f32>) -> Vec<u32> {
@@ -121,6 +116,7 @@ fn predict_while_changing(
         apply(head, change);
         readers.wait_for_new_calls();
     }
+    head.hold_resolve(false);
     readers.finish()
 }
 
@@ -139,12 +135,21 @@ fn predictions_see_whole_weights(
         .is_some_and(|b| b.backend != Backend::Cpu);
     assert_eq!(report.head.is_gpu(), wanted_gpu, "{report}");
     let probe = features(&(1000..1000 + N as u64).collect::<Vec<_>>());
+    head.record_published();
     let seen = predict_while_changing(&head, &script, &probe);
+    let published = head.published();
 
-    let (canonical, incremental) = reachable(&script);
+    let canonical = canonical_versions(&script);
     let mut versions = canonical.clone();
-    if !options.synchronous_resolve {
-        versions.extend(incremental);
+    if options.synchronous_resolve {
+        for w in &published {
+            assert!(
+                canonical.iter().any(|c| c == &**w),
+                "a synchronous head published weights that are not canonical"
+            );
+        }
+    } else {
+        versions.extend(published.iter().map(|w| (**w).clone()));
     }
     // The prediction of each version, and whether it is one of a canonical version.
     let mut outputs: HashMap<Vec<u32>, (usize, bool)> = HashMap::new();

@@ -349,17 +349,31 @@ fn rel_diff(got: &Weights, want: &Weights) -> f64 {
 /// held back, each learn and forget serves the incremental update's weights; in f64 they are
 /// within 1e-12 relative of a fresh head's canonical weights on the remaining samples, and the
 /// served f32 weights are exactly their rounding. Released, the background re-solve installs
-/// the canonical weights by itself.
+/// the canonical weights by itself. Both incremental paths: the rank-k update of the factor,
+/// and the fast path's Woodbury correction from the inverse the background made of the first
+/// samples' A (every later change then pending in the correction).
 #[test]
 fn weights_served_before_the_resolve_are_within_1e_12_of_canonical() {
+    for path in [UpdatePath::RankK, UpdatePath::ByCost] {
+        served_before_the_resolve(path);
+    }
+}
+
+fn served_before_the_resolve(path: UpdatePath) {
     let (d, c) = (24, 4);
     let s = spec(d, c, true);
     let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
-    head.hold_resolve(true);
-    head.set_update_path(UpdatePath::RankK);
+    head.set_update_path(path);
     let mut rng = common::rng(12);
-    let samples: Vec<Sample> = (0..80).map(|_| sample(&mut rng, d, c, true)).collect();
-    let mut live: BTreeMap<u64, &Sample> = BTreeMap::new();
+    let samples: Vec<Sample> = (0..100).map(|_| sample(&mut rng, d, c, true)).collect();
+    let numbered = numbered(&samples);
+    // A head that holds more samples than p to start from (the fast path refuses changes that
+    // would cost digits, as forgetting a high-leverage sample of a near-empty head would).
+    let (first, rest) = numbered.split_at(40);
+    learn(&head, first, d, c).unwrap();
+    let mut live: BTreeMap<u64, &Sample> = first.iter().copied().collect();
+    head.settle().unwrap();
+    head.hold_resolve(true);
     let (mut incremental, mut largest) = (0, 0.0f64);
     let mut check = |live: &BTreeMap<u64, &Sample>, what: &str| -> Weights {
         let fresh = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
@@ -389,23 +403,35 @@ fn weights_served_before_the_resolve_are_within_1e_12_of_canonical() {
         largest = largest.max(rel);
         canonical
     };
-    let mut canonical = check(&live, "empty");
-    for (step, batch) in numbered(&samples).chunks(10).enumerate() {
+    let mut canonical = check(&live, "start");
+    // Changes small enough that the cost model takes the incremental path for each.
+    let mut rows = 0;
+    for (step, batch) in rest.chunks(3).enumerate() {
         learn(&head, batch, d, c).unwrap();
         live.extend(batch.iter().copied());
         check(&live, &format!("learn, step {step}"));
-        let ids: Vec<u64> = live.keys().copied().step_by(4).take(3).collect();
+        let ids: Vec<u64> = live.keys().copied().step_by(4).take(1).collect();
+        rows += batch.len() + ids.len();
         head.forget(&ids).unwrap();
         for id in &ids {
             live.remove(id);
         }
         canonical = check(&live, &format!("forget, step {step}"));
     }
-    eprintln!("{incremental} calls served incremental updates, at most {largest:e} from canonical");
+    eprintln!(
+        "{path:?}: {incremental} calls served incremental updates, at most {largest:e} from \
+         canonical"
+    );
     assert!(
-        incremental > 8,
+        incremental > 20,
         "only {incremental} calls served weights other than the canonical ones: the re-solve \
          was not held back"
+    );
+    let corrections = (path == UpdatePath::ByCost).then_some(rows);
+    assert_eq!(
+        head.pending_corrections(),
+        corrections,
+        "the changes did not go through the path under test"
     );
     head.hold_resolve(false);
     let deadline = Instant::now() + Duration::from_secs(60);

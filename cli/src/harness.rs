@@ -87,12 +87,6 @@ pub fn time_pair(
 const BLOCK_BELOW: Duration = Duration::from_millis(50);
 const BLOCK: usize = 4;
 
-/// Lets the head's background re-solve (started by the last change) finish before the next
-/// measurement, so that it does not compete for the CPU. `solve` is how long one takes.
-pub fn settle(solve: f64) {
-    std::thread::sleep(Duration::from_secs_f64(solve * 0.5 + 0.002));
-}
-
 /// Forgets `k` random samples among `ids` `repeats` times, each time learning them back with
 /// `relearn`. Returns the medians of (the forget call, the forget call until `Head::weights`
 /// returned the canonical weights).
@@ -105,8 +99,7 @@ pub fn time_forget(
     relearn: &dyn Fn(&[u64]) -> Result<()>,
 ) -> Result<(f64, f64)> {
     let (mut call, mut ready) = (Vec::new(), Vec::new());
-    let mut solve = seconds_of(|| head.weights().map(drop))?;
-    settle(solve);
+    head.settle()?;
     for _ in 0..repeats {
         let picked: Vec<u64> = rand::seq::index::sample(rng, ids.len(), k)
             .into_iter()
@@ -118,8 +111,7 @@ pub fn time_forget(
         head.weights()?;
         ready.push(t.elapsed().as_secs_f64());
         relearn(&picked)?;
-        solve = seconds_of(|| head.weights().map(drop))?;
-        settle(solve);
+        head.settle()?;
     }
     Ok((median(call), median(ready)))
 }

@@ -5,17 +5,29 @@
 //! classes, or 0). Training minimizes Σ ||z + Wφ + b − s·y||² + λ(||W||² + ||b||²) over the
 //! current samples; see DESIGN.md for the math.
 //!
-//! # The canonical re-solve
+//! # The fast path and the canonical re-solve
 //! `learn` and `forget` update the integer statistics exactly, then bring the weights up to
-//! date by whichever of two paths the cost model ([`solver::resolve_is_cheaper`]) expects to be
-//! faster, and serve the result at once: for a few samples, the Cholesky factor and the weights
-//! are updated incrementally in O(k·p² + k·p·C), and a background thread (one per head) then
-//! recomputes the canonical solution from the integer statistics (sequential Cholesky, O(p³))
-//! and swaps it in if no other call came in meanwhile; for many, the call computes the
-//! canonical solution itself, so that it never takes much longer than a re-solve. Calls that
-//! must return canonical weights — [`Head::weights`], [`Head::close`] — finish a pending
-//! re-solve themselves first. Served weights before the re-solve differ from canonical by
-//! rounding only.
+//! date by whichever path is cheaper, and serve the result at once:
+//! - the **Woodbury correction** ([`crate::math::woodbury`]): once the background thread has
+//!   inverted some version's A, a change of k samples updates the weights from that inverse
+//!   and the changes since, in one pass over the inverse (half of A's bytes) and O(k·p·C),
+//!   without touching the factor. The changed rows themselves are not kept, only their images
+//!   under the inverse (G4);
+//! - the **rank-k update** of the Cholesky factor and the weights in O(k·p² + k·p·C), until
+//!   the background has an inverse (after opening, after forget-all, after a re-solve on the
+//!   caller's thread), or when the correction refuses a change (one that would cost it
+//!   digits, or too many changes pending);
+//! - the **canonical re-solve** from the integer statistics, on the caller's thread, when the
+//!   cost model ([`solver::resolve_is_cheaper`]) expects it to be faster (many samples), so
+//!   that a call never takes much longer than a re-solve.
+//!
+//! A background thread (one per head) then recomputes the canonical solution from the integer
+//! statistics (sequential Cholesky, O(p³)) and swaps it in if no other call came in meanwhile,
+//! and inverts that version's A for the fast path (O(p³)), folding the changes up to it into
+//! the correction's base and keeping the later ones: back-to-back calls never queue re-solves,
+//! the background always jumps to the newest version. Calls that must return canonical
+//! weights — [`Head::weights`], [`Head::close`] — finish a pending re-solve themselves first.
+//! Served weights before the re-solve differ from canonical by rounding only.
 //!
 //! # Concurrency
 //! `predict` reads an immutable snapshot of the f32 weights (an `Arc` swapped under a short
@@ -54,6 +66,7 @@ use crate::math::solver::{self, Solution};
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
+use crate::math::woodbury::Woodbury;
 use crate::placement::{BackendOptions, BackendReport};
 use crate::store::{Loaded, StateKey, Store};
 use backend::HeadBackend;
@@ -96,7 +109,13 @@ pub struct HeadInfo {
 struct State {
     samples: Samples,
     stats: ExactStats,
+    /// Θ is the weights served (canonical when `canonical == version`). L is the current
+    /// version's factor when `fast` is `None`, as the rank-k update needs; otherwise it is not
+    /// used until the canonical solution replaces it.
     solution: Solution,
+    /// The fast path's correction (see "The fast path" above), once the background has
+    /// inverted a version's A; it covers every change since its base.
+    fast: Option<Woodbury>,
     /// Bumped by every change; the canonical solution is current when `canonical == version`.
     version: u64,
     canonical: u64,
@@ -110,9 +129,11 @@ struct State {
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpdatePath {
-    /// Whichever the cost model expects to be faster (the default).
+    /// The Woodbury correction once the background has inverted A (the rank-k update until
+    /// then), or the re-solve when the cost model expects it to be faster (the default).
     ByCost,
-    /// The incremental rank-k update, the canonical re-solve in the background.
+    /// The incremental rank-k update, the canonical re-solve in the background (which then
+    /// inverts nothing).
     RankK,
     /// The canonical re-solve, in the call.
     Resolve,
@@ -124,6 +145,8 @@ struct Inner {
     dir: Option<PathBuf>,
     core: Option<Arc<Core>>,
     served: RwLock<Arc<ServedWeights>>,
+    /// [`Head::record_published`]: every weights version published since, when recording.
+    published: Mutex<Option<Vec<Arc<ServedWeights>>>>,
     backend: HeadBackend,
     state: Mutex<State>,
     wake: Condvar,
@@ -262,11 +285,13 @@ impl Head {
         backend.publish(&served);
         let inner = Arc::new(Inner {
             served: RwLock::new(served),
+            published: Mutex::new(None),
             backend,
             state: Mutex::new(State {
                 samples,
                 stats,
                 solution,
+                fast: None,
                 version: 0,
                 canonical: 0,
                 path: UpdatePath::ByCost,
@@ -541,31 +566,47 @@ impl Head {
         // The phases of the call, as trace spans (how `lethe bench` times them in situ).
         let (q, r, sign) = tracing::trace_span!("store").in_scope(|| prepare(&mut st))?;
         let one = spec.fixed.one();
-        tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
         st.version += 1;
         let st = &mut *st;
-        let k = r.len() / spec.num_classes();
+        let (p, k) = (spec.dim + 1, r.len() / spec.num_classes());
         let resolve = self.worker.is_none()
             || match st.path {
-                UpdatePath::ByCost => {
-                    solver::resolve_is_cheaper(k, spec.dim + 1, spec.num_classes())
-                }
+                UpdatePath::ByCost => solver::resolve_is_cheaper(k, p, spec.num_classes()),
                 UpdatePath::RankK => false,
                 UpdatePath::Resolve => true,
             };
         // The change is committed: the solves below cannot fail, since a learn was checked
         // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
         let solve = tracing::trace_span!("solve", resolve).entered();
-        if resolve {
-            st.solution = self.inner.canonical_of(&st.stats)?;
-            st.canonical = st.version;
+        let updated = if resolve {
+            tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
+            false
         } else {
             let (x, t) = spec.real_rows(q, r);
-            if solver::apply(&mut st.solution, &x, &t, sign as f64).is_err() {
-                tracing::debug!("incremental update lost positive definiteness; re-solving");
-                st.solution = self.inner.canonical_of(&st.stats)?;
-                st.canonical = st.version;
+            let State {
+                stats,
+                solution,
+                fast,
+                version,
+                ..
+            } = st;
+            tracing::trace_span!("stats").in_scope(|| stats.accumulate(q, r, one, sign));
+            match fast {
+                Some(fast) => fast
+                    .apply(&mut solution.theta, &x, &t, sign as f64, *version)
+                    .is_ok(),
+                None => solver::apply(solution, &x, &t, sign as f64).is_ok(),
             }
+        };
+        if !updated {
+            if !resolve {
+                tracing::debug!("incremental update lost positive definiteness; re-solving");
+            }
+            // The re-solve does not go through the correction, which then no longer covers
+            // every change since its base.
+            st.fast = None;
+            st.solution = self.inner.canonical_of(&st.stats)?;
+            st.canonical = st.version;
         }
         drop(solve);
         tracing::trace_span!("publish").in_scope(|| self.inner.publish(&st.solution));
@@ -580,6 +621,7 @@ impl Head {
         let mut st = self.inner.lock_sound()?;
         st.samples.forget_all()?;
         st.stats.clear();
+        st.fast = None;
         let p = spec.dim + 1;
         let diag = spec.lambda.sqrt();
         st.solution = Solution {
@@ -710,7 +752,67 @@ impl Head {
     /// ([`UpdatePath::ByCost`] unless set). No effect with `synchronous_resolve`.
     #[doc(hidden)]
     pub fn set_update_path(&self, path: UpdatePath) {
-        self.inner.lock().path = path;
+        let mut st = self.inner.lock();
+        st.path = path;
+        // The rank-k update needs the current version's factor.
+        if path == UpdatePath::RankK && st.fast.take().is_some() {
+            if let Err(e) = self.inner.make_canonical(&mut st) {
+                tracing::error!("re-solve for the rank-k path failed: {e}");
+            }
+        }
+    }
+
+    /// A test hook (G6): from now on, every weights version the head publishes is kept, for
+    /// [`Head::published`] to return; the list starts with the version served now.
+    #[doc(hidden)]
+    pub fn record_published(&self) {
+        let _st = self.inner.lock();
+        *self
+            .inner
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(vec![self.served()]);
+    }
+
+    /// A test hook (G6): the weights versions published since [`Head::record_published`], in
+    /// order.
+    #[doc(hidden)]
+    pub fn published(&self) -> Vec<Arc<ServedWeights>> {
+        let _st = self.inner.lock();
+        self.inner
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .unwrap_or_default()
+    }
+
+    /// A test hook: how many changed rows the fast path's Woodbury correction holds, or
+    /// `None` when the head has no correction (the rank-k update serves changes then).
+    #[doc(hidden)]
+    pub fn pending_corrections(&self) -> Option<usize> {
+        self.inner.lock().fast.as_ref().map(Woodbury::pending)
+    }
+
+    /// A test and benchmark hook: waits until the background has nothing left to do (the
+    /// canonical solution current and, unless the rank-k path is forced, the fast path's
+    /// inverse up to date), so that the next call is timed with the background idle. Returns
+    /// at once with `synchronous_resolve`, while held, or once the re-solve thread has ended.
+    #[doc(hidden)]
+    pub fn settle(&self) -> Result<()> {
+        let Some(worker) = &self.worker else {
+            return Ok(());
+        };
+        let mut st = self.inner.lock_sound()?;
+        while self.inner.background_work(&st) && !worker.is_finished() {
+            st = self
+                .inner
+                .wake
+                .wait_timeout(st, std::time::Duration::from_millis(50))
+                .map_err(|_| self.inner.poisoned())?
+                .0;
+        }
+        Ok(())
     }
 
     /// The receipt of the head's state (G8), finishing a pending re-solve first: a digest of
@@ -873,6 +975,14 @@ impl Inner {
         )
     }
 
+    /// Whether the background has work: a re-solve, or (unless the rank-k path is forced) an
+    /// inverse for the fast path where it has none or has changes pending. Nothing while held.
+    fn background_work(&self, st: &State) -> bool {
+        let invert =
+            st.path != UpdatePath::RankK && st.fast.as_ref().is_none_or(|f| f.pending() > 0);
+        (st.canonical != st.version || invert) && !self.held.load(Ordering::SeqCst)
+    }
+
     fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
         solver::canonical(stats, self.spec.lambda, self.spec.fixed.frac_bits).map_err(|_| {
             Error::Limit(format!(
@@ -906,23 +1016,32 @@ impl Inner {
     fn publish(&self, solution: &Solution) {
         let served = Arc::new(to_served(&solution.theta, self.spec.dim));
         self.backend.publish(&served);
+        if let Some(log) = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            log.push(served.clone());
+        }
         // One assignment: a panic cannot leave it half-done (see "Panics" above).
         *self.served.write().unwrap_or_else(|e| e.into_inner()) = served;
     }
 }
 
-/// The background re-solve: waits for a change, factors A off the lock, installs the result
-/// if nothing changed meanwhile.
+/// The background: waits for work, then (1) re-solves canonically for the newest version off
+/// the lock and installs the result if no change came in meanwhile, and (2) inverts that
+/// version's A for the fast path and takes it as the correction's base (folding in the changes
+/// up to it, keeping the later ones), or inverts the current factor when the canonical
+/// solution is current but the fast path has no inverse or pending changes.
 fn resolve_loop(inner: &Inner) {
     let _done = SolvingCleared(inner);
     loop {
-        let (stats, version) = {
+        let job = {
             let Ok(mut st) = inner.lock_sound() else {
                 return;
             };
-            while (st.canonical == st.version || inner.held.load(Ordering::SeqCst))
-                && !inner.stop.load(Ordering::SeqCst)
-            {
+            while !inner.background_work(&st) && !inner.stop.load(Ordering::SeqCst) {
                 let Ok(woken) = inner.wake.wait(st) else {
                     return;
                 };
@@ -931,29 +1050,70 @@ fn resolve_loop(inner: &Inner) {
             if inner.stop.load(Ordering::SeqCst) {
                 return;
             }
-            st.solving = Some(st.version);
-            (st.stats.clone(), st.version)
+            if st.canonical != st.version {
+                st.solving = Some(st.version);
+                Job::Solve(st.stats.clone(), st.version)
+            } else {
+                Job::Invert(st.solution.l.clone(), st.version)
+            }
         };
-        let solved = inner.canonical_of(&stats);
-        drop(stats);
+        let (l, version) = match job {
+            Job::Solve(stats, version) => {
+                let solved = inner.canonical_of(&stats);
+                drop(stats);
+                let Ok(mut st) = inner.lock_sound() else {
+                    return;
+                };
+                st.solving = None;
+                inner.wake.notify_all();
+                let solution = match solved {
+                    Ok(solution) => solution,
+                    Err(e) => {
+                        tracing::error!("canonical re-solve failed: {e}");
+                        return;
+                    }
+                };
+                if inner.held.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if st.version == version {
+                    st.solution = solution.clone();
+                    st.canonical = version;
+                    inner.publish(&st.solution);
+                } else if st.fast.is_none() {
+                    // Changes since went through the rank-k update: nothing to rebase.
+                    continue;
+                }
+                let Solution { l, theta } = solution;
+                drop(theta);
+                (l, version)
+            }
+            Job::Invert(l, version) => (l, version),
+        };
+        let inverse = Woodbury::from_factor(&l, version);
+        drop(l);
         let Ok(mut st) = inner.lock_sound() else {
             return;
         };
-        st.solving = None;
-        inner.wake.notify_all();
-        match solved {
-            Ok(solution) if st.version == version && !inner.held.load(Ordering::SeqCst) => {
-                st.solution = solution;
-                st.canonical = version;
-                inner.publish(&st.solution);
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::error!("canonical re-solve failed: {e}");
-                return;
-            }
+        if inner.held.load(Ordering::SeqCst) || st.path == UpdatePath::RankK {
+            continue;
         }
+        let current = st.version == version;
+        match &mut st.fast {
+            Some(fast) => fast.rebase(inverse),
+            // With no correction, the factor is the current version's only while no change
+            // came in.
+            None if current => st.fast = Some(inverse),
+            None => {}
+        }
+        inner.wake.notify_all();
     }
+}
+
+/// What the background does next (see [`resolve_loop`]).
+enum Job {
+    Solve(ExactStats, u64),
+    Invert(SecretMat, u64),
 }
 
 /// Whenever the re-solve thread ends (stopped, failed or panicked), nobody waits for its

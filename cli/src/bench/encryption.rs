@@ -12,7 +12,7 @@ use super::plan::Plan;
 use super::results::EncryptionRow;
 use crate::digits::digit_inputs;
 use crate::global::Global;
-use crate::harness::{median, seconds_of, settle, time_forget};
+use crate::harness::{median, seconds_of, time_forget};
 use crate::units::fmt_secs;
 use lethe::data::Digits;
 use lethe::{Core, Error, Head, HeadOptions, Result, StateKey};
@@ -132,7 +132,8 @@ pub fn learn_both(
             .collect();
         for (head, t) in heads.iter().zip(&mut times) {
             let learn = seconds_of(|| head.learn_features(&ids, &phi, &z, &labels))?;
-            settle(seconds_of(|| head.weights().map(drop))?);
+            head.weights()?;
+            head.settle()?;
             if rep > 0 {
                 t.push(learn);
             }

@@ -16,7 +16,7 @@ use super::plan::Plan;
 use super::results::{BackToBack, ForgetBreakdown, ForgetPhases, ForgetRow};
 use super::spans::SpanTimes;
 use super::workloads::{synthetic_feature, synthetic_label, SYNTHETIC_LAMBDA};
-use crate::harness::{median, seconds_of, settle, time_forget};
+use crate::harness::{median, seconds_of, time_forget};
 use crate::units::fmt_secs;
 use lethe::{Core, Error, Head, HeadOptions, Result};
 
@@ -209,7 +209,7 @@ impl ForgetSweep<'_> {
                 }
             }
             self.learn(head, &[id])?;
-            settle(seconds_of(|| head.weights().map(drop))?);
+            head.settle()?;
         }
         Ok(ForgetPhases {
             n,
@@ -233,7 +233,7 @@ impl ForgetSweep<'_> {
         count: usize,
         rng: &mut StdRng,
     ) -> Result<BackToBack> {
-        settle(seconds_of(|| head.weights().map(drop))?);
+        head.settle()?;
         let picked: Vec<u64> = rand::seq::index::sample(rng, ids.len(), count)
             .into_iter()
             .map(|i| ids[i])

@@ -9,7 +9,7 @@ use super::plan::Plan;
 use super::results::{LearnRow, OpenRow, PredictRow};
 use crate::digits::{digit_features, digit_inputs, MOBILENET};
 use crate::global::Global;
-use crate::harness::{median, seconds_of, settle, time_pair};
+use crate::harness::{median, seconds_of, time_pair};
 use crate::tweets::Tweets;
 use crate::units::fmt_secs;
 use lethe::data::Digits;
@@ -169,10 +169,10 @@ pub fn bench_learn(
             let tc = seconds_of(|| durable.core_features(&input, batch).map(drop))?;
             let td = seconds_of(|| durable.learn_features(&fresh_ids(), &phi, &z, &labels))?;
             let tr = seconds_of(|| durable.weights().map(drop))?;
-            settle(tr);
+            durable.settle()?;
             let tm = seconds_of(|| memory.learn_features(&fresh_ids(), &phi, &z, &labels))?;
-            let tr2 = seconds_of(|| memory.weights().map(drop))?;
-            settle(tr2);
+            memory.weights()?;
+            memory.settle()?;
             if rep > 0 {
                 t_core.push(tc);
                 t_durable.push(td);
