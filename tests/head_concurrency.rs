@@ -3,8 +3,8 @@
 //! the head as it publishes it): never a mix.
 //! On the default asynchronous path the head serves an incremental update at once and the
 //! background re-solve later publishes the canonical weights; the writer holds the re-solve back
-//! during every other pair of calls, so that the readers certainly see incremental updates, and
-//! releases it during the others, so that re-solves publish while they read. With
+//! during every other pair of calls, so that the readers see incremental updates, and releases
+//! it during the others, so that re-solves publish while they read. With
 //! `synchronous_resolve` only canonical weights are served: every version published is then
 //! one of the canonical weights of a fresh head after some prefix of the calls. The GPU
 //! version of the check is ignored without a GPU.
@@ -22,7 +22,7 @@ use lethe::placement::{Backend, BackendOptions};
 use lethe::{Core, Head, HeadOptions, HeadSpec, ServedWeights};
 use ndarray::Array2;
 
-/// Large enough that the incremental and the canonical weights differ in f32 (and that a
+/// Large enough that the incremental and the canonical weights can differ in f32 (and that a
 /// re-solve takes a while).
 const D: usize = 256;
 const C: usize = 7;
@@ -173,10 +173,16 @@ fn predictions_see_whole_weights(
         versions.len(),
         script.len()
     );
+    // Asynchronously, each call publishes its incremental update and the background publishes
+    // canonical weights besides (the incremental weights often round to the canonical f32
+    // bits, so that predictions cannot tell them apart; a torn read would still show).
     if !options.synchronous_resolve {
         assert!(
-            incremental_seen > 0,
-            "no prediction saw an incremental update: the asynchronous path was not exercised"
+            published.len() > script.len() + 1,
+            "{} versions published for {} calls: the background published nothing, the \
+             asynchronous path was not exercised",
+            published.len(),
+            script.len()
         );
     }
     assert!(

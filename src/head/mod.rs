@@ -577,20 +577,16 @@ impl Head {
             };
         // The change is committed: the solves below cannot fail, since a learn was checked
         // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
+        tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
         let solve = tracing::trace_span!("solve", resolve).entered();
-        let updated = if resolve {
-            tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
-            false
-        } else {
+        let updated = !resolve && {
             let (x, t) = spec.real_rows(q, r);
             let State {
-                stats,
                 solution,
                 fast,
                 version,
                 ..
             } = st;
-            tracing::trace_span!("stats").in_scope(|| stats.accumulate(q, r, one, sign));
             match fast {
                 Some(fast) => fast
                     .apply(&mut solution.theta, &x, &t, sign as f64, *version)
@@ -600,7 +596,10 @@ impl Head {
         };
         if !updated {
             if !resolve {
-                tracing::debug!("incremental update lost positive definiteness; re-solving");
+                tracing::debug!(
+                    "the incremental update refused the change (positive definiteness, digits \
+                     or too many pending); re-solving"
+                );
             }
             // The re-solve does not go through the correction, which then no longer covers
             // every change since its base.

@@ -100,26 +100,37 @@ impl BenchReport {
                 others_of(&self.predict, p)
             );
         }
-        if let Some(h) = self.headline().filter(|h| h.refit < 1000.0 * h.forget) {
+        if let Some(h) = self
+            .headline()
+            .filter(|h| h.refit < 1000.0 * h.forget || h.stats_resolve < 30.0 * h.forget)
+        {
             any = true;
             let b = &self.breakdown;
             let memory = h.memory.unwrap_or(f64::NAN);
+            let p = h.d + 1;
             s += &format!(
-                "- **Forget vs refit** (n = {}, d = {}, C = {}: {}). Of the durable forget's \
-                 {}, the same forget on an in-memory head takes {}; the rest is the state \
-                 dir's writing and syncing before the call returns (G3, G4): on this machine's \
-                 shared disk `fdatasync` took {} after an in-place overwrite and {} after an \
-                 append when probed (medians; the probes ranged from {} to {}). The phases of a \
-                 real call are in the forget section ({}). Reaching 1000× at this n needs the \
-                 whole durable forget under {}, {:.1}× less than now: what is left on the \
-                 caller's path beyond the journal's sync (the exact statistics' pass over A's \
-                 packed i128 triangle, {:.0} MB, and the rank-1 update of the {:.0} MB factor) \
-                 could move to the background thread, the caller applying a Woodbury \
-                 correction to the weights from the previous inverse.\n",
+                "- **Forget vs refit and vs the f64 re-solve** (n = {}, d = {}, C = {}: {} and \
+                 {}). Of the durable forget's {}, the same forget on an in-memory head takes \
+                 {}; the rest is the state dir's writing and syncing before the call returns \
+                 (G3, G4): on this machine's shared disk `fdatasync` took {} after an in-place \
+                 overwrite and {} after an append when probed (medians; the probes ranged from \
+                 {} to {}). The phases of a real call are in the forget section ({}). The \
+                 caller's path is already down to what must happen before the call returns: \
+                 the journal's append and sync, the exact statistics' update (into i64 deltas: \
+                 {:.1} MB read and written; it cannot be left to the background, which would \
+                 have to keep the forgotten sample's row until then, against G4) and the \
+                 Woodbury correction (one pass over the {:.1} MB packed inverse and the \
+                 weights). Reaching 1000× at this n needs the whole durable forget under {}, \
+                 {:.1}× less than now. What could still give: a journal with space reserved \
+                 ahead, so that its sync is that of an in-place overwrite; and the statistics' \
+                 update beside the correction on the second core (tried: on this shared 2-core \
+                 machine a second thread started late, after the correction was done, and two \
+                 memory-bound passes shared one memory bus, so the call took as long).\n",
                 fmt_n(h.n),
                 h.d,
                 h.c,
                 fmt_ratio(h.refit / h.forget),
+                fmt_ratio(h.stats_resolve / h.forget),
                 fmt_secs(h.forget),
                 fmt_secs(memory),
                 fmt_secs(b.fsync),
@@ -127,10 +138,29 @@ impl BenchReport {
                 fmt_secs(b.fsync_range.0),
                 fmt_secs(b.fsync_range.1),
                 self.phases_inline(),
+                (p * (p + 1) / 2 * 8) as f64 / 1e6,
+                (p * (p + 1) / 2 * 8) as f64 / 1e6,
                 fmt_secs(h.refit / 1000.0),
                 1000.0 * h.forget / h.refit,
-                ((h.d + 1) * (h.d + 2) / 2 * 16) as f64 / 1e6,
-                ((h.d + 1) * (h.d + 1) * 8) as f64 / 1e6,
+            );
+        }
+        if let Some(r) = self.headline().and_then(|h| {
+            self.forget
+                .iter()
+                .find(|r| (r.n, r.d, r.c, r.k) == (h.n, h.d, h.c, 1000))
+                .filter(|r| r.forget > 1.1 * r.stats_resolve)
+        }) {
+            any = true;
+            s += &format!(
+                "- **Forget of 1 000 samples** ({} vs the f64 re-solve's {}): the call \
+                 re-solves canonically (the cost model's choice), after updating the exact \
+                 statistics by the 1 000 rows: k·p²/2 = {:.0} M exact 32 × 32 → 64-bit products \
+                 summed in i64, which take longer than the baseline's whole f64 downdate and \
+                 Cholesky. Faster integer products (packed 32-bit operands instead of i64 \
+                 lanes), spread over both cores, are what would close the gap.\n",
+                fmt_secs(r.forget),
+                fmt_secs(r.stats_resolve),
+                (r.k * (r.d + 1) * (r.d + 2) / 2) as f64 / 1e6,
             );
         }
         if let Some(h) = self
@@ -639,7 +669,10 @@ fn phase_meaning(name: &str) -> &'static str {
     match name {
         "store" => "checks, the state dir's records and journal, synced",
         "stats" => "the exact integer statistics updated",
-        "solve" => "the rank-k update of the factor and weights, or the re-solve",
+        "solve" => {
+            "the weights' update: the Woodbury correction from the background's inverse (the \
+             rank-k update of the factor before there is one), or the re-solve"
+        }
         "publish" => "the new weights made the ones predictions use",
         _ => "",
     }
