@@ -37,10 +37,11 @@ enum Change {
     ForgetAll,
 }
 
-/// The writer's calls: 40 learns of 1 to 4 samples, a forget after every third, a forget-all
-/// halfway.
+/// The writer's calls: a first learn of enough samples (more than 2p) that the background
+/// builds the fast path, then 40 learns of 1 to 4 samples, a forget after every third, a
+/// forget-all halfway (after which the rank-k update serves the few samples left).
 fn script() -> Vec<Change> {
-    let mut out = Vec::new();
+    let mut out = vec![Change::Learn((10_000..10_000 + 3 * D as u64).collect())];
     for round in 0..40u64 {
         let k = 1 + round % 4;
         out.push(Change::Learn((0..k).map(|i| round * 10 + i).collect()));

@@ -354,12 +354,17 @@ fn rel_diff(got: &Weights, want: &Weights) -> f64 {
 /// samples' A (every later change then pending in the correction).
 #[test]
 fn weights_served_before_the_resolve_are_within_1e_12_of_canonical() {
-    for path in [UpdatePath::RankK, UpdatePath::ByCost] {
-        served_before_the_resolve(path);
+    // From a head with more than 2p samples (where the fast path serves), and from one with
+    // fewer than p (where every sample has a high leverage, forgetting one is ill-conditioned
+    // and the rank-k update serves).
+    for start in [60, 10] {
+        for path in [UpdatePath::RankK, UpdatePath::ByCost] {
+            served_before_the_resolve(path, start);
+        }
     }
 }
 
-fn served_before_the_resolve(path: UpdatePath) {
+fn served_before_the_resolve(path: UpdatePath, start: usize) {
     let (d, c) = (24, 4);
     let s = spec(d, c, true);
     let head = Head::detached(s.clone(), &HeadOptions::default()).unwrap();
@@ -367,9 +372,7 @@ fn served_before_the_resolve(path: UpdatePath) {
     let mut rng = common::rng(12);
     let samples: Vec<Sample> = (0..100).map(|_| sample(&mut rng, d, c, true)).collect();
     let numbered = numbered(&samples);
-    // A head that holds more samples than p to start from (the fast path refuses changes that
-    // would cost digits, as forgetting a high-leverage sample of a near-empty head would).
-    let (first, rest) = numbered.split_at(40);
+    let (first, rest) = numbered.split_at(start);
     learn(&head, first, d, c).unwrap();
     let mut live: BTreeMap<u64, &Sample> = first.iter().copied().collect();
     head.settle().unwrap();
@@ -419,15 +422,15 @@ fn served_before_the_resolve(path: UpdatePath) {
         canonical = check(&live, &format!("forget, step {step}"));
     }
     eprintln!(
-        "{path:?}: {incremental} calls served incremental updates, at most {largest:e} from \
-         canonical"
+        "{path:?} from {start} samples: {incremental} calls served incremental updates, at \
+         most {largest:e} from canonical"
     );
     assert!(
         incremental > 20,
         "only {incremental} calls served weights other than the canonical ones: the re-solve \
          was not held back"
     );
-    let corrections = (path == UpdatePath::ByCost).then_some(rows);
+    let corrections = (path == UpdatePath::ByCost && start > 2 * (d + 1)).then_some(rows);
     assert_eq!(
         head.pending_corrections(),
         corrections,

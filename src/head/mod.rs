@@ -15,8 +15,9 @@
 //!   under the inverse (G4);
 //! - the **rank-k update** of the Cholesky factor and the weights in O(k·p² + k·p·C), until
 //!   the background has an inverse (after opening, after forget-all, after a re-solve on the
-//!   caller's thread), or when the correction refuses a change (one that would cost it
-//!   digits, or too many changes pending);
+//!   caller's thread), while the head holds fewer than 2p samples (forgetting one is then
+//!   ill-conditioned, and the rank-k update keeps more digits), or when the correction
+//!   refuses a change (one that would cost it digits, or too many changes pending);
 //! - the **canonical re-solve** from the integer statistics, on the caller's thread, when the
 //!   cost model ([`solver::resolve_is_cheaper`]) expects it to be faster (many samples), so
 //!   that a call never takes much longer than a re-solve.
@@ -71,6 +72,11 @@ use crate::placement::{BackendOptions, BackendReport};
 use crate::store::{Loaded, StateKey, Store};
 use backend::HeadBackend;
 use samples::Samples;
+
+/// The fewest samples per dimension (of p = d + 1) for which the background builds the fast
+/// path: below, nearly every sample has a leverage close to 1, and the Woodbury correction
+/// would refuse most forgets (see [`Inner::wants_fast_path`]).
+const FAST_PATH_SAMPLES_PER_DIM: u64 = 2;
 
 /// Choices made when a head is created. `None` takes the bundle's default.
 #[derive(Debug, Clone, Default)]
@@ -977,9 +983,19 @@ impl Inner {
     /// Whether the background has work: a re-solve, or (unless the rank-k path is forced) an
     /// inverse for the fast path where it has none or has changes pending. Nothing while held.
     fn background_work(&self, st: &State) -> bool {
-        let invert =
-            st.path != UpdatePath::RankK && st.fast.as_ref().is_none_or(|f| f.pending() > 0);
+        let invert = match &st.fast {
+            Some(fast) => fast.pending() > 0,
+            None => st.path != UpdatePath::RankK && self.wants_fast_path(&st.stats),
+        };
         (st.canonical != st.version || invert) && !self.held.load(Ordering::SeqCst)
+    }
+
+    /// Whether the fast path is worth building for these statistics: with fewer than
+    /// [`FAST_PATH_SAMPLES_PER_DIM`] samples per dimension, forgetting a sample is too
+    /// ill-conditioned for the correction's accuracy (see [`crate::math::woodbury`]), and the
+    /// rank-k update serves instead.
+    fn wants_fast_path(&self, stats: &ExactStats) -> bool {
+        stats.n() >= FAST_PATH_SAMPLES_PER_DIM * (self.spec.dim as u64 + 1)
     }
 
     fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
@@ -1097,7 +1113,7 @@ fn resolve_loop(inner: &Inner) {
         if inner.held.load(Ordering::SeqCst) || st.path == UpdatePath::RankK {
             continue;
         }
-        let current = st.version == version;
+        let current = st.version == version && inner.wants_fast_path(&st.stats);
         match &mut st.fast {
             Some(fast) => fast.rebase(inverse),
             // With no correction, the factor is the current version's only while no change

@@ -30,8 +30,8 @@
 //! canonical weights always come from [`super::solver::canonical`].
 
 use faer::linalg::cholesky::llt;
+use faer::linalg::lu::partial_pivoting::{factor as lu_factor, solve as lu_solve};
 use faer::linalg::matmul::matmul;
-use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, MatRef, Par};
 use zeroize::Zeroizing;
 
@@ -119,9 +119,7 @@ impl Woodbury {
         let xt = SecretMat::from(x.transpose().to_owned());
         // h = M₀ Xᵀ.
         let mut h = SecretMat::zeros(p, k);
-        for r in 0..k {
-            packed_symmetric_times(&self.inverse, xt.col_as_slice(r), h.col_as_slice_mut(r));
-        }
+        packed_symmetric_times(&self.inverse, &xt, &mut h);
         // g = h − Z S⁻¹ w with w = Zᵀ Xᵀ; c = s I + X g.
         let z = MatRef::from_column_major_slice(&self.z, p, m);
         let mut w = SecretMat::zeros(m, k);
@@ -263,9 +261,8 @@ impl Woodbury {
             // Z' = Z_r + Z_v Q R⁻¹ (Q R⁻¹ = (R⁻¹ Qᵀ)ᵀ, R symmetric).
             let q = self.s_inv.as_ref().submatrix(0, mv, mv, r);
             let rr = SecretMat::from(self.s_inv.as_ref().submatrix(mv, mv, r, r).to_owned());
-            let lu = rr.partial_piv_lu();
             let mut y = SecretMat::from(q.transpose().to_owned());
-            lu.solve_in_place(y.as_mut());
+            solve_lu(&rr, &mut y);
             let z = MatRef::from_column_major_slice(&self.z, p, m);
             let mut z_next = SecretMat::from(z.submatrix(0, mv, p, r).to_owned());
             matmul(
@@ -286,62 +283,193 @@ impl Woodbury {
     }
 }
 
+/// y ← R⁻¹ y for square R (LU with partial pivoting, its factors zeroized when dropped).
+fn solve_lu(r: &Mat<f64>, y: &mut Mat<f64>) {
+    let n = r.nrows();
+    let mut lu = SecretMat::from(r.clone());
+    let (mut perm, mut perm_inv) = (vec![0usize; n], vec![0usize; n]);
+    let mut scratch = SecretScratch::new(
+        lu_factor::lu_in_place_scratch::<usize, f64>(n, n, Par::Seq, Default::default()).or(
+            lu_solve::solve_in_place_scratch::<usize, f64>(n, y.ncols(), Par::Seq),
+        ),
+    );
+    let (_, perm) = lu_factor::lu_in_place(
+        lu.as_mut(),
+        &mut perm,
+        &mut perm_inv,
+        Par::Seq,
+        scratch.stack(),
+        Default::default(),
+    );
+    lu_solve::solve_in_place(
+        lu.as_ref(),
+        lu.as_ref(),
+        perm,
+        y.as_mut(),
+        Par::Seq,
+        scratch.stack(),
+    );
+}
+
 fn all_finite(m: &Mat<f64>) -> bool {
     (0..m.ncols()).all(|j| m.col_as_slice(j).iter().all(|v| v.is_finite()))
 }
 
-/// out = M x for symmetric M given by its packed lower triangle (column j from its diagonal
-/// down): one pass over M, each entry used for both of its places.
-fn packed_symmetric_times(m: &[f64], x: &[f64], out: &mut [f64]) {
+/// H = M Xᵀ for symmetric M given by its packed lower triangle (column j from its diagonal
+/// down) and `xt` = Xᵀ (p × k): each pass over M serves up to [`BLOCK`] columns, each entry of M
+/// used for both of its places.
+fn packed_symmetric_times(m: &[f64], xt: &Mat<f64>, h: &mut Mat<f64>) {
+    let k = xt.ncols();
+    let mut r = 0;
+    while r < k {
+        if k - r >= BLOCK {
+            let x: [&[f64]; BLOCK] = std::array::from_fn(|b| xt.col_as_slice(r + b));
+            let mut rest = h.as_mut().subcols_mut(r, BLOCK);
+            let mut out: [&mut [f64]; BLOCK] = Default::default();
+            for o in out.iter_mut() {
+                let (first, tail) = rest.split_at_col_mut(1);
+                *o = first
+                    .col_mut(0)
+                    .try_as_col_major_mut()
+                    .expect("a column of an owned matrix is contiguous")
+                    .as_slice_mut();
+                rest = tail;
+            }
+            dispatch::<BLOCK, 4>(m, x, out);
+            r += BLOCK;
+        } else {
+            dispatch::<1, 8>(m, [xt.col_as_slice(r)], [h.col_as_slice_mut(r)]);
+            r += 1;
+        }
+    }
+}
+
+/// Right-hand sides per pass over M.
+const BLOCK: usize = 4;
+
+fn dispatch<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], out: [&mut [f64]; B]) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { packed_symmetric_times_avx2(m, x, out) };
+        unsafe { times_avx2::<B>(m, x, out) };
         return;
     }
-    packed_symmetric_times_plain(m, x, out);
+    times::<B, L>(m, x, out);
 }
 
+/// [`times`] in AVX2 registers: each 4-wide load of M serves every right-hand side, for both of
+/// its places (the dot of column j and the update of the entries below j).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn packed_symmetric_times_avx2(m: &[f64], x: &[f64], out: &mut [f64]) {
-    packed_symmetric_times_plain(m, x, out);
+unsafe fn times_avx2<const B: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [f64]; B]) {
+    use std::arch::x86_64::{
+        _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd,
+    };
+    let p = x[0].len();
+    assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
+    for b in 0..B {
+        assert_eq!(x[b].len(), p, "x has p entries");
+        assert_eq!(out[b].len(), p, "out has p entries");
+        out[b].fill(0.0);
+    }
+    let xp: [*const f64; B] = std::array::from_fn(|b| x[b].as_ptr());
+    let op: [*mut f64; B] = out.each_mut().map(|o| o.as_mut_ptr());
+    let mut offset = 0;
+    for j in 0..p {
+        let n = p - j - 1;
+        // SAFETY (every access below): column j of M holds p − j entries from `offset`, within
+        // `m` (its length is asserted above); x[b] and out[b] hold p entries, and every index
+        // used is j or j + 1 + t with t < n = p − j − 1. out[b] is a distinct `&mut` slice, so
+        // writing through op[b] aliases nothing else.
+        unsafe {
+            let column = m.as_ptr().add(offset);
+            let below = column.add(1);
+            offset += p - j;
+            let xj: [f64; B] = std::array::from_fn(|b| *xp[b].add(j));
+            let xjv = xj.map(|v| _mm256_set1_pd(v));
+            let mut acc = [[_mm256_setzero_pd(); 2]; B];
+            let mut t = 0;
+            while t + 8 <= n {
+                let (m0, m1) = (
+                    _mm256_loadu_pd(below.add(t)),
+                    _mm256_loadu_pd(below.add(t + 4)),
+                );
+                for b in 0..B {
+                    let at = j + 1 + t;
+                    let (x0, x1) = (
+                        _mm256_loadu_pd(xp[b].add(at)),
+                        _mm256_loadu_pd(xp[b].add(at + 4)),
+                    );
+                    acc[b][0] = _mm256_fmadd_pd(m0, x0, acc[b][0]);
+                    acc[b][1] = _mm256_fmadd_pd(m1, x1, acc[b][1]);
+                    let (o0, o1) = (op[b].add(at), op[b].add(at + 4));
+                    _mm256_storeu_pd(o0, _mm256_fmadd_pd(m0, xjv[b], _mm256_loadu_pd(o0)));
+                    _mm256_storeu_pd(o1, _mm256_fmadd_pd(m1, xjv[b], _mm256_loadu_pd(o1)));
+                }
+                t += 8;
+            }
+            for b in 0..B {
+                let mut lanes = [[0.0f64; 4]; 2];
+                _mm256_storeu_pd(lanes[0].as_mut_ptr(), acc[b][0]);
+                _mm256_storeu_pd(lanes[1].as_mut_ptr(), acc[b][1]);
+                let mut dot = *column * xj[b] + lanes.iter().flatten().sum::<f64>();
+                for u in t..n {
+                    let mv = *below.add(u);
+                    dot = mv.mul_add(*xp[b].add(j + 1 + u), dot);
+                    let o = op[b].add(j + 1 + u);
+                    *o = mv.mul_add(xj[b], *o);
+                }
+                *op[b].add(j) += dot;
+            }
+        }
+    }
 }
 
+/// out[b] = M x[b] for B right-hand sides at once, in L lanes.
 #[inline(always)]
-fn packed_symmetric_times_plain(m: &[f64], x: &[f64], out: &mut [f64]) {
-    const LANES: usize = 8;
-    let p = x.len();
+fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [f64]; B]) {
+    let p = x[0].len();
     assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
-    assert_eq!(out.len(), p, "out has p entries");
-    out.fill(0.0);
+    for b in 0..B {
+        assert_eq!(x[b].len(), p, "x has p entries");
+        assert_eq!(out[b].len(), p, "out has p entries");
+        out[b].fill(0.0);
+    }
     let mut offset = 0;
     for j in 0..p {
         let column = &m[offset..offset + p - j];
         offset += p - j;
-        let xj = x[j];
-        let (below, xs, outs) = (&column[1..], &x[j + 1..], &mut out[j + 1..]);
-        let mut acc = [0.0f64; LANES];
-        let mut chunks = below.chunks_exact(LANES);
-        let mut xc = xs.chunks_exact(LANES);
-        let mut oc = outs.chunks_exact_mut(LANES);
-        for ((mc, xv), ov) in (&mut chunks).zip(&mut xc).zip(&mut oc) {
-            for l in 0..LANES {
-                acc[l] = mc[l].mul_add(xv[l], acc[l]);
-                ov[l] = mc[l].mul_add(xj, ov[l]);
+        let (diagonal, below) = (column[0], &column[1..]);
+        let n = below.len();
+        let xj: [f64; B] = std::array::from_fn(|b| x[b][j]);
+        let xs: [&[f64]; B] = std::array::from_fn(|b| &x[b][j + 1..]);
+        let os: [&mut [f64]; B] = out.each_mut().map(|o| &mut o[j + 1..]);
+        let mut acc = [[0.0f64; L]; B];
+        let whole = n - n % L;
+        for t in (0..whole).step_by(L) {
+            let mc: &[f64; L] = below[t..t + L].try_into().expect("L entries");
+            for b in 0..B {
+                let xc: &[f64; L] = xs[b][t..t + L].try_into().expect("L entries");
+                let oc: &mut [f64; L] = (&mut os[b][t..t + L]).try_into().expect("L entries");
+                for l in 0..L {
+                    acc[b][l] = mc[l].mul_add(xc[l], acc[b][l]);
+                    oc[l] = mc[l].mul_add(xj[b], oc[l]);
+                }
             }
         }
-        let mut dot = column[0] * xj;
-        for ((&mv, &xv), ov) in chunks
-            .remainder()
-            .iter()
-            .zip(xc.remainder())
-            .zip(oc.into_remainder())
-        {
-            dot = mv.mul_add(xv, dot);
-            *ov = mv.mul_add(xj, *ov);
+        let mut dot: [f64; B] = std::array::from_fn(|b| diagonal * xj[b]);
+        for t in whole..n {
+            for b in 0..B {
+                dot[b] = below[t].mul_add(xs[b][t], dot[b]);
+                os[b][t] = below[t].mul_add(xj[b], os[b][t]);
+            }
         }
-        out[j] += dot + acc.iter().sum::<f64>();
+        for b in 0..B {
+            out[b][j] += dot[b] + acc[b].iter().sum::<f64>();
+        }
     }
 }
 
@@ -403,28 +531,51 @@ mod tests {
         for p in [1, 2, 7, 8, 9, 33] {
             let v = rows(p as u64, p + 3, p);
             let a = gram(&v, 1.0);
-            let x = rows(99, 1, p);
             let mut packed = Vec::new();
             for j in 0..p {
                 packed.extend((j..p).map(|i| a[(i, j)]));
             }
-            let mut out = vec![0.0; p];
-            packed_symmetric_times(
-                &packed,
-                x.row(0).iter().copied().collect::<Vec<_>>().as_slice(),
-                &mut out,
-            );
-            let mut naive = vec![0.0; p];
-            for (i, n) in naive.iter_mut().enumerate() {
-                for j in 0..p {
-                    *n += a[(i, j)] * x[(0, j)];
+            // One right-hand side, whole blocks of them, and blocks with a remainder.
+            for k in [1, 3, 4, 6, 9] {
+                let xt = rows(99 + k as u64, k, p).transpose().to_owned();
+                let mut h = Mat::zeros(p, k);
+                packed_symmetric_times(&packed, &xt, &mut h);
+                // The portable kernel too (the one above is the CPU's widest).
+                let mut plain = Mat::zeros(p, k);
+                for r in 0..k {
+                    times::<1, 8>(&packed, [xt.col_as_slice(r)], [plain.col_as_slice_mut(r)]);
                 }
-            }
-            for (o, n) in out.iter().zip(&naive) {
-                assert!(
-                    (o - n).abs() <= 1e-12 * n.abs().max(1.0),
-                    "p = {p}: {o} vs {n}"
-                );
+                if k == BLOCK {
+                    let mut cols = plain.as_mut();
+                    let mut out: [&mut [f64]; BLOCK] = Default::default();
+                    for o in out.iter_mut() {
+                        let (first, tail) = cols.split_at_col_mut(1);
+                        *o = first
+                            .col_mut(0)
+                            .try_as_col_major_mut()
+                            .unwrap()
+                            .as_slice_mut();
+                        cols = tail;
+                    }
+                    times::<BLOCK, 4>(&packed, std::array::from_fn(|b| xt.col_as_slice(b)), out);
+                }
+                for r in 0..k {
+                    for i in 0..p {
+                        assert!(
+                            (plain[(i, r)] - h[(i, r)]).abs() <= 1e-12 * h[(i, r)].abs().max(1.0)
+                        );
+                    }
+                }
+                for r in 0..k {
+                    for i in 0..p {
+                        let naive: f64 = (0..p).map(|j| a[(i, j)] * xt[(j, r)]).sum();
+                        assert!(
+                            (h[(i, r)] - naive).abs() <= 1e-12 * naive.abs().max(1.0),
+                            "p = {p}, k = {k}: {} vs {naive}",
+                            h[(i, r)]
+                        );
+                    }
+                }
             }
         }
     }
