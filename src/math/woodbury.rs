@@ -368,13 +368,7 @@ unsafe fn times_avx2<const B: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [
     use std::arch::x86_64::{
         _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd,
     };
-    let p = x[0].len();
-    assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
-    for b in 0..B {
-        assert_eq!(x[b].len(), p, "x has p entries");
-        assert_eq!(out[b].len(), p, "out has p entries");
-        out[b].fill(0.0);
-    }
+    let p = checked_and_cleared(m, &x, &mut out);
     let xp: [*const f64; B] = std::array::from_fn(|b| x[b].as_ptr());
     let op: [*mut f64; B] = out.each_mut().map(|o| o.as_mut_ptr());
     let mut offset = 0;
@@ -428,9 +422,13 @@ unsafe fn times_avx2<const B: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [
     }
 }
 
-/// out[b] = M x[b] for B right-hand sides at once, in L lanes.
-#[inline(always)]
-fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [f64]; B]) {
+/// Checks that M is the packed triangle of p × p for the p entries of every x and out, and
+/// zeroes the outputs; returns p.
+fn checked_and_cleared<const B: usize>(
+    m: &[f64],
+    x: &[&[f64]; B],
+    out: &mut [&mut [f64]; B],
+) -> usize {
     let p = x[0].len();
     assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
     for b in 0..B {
@@ -438,6 +436,13 @@ fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&m
         assert_eq!(out[b].len(), p, "out has p entries");
         out[b].fill(0.0);
     }
+    p
+}
+
+/// out[b] = M x[b] for B right-hand sides at once, in L lanes.
+#[inline(always)]
+fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [f64]; B]) {
+    let p = checked_and_cleared(m, &x, &mut out);
     let mut offset = 0;
     for j in 0..p {
         let column = &m[offset..offset + p - j];
