@@ -1,6 +1,6 @@
 //! The C API (see ffi/lethe.h, generated from this file by cbindgen; `make header`).
 //!
-//! Every exported function runs its body inside [`boundary!`]: the listed pointer arguments are
+//! Every exported function runs its body inside `boundary!`: the listed pointer arguments are
 //! checked for NULL, panics are caught (a panic must never cross into C), and a failure is
 //! turned into a status code plus a per-thread message for [`lethe_last_error`].
 //!
@@ -17,7 +17,7 @@
 //! programmers: each function states what it requires of its pointer arguments in C terms
 //! (where Rust would write a `# Safety` section).
 //!
-//! [`lethe_set_log_callback`] installs [`CallbackLog`], a minimal `tracing` subscriber, as the
+//! [`lethe_set_log_callback`] installs `CallbackLog`, a minimal `tracing` subscriber, as the
 //! process's global default, so Lethe's events (a GPU fallback, a recovered state dir) reach the
 //! host's log.
 

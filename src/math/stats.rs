@@ -8,7 +8,7 @@
 //! learn and forget calls: after forgetting, they are bit-identical to never having learned.
 //!
 //! A batch's products are summed in i64 over blocks of up to [`products::EXACT_ROWS`] samples
-//! (exact: see [`products`]), and each block's sums are then added into the i128 totals, so a
+//! (exact: see the `products` module), and each block's sums are then added into the i128 totals, so a
 //! batch costs one pass over the i128 totals per block rather than per sample.
 //!
 //! A few samples at a time (a typical forget) go into i64 deltas beside the totals instead,
@@ -145,7 +145,7 @@ impl ExactStats {
         j * self.p - (j * j - j) / 2
     }
 
-    /// A[i][j] (either triangle).
+    /// A's entry (i, j) (either triangle).
     pub fn a(&self, i: usize, j: usize) -> i128 {
         let (i, j) = if i >= j { (i, j) } else { (j, i) };
         let at = self.offset(j) + i - j;
