@@ -1091,12 +1091,20 @@ fn resolve_loop(inner: &Inner) {
                 if inner.held.load(Ordering::SeqCst) {
                     continue;
                 }
-                if st.version == version {
+                let current = st.version == version;
+                if current {
                     st.solution = solution.clone();
                     st.canonical = version;
                     inner.publish(&st.solution);
-                } else if st.fast.is_none() {
-                    // Changes since went through the rank-k update: nothing to rebase.
+                }
+                // Without a correction, an inverse is of use only for the current version (the
+                // changes since went through the rank-k update), and only where the fast path
+                // is wanted.
+                if st.fast.is_none()
+                    && !(current
+                        && st.path != UpdatePath::RankK
+                        && inner.wants_fast_path(&st.stats))
+                {
                     continue;
                 }
                 let Solution { l, theta } = solution;
