@@ -142,38 +142,37 @@ impl Woodbury {
         );
         let mut g = h.clone();
         matmul(g.as_mut(), Accum::Add, z, u.as_ref(), -1.0, Par::Seq);
-        let mut c = SecretMat::from_fn(k, k, |i, j| if i == j { sign } else { 0.0 });
+        // c = s I + X g = s I + X h − wᵀ u, its two products kept to see how much of c's
+        // diagonal cancelled.
+        let mut xh = SecretMat::zeros(k, k);
         matmul(
-            c.as_mut(),
-            Accum::Add,
+            xh.as_mut(),
+            Accum::Replace,
             x.as_ref(),
-            g.as_ref(),
+            h.as_ref(),
             1.0,
             Par::Seq,
         );
-        // c's diagonal is s + xᵢᵀh − wᵢᵀu: how much of it cancelled.
-        for i in 0..k {
-            let xh: f64 = (0..p).map(|j| x[(i, j)] * h[(j, i)]).sum();
-            let wu: f64 = (0..m).map(|j| w[(j, i)] * u[(j, i)]).sum();
-            if (1.0 + xh.abs() + wu.abs()) > MAX_CANCELLATION * c[(i, i)].abs() {
-                return Err(Refused);
-            }
+        let mut wu = SecretMat::zeros(k, k);
+        matmul(
+            wu.as_mut(),
+            Accum::Replace,
+            w.transpose(),
+            u.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        let c = SecretMat::from_fn(k, k, |i, j| {
+            xh[(i, j)] - wu[(i, j)] + if i == j { sign } else { 0.0 }
+        });
+        if (0..k)
+            .any(|i| 1.0 + xh[(i, i)].abs() + wu[(i, i)].abs() > MAX_CANCELLATION * c[(i, i)].abs())
+        {
+            return Err(Refused);
         }
         // A' is positive definite iff s·c is: factor s·c (symmetrized) to know, and to solve.
         let mut sc = SecretMat::from_fn(k, k, |i, j| sign * 0.5 * (c[(i, j)] + c[(j, i)]));
-        let mut scratch = SecretScratch::new(llt::factor::cholesky_in_place_scratch::<f64>(
-            k,
-            Par::Seq,
-            Default::default(),
-        ));
-        llt::factor::cholesky_in_place(
-            sc.as_mut(),
-            Default::default(),
-            Par::Seq,
-            scratch.stack(),
-            Default::default(),
-        )
-        .map_err(|_| Refused)?;
+        super::solver::cholesky_in_place(&mut sc).map_err(|_| Refused)?;
         // c⁻¹ = s (s c)⁻¹.
         let mut c_inv = SecretMat::from_fn(k, k, |i, j| if i == j { sign } else { 0.0 });
         super::solver::solve_in_place(&sc, &mut c_inv);
