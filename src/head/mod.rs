@@ -990,6 +990,23 @@ impl Inner {
         (st.canonical != st.version || invert) && !self.held.load(Ordering::SeqCst)
     }
 
+    /// Whether an inverse of version `version`'s A can serve the fast path now: as the new base
+    /// of the correction, which covers every change since its own base; or, with no
+    /// correction, as the first base, but only while `version` is current (the changes since
+    /// went through the rank-k update), the fast path is wanted, and the rank-k path is not
+    /// forced. Never while held.
+    fn inverse_usable(&self, st: &State, version: u64) -> bool {
+        !self.held.load(Ordering::SeqCst)
+            && match st.fast {
+                Some(_) => true,
+                None => {
+                    st.version == version
+                        && st.path != UpdatePath::RankK
+                        && self.wants_fast_path(&st.stats)
+                }
+            }
+    }
+
     /// Whether the fast path is worth building for these statistics: with fewer than
     /// [`FAST_PATH_SAMPLES_PER_DIM`] samples per dimension, forgetting a sample is too
     /// ill-conditioned for the correction's accuracy (see [`crate::math::woodbury`]), and the
@@ -1091,24 +1108,21 @@ fn resolve_loop(inner: &Inner) {
                 if inner.held.load(Ordering::SeqCst) {
                     continue;
                 }
-                let current = st.version == version;
-                if current {
-                    st.solution = solution.clone();
+                // The factor is kept (a copy of it when the solution is installed) only where
+                // its inverse will be of use.
+                let invert = inner.inverse_usable(&st, version);
+                let l = if st.version == version {
+                    let l = invert.then(|| solution.l.clone());
+                    st.solution = solution;
                     st.canonical = version;
                     inner.publish(&st.solution);
-                }
-                // Without a correction, an inverse is of use only for the current version (the
-                // changes since went through the rank-k update), and only where the fast path
-                // is wanted.
-                if st.fast.is_none()
-                    && !(current
-                        && st.path != UpdatePath::RankK
-                        && inner.wants_fast_path(&st.stats))
-                {
+                    l
+                } else {
+                    invert.then_some(solution.l)
+                };
+                let Some(l) = l else {
                     continue;
-                }
-                let Solution { l, theta } = solution;
-                drop(theta);
+                };
                 (l, version)
             }
             Job::Invert(l, version) => (l, version),
@@ -1118,16 +1132,12 @@ fn resolve_loop(inner: &Inner) {
         let Ok(mut st) = inner.lock_sound() else {
             return;
         };
-        if inner.held.load(Ordering::SeqCst) || st.path == UpdatePath::RankK {
+        if !inner.inverse_usable(&st, version) {
             continue;
         }
-        let current = st.version == version && inner.wants_fast_path(&st.stats);
         match &mut st.fast {
             Some(fast) => fast.rebase(inverse),
-            // With no correction, the factor is the current version's only while no change
-            // came in.
-            None if current => st.fast = Some(inverse),
-            None => {}
+            None => st.fast = Some(inverse),
         }
         inner.wake.notify_all();
     }
