@@ -132,7 +132,6 @@ pub fn learn_both(
             .collect();
         for (head, t) in heads.iter().zip(&mut times) {
             let learn = seconds_of(|| head.learn_features(&ids, &phi, &z, &labels))?;
-            head.weights()?;
             head.settle()?;
             if rep > 0 {
                 t.push(learn);

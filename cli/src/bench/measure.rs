@@ -171,7 +171,6 @@ pub fn bench_learn(
             let tr = seconds_of(|| durable.weights().map(drop))?;
             durable.settle()?;
             let tm = seconds_of(|| memory.learn_features(&fresh_ids(), &phi, &z, &labels))?;
-            memory.weights()?;
             memory.settle()?;
             if rep > 0 {
                 t_core.push(tc);
