@@ -8,8 +8,8 @@
 //! learn and forget calls: after forgetting, they are bit-identical to never having learned.
 //!
 //! A batch's products are summed in i64 over blocks of up to [`products::EXACT_ROWS`] samples
-//! (exact: see the `products` module), and each block's sums are then added into the i128 totals, so a
-//! batch costs one pass over the i128 totals per block rather than per sample.
+//! (exact: see the `products` module), and each block's sums are then added into the i128
+//! totals, so a batch costs one pass over the i128 totals per block rather than per sample.
 //!
 //! A few samples at a time (a typical forget) go into i64 deltas beside the totals instead,
 //! half the bytes to read and write: the same bound keeps them exact while they hold the
