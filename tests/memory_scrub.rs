@@ -197,7 +197,9 @@ mod scan {
             )
             .expect("open a state dir"),
         ];
-        let n = 24;
+        // More samples than twice the head's p = 129, so that the background builds the fast
+        // path and the forget goes through the Woodbury correction.
+        let n = 300;
         let inputs = common::mnist_core_input(n);
         let inputs = inputs.as_slice().expect("standard layout");
         let per = core.input_len();
@@ -208,18 +210,27 @@ mod scan {
         let needles = needles(&heads[0], marker_input, labels[marker]);
 
         // Learn in two batches (the statistics' block path and its direct path) and predict
-        // the marker; then forget it and wait for the canonical weights.
+        // the marker; then forget it (through the fast path, once the background has built
+        // it) and wait for the canonical weights.
         for head in &heads {
-            head.learn(&ids[..20], &inputs[..20 * per], &labels[..20])
+            head.learn(&ids[..n - 2], &inputs[..(n - 2) * per], &labels[..n - 2])
                 .expect("learn");
-            head.learn(&ids[20..], &inputs[20 * per..], &labels[20..])
+            head.learn(&ids[n - 2..], &inputs[(n - 2) * per..], &labels[n - 2..])
                 .expect("learn");
             head.predict(marker_input, 1).expect("predict");
-            head.weights().expect("weights");
+            head.settle().expect("settle");
         }
         let learned = scan(&needles);
         for head in &heads {
+            // Held, so that no rebase folds the correction before it is checked.
+            head.hold_resolve(true);
             head.forget(&[ids[marker]]).expect("forget");
+            assert_eq!(
+                head.pending_corrections(),
+                Some(1),
+                "the forget did not go through the fast path"
+            );
+            head.hold_resolve(false);
             head.weights().expect("weights");
         }
         let forgotten = scan(&needles);
