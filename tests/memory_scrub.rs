@@ -40,33 +40,70 @@ mod scan {
     use super::common;
 
     const MASK: u8 = 0xA5;
-    const WINDOW: usize = 16;
+    const HALF: usize = 8;
 
-    /// 16-byte windows of the marker's values, masked, by encoding.
-    struct Needles(Vec<(&'static str, [u8; WINDOW])>);
+    /// A needle: two masked 8-byte halves, the second `gap` bytes after the first.
+    struct Needle {
+        encoding: &'static str,
+        first: [u8; HALF],
+        second: [u8; HALF],
+        gap: usize,
+    }
+
+    /// Masked pairs of the marker's values, by encoding and layout.
+    struct Needles(Vec<Needle>);
 
     impl Needles {
-        /// Adds every window of `values` (each `size` bytes wide) whose values are all nonzero:
-        /// zeros occur everywhere.
+        /// Adds every 16 bytes of `values` (each `N` bytes wide), laid out one after the
+        /// other, whose values are all nonzero: zeros occur everywhere.
         fn add<const N: usize>(&mut self, encoding: &'static str, values: &[[u8; N]]) {
-            let per = WINDOW / N;
+            let per = 2 * HALF / N;
             for w in values.windows(per) {
                 if w.iter().any(|v| v.iter().all(|&b| b == 0)) {
                     continue;
                 }
-                let mut needle = [0u8; WINDOW];
-                for (i, v) in w.iter().enumerate() {
-                    for (j, b) in v.iter().enumerate() {
-                        needle[i * N + j] = b ^ MASK;
-                    }
-                }
-                self.0.push((encoding, needle));
+                let bytes: Vec<u8> = w.iter().flatten().map(|b| b ^ MASK).collect();
+                self.0.push(Needle {
+                    encoding,
+                    first: bytes[..HALF].try_into().expect("8 bytes"),
+                    second: bytes[HALF..].try_into().expect("8 bytes"),
+                    gap: HALF,
+                });
             }
+        }
+
+        /// Adds every pair of consecutive nonzero `values`, the second `gap` bytes after the
+        /// first: one row of a column-major matrix.
+        fn add_strided(&mut self, encoding: &'static str, values: &[[u8; HALF]], gap: usize) {
+            for w in values.windows(2) {
+                if w.iter().any(|v| v.iter().all(|&b| b == 0)) {
+                    continue;
+                }
+                self.0.push(Needle {
+                    encoding,
+                    first: w[0].map(|b| b ^ MASK),
+                    second: w[1].map(|b| b ^ MASK),
+                    gap,
+                });
+            }
+        }
+
+        fn widest_gap(&self) -> usize {
+            self.0.iter().map(|n| n.gap).max().unwrap_or(HALF)
         }
     }
 
+    /// The distance between one row's consecutive values in the f64 matrices of the solver
+    /// (faer's column-major `Mat`, whose columns are padded) for a batch of `rows` samples.
+    fn column_gap(rows: usize) -> usize {
+        let m = faer::Mat::<f64>::zeros(rows, 2);
+        (m.col_stride() as usize) * size_of::<f64>()
+    }
+
     /// Every encoding of the marker's features φ and mapped core logits z that Lethe uses.
-    fn needles(head: &Head, input: &[f32], label: u32) -> Needles {
+    /// The solver holds a batch of rows as a column-major matrix, so its f64 encodings are
+    /// looked for both contiguous and at the column strides of the batches this test uses.
+    fn needles(head: &Head, input: &[f32], label: u32, batches: &[usize]) -> Needles {
         let spec = head.spec();
         let (phi, z) = head.core_features(input, 1).expect("run the core");
         let phi = phi.row(0);
@@ -104,6 +141,13 @@ mod scan {
         n.add("f64 targets (solver)", &f64s(&r, unit));
         n.add("f64 fixed-point features (statistics)", &f64s(&q, 1.0));
         n.add("f64 fixed-point targets (statistics)", &f64s(&r, 1.0));
+        let mut gaps: Vec<usize> = batches.iter().map(|&k| column_gap(k)).collect();
+        gaps.sort_unstable();
+        gaps.dedup();
+        for gap in gaps.into_iter().filter(|&g| g != HALF) {
+            n.add_strided("f64 features (solver, by column)", &f64s(&q, unit), gap);
+            n.add_strided("f64 targets (solver, by column)", &f64s(&r, unit), gap);
+        }
         assert!(
             n.0.len() >= 10,
             "the marker has too few distinctive windows"
@@ -137,33 +181,39 @@ mod scan {
 
     /// Where the needles occur: (encoding, address, mapping).
     fn scan(needles: &Needles) -> Vec<(&'static str, u64, String)> {
-        // A first-4-bytes filter (kept masked too) keeps the scan to a few seconds.
+        // A filter on the first 4 bytes (kept masked too) keeps the scan to a few seconds.
         let key = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
         let mut first = vec![false; 1 << 16];
-        for (_, needle) in &needles.0 {
-            first[(key(needle) & 0xffff) as usize] = true;
+        for needle in &needles.0 {
+            first[(key(&needle.first) & 0xffff) as usize] = true;
         }
         let masked_key = |b: &[u8]| key(b) ^ u32::from_le_bytes([MASK; 4]);
+        let matches =
+            |at: &[u8], half: &[u8; HALF]| at.iter().zip(half).all(|(&w, &n)| w ^ MASK == n);
         let mem = File::open("/proc/self/mem").expect("open /proc/self/mem");
         let mut found = Vec::new();
         const CHUNK: usize = 1 << 20;
-        let mut buf = vec![0u8; CHUNK + WINDOW];
+        let reach = needles.widest_gap() + HALF;
+        let mut buf = vec![0u8; CHUNK + reach];
         for (start, end, name) in mappings() {
             let mut at = start;
             while at < end {
-                let len = ((end - at) as usize).min(CHUNK + WINDOW);
+                let len = ((end - at) as usize).min(CHUNK + reach);
                 let Ok(got) = mem.read_at(&mut buf[..len], at) else {
                     break;
                 };
-                // Aligned windows only: every buffer Lethe keeps values in is aligned to them.
-                for offset in (0..got.saturating_sub(WINDOW - 1)).step_by(4) {
-                    let window = &buf[offset..offset + WINDOW];
-                    if !first[(masked_key(window) & 0xffff) as usize] {
+                // Aligned offsets only: every buffer Lethe keeps values in is aligned to them.
+                for offset in (0..got.min(CHUNK).saturating_sub(HALF - 1)).step_by(4) {
+                    if !first[(masked_key(&buf[offset..]) & 0xffff) as usize] {
                         continue;
                     }
-                    for (encoding, needle) in &needles.0 {
-                        if window.iter().zip(needle).all(|(&w, &n)| w ^ MASK == n) {
-                            found.push((*encoding, at + offset as u64, name.clone()));
+                    for needle in &needles.0 {
+                        let second = offset + needle.gap;
+                        if second + HALF <= got
+                            && matches(&buf[offset..offset + HALF], &needle.first)
+                            && matches(&buf[second..second + HALF], &needle.second)
+                        {
+                            found.push((needle.encoding, at + offset as u64, name.clone()));
                         }
                     }
                 }
@@ -207,7 +257,7 @@ mod scan {
         let ids: Vec<u64> = (0..n as u64).map(|i| 1000 + i).collect();
         let marker = 5;
         let marker_input = &inputs[marker * per..(marker + 1) * per];
-        let needles = needles(&heads[0], marker_input, labels[marker]);
+        let needles = needles(&heads[0], marker_input, labels[marker], &[n - 2, 2, 1]);
 
         // Learn in two batches (the statistics' block path and its direct path) and predict
         // the marker; then forget it (through the fast path, once the background has built
