@@ -7,9 +7,11 @@
 //! MNIST digits and predict one of them (the marker); the test checks that a scan finds the
 //! marker's rows while the in-memory head holds them, then forgets the marker in both, waits
 //! for the canonical re-solve, and reads every readable heap, anonymous and stack mapping of
-//! the process (/proc/self/maps, /proc/self/mem) for 16-byte windows of the marker's values,
-//! again after closing both heads. The windows are kept masked (XOR) so that the test's own
-//! copy of them is no match; the inputs, the test's own buffer, hold none of them.
+//! the process (/proc/self/maps, /proc/self/mem) for pairs of the marker's values, again
+//! after closing both heads: 16 contiguous bytes in every encoding, and for the f64 rows also
+//! two consecutive values one padded column apart, as a row sits in the solver's column-major
+//! matrices. The needles are kept masked (XOR) so that the test's own copy of them is no
+//! match; the inputs, the test's own buffer, hold none of them.
 //!
 //! It runs alone in its own binary (no test harness, one thread of its own) so that no other
 //! test's memory can hold the marker.
