@@ -7,14 +7,12 @@
 //! exact and commutative, so A and B depend only on the set of samples, never on the order of
 //! learn and forget calls: after forgetting, they are bit-identical to never having learned.
 //!
-//! A batch's products are summed in i64 over blocks of up to [`products::EXACT_ROWS`] samples
-//! (exact: see the `products` module), and each block's sums are then added into the i128
-//! totals, so a batch costs one pass over the i128 totals per block rather than per sample.
-//!
-//! A few samples at a time (a typical forget) go into i64 deltas beside the totals instead,
-//! half the bytes to read and write: the same bound keeps them exact while they hold the
-//! products of at most [`EXACT_ROWS`] samples, and they are folded into the totals before
-//! they could hold more. Every value read is total + delta.
+//! Changes go into i64 deltas beside the totals, half the bytes of the totals to read and
+//! write: the deltas stay exact while they hold the products of at most [`EXACT_ROWS`]
+//! samples (each product is at most 2^48), and they are folded into the totals before they
+//! could hold more. Every value read is total + delta. A few samples at a time (a typical
+//! forget) are added entry by entry; larger batches through exact f64 matrix products, in
+//! chunks small enough that no f64 sum is ever rounded (see the `products` module).
 
 mod products;
 
@@ -27,11 +25,11 @@ pub use products::EXACT_ROWS;
 /// The most samples a head may hold (far below where the i128 sums could overflow).
 pub const MAX_SAMPLES: u64 = 1 << 40;
 
-/// Batches smaller than this are summed directly into the i128 totals, without transposing.
-const DIRECT_BELOW: usize = 4;
+/// Batches smaller than this are added entry by entry, without matrix products.
+const DIRECT_BELOW: usize = 12;
 
-/// The most bytes of transposed rows one block holds: large batches are split into blocks of
-/// at most this many, and of at most [`EXACT_ROWS`] samples.
+/// The most bytes of f64 rows one chunk holds: large batches are split into chunks of at most
+/// this many, and of at most [`EXACT_ROWS`] samples.
 const BLOCK_BYTES: usize = 32 << 20;
 
 /// A and B of one head, as exact integers in units of 2^(−2F); zeroized when dropped (G4).
@@ -174,7 +172,8 @@ impl ExactStats {
         self.accumulate_in_blocks(q, r, one, sign, block);
     }
 
-    /// [`ExactStats::accumulate`] with i64 blocks of at most `block` ≤ [`EXACT_ROWS`] samples.
+    /// [`ExactStats::accumulate`] in chunks of at most `block` ≤ [`EXACT_ROWS`] samples (and
+    /// fewer where the f64 products would not be exact: see the `products` module).
     fn accumulate_in_blocks(&mut self, q: &[i32], r: &[i32], one: i32, sign: i8, block: usize) {
         let (d, c) = (self.p - 1, self.classes);
         let k = r.len() / c;
@@ -184,24 +183,45 @@ impl ExactStats {
             self.accumulate_direct(q, r, one, sign);
             return;
         }
+        let row = |s: usize| {
+            let features = q[s * d..(s + 1) * d].iter().map(|&v| v as i64);
+            let targets = r[s * c..(s + 1) * c].iter().map(|&v| v as i64);
+            features.chain([one as i64]).chain(targets)
+        };
         // Fixed capacities (a reallocation would free values unzeroed).
-        let rows = block.min(k);
-        let mut xt = Zeroizing::new(vec![0i64; self.p * rows]);
-        let mut rt = Zeroizing::new(vec![0i64; c * rows]);
-        for start in (0..k).step_by(block) {
-            let m = block.min(k - start);
-            let (xt, rt) = (&mut xt[..self.p * m], &mut rt[..c * m]);
+        // Each chunk's feature rows are padded with zeros (no sample) to whole lane groups.
+        let rows = block.min(k).next_multiple_of(products::LANES);
+        let mut xt = Zeroizing::new(vec![0f64; self.p * rows]);
+        let mut rt = Zeroizing::new(vec![0f64; c * rows]);
+        let mut start = 0;
+        while start < k {
+            let m = products::exact_chunk(self.p + c, block.min(k - start), |s| row(start + s));
+            if self.delta_rows + m > EXACT_ROWS {
+                self.fold();
+            }
+            // The chunk transposed: one row per feature or target, one value per sample.
+            let padded = m.next_multiple_of(products::LANES);
+            let (xt, rt) = (&mut xt[..self.p * padded], &mut rt[..c * padded]);
+            xt.fill(0.0);
+            rt.fill(0.0);
             for s in 0..m {
-                let row = &q[(start + s) * d..(start + s + 1) * d];
-                for (j, &v) in row.iter().enumerate() {
-                    xt[j * m + s] = v as i64;
-                }
-                xt[d * m + s] = one as i64;
-                for (t, &v) in r[(start + s) * c..(start + s + 1) * c].iter().enumerate() {
-                    rt[t * m + s] = v as i64;
+                for (j, v) in row(start + s).enumerate() {
+                    match j.checked_sub(self.p) {
+                        None => xt[j * padded + s] = v as f64,
+                        Some(t) => rt[t * padded + s] = v as f64,
+                    }
                 }
             }
-            products::add_products(&mut self.a, &mut self.b, xt, rt, m, sign);
+            products::add_products(
+                &mut self.a_delta,
+                &mut self.b_delta,
+                xt,
+                rt,
+                padded,
+                sign as i64,
+            );
+            self.delta_rows += m;
+            start += m;
         }
         if sign > 0 {
             self.n += k as u64;
@@ -421,8 +441,8 @@ mod tests {
         let (d, c, one) = (5, 3, 1 << 24);
         let lim = 1 << 24;
         let mut rng = StdRng::seed_from_u64(1);
-        // The direct path (k < 4) and the block path, with partial and several blocks.
-        for k in [1, 2, 3, 4, 16, 17, 37] {
+        // The direct path (k < DIRECT_BELOW) and the block path, with partial and several blocks.
+        for k in [1, 2, 3, 11, 12, 16, 17, 37] {
             // Every third value at each limit, the others anywhere in range.
             let q: Vec<i32> = (0..k * d)
                 .map(|i| match i % 3 {
