@@ -31,13 +31,15 @@ fn main() {
 
 #[cfg(target_os = "linux")]
 mod scan {
+    use std::collections::HashMap;
     use std::fs::File;
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::FileExt;
     use std::sync::Arc;
 
-    use lethe::{Core, CoreOptions, Head, HeadOptions};
-    use zeroize::Zeroizing;
+    use lethe::{Core, CoreOptions, Head, HeadOptions, HeadSpec};
+    use ndarray::Array2;
+    use zeroize::{Zeroize, Zeroizing};
 
     use super::common;
 
@@ -102,19 +104,14 @@ mod scan {
         (m.col_stride() as usize) * size_of::<f64>()
     }
 
-    /// Every encoding of the marker's features φ and mapped core logits z that Lethe uses.
+    /// Every encoding of a marker's features φ and mapped core logits z that Lethe uses.
     /// The solver holds a batch of rows as a column-major matrix, so its f64 encodings are
     /// looked for both contiguous and at the column strides of the batches this test uses.
-    fn needles(head: &Head, input: &[f32], label: u32, batches: &[usize]) -> Needles {
-        let spec = head.spec();
-        let (phi, z) = head.core_features(input, 1).expect("run the core");
-        let phi = phi.row(0);
-        let z = z.row(0);
+    fn needles(spec: &HeadSpec, phi: &[f32], z: &[f32], label: u32, batches: &[usize]) -> Needles {
         let unit = 1.0 / spec.fixed.scale();
         let mut q = Zeroizing::new(Vec::new());
         let mut r = Zeroizing::new(Vec::new());
-        let phi_slice = phi.as_slice().expect("contiguous");
-        let z_slice = z.as_slice().expect("contiguous");
+        let (phi_slice, z_slice) = (phi, z);
         spec.fixed
             .quantize_features(phi_slice, 0, &mut q)
             .expect("in range");
@@ -183,13 +180,25 @@ mod scan {
 
     /// Where the needles occur: (encoding, address, mapping).
     fn scan(needles: &Needles) -> Vec<(&'static str, u64, String)> {
-        // A filter on the first 4 bytes (kept masked too) keeps the scan to a few seconds.
-        let key = |b: &[u8]| u32::from_le_bytes(b[..4].try_into().expect("4 bytes"));
-        let mut first = vec![false; 1 << 16];
+        // The needles by the more distinctive of their first two 4-byte words (kept masked
+        // too; the low word of an f64 holding an integer is zero, as most of memory is): a
+        // scan looks up each offset twice, in a few seconds.
+        let word = |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().expect("4"));
+        let mask = u32::from_le_bytes([MASK; 4]);
+        let mut by_word: [HashMap<u32, Vec<&Needle>>; 2] = [HashMap::new(), HashMap::new()];
         for needle in &needles.0 {
-            first[(key(&needle.first) & 0xffff) as usize] = true;
+            let nonzero = |w: usize| {
+                needle.first[4 * w..4 * w + 4]
+                    .iter()
+                    .filter(|&&b| b != MASK)
+                    .count()
+            };
+            let w = usize::from(nonzero(1) > nonzero(0));
+            by_word[w]
+                .entry(word(&needle.first, 4 * w))
+                .or_default()
+                .push(needle);
         }
-        let masked_key = |b: &[u8]| key(b) ^ u32::from_le_bytes([MASK; 4]);
         let matches =
             |at: &[u8], half: &[u8; HALF]| at.iter().zip(half).all(|(&w, &n)| w ^ MASK == n);
         let mem = File::open("/proc/self/mem").expect("open /proc/self/mem");
@@ -206,10 +215,9 @@ mod scan {
                 };
                 // Aligned offsets only: every buffer Lethe keeps values in is aligned to them.
                 for offset in (0..got.min(CHUNK).saturating_sub(HALF - 1)).step_by(4) {
-                    if !first[(masked_key(&buf[offset..]) & 0xffff) as usize] {
-                        continue;
-                    }
-                    for needle in &needles.0 {
+                    let candidates = (0..2)
+                        .filter_map(|w| by_word[w].get(&(word(&buf[offset..], 4 * w) ^ mask)));
+                    for needle in candidates.flatten() {
                         let second = offset + needle.gap;
                         if second + HALF <= got
                             && matches(&buf[offset..offset + HALF], &needle.first)
@@ -234,6 +242,19 @@ mod scan {
     }
 
     pub fn run() {
+        through_the_mnist_core();
+        if std::env::var_os(PENDING_ENV).is_some() {
+            with_changes_pending();
+        } else {
+            println!(
+                "memory_scrub: the pending-changes scenario is a known gap (DESIGN.md, G4); \
+                 {PENDING_ENV}=1 runs it"
+            );
+        }
+    }
+
+    /// The marker learned and forgotten through the mnist core, in memory and in a state dir.
+    fn through_the_mnist_core() {
         let core = Arc::new(
             Core::open(common::bundle_dir("mnist-core"), &CoreOptions::default())
                 .expect("open the core"),
@@ -259,7 +280,17 @@ mod scan {
         let ids: Vec<u64> = (0..n as u64).map(|i| 1000 + i).collect();
         let marker = 5;
         let marker_input = &inputs[marker * per..(marker + 1) * per];
-        let needles = needles(&heads[0], marker_input, labels[marker], &[n - 2, 2, 1]);
+        let needles = {
+            let (phi, z) = heads[0]
+                .core_features(marker_input, 1)
+                .expect("run the core");
+            let (phi, z) = (phi.row(0), z.row(0));
+            let (phi, z) = (phi.as_slice(), z.as_slice());
+            let spec = heads[0].spec();
+            let contiguous = "contiguous";
+            let (phi, z) = (phi.expect(contiguous), z.expect(contiguous));
+            needles(spec, phi, z, labels[marker], &[n - 2, 2, 1])
+        };
 
         // Learn in two batches (the statistics' block path and its direct path) and predict
         // the marker; then forget it (through the fast path, once the background has built
@@ -314,5 +345,52 @@ mod scan {
             );
         }
         println!("memory_scrub: ok, none left after forget and after close");
+    }
+
+    /// Runs [`with_changes_pending`] when set.
+    const PENDING_ENV: &str = "LETHE_SCRUB_PENDING";
+
+    /// At DESIGN.md's size (d = 1280, C = 100), a detached head forgets the marker on the
+    /// fast path while other changes are still pending in its correction.
+    fn with_changes_pending() {
+        let (d, c) = (1280, 100);
+        let spec = common::detached_spec(d, c, 1.0);
+        let head = Head::detached(spec.clone(), &HeadOptions::default()).expect("a head");
+        let n = 2 * (d + 1) + 200;
+        let phi = common::uniform(&mut common::rng(5), n, d, 3.0);
+        let z = Array2::<f32>::zeros((n, c));
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % c as u32).collect();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        let marker = 17;
+        let needles = needles(
+            &spec,
+            phi.row(marker).as_slice().expect("contiguous"),
+            z.row(marker).as_slice().expect("contiguous"),
+            labels[marker],
+            &[n, 4, 2],
+        );
+        head.learn_features(&ids, &phi, &z, &labels).expect("learn");
+        // The features are the test's own buffer (outside G4): gone before the scan.
+        let mut phi = phi;
+        phi.as_slice_mut().expect("standard layout").zeroize();
+        drop(phi);
+        head.settle().expect("settle");
+        head.hold_resolve(true);
+        head.forget(&ids[3..7]).expect("forget");
+        head.forget(&[ids[marker], ids[7]]).expect("forget");
+        assert_eq!(head.pending_corrections(), Some(6), "the fast path served");
+        head.hold_resolve(false);
+        head.settle().expect("settle");
+        let after = scan(&needles);
+        for (encoding, address, mapping) in after.iter().take(20) {
+            println!("pending scenario: {encoding} at {address:#x} in {mapping:?}");
+        }
+        assert!(
+            after.is_empty(),
+            "forgotten with changes pending: {} windows still in memory ({:?})",
+            after.len(),
+            encodings(&after)
+        );
+        println!("memory_scrub: ok, none left after a forget with changes pending");
     }
 }
