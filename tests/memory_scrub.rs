@@ -243,14 +243,10 @@ mod scan {
 
     pub fn run() {
         through_the_mnist_core();
-        if std::env::var_os(PENDING_ENV).is_some() {
-            with_changes_pending();
-        } else {
-            println!(
-                "memory_scrub: the pending-changes scenario is a known gap (DESIGN.md, G4); \
-                 {PENDING_ENV}=1 runs it"
-            );
-        }
+        // At DESIGN.md's size (d = 1280, C = 100): the fast path with changes pending, and
+        // the rank-k update of a head below 2p samples.
+        at_scale(2 * 1281 + 200, Some(6));
+        at_scale(1000, None);
     }
 
     /// The marker learned and forgotten through the mnist core, in memory and in a state dir.
@@ -347,16 +343,13 @@ mod scan {
         println!("memory_scrub: ok, none left after forget and after close");
     }
 
-    /// Runs [`with_changes_pending`] when set.
-    const PENDING_ENV: &str = "LETHE_SCRUB_PENDING";
-
-    /// At DESIGN.md's size (d = 1280, C = 100), a detached head forgets the marker on the
-    /// fast path while other changes are still pending in its correction.
-    fn with_changes_pending() {
+    /// A detached head at d = 1280, C = 100 with `n` samples forgets 4 samples and then the
+    /// marker and one more, the first change held pending: through the fast path's correction
+    /// when `pending` is the rows it then holds, through the rank-k update when `None`.
+    fn at_scale(n: usize, pending: Option<usize>) {
         let (d, c) = (1280, 100);
         let spec = common::detached_spec(d, c, 1.0);
         let head = Head::detached(spec.clone(), &HeadOptions::default()).expect("a head");
-        let n = 2 * (d + 1) + 200;
         let phi = common::uniform(&mut common::rng(5), n, d, 3.0);
         let z = Array2::<f32>::zeros((n, c));
         let labels: Vec<u32> = (0..n as u32).map(|i| i % c as u32).collect();
@@ -378,19 +371,19 @@ mod scan {
         head.hold_resolve(true);
         head.forget(&ids[3..7]).expect("forget");
         head.forget(&[ids[marker], ids[7]]).expect("forget");
-        assert_eq!(head.pending_corrections(), Some(6), "the fast path served");
+        assert_eq!(head.pending_corrections(), pending, "the path that served");
         head.hold_resolve(false);
         head.settle().expect("settle");
         let after = scan(&needles);
         for (encoding, address, mapping) in after.iter().take(20) {
-            println!("pending scenario: {encoding} at {address:#x} in {mapping:?}");
+            println!("n = {n}: {encoding} at {address:#x} in {mapping:?}");
         }
         assert!(
             after.is_empty(),
-            "forgotten with changes pending: {} windows still in memory ({:?})",
+            "n = {n}: {} windows of the forgotten sample are still in memory ({:?})",
             after.len(),
             encodings(&after)
         );
-        println!("memory_scrub: ok, none left after a forget with changes pending");
+        println!("memory_scrub: ok at d = 1280 with n = {n}, none left after the forget");
     }
 }

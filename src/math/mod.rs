@@ -7,6 +7,7 @@
 //! Everything here is a pure function of its inputs; the state dir ([`crate::store`]) persists
 //! these types and the head ([`crate::head`]) composes them.
 
+pub mod dense;
 pub mod fixed;
 pub mod receipt;
 pub mod samples;

@@ -41,6 +41,7 @@ mod fixed_order;
 use faer::linalg::cholesky::llt;
 use faer::{Accum, Mat, Par};
 
+use super::dense;
 use super::secret::{SecretMat, SecretScratch};
 use super::stats::ExactStats;
 use fixed_order::Rows;
@@ -252,27 +253,21 @@ pub fn apply(
         alpha.col_mut(0).as_diagonal_mut(),
     )
     .map_err(|_| NotPositiveDefinite)?;
-    // E = T − X Θ: the residual of the samples under the current weights.
+    // E = T − X Θ: the residual of the samples under the current weights. The products and
+    // the solve are Lethe's own (`dense`): a library's would keep the rows in buffers that are
+    // never zeroized (G4).
+    let mut g = SecretMat::from(x.transpose().to_owned());
     let mut e = SecretMat::from(t.clone());
-    faer::linalg::matmul::matmul(
+    dense::product(
         e.as_mut(),
         Accum::Add,
-        x.as_ref(),
+        g.as_ref().transpose(),
         sol.theta.as_ref(),
         -1.0,
-        Par::Seq,
     );
     // G = A'⁻¹ Xᵀ, then Θ' = Θ ± G E.
-    let mut g = SecretMat::from(x.transpose().to_owned());
-    solve_in_place(&sol.l, &mut g);
-    faer::linalg::matmul::matmul(
-        sol.theta.as_mut(),
-        Accum::Add,
-        g.as_ref(),
-        e.as_ref(),
-        sign,
-        Par::Seq,
-    );
+    dense::solve_cholesky(&sol.l, &mut g);
+    dense::product(sol.theta.as_mut(), Accum::Add, g.as_ref(), e.as_ref(), sign);
     let finite = (0..sol.theta.ncols()).all(|j| sol.theta.col(j).iter().all(|v| v.is_finite()))
         && (0..sol.l.ncols()).all(|j| sol.l[(j, j)].is_finite() && sol.l[(j, j)] > 0.0);
     if finite {

@@ -30,11 +30,10 @@
 //! canonical weights always come from [`super::solver::canonical`].
 
 use faer::linalg::cholesky::llt;
-use faer::linalg::lu::partial_pivoting::{factor as lu_factor, solve as lu_solve};
-use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use zeroize::Zeroizing;
 
+use super::dense;
 use super::secret::{SecretMat, SecretScratch};
 
 /// The most pending rows a correction keeps; a change that would exceed it is refused (the
@@ -123,45 +122,29 @@ impl Woodbury {
         // g = h − Z S⁻¹ w with w = Zᵀ Xᵀ; c = s I + X g.
         let z = MatRef::from_column_major_slice(&self.z, p, m);
         let mut w = SecretMat::zeros(m, k);
-        matmul(
-            w.as_mut(),
-            Accum::Replace,
-            z.transpose(),
-            xt.as_ref(),
-            1.0,
-            Par::Seq,
-        );
+        dense::product(w.as_mut(), Accum::Replace, z.transpose(), xt.as_ref(), 1.0);
         let mut u = SecretMat::zeros(m, k);
-        matmul(
+        dense::product(
             u.as_mut(),
             Accum::Replace,
             self.s_inv.as_ref(),
             w.as_ref(),
             1.0,
-            Par::Seq,
         );
         let mut g = h.clone();
-        matmul(g.as_mut(), Accum::Add, z, u.as_ref(), -1.0, Par::Seq);
+        dense::product(g.as_mut(), Accum::Add, z, u.as_ref(), -1.0);
         // c = s I + X g = s I + X h − wᵀ u, its two products kept to see how much of c's
         // diagonal cancelled.
         let mut xh = SecretMat::zeros(k, k);
-        matmul(
+        dense::product(
             xh.as_mut(),
             Accum::Replace,
-            x.as_ref(),
+            xt.as_ref().transpose(),
             h.as_ref(),
             1.0,
-            Par::Seq,
         );
         let mut wu = SecretMat::zeros(k, k);
-        matmul(
-            wu.as_mut(),
-            Accum::Replace,
-            w.transpose(),
-            u.as_ref(),
-            1.0,
-            Par::Seq,
-        );
+        dense::product(wu.as_mut(), Accum::Replace, w.transpose(), u.as_ref(), 1.0);
         let c = SecretMat::from_fn(k, k, |i, j| {
             xh[(i, j)] - wu[(i, j)] + if i == j { sign } else { 0.0 }
         });
@@ -172,28 +155,26 @@ impl Woodbury {
         }
         // A' is positive definite iff s·c is: factor s·c (symmetrized) to know, and to solve.
         let mut sc = SecretMat::from_fn(k, k, |i, j| sign * 0.5 * (c[(i, j)] + c[(j, i)]));
-        super::solver::cholesky_in_place(&mut sc).map_err(|_| Refused)?;
+        dense::cholesky(&mut sc).map_err(|_| Refused)?;
         // c⁻¹ = s (s c)⁻¹.
         let mut c_inv = SecretMat::from_fn(k, k, |i, j| if i == j { sign } else { 0.0 });
-        super::solver::solve_in_place(&sc, &mut c_inv);
+        dense::solve_cholesky(&sc, &mut c_inv);
         // Θ' = Θ + g c⁻¹ (T − X Θ).
         let mut e = SecretMat::from(t.clone());
-        matmul(
+        dense::product(
             e.as_mut(),
             Accum::Add,
-            x.as_ref(),
+            xt.as_ref().transpose(),
             theta.as_ref(),
             -1.0,
-            Par::Seq,
         );
         let mut step = SecretMat::zeros(k, e.ncols());
-        matmul(
+        dense::product(
             step.as_mut(),
             Accum::Replace,
             c_inv.as_ref(),
             e.as_ref(),
             1.0,
-            Par::Seq,
         );
         if !all_finite(&g) || !all_finite(&step) || !all_finite(&c_inv) {
             return Err(Refused);
@@ -201,26 +182,18 @@ impl Woodbury {
         // X's rows join the pending ones: S⁻¹ bordered by c,
         // [[S⁻¹ + u c⁻¹ uᵀ, −u c⁻¹], [−c⁻¹ uᵀ, c⁻¹]].
         let mut uc = SecretMat::zeros(m, k);
-        matmul(
-            uc.as_mut(),
-            Accum::Replace,
-            u.as_ref(),
-            c_inv.as_ref(),
-            1.0,
-            Par::Seq,
-        );
+        dense::product(uc.as_mut(), Accum::Replace, u.as_ref(), c_inv.as_ref(), 1.0);
         let mut s_inv = SecretMat::zeros(m + k, m + k);
         s_inv
             .as_mut()
             .submatrix_mut(0, 0, m, m)
             .copy_from(self.s_inv.as_ref());
-        matmul(
+        dense::product(
             s_inv.as_mut().submatrix_mut(0, 0, m, m),
             Accum::Add,
             uc.as_ref(),
             u.transpose(),
             1.0,
-            Par::Seq,
         );
         for i in 0..m {
             for j in 0..k {
@@ -237,14 +210,7 @@ impl Woodbury {
             self.z.extend_from_slice(h.col_as_slice(r));
         }
         self.versions.extend(std::iter::repeat_n(version, k));
-        matmul(
-            theta.as_mut(),
-            Accum::Add,
-            g.as_ref(),
-            step.as_ref(),
-            1.0,
-            Par::Seq,
-        );
+        dense::product(theta.as_mut(), Accum::Add, g.as_ref(), step.as_ref(), 1.0);
         Ok(())
     }
 
@@ -261,16 +227,15 @@ impl Woodbury {
             let q = self.s_inv.as_ref().submatrix(0, mv, mv, r);
             let rr = SecretMat::from(self.s_inv.as_ref().submatrix(mv, mv, r, r).to_owned());
             let mut y = SecretMat::from(q.transpose().to_owned());
-            solve_lu(&rr, &mut y);
+            dense::solve_lu(&rr, &mut y);
             let z = MatRef::from_column_major_slice(&self.z, p, m);
             let mut z_next = SecretMat::from(z.submatrix(0, mv, p, r).to_owned());
-            matmul(
+            dense::product(
                 z_next.as_mut(),
                 Accum::Add,
                 z.submatrix(0, 0, p, mv),
                 y.transpose(),
                 1.0,
-                Par::Seq,
             );
             for j in 0..r {
                 next.z.extend_from_slice(z_next.col_as_slice(j));
@@ -280,34 +245,6 @@ impl Woodbury {
         }
         *self = next;
     }
-}
-
-/// y ← R⁻¹ y for square R (LU with partial pivoting, its factors zeroized when dropped).
-fn solve_lu(r: &Mat<f64>, y: &mut Mat<f64>) {
-    let n = r.nrows();
-    let mut lu = SecretMat::from(r.clone());
-    let (mut perm, mut perm_inv) = (vec![0usize; n], vec![0usize; n]);
-    let mut scratch = SecretScratch::new(
-        lu_factor::lu_in_place_scratch::<usize, f64>(n, n, Par::Seq, Default::default()).or(
-            lu_solve::solve_in_place_scratch::<usize, f64>(n, y.ncols(), Par::Seq),
-        ),
-    );
-    let (_, perm) = lu_factor::lu_in_place(
-        lu.as_mut(),
-        &mut perm,
-        &mut perm_inv,
-        Par::Seq,
-        scratch.stack(),
-        Default::default(),
-    );
-    lu_solve::solve_in_place(
-        lu.as_ref(),
-        lu.as_ref(),
-        perm,
-        y.as_mut(),
-        Par::Seq,
-        scratch.stack(),
-    );
 }
 
 fn all_finite(m: &Mat<f64>) -> bool {
@@ -481,6 +418,7 @@ fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&m
 mod tests {
     use super::*;
     use crate::math::solver::cholesky_in_place;
+    use faer::linalg::matmul::matmul;
 
     /// A random SPD A = VᵀV + I (p × p) from a fixed generator, with rows to change.
     fn rows(seed: u64, k: usize, p: usize) -> Mat<f64> {

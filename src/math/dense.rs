@@ -1,0 +1,306 @@
+//! Dense products and small factorizations of matrices that hold samples' values: the changed
+//! rows of the fast path's correction and their images under the inverse. They run in Lethe's
+//! own loops, because a library's matrix product packs its operands into per-thread buffers
+//! that are never zeroized, where a forgotten row would outlive its forget (G4). Every
+//! temporary here is a [`SecretMat`], zeroized when dropped.
+
+use faer::{Accum, Mat, MatMut, MatRef};
+
+use super::secret::SecretMat;
+
+/// `dst ← alpha · lhs · rhs` (`Accum::Replace`) or `dst += alpha · lhs · rhs` (`Accum::Add`).
+/// `dst`'s columns must be contiguous (a column-major matrix or a block of one).
+pub fn product(
+    dst: MatMut<'_, f64>,
+    accum: Accum,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    alpha: f64,
+) {
+    assert_eq!(dst.nrows(), lhs.nrows(), "dst and lhs have the same rows");
+    assert_eq!(
+        dst.ncols(),
+        rhs.ncols(),
+        "dst and rhs have the same columns"
+    );
+    assert_eq!(lhs.ncols(), rhs.nrows(), "lhs's columns are rhs's rows");
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { product_avx2(dst, accum, lhs, rhs, alpha) };
+        return;
+    }
+    product_any(dst, accum, lhs, rhs, alpha);
+}
+
+/// [`product_any`] compiled for AVX2, so that its loops are vectorized 4 wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn product_avx2(
+    dst: MatMut<'_, f64>,
+    accum: Accum,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    alpha: f64,
+) {
+    product_any(dst, accum, lhs, rhs, alpha);
+}
+
+/// [`product`]: dot products where lhs's rows and rhs's columns are contiguous (a transposed
+/// operand), column updates (axpy) where lhs's columns are, entry by entry otherwise.
+#[inline(always)]
+fn product_any(
+    mut dst: MatMut<'_, f64>,
+    accum: Accum,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    alpha: f64,
+) {
+    let (m, n, k) = (dst.nrows(), dst.ncols(), lhs.ncols());
+    if m == 0 || n == 0 {
+        return;
+    }
+    let contiguous = "dst's columns are contiguous";
+    for j in 0..n {
+        let d = dst
+            .as_mut()
+            .col_mut(j)
+            .try_as_col_major_mut()
+            .expect(contiguous)
+            .as_slice_mut();
+        if matches!(accum, Accum::Replace) {
+            d.fill(0.0);
+        }
+        if k == 0 {
+            continue;
+        }
+        if lhs.col_stride() == 1 && rhs.row_stride() == 1 {
+            let r = rhs.col(j).try_as_col_major().expect("a contiguous column");
+            for (i, di) in d.iter_mut().enumerate() {
+                let row = lhs.row(i).try_as_row_major().expect("a contiguous row");
+                *di += alpha * dot(row.as_slice(), r.as_slice());
+            }
+        } else if lhs.row_stride() == 1 {
+            for l in 0..k {
+                let b = alpha * rhs[(l, j)];
+                let column = lhs.col(l).try_as_col_major().expect("a contiguous column");
+                for (di, &a) in d.iter_mut().zip(column.as_slice()) {
+                    *di += b * a;
+                }
+            }
+        } else {
+            for (i, di) in d.iter_mut().enumerate() {
+                *di += alpha * (0..k).map(|l| lhs[(i, l)] * rhs[(l, j)]).sum::<f64>();
+            }
+        }
+    }
+}
+
+/// x · y in 8 independent partial sums (so that the loop vectorizes).
+#[inline(always)]
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let mut acc = [0.0; 8];
+    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for l in 0..8 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let tail: f64 = xr.iter().zip(yr).map(|(a, b)| a * b).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// The lower triangle of `a` (n × n, symmetric positive definite, read from its lower
+/// triangle) replaced by its Cholesky factor L; `Err` when a pivot is not positive.
+pub fn cholesky(a: &mut Mat<f64>) -> Result<(), NotPositive> {
+    let n = a.nrows();
+    for j in 0..n {
+        for i in j..n {
+            let mut s = a[(i, j)];
+            for l in 0..j {
+                s -= a[(i, l)] * a[(j, l)];
+            }
+            if i == j {
+                // Also refuses NaN.
+                if s.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
+                    return Err(NotPositive);
+                }
+                a[(j, j)] = s.sqrt();
+            } else {
+                a[(i, j)] = s / a[(j, j)];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A pivot that was not positive: the matrix is not (numerically) positive definite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotPositive;
+
+/// `x ← (L Lᵀ)⁻¹ x` for a Cholesky factor `l` (its lower triangle; the strict upper triangle
+/// is not read), by columns of L: a forward substitution that subtracts each solved entry's
+/// column, then a back substitution of dot products with L's columns.
+pub fn solve_cholesky(l: &Mat<f64>, x: &mut Mat<f64>) {
+    let n = l.nrows();
+    let contiguous = "columns are contiguous";
+    for c in 0..x.ncols() {
+        let v = x
+            .as_mut()
+            .col_mut(c)
+            .try_as_col_major_mut()
+            .expect(contiguous)
+            .as_slice_mut();
+        for j in 0..n {
+            let column = l.col(j).try_as_col_major().expect(contiguous).as_slice();
+            v[j] /= column[j];
+            let vj = v[j];
+            for (vi, &lij) in v[j + 1..].iter_mut().zip(&column[j + 1..]) {
+                *vi -= lij * vj;
+            }
+        }
+        for i in (0..n).rev() {
+            let column = l.col(i).try_as_col_major().expect(contiguous).as_slice();
+            v[i] = (v[i] - dot(&column[i + 1..], &v[i + 1..])) / column[i];
+        }
+    }
+}
+
+/// `y ← R⁻¹ y` for square, invertible `r`: LU with partial pivoting, its factors zeroized when
+/// dropped.
+pub fn solve_lu(r: &Mat<f64>, y: &mut Mat<f64>) {
+    let n = r.nrows();
+    let mut lu = SecretMat::from(r.clone());
+    let mut perm: Vec<usize> = (0..n).collect();
+    for j in 0..n {
+        let pivot = (j..n)
+            .max_by(|&a, &b| lu[(a, j)].abs().total_cmp(&lu[(b, j)].abs()))
+            .expect("a row at or below the diagonal");
+        if pivot != j {
+            perm.swap(j, pivot);
+            for c in 0..n {
+                let t = lu[(j, c)];
+                lu[(j, c)] = lu[(pivot, c)];
+                lu[(pivot, c)] = t;
+            }
+        }
+        for i in j + 1..n {
+            let f = lu[(i, j)] / lu[(j, j)];
+            lu[(i, j)] = f;
+            for c in j + 1..n {
+                let v = lu[(j, c)];
+                lu[(i, c)] -= f * v;
+            }
+        }
+    }
+    let mut permuted = SecretMat::from_fn(n, y.ncols(), |i, c| y[(perm[i], c)]);
+    for c in 0..y.ncols() {
+        for i in 0..n {
+            let mut s = permuted[(i, c)];
+            for j in 0..i {
+                s -= lu[(i, j)] * permuted[(j, c)];
+            }
+            permuted[(i, c)] = s;
+        }
+        for i in (0..n).rev() {
+            let mut s = permuted[(i, c)];
+            for j in i + 1..n {
+                s -= lu[(i, j)] * permuted[(j, c)];
+            }
+            permuted[(i, c)] = s / lu[(i, i)];
+        }
+    }
+    y.copy_from(permuted.as_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faer::Par;
+
+    fn matrix(seed: u64, m: usize, n: usize) -> Mat<f64> {
+        let mut state = seed;
+        Mat::from_fn(m, n, |_, _| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+        })
+    }
+
+    fn max_diff(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
+        let mut d = 0.0f64;
+        for j in 0..a.ncols() {
+            for i in 0..a.nrows() {
+                d = d.max((a[(i, j)] - b[(i, j)]).abs());
+            }
+        }
+        d
+    }
+
+    /// Every layout [`product`] meets (plain, transposed operands, blocks) agrees with faer's
+    /// product, for both accumulations.
+    #[test]
+    fn products_match_faer_in_every_layout() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (1, 100, 129),
+            (7, 3, 20),
+            (129, 5, 9),
+            (40, 40, 0),
+        ] {
+            let (a, at) = (matrix(1, m, k), matrix(1, m, k).transpose().to_owned());
+            let (b, bt) = (matrix(2, k, n), matrix(2, k, n).transpose().to_owned());
+            for lhs in [a.as_ref(), at.transpose()] {
+                for rhs in [b.as_ref(), bt.transpose()] {
+                    for accum in [Accum::Replace, Accum::Add] {
+                        let mut want = matrix(3, m, n);
+                        let mut got = want.clone();
+                        faer::linalg::matmul::matmul(
+                            want.as_mut(),
+                            accum,
+                            lhs,
+                            rhs,
+                            -0.5,
+                            Par::Seq,
+                        );
+                        product(got.as_mut(), accum, lhs, rhs, -0.5);
+                        assert!(max_diff(got.as_ref(), want.as_ref()) < 1e-12, "{m} {n} {k}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The factorizations solve their systems: A x = b to rounding, with A symmetric positive
+    /// definite (Cholesky) and general (LU, which needs its pivoting here).
+    #[test]
+    fn factorizations_solve() {
+        let n = 12;
+        let v = matrix(4, n, n);
+        let mut a = Mat::<f64>::identity(n, n);
+        faer::linalg::matmul::matmul(
+            a.as_mut(),
+            Accum::Add,
+            v.transpose(),
+            v.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        let b = matrix(5, n, 3);
+        let mut l = a.clone();
+        cholesky(&mut l).unwrap();
+        let mut x = b.clone();
+        solve_cholesky(&l, &mut x);
+        assert!(max_diff((&a * &x).as_ref(), b.as_ref()) < 1e-10);
+        let mut g = matrix(6, n, n);
+        g[(0, 0)] = 0.0;
+        let mut x = b.clone();
+        solve_lu(&g, &mut x);
+        assert!(max_diff((&g * &x).as_ref(), b.as_ref()) < 1e-10);
+        let mut indefinite = a.clone();
+        indefinite[(3, 3)] = -1.0;
+        assert_eq!(cholesky(&mut indefinite), Err(NotPositive));
+    }
+}
