@@ -215,11 +215,12 @@ pub fn solve_lu(r: &Mat<f64>, y: &mut Mat<f64>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use faer::Par;
 
-    fn matrix(seed: u64, m: usize, n: usize) -> Mat<f64> {
+    /// An m × n matrix of values uniform in [−1, 1) from a fixed generator.
+    pub(crate) fn matrix(seed: u64, m: usize, n: usize) -> Mat<f64> {
         let mut state = seed;
         Mat::from_fn(m, n, |_, _| {
             state = state

@@ -417,19 +417,9 @@ fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::math::dense::tests::matrix as rows;
     use crate::math::solver::cholesky_in_place;
     use faer::linalg::matmul::matmul;
-
-    /// A random SPD A = VᵀV + I (p × p) from a fixed generator, with rows to change.
-    fn rows(seed: u64, k: usize, p: usize) -> Mat<f64> {
-        let mut state = seed;
-        Mat::from_fn(k, p, |_, _| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
-        })
-    }
 
     fn gram(v: &Mat<f64>, lambda: f64) -> Mat<f64> {
         let p = v.ncols();
