@@ -230,6 +230,21 @@ pub(crate) mod tests {
         })
     }
 
+    /// VᵀV + λI: symmetric positive definite for λ > 0.
+    pub(crate) fn gram(v: &Mat<f64>, lambda: f64) -> Mat<f64> {
+        let p = v.ncols();
+        let mut a = Mat::from_fn(p, p, |i, j| if i == j { lambda } else { 0.0 });
+        faer::linalg::matmul::matmul(
+            a.as_mut(),
+            Accum::Add,
+            v.transpose(),
+            v.as_ref(),
+            1.0,
+            Par::Seq,
+        );
+        a
+    }
+
     fn max_diff(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> f64 {
         let mut d = 0.0f64;
         for j in 0..a.ncols() {
@@ -279,16 +294,7 @@ pub(crate) mod tests {
     #[test]
     fn factorizations_solve() {
         let n = 12;
-        let v = matrix(4, n, n);
-        let mut a = Mat::<f64>::identity(n, n);
-        faer::linalg::matmul::matmul(
-            a.as_mut(),
-            Accum::Add,
-            v.transpose(),
-            v.as_ref(),
-            1.0,
-            Par::Seq,
-        );
+        let a = gram(&matrix(4, n, n), 1.0);
         let b = matrix(5, n, 3);
         let mut l = a.clone();
         cholesky(&mut l).unwrap();

@@ -140,7 +140,7 @@ impl ExactStats {
     }
 
     fn offset(&self, j: usize) -> usize {
-        j * self.p - (j * j - j) / 2
+        packed_offset(self.p, j)
     }
 
     /// A's entry (i, j) (either triangle).
@@ -199,11 +199,16 @@ impl ExactStats {
             if self.delta_rows + m > EXACT_ROWS {
                 self.fold();
             }
-            // The chunk transposed: one row per feature or target, one value per sample.
+            // The chunk transposed: one row per feature or target, one value per sample, each
+            // row's padding past the m samples zero (the buffer may hold an earlier chunk's).
             let padded = m.next_multiple_of(products::LANES);
             let (xt, rt) = (&mut xt[..self.p * padded], &mut rt[..c * padded]);
-            xt.fill(0.0);
-            rt.fill(0.0);
+            for row in xt
+                .chunks_exact_mut(padded)
+                .chain(rt.chunks_exact_mut(padded))
+            {
+                row[m..].fill(0.0);
+            }
             for s in 0..m {
                 for (j, v) in row(start + s).enumerate() {
                     match j.checked_sub(self.p) {
@@ -347,6 +352,12 @@ impl Drop for ExactStats {
         self.a_delta.zeroize();
         self.b_delta.zeroize();
     }
+}
+
+/// Where column j of a packed lower triangle of side p (each column from its diagonal down)
+/// starts.
+fn packed_offset(p: usize, j: usize) -> usize {
+    j * p - (j * j - j) / 2
 }
 
 /// `x` rounded to the nearest f64, ties to even, as `x as f64` does: through i64 when it fits

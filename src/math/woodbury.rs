@@ -417,23 +417,8 @@ fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&m
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::dense::tests::matrix as rows;
+    use crate::math::dense::tests::{gram, matrix as rows};
     use crate::math::solver::cholesky_in_place;
-    use faer::linalg::matmul::matmul;
-
-    fn gram(v: &Mat<f64>, lambda: f64) -> Mat<f64> {
-        let p = v.ncols();
-        let mut a = Mat::from_fn(p, p, |i, j| if i == j { lambda } else { 0.0 });
-        matmul(
-            a.as_mut(),
-            Accum::Add,
-            v.transpose(),
-            v.as_ref(),
-            1.0,
-            Par::Seq,
-        );
-        a
-    }
 
     fn solve(a: &Mat<f64>, b: &Mat<f64>) -> Mat<f64> {
         let mut l = a.clone();

@@ -177,12 +177,11 @@ struct Job<'a> {
 type Block<'a> = (std::ops::Range<usize>, &'a mut [i64]);
 
 impl Job<'_> {
-    /// Where column j of the packed triangle starts.
     fn offset(&self, j: usize) -> usize {
-        j * self.p - (j * j - j) / 2
+        super::packed_offset(self.p, j)
     }
 
-    /// [`Job::run`] with the widest kernel (`b` empty: B is another thread's).
+    /// [`Job::run`] with the kernel `width` (`b` empty: B is another thread's).
     fn dispatch(&self, width: Width, blocks: Vec<Block<'_>>, b: &mut [i64]) {
         match width {
             #[cfg(target_arch = "x86_64")]
