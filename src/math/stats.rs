@@ -140,7 +140,7 @@ impl ExactStats {
     }
 
     fn offset(&self, j: usize) -> usize {
-        packed_offset(self.p, j)
+        products::packed_offset(self.p, j)
     }
 
     /// A's entry (i, j) (either triangle).
@@ -352,12 +352,6 @@ impl Drop for ExactStats {
         self.a_delta.zeroize();
         self.b_delta.zeroize();
     }
-}
-
-/// Where column j of a packed lower triangle of side p (each column from its diagonal down)
-/// starts.
-fn packed_offset(p: usize, j: usize) -> usize {
-    j * p - (j * j - j) / 2
 }
 
 /// `x` rounded to the nearest f64, ties to even, as `x as f64` does: through i64 when it fits

@@ -27,6 +27,12 @@ pub const EXACT_ROWS: usize = (1 << 15) - 1;
 /// The largest magnitude every partial sum of an exact f64 product may reach.
 const EXACT_F64: u64 = 1 << 53;
 
+/// Where column j of a packed lower triangle of side p (each column from its diagonal down)
+/// starts.
+pub fn packed_offset(p: usize, j: usize) -> usize {
+    j * p - (j * j - j) / 2
+}
+
 /// How many of the rows `rows(0), rows(1), …` (at most `most`, at least one) form a chunk
 /// whose f64 products are exact: every column's sum of squares stays at most 2^53. Each row
 /// yields `columns` values, integers with |value| ≤ 2^24.
@@ -178,7 +184,7 @@ type Block<'a> = (std::ops::Range<usize>, &'a mut [i64]);
 
 impl Job<'_> {
     fn offset(&self, j: usize) -> usize {
-        super::packed_offset(self.p, j)
+        packed_offset(self.p, j)
     }
 
     /// [`Job::run`] with the kernel `width` (`b` empty: B is another thread's).
