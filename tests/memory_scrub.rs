@@ -11,7 +11,9 @@
 //! after closing both heads: 16 contiguous bytes in every encoding, and for the f64 rows also
 //! two consecutive values one padded column apart, as a row sits in the solver's column-major
 //! matrices. The needles are kept masked (XOR) so that the test's own copy of them is no
-//! match; the inputs, the test's own buffer, hold none of them.
+//! match; the inputs, the test's own buffer, hold none of them. At d = 1280 the same scan
+//! looks for the marker after forgets on the fast path and on the rank-k path, and for the
+//! factor from before a forget (a sum that included the forgotten sample) and its inverse.
 //!
 //! It runs alone in its own binary (no test harness, one thread of its own) so that no other
 //! test's memory can hold the marker.
@@ -37,6 +39,10 @@ mod scan {
     use std::os::unix::fs::FileExt;
     use std::sync::Arc;
 
+    use lethe::head::UpdatePath;
+    use lethe::math::solver;
+    use lethe::math::stats::ExactStats;
+    use lethe::math::weights::to_weights;
     use lethe::{Core, CoreOptions, Head, HeadOptions, HeadSpec};
     use ndarray::Array2;
     use zeroize::{Zeroize, Zeroizing};
@@ -247,6 +253,7 @@ mod scan {
         // the rank-k update of a head below 2p samples.
         at_scale(2 * 1281 + 200, Some(6));
         at_scale(1000, None);
+        old_factor();
     }
 
     /// The marker learned and forgotten through the mnist core, in memory and in a state dir.
@@ -385,5 +392,107 @@ mod scan {
             encodings(&after)
         );
         println!("memory_scrub: ok at d = 1280 with n = {n}, none left after the forget");
+    }
+
+    /// A factor from before a forget is a sum over samples that included the forgotten one:
+    /// beside the current factor it gives the forgotten sample away. A head at d = 1280 that
+    /// serves forgets from the fast path has its factor inverted in the background; then a
+    /// forget through the rank-k update re-solves without inverting again, so nothing of that
+    /// inversion's temporaries is overwritten. Afterwards no pair of entries of the earlier
+    /// factor L or of L⁻¹ (the inversion's intermediate), down a column or along a row, is
+    /// left in memory. (A library's inversion left 2 118 windows of L⁻¹ in its per-thread
+    /// packing buffers.)
+    fn old_factor() {
+        let (d, c) = (1280, 100);
+        let n = 2 * (d + 1) + 200;
+        let spec = common::detached_spec(d, c, 1.0);
+        let head = Head::detached(spec.clone(), &HeadOptions::default()).expect("a head");
+        let phi = common::uniform(&mut common::rng(11), n, d, 3.0);
+        let z = Array2::<f32>::zeros((n, c));
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % c as u32).collect();
+        let ids: Vec<u64> = (0..n as u64).collect();
+        head.learn_features(&ids, &phi, &z, &labels).expect("learn");
+        head.settle().expect("settle");
+        assert!(
+            head.pending_corrections().is_some(),
+            "the background built the fast path's inverse"
+        );
+        // The head's factor, recomputed from the same statistics: the canonical solve is a
+        // function of them (G7), which the weights confirm.
+        let needles = {
+            let (mut q, mut r) = (Zeroizing::new(Vec::new()), Zeroizing::new(Vec::new()));
+            for (i, &label) in labels.iter().enumerate() {
+                let (phi, z) = (phi.row(i), z.row(i));
+                let contiguous = "contiguous";
+                let (phi, z) = (
+                    phi.as_slice().expect(contiguous),
+                    z.as_slice().expect(contiguous),
+                );
+                spec.fixed
+                    .quantize_features(phi, i, &mut q)
+                    .expect("in range");
+                spec.fixed
+                    .quantize_targets(label as usize, spec.target_scale, z, i, &mut r)
+                    .expect("in range");
+            }
+            let mut stats = ExactStats::new(d, c);
+            stats.accumulate(&q, &r, spec.fixed.one(), 1);
+            let sol = solver::canonical(&stats, spec.lambda, spec.fixed.frac_bits)
+                .expect("positive definite");
+            let head_weights = head.weights().expect("weights");
+            let ours = to_weights(&sol.theta, d);
+            assert!(
+                ours.w == head_weights.w && ours.b == head_weights.b,
+                "the test's solve reproduces the head's"
+            );
+            let p = d + 1;
+            let bytes = |f: &dyn Fn(usize) -> f64, len: usize| -> Zeroizing<Vec<[u8; HALF]>> {
+                Zeroizing::new((0..len).map(|t| f(t).to_le_bytes()).collect())
+            };
+            // N = L⁻¹ (column-major), by a plain forward substitution of the identity.
+            let mut inv = Zeroizing::new(vec![0.0f64; p * p]);
+            for (c, col) in inv.chunks_exact_mut(p).enumerate() {
+                col[c] = 1.0;
+                for j in c..p {
+                    col[j] /= sol.l[(j, j)];
+                    let v = col[j];
+                    for (i, ci) in col.iter_mut().enumerate().skip(j + 1) {
+                        *ci -= sol.l[(i, j)] * v;
+                    }
+                }
+            }
+            let mut needles = Needles(Vec::new());
+            for j in 0..p {
+                needles.add("factor column", &bytes(&|t| sol.l[(j + t, j)], p - j));
+                needles.add("factor row", &bytes(&|t| sol.l[(j, t)], j + 1));
+                needles.add(
+                    "inverse factor column",
+                    &bytes(&|t| inv[j * p + j + t], p - j),
+                );
+                needles.add("inverse factor row", &bytes(&|t| inv[t * p + j], j + 1));
+            }
+            needles
+        };
+        let mut phi = phi;
+        phi.as_slice_mut().expect("standard layout").zeroize();
+        drop(phi);
+        head.set_update_path(UpdatePath::RankK);
+        head.forget(&[ids[17]]).expect("forget");
+        assert_eq!(head.pending_corrections(), None, "the rank-k path served");
+        head.settle().expect("settle");
+        let after = scan(&needles);
+        for (encoding, address, mapping) in after.iter().take(20) {
+            println!("old factor: {encoding} at {address:#x} in {mapping:?}");
+        }
+        assert!(
+            after.is_empty(),
+            "{} windows of the factor from before the forget are still in memory ({:?})",
+            after.len(),
+            encodings(&after)
+        );
+        println!(
+            "memory_scrub: ok, none of the {} windows of the earlier factor left",
+            needles.0.len()
+        );
     }
 }

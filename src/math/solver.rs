@@ -40,6 +40,7 @@ mod fixed_order;
 
 use faer::linalg::cholesky::llt;
 use faer::{Accum, Mat, Par};
+use zeroize::Zeroizing;
 
 use super::dense;
 use super::secret::{SecretMat, SecretScratch};
@@ -140,6 +141,28 @@ pub fn canonical_with(
         l.col_as_slice_mut(j)[..j].fill(0.0);
     }
     Ok(Solution { l, theta: y.0 })
+}
+
+/// The lower triangle of A⁻¹ for A = L Lᵀ (`l` lower-triangular, its strict upper triangle not
+/// read), packed column by column: (i, j) with i ≥ j at `j·p − j·(j−1)/2 + i − j`. It runs in
+/// the canonical solve's kernels, never in a library's products, whose packing buffers would
+/// keep parts of L (DESIGN.md G4). Cost p³/3 multiply-adds.
+pub fn inverse(l: &Mat<f64>) -> Zeroizing<Vec<f64>> {
+    let p = l.nrows();
+    // L by rows: row i (a column of the buffer) holds L[i][..=i], then zeros.
+    let mut rows = Rows(SecretMat::zeros(p, p));
+    for j0 in (0..p).step_by(COPY_TILE) {
+        for i0 in (j0..p).step_by(COPY_TILE) {
+            for i in i0..(i0 + COPY_TILE).min(p) {
+                for j in j0..(j0 + COPY_TILE).min(i + 1) {
+                    rows.0[(j, i)] = l[(i, j)];
+                }
+            }
+        }
+    }
+    let mut packed = Zeroizing::new(vec![0.0; p * (p + 1) / 2]);
+    fixed_order::invert(CanonicalKernel::selected(), &rows, &mut packed);
+    packed
 }
 
 /// Side of the square tiles in which the copies below work, so that the columns read and
@@ -290,5 +313,68 @@ mod tests {
         assert!(resolve_is_cheaper(1000, p, c));
         let first = (1..=1000).find(|&k| resolve_is_cheaper(k, p, c)).unwrap();
         assert!((first..=5000).all(|k| resolve_is_cheaper(k, p, c)));
+    }
+
+    /// The factor of a random well-conditioned A = VᵀV + I (p × p), and faer's inverse of it
+    /// (the independent reference).
+    fn factor_and_inverse(p: usize) -> (Mat<f64>, Mat<f64>) {
+        let v = crate::math::dense::tests::matrix(p as u64, 2 * p + 3, p);
+        let mut l = crate::math::dense::tests::gram(&v, 1.0);
+        cholesky_in_place(&mut l).unwrap();
+        let mut reference = Mat::zeros(p, p);
+        let mut scratch = SecretScratch::new(llt::inverse::inverse_scratch::<f64>(p, Par::Seq));
+        llt::inverse::inverse(reference.as_mut(), l.as_ref(), Par::Seq, scratch.stack());
+        (l, reference)
+    }
+
+    /// The inverse agrees with faer's to rounding at sizes around every tile and lane
+    /// boundary, and leaves nothing of the strict upper triangle of L read.
+    #[test]
+    fn inverse_matches_a_reference() {
+        for p in [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 40, 65, 100] {
+            let (mut l, reference) = factor_and_inverse(p);
+            for j in 1..p {
+                for i in 0..j {
+                    l[(i, j)] = f64::NAN;
+                }
+            }
+            let packed = inverse(&l);
+            let mut at = 0;
+            for j in 0..p {
+                for i in j..p {
+                    let (got, want) = (packed[at], reference[(i, j)]);
+                    assert!(
+                        (got - want).abs() <= 1e-12 * want.abs().max(1.0),
+                        "p = {p}, ({i}, {j}): {got} vs {want}"
+                    );
+                    at += 1;
+                }
+            }
+            assert_eq!(at, packed.len());
+        }
+    }
+
+    /// Every kernel this CPU runs gives the scalar kernel's bits.
+    #[test]
+    fn inverse_kernels_agree_bit_for_bit() {
+        for p in [9, 33, 70] {
+            let (l, _) = factor_and_inverse(p);
+            let rows = Rows(SecretMat::from_fn(p, p, |r, c| {
+                if r <= c {
+                    l[(c, r)]
+                } else {
+                    0.0
+                }
+            }));
+            let run = |kernel| {
+                let mut packed = vec![0.0; p * (p + 1) / 2];
+                fixed_order::invert(kernel, &rows, &mut packed);
+                packed.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            };
+            let scalar = run(CanonicalKernel::Scalar);
+            for kernel in CanonicalKernel::available() {
+                assert!(run(kernel) == scalar, "{kernel:?} at p = {p}");
+            }
+        }
     }
 }

@@ -29,12 +29,12 @@
 //! Everything here serves weights that differ from the canonical ones by rounding only; the
 //! canonical weights always come from [`super::solver::canonical`].
 
-use faer::linalg::cholesky::llt;
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatRef};
 use zeroize::Zeroizing;
 
 use super::dense;
-use super::secret::{SecretMat, SecretScratch};
+use super::secret::SecretMat;
+use super::solver;
 
 /// The most pending rows a correction keeps; a change that would exceed it is refused (the
 /// caller then re-solves), which bounds the cost of the corrections to O(p · MAX_PENDING).
@@ -68,13 +68,7 @@ impl Woodbury {
     /// O(p³) (to be run off the caller's path).
     pub fn from_factor(l: &Mat<f64>, base: u64) -> Woodbury {
         let p = l.nrows();
-        let mut full = SecretMat::zeros(p, p);
-        let mut scratch = SecretScratch::new(llt::inverse::inverse_scratch::<f64>(p, Par::Seq));
-        llt::inverse::inverse(full.as_mut(), l.as_ref(), Par::Seq, scratch.stack());
-        let mut inverse = Zeroizing::new(Vec::with_capacity(p * (p + 1) / 2));
-        for j in 0..p {
-            inverse.extend_from_slice(&full.col_as_slice(j)[j..]);
-        }
+        let inverse = solver::inverse(l);
         Woodbury {
             p,
             base,

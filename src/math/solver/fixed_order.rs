@@ -394,6 +394,19 @@ dispatch!(
 /// The CPU must have `K`'s target features.
 #[inline(always)]
 unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows) {
+    // SAFETY: as this function's.
+    unsafe { substitute::<K>(m, yt, false) }
+}
+
+/// [`forward_solve_with`]; with `lower`, row c of `yt` must be zero before index c (as in the
+/// identity), and the terms that are zero for a whole tile of rows are skipped: the skipped
+/// entries stay zero, the others come out as without skipping, since each lane only loses
+/// leading products of zeros.
+///
+/// # Safety
+/// The CPU must have `K`'s target features.
+#[inline(always)]
+unsafe fn substitute<K: Bulk>(m: &Rows, yt: &mut Rows, lower: bool) {
     let p = m.rows();
     debug_assert!(m.cols() == p && yt.cols() == p);
     let classes = yt.rows();
@@ -402,11 +415,15 @@ unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows) {
         let i_end = (i0 + BLOCK).min(p);
         for c0 in (0..classes).step_by(TILE_ROWS) {
             let c_end = (c0 + TILE_ROWS).min(classes);
-            for ib in (i0..i_end).step_by(LANES) {
+            // The first term that is not zero in every row of the tile, rounded down to a
+            // whole lane group so that every term keeps its lane.
+            let s0 = if lower { c0 - c0 % LANES } else { 0 };
+            for ib in (i0.max(s0)..i_end).step_by(LANES) {
                 let x: [&[f64]; TILE_ROWS] =
-                    std::array::from_fn(|r| yt.row((c0 + r).min(classes - 1)));
+                    std::array::from_fn(|r| &yt.row((c0 + r).min(classes - 1))[s0..]);
+                let y = rows_from(m, ib).map(|row| &row[s0..]);
                 // SAFETY: the caller guarantees K's features.
-                unsafe { K::bulk(&x[..c_end - c0], &rows_from(m, ib), ib, &mut tile) };
+                unsafe { K::bulk(&x[..c_end - c0], &y, ib - s0, &mut tile) };
                 let count = (ib + LANES).min(i_end) - ib;
                 let mut v = [[0.0; TILE_ROWS]; LANES];
                 for (r, c) in (c0..c_end).enumerate() {
@@ -418,6 +435,53 @@ unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows) {
                 for (r, c) in (c0..c_end).enumerate() {
                     for (s, y) in yt.row_mut(c)[ib..ib + count].iter_mut().enumerate() {
                         *y = v[s][r];
+                    }
+                }
+            }
+        }
+    }
+}
+
+dispatch!(
+    /// The lower triangle of A⁻¹ for A = L Lᵀ, `l` holding L by rows (row i: L[i][..=i], then
+    /// zeros), written into `packed` column by column ((i, j), i ≥ j, at
+    /// `j·p − j·(j−1)/2 + i − j`): first N = L⁻¹ by columns (a forward substitution of the
+    /// identity), then A⁻¹[i][j] = dot(N[.., i], N[.., j]), whose terms before i are zero.
+    /// Cost p³/3 multiply-adds; every temporary is zeroized when dropped.
+    invert, invert_with, (l: &Rows, packed: &mut [f64]) -> ());
+
+/// # Safety
+/// The CPU must have `K`'s target features.
+#[inline(always)]
+unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64]) {
+    let p = l.rows();
+    assert!(l.cols() == p && packed.len() == p * (p + 1) / 2);
+    // Row c of `n` is column c of N = L⁻¹ (zero before c).
+    let mut n = Rows(SecretMat::zeros(p, p));
+    for c in 0..p {
+        n.row_mut(c)[c] = 1.0;
+    }
+    // SAFETY: the caller guarantees K's features.
+    unsafe { substitute::<K>(l, &mut n, true) };
+    let offset = |j: usize| j * p - j * j.saturating_sub(1) / 2;
+    let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
+    // Columns j in blocks whose rows of `n` stay in cache while the rows i ≥ j stream past.
+    for j0 in (0..p).step_by(BLOCK) {
+        let j_end = (j0 + BLOCK).min(p);
+        for i0 in (j0..p).step_by(TILE_ROWS) {
+            let i_end = (i0 + TILE_ROWS).min(p);
+            // Row i of `n` is zero before i: the terms start at the tile's first row, rounded
+            // down to a lane group.
+            let s0 = i0 - i0 % LANES;
+            let k0 = (p - s0) - (p - s0) % LANES;
+            let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| &n.row((i0 + r).min(p - 1))[s0..]);
+            for jb in (j0..j_end.min(i_end)).step_by(LANES) {
+                let y = rows_from(&n, jb).map(|row| &row[s0..]);
+                // SAFETY: as above.
+                unsafe { K::bulk(&x[..i_end - i0], &y, k0, &mut tile) };
+                for (r, i) in (i0..i_end).enumerate() {
+                    for (s, j) in (jb..(jb + LANES).min(j_end).min(i + 1)).enumerate() {
+                        packed[offset(j) + i - j] = finish(tile[r][s], x[r], y[s], k0);
                     }
                 }
             }
