@@ -314,12 +314,13 @@ impl Store {
     fn zero_records(&mut self, locs: &[u64]) -> Result<()> {
         let rec = self.record_len() as usize;
         let zeros = vec![0u8; rec];
+        let mut parts = OpenParts::default();
         for &loc in locs {
             if loc & IN_JOURNAL != 0 {
                 self.journal.zero(loc & !IN_JOURNAL, rec)?;
             } else {
                 let (file, at) = self.place_of(loc, &BTreeMap::new())?;
-                open_part(&self.dir, &file)?.write_at(&zeros, at)?;
+                parts.get(&self.dir, &file)?.write_at(&zeros, at)?;
             }
         }
         Ok(())
@@ -508,11 +509,13 @@ impl Store {
         let (d, c) = (self.header.dim, self.header.classes);
         let mut locs = Vec::with_capacity(ids.len());
         let (qn, rn) = (q.len(), r.len());
+        let mut parts = OpenParts::default();
         for (k, &id) in ids.iter().enumerate() {
             let entry = self.index.get(id).expect("present: checked by the caller");
             q.resize(qn + (k + 1) * d, 0);
             r.resize(rn + (k + 1) * c, 0);
-            let read = self.read_record(id, entry, &mut q[qn + k * d..], &mut r[rn + k * c..]);
+            let (qk, rk) = (&mut q[qn + k * d..], &mut r[rn + k * c..]);
+            let read = self.read_record(&mut parts, id, entry, qk, rk);
             if let Err(e) = read {
                 q[qn..].zeroize();
                 r[rn..].zeroize();
@@ -655,9 +658,16 @@ impl Store {
     }
 
     /// Reads the record of a live sample into its features `q` and targets `r`, checking it.
-    fn read_record(&self, id: u64, entry: Entry, q: &mut [i32], r: &mut [i32]) -> Result<()> {
+    fn read_record(
+        &self,
+        parts: &mut OpenParts,
+        id: u64,
+        entry: Entry,
+        q: &mut [i32],
+        r: &mut [i32],
+    ) -> Result<()> {
         let (file, at) = self.place_of(entry.pos, &BTreeMap::new())?;
-        let f = open_part(&self.dir, &file)?;
+        let f = parts.get(&self.dir, &file)?;
         let mut rec = Scratch::new(self.record_len() as usize);
         f.read_at(&mut rec, at)?;
         self.open_record(&file, id, entry, &rec, q, r)
@@ -818,6 +828,21 @@ fn new_salt(sealer: &Sealer) -> u128 {
 }
 
 /// Opens a file the state dir cannot be without.
+/// The part files one operation reads or writes records in, each opened once: an open (with
+/// its checks of what the name is) costs more than reading or overwriting one record.
+#[derive(Default)]
+struct OpenParts(BTreeMap<String, StoreFile>);
+
+impl OpenParts {
+    /// The file `name` in `dir`, opened by the first call that names it.
+    fn get(&mut self, dir: &Dir, name: &str) -> Result<&StoreFile> {
+        if !self.0.contains_key(name) {
+            self.0.insert(name.to_string(), open_part(dir, name)?);
+        }
+        Ok(&self.0[name])
+    }
+}
+
 fn open_part(dir: &Dir, name: &str) -> Result<StoreFile> {
     dir.open_file(name)?
         .ok_or_else(|| Error::state(dir.path(), format!("{name} is missing")))
