@@ -1,7 +1,8 @@
 //! The canonical re-solve (fixed operation order, DESIGN.md G7) against faer's sequential
 //! Cholesky and triangular solves on the same statistics, at d = 128, 1280 and 3136 with
 //! C = 100: median times of interleaved runs and their ratios to faer, for each kernel this CPU
-//! runs (the scalar one only where it finishes in reasonable time).
+//! runs on one thread (the scalar one only where it finishes in reasonable time), and for the
+//! fastest on the threads `solver::canonical` uses.
 //!
 //! ```text
 //! cargo run --release --example canonical_bench -- [REPEATS]
@@ -37,8 +38,9 @@ fn faer_solve(s: &ExactStats) -> f64 {
     theta[(0, 0)]
 }
 
-fn canonical_solve(s: &ExactStats, kernel: CanonicalKernel) -> f64 {
-    let sol = solver::canonical_with(s, LAMBDA, FRAC_BITS, kernel).expect("positive definite");
+fn canonical_solve(s: &ExactStats, kernel: CanonicalKernel, threads: usize) -> f64 {
+    let sol =
+        solver::canonical_with(s, LAMBDA, FRAC_BITS, kernel, threads).expect("positive definite");
     sol.theta[(0, 0)]
 }
 
@@ -51,27 +53,38 @@ fn main() {
     );
     for d in [128, 1280, 3136] {
         let s = stats(d, (2 * d).min(2048));
-        let kernels: Vec<CanonicalKernel> = CanonicalKernel::available()
+        // Every kernel on one thread, and the fastest on the threads `canonical` uses.
+        let mut runs: Vec<(CanonicalKernel, usize)> = CanonicalKernel::available()
             .into_iter()
             .filter(|&k| k != CanonicalKernel::Scalar || d <= SCALAR_UP_TO)
+            .map(|k| (k, 1))
             .collect();
+        let threads = solver::threads_for(d + 1);
+        if threads > 1 {
+            runs.push((CanonicalKernel::fastest(), threads));
+        }
         let mut faer = Vec::new();
-        let mut ours = vec![Vec::new(); kernels.len()];
+        let mut ours = vec![Vec::new(); runs.len()];
         for _ in 0..repeats {
             let t = Instant::now();
             std::hint::black_box(faer_solve(&s));
             faer.push(t.elapsed().as_secs_f64());
-            for (k, times) in kernels.iter().zip(&mut ours) {
+            for (&(k, threads), times) in runs.iter().zip(&mut ours) {
                 let t = Instant::now();
-                std::hint::black_box(canonical_solve(&s, *k));
+                std::hint::black_box(canonical_solve(&s, k, threads));
                 times.push(t.elapsed().as_secs_f64());
             }
         }
         let faer = median(faer);
         print!("d = {d:4}: faer {:8.2} ms", faer * 1e3);
-        for (k, times) in kernels.iter().zip(ours) {
+        for (&(k, threads), times) in runs.iter().zip(ours) {
             let t = median(times);
-            print!(" | {} {:8.2} ms = {:.2}× faer", k.name(), t * 1e3, t / faer);
+            print!(
+                " | {} ×{threads} {:8.2} ms = {:.2}× faer",
+                k.name(),
+                t * 1e3,
+                t / faer
+            );
         }
         println!();
     }

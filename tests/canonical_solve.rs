@@ -1,5 +1,5 @@
-//! The canonical solve's fixed operation order (DESIGN.md G7): every kernel this CPU runs gives
-//! the scalar kernel's bits, and those bits are the ones a plain loop over the documented
+//! The canonical solve's fixed operation order (DESIGN.md G7): every kernel this CPU runs, on
+//! one thread or several, gives the scalar kernel's bits, and those bits are the ones a plain loop over the documented
 //! formulas gives, on sizes around every block boundary and on ill-conditioned statistics; the
 //! result is a backward-stable solution (checked in double-double arithmetic against Higham's
 //! bounds) and, where A is well conditioned, matches a textbook Cholesky to G1's 1e-9. The bits
@@ -128,24 +128,30 @@ fn bits(m: &Mat<f64>) -> Vec<u64> {
         .collect()
 }
 
-/// Every available kernel gives the definition's bits for L and Θ.
+/// Thread counts the solve is run with: one, an even split and an uneven one.
+const THREADS: [usize; 3] = [1, 2, 3];
+
+/// Every available kernel, on every thread count of [`THREADS`], gives the definition's bits
+/// for L and Θ.
 fn assert_bit_identical(s: &ExactStats, lambda: f64, what: &str) -> Solution {
     let a = s.a_f64(lambda, FRAC_BITS);
     let b = s.b_f64(FRAC_BITS);
     let (l, theta) = definition(&a, &b);
     let mut first = None;
     for kernel in CanonicalKernel::available() {
-        let sol = solver::canonical_with(s, lambda, FRAC_BITS, kernel)
-            .unwrap_or_else(|_| panic!("{what}: {kernel:?} failed to factor"));
-        assert!(
-            bits(&sol.l) == bits(&l),
-            "{what}: {kernel:?}'s L differs from the definition"
-        );
-        assert!(
-            bits(&sol.theta) == bits(&theta),
-            "{what}: {kernel:?}'s Θ differs from the definition"
-        );
-        first.get_or_insert(sol);
+        for threads in THREADS {
+            let sol = solver::canonical_with(s, lambda, FRAC_BITS, kernel, threads)
+                .unwrap_or_else(|_| panic!("{what}: {kernel:?} failed to factor"));
+            assert!(
+                bits(&sol.l) == bits(&l),
+                "{what}: {kernel:?} on {threads} threads: L differs from the definition"
+            );
+            assert!(
+                bits(&sol.theta) == bits(&theta),
+                "{what}: {kernel:?} on {threads} threads: Θ differs from the definition"
+            );
+            first.get_or_insert(sol);
+        }
     }
     first.expect("the scalar kernel is always available")
 }
@@ -312,7 +318,7 @@ fn every_kernel_reports_a_non_positive_pivot() {
     let s = ExactStats::new(20, 3);
     for kernel in CanonicalKernel::available() {
         assert!(
-            solver::canonical_with(&s, 0.0, FRAC_BITS, kernel).is_err(),
+            solver::canonical_with(&s, 0.0, FRAC_BITS, kernel, 2).is_err(),
             "{kernel:?}"
         );
     }
@@ -349,8 +355,15 @@ fn the_bits_of_algorithm_version_1_are_the_same_on_every_machine() {
     ];
     for ((s, lambda), pinned) in cases {
         for kernel in CanonicalKernel::available() {
-            let sol = solver::canonical_with(&s, lambda, FRAC_BITS, kernel).unwrap();
-            assert_eq!(digest(&sol), pinned, "{kernel:?}, p = {}", s.dim() + 1);
+            for threads in THREADS {
+                let sol = solver::canonical_with(&s, lambda, FRAC_BITS, kernel, threads).unwrap();
+                assert_eq!(
+                    digest(&sol),
+                    pinned,
+                    "{kernel:?} on {threads} threads, p = {}",
+                    s.dim() + 1
+                );
+            }
         }
     }
 }

@@ -63,7 +63,7 @@ use crate::error::{Error, Result};
 use crate::math::receipt::Receipt;
 use crate::math::samples::{SampleRef, SampleSet};
 use crate::math::secret::{Rows, SecretArray, SecretMat, Zeroizing};
-use crate::math::solver::{self, Solution};
+use crate::math::solver::{self, CanonicalKernel, Solution};
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
@@ -610,7 +610,7 @@ impl Head {
             // The re-solve does not go through the correction, which then no longer covers
             // every change since its base.
             st.fast = None;
-            st.solution = self.inner.canonical_of(&st.stats)?;
+            st.solution = self.inner.canonical_of(&st.stats, false)?;
             st.canonical = st.version;
         }
         drop(solve);
@@ -870,7 +870,7 @@ impl Head {
         st.samples
             .for_each_batch(&mut |q, r| fresh.accumulate(q, r, one, 1))?;
         let stats_equal = fresh == st.stats;
-        let solution = self.inner.canonical_of(&fresh)?;
+        let solution = self.inner.canonical_of(&fresh, false)?;
         let weights_identical = solution == st.solution;
         let served = self.served();
         let expect = to_served(&solution.theta, spec.dim);
@@ -1015,8 +1015,23 @@ impl Inner {
         stats.n() >= FAST_PATH_SAMPLES_PER_DIM * (self.spec.dim as u64 + 1)
     }
 
-    fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
-        solver::canonical(stats, self.spec.lambda, self.spec.fixed.frac_bits).map_err(|_| {
+    /// The canonical solution for `stats`, on every core (a caller waits for it) or, in the
+    /// background, on its one thread (leaving the other cores to the callers).
+    fn canonical_of(&self, stats: &ExactStats, background: bool) -> Result<Solution> {
+        let threads = if background {
+            1
+        } else {
+            solver::threads_for(stats.dim() + 1)
+        };
+        let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
+        solver::canonical_with(
+            stats,
+            lambda,
+            frac_bits,
+            CanonicalKernel::selected(),
+            threads,
+        )
+        .map_err(|_| {
             Error::Limit(format!(
                 "A is not numerically positive definite at λ = {}; increase lambda",
                 self.spec.lambda
@@ -1038,7 +1053,7 @@ impl Inner {
 
     fn make_canonical(&self, st: &mut State) -> Result<()> {
         if st.canonical != st.version {
-            st.solution = self.canonical_of(&st.stats)?;
+            st.solution = self.canonical_of(&st.stats, false)?;
             st.canonical = st.version;
             self.publish(&st.solution);
         }
@@ -1091,7 +1106,7 @@ fn resolve_loop(inner: &Inner) {
         };
         let (l, version) = match job {
             Job::Solve(stats, version) => {
-                let solved = inner.canonical_of(&stats);
+                let solved = inner.canonical_of(&stats, true);
                 drop(stats);
                 let Ok(mut st) = inner.lock_sound() else {
                     return;

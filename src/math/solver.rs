@@ -30,7 +30,9 @@
 //!
 //! The kernels that compute the dots ([`CanonicalKernel`]: scalar, AVX2, AVX-512) and the cache
 //! blocking change only the speed; the tests compare every kernel's bits to the scalar one's
-//! and to a plain loop over the definitions above. The solve runs on the calling thread.
+//! and to a plain loop over the definitions above, on one thread and on several: the
+//! factorization shares the rows below each block of columns among threads, the substitutions
+//! share the right-hand sides, and each entry is computed the same way whichever thread does it.
 //! [`canonical`] uses the fastest kernel the CPU has unless the environment variable
 //! `LETHE_CANONICAL_KERNEL` ([`KERNEL_ENV`]) forces one (see [`CanonicalKernel::selected`]). Any change to these formulas, the lanes, the
 //! reduction tree or the conversion of A and B changes the bits, and must bump
@@ -85,33 +87,57 @@ pub fn max_solvable_diagonal(lambda: f64, p: usize) -> f64 {
 }
 
 /// The canonical solution for `stats` with ridge `lambda`, computed by the kernel this
-/// process selected ([`CanonicalKernel::selected`]).
+/// process selected ([`CanonicalKernel::selected`]) on [`threads_for`] threads.
 pub fn canonical(
     stats: &ExactStats,
     lambda: f64,
     frac_bits: u32,
 ) -> Result<Solution, NotPositiveDefinite> {
-    canonical_with(stats, lambda, frac_bits, CanonicalKernel::selected())
+    let threads = threads_for(stats.dim() + 1);
+    canonical_with(
+        stats,
+        lambda,
+        frac_bits,
+        CanonicalKernel::selected(),
+        threads,
+    )
 }
 
-/// [`canonical`] computed by `kernel` (the scalar kernel if this CPU cannot run it): the same
-/// bits whatever the kernel.
+/// The threads a canonical solve of size p shares its work among to finish soonest: every core
+/// (up to [`MAX_THREADS`]) from p = [`PARALLEL_FROM`] on, else one.
+pub fn threads_for(p: usize) -> usize {
+    if p >= PARALLEL_FROM {
+        std::thread::available_parallelism().map_or(1, |t| t.get().min(MAX_THREADS))
+    } else {
+        1
+    }
+}
+
+/// Canonical solves of at least this size p share their work among threads.
+const PARALLEL_FROM: usize = 256;
+
+/// The most threads one canonical solve uses.
+const MAX_THREADS: usize = 8;
+
+/// [`canonical`] computed by `kernel` (the scalar kernel if this CPU cannot run it) on up to
+/// `threads` threads: the same bits whatever the kernel and the thread count.
 pub fn canonical_with(
     stats: &ExactStats,
     lambda: f64,
     frac_bits: u32,
     kernel: CanonicalKernel,
+    threads: usize,
 ) -> Result<Solution, NotPositiveDefinite> {
     // Symmetric A's rows are its columns: the factor replaces them by L's rows, in the upper
     // triangle (L[i][j] at (j, i)).
     let mut a = Rows(stats.a_f64(lambda, frac_bits));
     // On failure the partial factor is zeroized when `a` drops.
-    if fixed_order::factor(kernel, &mut a).is_err() {
+    if fixed_order::factor(kernel, &mut a, threads).is_err() {
         return Err(NotPositiveDefinite);
     }
     // One right-hand side per column of B, solved in place: Y = L⁻¹ B.
     let mut y = Rows(stats.b_f64(frac_bits));
-    fixed_order::forward_solve(kernel, &a, &mut y);
+    fixed_order::forward_solve(kernel, &a, &mut y, threads);
 
     // Lᵀ Θ = Y with both index orders reversed is the lower-triangular system
     // (J Lᵀ J)(J Θ) = J Y (J the reversal), solved by the same forward substitution. L goes to
@@ -124,7 +150,7 @@ pub fn canonical_with(
     for c in 0..y.rows() {
         y.row_mut(c).reverse();
     }
-    fixed_order::forward_solve(kernel, &m, &mut y);
+    fixed_order::forward_solve(kernel, &m, &mut y, threads);
     for c in 0..y.rows() {
         y.row_mut(c).reverse();
     }

@@ -17,6 +17,8 @@
 
 use std::sync::OnceLock;
 
+use faer::{MatMut, MatRef};
+
 use crate::math::secret::SecretMat;
 
 mod tile;
@@ -184,6 +186,9 @@ pub struct NonPositivePivot(pub usize);
 
 /// The bulk of a kernel's dot products: [`bulk_scalar`]'s contract.
 trait Bulk {
+    /// The kernel this is, for the threads a driver starts to dispatch to.
+    const KERNEL: CanonicalKernel;
+
     /// # Safety
     /// The CPU must have the kernel's target features.
     unsafe fn bulk(x: &[&[f64]], y: &[&[f64]; LANES], k0: usize, out: &mut Tile);
@@ -192,6 +197,8 @@ trait Bulk {
 struct Scalar;
 
 impl Bulk for Scalar {
+    const KERNEL: CanonicalKernel = CanonicalKernel::Scalar;
+
     unsafe fn bulk(x: &[&[f64]], y: &[&[f64]; LANES], k0: usize, out: &mut Tile) {
         bulk_scalar(x, y, k0, out)
     }
@@ -202,6 +209,8 @@ struct Avx2;
 
 #[cfg(target_arch = "x86_64")]
 impl Bulk for Avx2 {
+    const KERNEL: CanonicalKernel = CanonicalKernel::Avx2;
+
     #[inline(always)]
     unsafe fn bulk(x: &[&[f64]], y: &[&[f64]; LANES], k0: usize, out: &mut Tile) {
         // SAFETY: the caller guarantees AVX2 and FMA; `checked` the rows' lengths.
@@ -214,6 +223,8 @@ struct Avx512;
 
 #[cfg(target_arch = "x86_64")]
 impl Bulk for Avx512 {
+    const KERNEL: CanonicalKernel = CanonicalKernel::Avx512;
+
     #[inline(always)]
     unsafe fn bulk(x: &[&[f64]], y: &[&[f64]; LANES], k0: usize, out: &mut Tile) {
         // SAFETY: the caller guarantees AVX-512F; `checked` the rows' lengths.
@@ -269,17 +280,17 @@ dispatch!(
     /// is not read) by its Cholesky factor L in the fixed order:
     /// `L[j][j] = sqrt(a[j][j] − dot(L[j][..j], L[j][..j]))`,
     /// `L[i][j] = (a[i][j] − dot(L[i][..j], L[j][..j])) / L[j][j]` for i > j.
-    /// The strict upper triangle is left as it was.
-    factor, factor_with, (a: &mut Rows) -> Result<(), NonPositivePivot>);
+    /// The strict upper triangle is left as it was. The rows below each block of columns are
+    /// shared among `threads` threads: each entry is computed as on one thread.
+    factor, factor_with, (a: &mut Rows, threads: usize) -> Result<(), NonPositivePivot>);
 
 /// # Safety
 /// The CPU must have `K`'s target features.
 #[inline(always)]
-unsafe fn factor_with<K: Bulk>(a: &mut Rows) -> Result<(), NonPositivePivot> {
+unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPositivePivot> {
     let p = a.rows();
     debug_assert_eq!(a.cols(), p);
-    let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
-    let mut diagonal = [tile; BLOCK / LANES];
+    let mut diagonal: [Tile; BLOCK / LANES] = [[[[0.0; LANES]; LANES]; TILE_ROWS]; BLOCK / LANES];
     for j0 in (0..p).step_by(BLOCK) {
         let j_end = (j0 + BLOCK).min(p);
         // The block's own rows, TILE_ROWS at a time: the terms before j0 in bulk, then the
@@ -289,7 +300,7 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows) -> Result<(), NonPositivePivot> {
             let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| a.row((i0 + r).min(p - 1)));
             for (jb, tile) in (j0..i_end).step_by(LANES).zip(&mut diagonal) {
                 // SAFETY: the caller guarantees K's features.
-                unsafe { K::bulk(&x[..i_end - i0], &rows_from(a, jb), j0, tile) };
+                unsafe { K::bulk(&x[..i_end - i0], &rows_from(a.0.as_ref(), jb), j0, tile) };
             }
             for i in i0..i_end {
                 for j in j0..=i {
@@ -298,48 +309,121 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows) -> Result<(), NonPositivePivot> {
                 }
             }
         }
-        // The rows below, TILE_ROWS at a time, against the finished block.
-        for i0 in (j_end..p).step_by(TILE_ROWS) {
-            let i_end = (i0 + TILE_ROWS).min(p);
-            for jb in (j0..j_end).step_by(LANES) {
-                let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| a.row((i0 + r).min(p - 1)));
-                // SAFETY: as above.
-                unsafe { K::bulk(&x[..i_end - i0], &rows_from(a, jb), jb, &mut tile) };
-                let count = (jb + LANES).min(j_end) - jb;
-                let mut v = [[0.0; TILE_ROWS]; LANES];
-                for (r, i) in (i0..i_end).enumerate() {
-                    for (s, &aij) in a.row(i)[jb..jb + count].iter().enumerate() {
-                        v[s][r] = aij;
-                    }
-                }
-                finish_tile(&tile, a, jb, count, &mut v);
-                for (r, i) in (i0..i_end).enumerate() {
-                    for (s, lij) in a.row_mut(i)[jb..jb + count].iter_mut().enumerate() {
-                        *lij = v[s][r];
-                    }
-                }
+        // The rows below, against the finished block: each needs only its own entries and the
+        // block's rows, so they are shared among the threads.
+        let (done, rest) = a.0.as_mut().split_at_col_mut(j_end);
+        let done = done.as_ref();
+        let mut parts = split_rows(rest, threads).into_iter();
+        let Some(mine) = parts.next() else {
+            continue;
+        };
+        std::thread::scope(|scope| {
+            for part in parts {
+                scope.spawn(move || below(K::KERNEL, done, part, j0));
             }
-        }
+            // SAFETY: the caller guarantees K's features.
+            unsafe { below_with::<K>(done, mine, j0) };
+        });
     }
     Ok(())
 }
 
-/// Rows jb..jb+LANES of `m`; rows past the end repeat row jb (their lanes are not used).
-#[inline(always)]
-fn rows_from(m: &Rows, jb: usize) -> [&[f64]; LANES] {
-    std::array::from_fn(|s| m.row(if jb + s < m.rows() { jb + s } else { jb }))
+/// Rows of a matrix stored by rows (each a column of `m`) cut into at most `threads` parts of
+/// whole tiles, for threads to share; none when it has no rows.
+fn split_rows(m: MatMut<'_, f64>, threads: usize) -> Vec<MatMut<'_, f64>> {
+    let rows = m.ncols();
+    let tiles = rows.div_ceil(TILE_ROWS);
+    let threads = threads.clamp(1, tiles.max(1));
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = m;
+    for t in 0..threads {
+        let take = ((tiles * (t + 1) / threads) - (tiles * t / threads)) * TILE_ROWS;
+        let left = rest.ncols();
+        let (part, tail) = rest.split_at_col_mut(take.min(left));
+        if part.ncols() > 0 {
+            parts.push(part);
+        }
+        rest = tail;
+    }
+    parts
 }
 
-/// Finishes the entries of a bulk call past its block's diagonal: for each x row r (an entry
-/// is independent of the other rows') and s = 0..count in order,
-/// `v[s][r] ← (v[s][r] − dot) / m[k0 + s][k0 + s]`, where the dot continues the lanes
-/// `tile[r][s]` with the terms `m[k0 + s][k0 + t] · v[t][r]` for t < s (the entries of the same
+dispatch!(
+    /// [`factor`]'s rows below the block of columns `j0..done.ncols()` (rows `done.ncols()..`
+    /// of the factor, or a part of them, in `part`), against the finished rows `done`.
+    below, below_with, (done: MatRef<'_, f64>, part: MatMut<'_, f64>, j0: usize) -> ());
+
+/// # Safety
+/// The CPU must have `K`'s target features.
+#[inline(always)]
+unsafe fn below_with<K: Bulk>(done: MatRef<'_, f64>, mut part: MatMut<'_, f64>, j0: usize) {
+    let j_end = done.ncols();
+    let rows = part.ncols();
+    let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
+    for i0 in (0..rows).step_by(TILE_ROWS) {
+        let i_end = (i0 + TILE_ROWS).min(rows);
+        for jb in (j0..j_end).step_by(LANES) {
+            let y = rows_from(done, jb);
+            {
+                let x: [&[f64]; TILE_ROWS] =
+                    std::array::from_fn(|r| row_of(part.as_ref(), (i0 + r).min(rows - 1)));
+                // SAFETY: the caller guarantees K's features.
+                unsafe { K::bulk(&x[..i_end - i0], &y, jb, &mut tile) };
+            }
+            let count = (jb + LANES).min(j_end) - jb;
+            let mut v = [[0.0; TILE_ROWS]; LANES];
+            for (r, i) in (i0..i_end).enumerate() {
+                for (s, &aij) in row_of(part.as_ref(), i)[jb..jb + count].iter().enumerate() {
+                    v[s][r] = aij;
+                }
+            }
+            finish_tile(&tile, &y, jb, count, &mut v);
+            for (r, i) in (i0..i_end).enumerate() {
+                let row = part
+                    .as_mut()
+                    .col_mut(i)
+                    .try_as_col_major_mut()
+                    .expect("a column of an owned matrix is contiguous")
+                    .as_slice_mut();
+                for (s, lij) in row[jb..jb + count].iter_mut().enumerate() {
+                    *lij = v[s][r];
+                }
+            }
+        }
+    }
+}
+
+/// Row `i` of a matrix stored by rows: column `i` of `m`.
+#[inline(always)]
+fn row_of(m: MatRef<'_, f64>, i: usize) -> &[f64] {
+    m.col(i)
+        .try_as_col_major()
+        .expect("a column of an owned matrix is contiguous")
+        .as_slice()
+}
+
+/// Rows jb..jb+LANES of `m`; rows past the end repeat row jb (their lanes are not used).
+#[inline(always)]
+fn rows_from(m: MatRef<'_, f64>, jb: usize) -> [&[f64]; LANES] {
+    std::array::from_fn(|s| row_of(m, if jb + s < m.ncols() { jb + s } else { jb }))
+}
+
+/// Finishes the entries of a bulk call past its block's diagonal, where `rows` holds the rows
+/// k0.. of the triangular matrix m: for each x row r (an entry is independent of the other
+/// rows') and s = 0..count in order, `v[s][r] ← (v[s][r] − dot) / m[k0 + s][k0 + s]`, where
+/// the dot continues the lanes `tile[r][s]` with the terms `m[k0 + s][k0 + t] · v[t][r]` for t < s (the entries of the same
 /// row finished before). Every operation on row r is the one [`finish`] would do; the rows go
 /// side by side (SIMD across rows), so that their chains of dependent operations overlap.
 #[inline(always)]
-fn finish_tile(tile: &Tile, m: &Rows, k0: usize, count: usize, v: &mut [[f64; TILE_ROWS]; LANES]) {
+fn finish_tile(
+    tile: &Tile,
+    rows: &[&[f64]; LANES],
+    k0: usize,
+    count: usize,
+    v: &mut [[f64; TILE_ROWS]; LANES],
+) {
     for s in 0..count {
-        let row = &m.row(k0 + s)[k0..k0 + s + 1];
+        let row = &rows[s][k0..k0 + s + 1];
         let mut acc = [[0.0; TILE_ROWS]; LANES];
         for (l, acc_l) in acc.iter_mut().enumerate() {
             for (r, a) in acc_l.iter_mut().enumerate() {
@@ -387,29 +471,49 @@ fn set_entry(
 dispatch!(
     /// Solves M Y = B in place for lower-triangular `m` (p × p; the strict upper triangle is not
     /// read) and `yt` = Bᵀ (C × p, one right-hand side per row), in the fixed order:
-    /// `Y[c][i] = (B[c][i] − dot(M[i][..i], Y[c][..i])) / M[i][i]`.
-    forward_solve, forward_solve_with, (m: &Rows, yt: &mut Rows) -> ());
+    /// `Y[c][i] = (B[c][i] − dot(M[i][..i], Y[c][..i])) / M[i][i]`. The right-hand sides are
+    /// shared among `threads` threads.
+    forward_solve, forward_solve_with, (m: &Rows, yt: &mut Rows, threads: usize) -> ());
 
 /// # Safety
 /// The CPU must have `K`'s target features.
 #[inline(always)]
-unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows) {
-    // SAFETY: as this function's.
-    unsafe { substitute::<K>(m, yt, false) }
+unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows, threads: usize) {
+    let m = m.0.as_ref();
+    let mut parts = split_rows(yt.0.as_mut(), threads).into_iter();
+    let Some(mine) = parts.next() else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for part in parts {
+            scope.spawn(move || substitute(K::KERNEL, m, part, 0, false));
+        }
+        // SAFETY: the caller guarantees K's features.
+        unsafe { substitute_with::<K>(m, mine, 0, false) };
+    });
 }
 
-/// [`forward_solve_with`]; with `lower`, row c of `yt` must be zero before index c (as in the
-/// identity), and the terms that are zero for a whole tile of rows are skipped: the skipped
-/// entries stay zero, the others come out as without skipping, since each lane only loses
-/// leading products of zeros.
-///
+dispatch!(
+    /// [`forward_solve`] for the right-hand sides in `yt` (stored by rows), the first of them
+    /// numbered `first`. With `lower`, right-hand side c must be zero before index c (as in
+    /// the identity), and the terms that are zero for a whole tile of them are skipped: the
+    /// skipped entries stay zero, the others come out as without skipping, since each lane only
+    /// loses leading products of zeros.
+    substitute, substitute_with,
+    (m: MatRef<'_, f64>, yt: MatMut<'_, f64>, first: usize, lower: bool) -> ());
+
 /// # Safety
 /// The CPU must have `K`'s target features.
 #[inline(always)]
-unsafe fn substitute<K: Bulk>(m: &Rows, yt: &mut Rows, lower: bool) {
-    let p = m.rows();
-    debug_assert!(m.cols() == p && yt.cols() == p);
-    let classes = yt.rows();
+unsafe fn substitute_with<K: Bulk>(
+    m: MatRef<'_, f64>,
+    mut yt: MatMut<'_, f64>,
+    first: usize,
+    lower: bool,
+) {
+    let p = m.ncols();
+    debug_assert!(m.nrows() == p && yt.nrows() == p);
+    let classes = yt.ncols();
     let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
     for i0 in (0..p).step_by(BLOCK) {
         let i_end = (i0 + BLOCK).min(p);
@@ -417,23 +521,37 @@ unsafe fn substitute<K: Bulk>(m: &Rows, yt: &mut Rows, lower: bool) {
             let c_end = (c0 + TILE_ROWS).min(classes);
             // The first term that is not zero in every row of the tile, rounded down to a
             // whole lane group so that every term keeps its lane.
-            let s0 = if lower { c0 - c0 % LANES } else { 0 };
+            let s0 = if lower {
+                (first + c0) - (first + c0) % LANES
+            } else {
+                0
+            };
             for ib in (i0.max(s0)..i_end).step_by(LANES) {
-                let x: [&[f64]; TILE_ROWS] =
-                    std::array::from_fn(|r| &yt.row((c0 + r).min(classes - 1))[s0..]);
-                let y = rows_from(m, ib).map(|row| &row[s0..]);
-                // SAFETY: the caller guarantees K's features.
-                unsafe { K::bulk(&x[..c_end - c0], &y, ib - s0, &mut tile) };
+                let y = rows_from(m, ib);
+                {
+                    let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| {
+                        &row_of(yt.as_ref(), (c0 + r).min(classes - 1))[s0..]
+                    });
+                    let ys = y.map(|row| &row[s0..]);
+                    // SAFETY: the caller guarantees K's features.
+                    unsafe { K::bulk(&x[..c_end - c0], &ys, ib - s0, &mut tile) };
+                }
                 let count = (ib + LANES).min(i_end) - ib;
                 let mut v = [[0.0; TILE_ROWS]; LANES];
                 for (r, c) in (c0..c_end).enumerate() {
-                    for (s, &b) in yt.row(c)[ib..ib + count].iter().enumerate() {
+                    for (s, &b) in row_of(yt.as_ref(), c)[ib..ib + count].iter().enumerate() {
                         v[s][r] = b;
                     }
                 }
-                finish_tile(&tile, m, ib, count, &mut v);
+                finish_tile(&tile, &y, ib, count, &mut v);
                 for (r, c) in (c0..c_end).enumerate() {
-                    for (s, y) in yt.row_mut(c)[ib..ib + count].iter_mut().enumerate() {
+                    let row = yt
+                        .as_mut()
+                        .col_mut(c)
+                        .try_as_col_major_mut()
+                        .expect("a column of an owned matrix is contiguous")
+                        .as_slice_mut();
+                    for (s, y) in row[ib..ib + count].iter_mut().enumerate() {
                         *y = v[s][r];
                     }
                 }
@@ -462,7 +580,7 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64]) {
         n.row_mut(c)[c] = 1.0;
     }
     // SAFETY: the caller guarantees K's features.
-    unsafe { substitute::<K>(l, &mut n, true) };
+    unsafe { substitute_with::<K>(l.0.as_ref(), n.0.as_mut(), 0, true) };
     let offset = |j: usize| j * p - j * j.saturating_sub(1) / 2;
     let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
     // Columns j in blocks whose rows of `n` stay in cache while the rows i ≥ j stream past.
@@ -476,7 +594,7 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64]) {
             let k0 = (p - s0) - (p - s0) % LANES;
             let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| &n.row((i0 + r).min(p - 1))[s0..]);
             for jb in (j0..j_end.min(i_end)).step_by(LANES) {
-                let y = rows_from(&n, jb).map(|row| &row[s0..]);
+                let y = rows_from(n.0.as_ref(), jb).map(|row| &row[s0..]);
                 // SAFETY: as above.
                 unsafe { K::bulk(&x[..i_end - i0], &y, k0, &mut tile) };
                 for (r, i) in (i0..i_end).enumerate() {
