@@ -246,70 +246,185 @@ fn all_finite(m: &Mat<f64>) -> bool {
 }
 
 /// H = M Xᵀ for symmetric M given by its packed lower triangle (column j from its diagonal
-/// down) and `xt` = Xᵀ (p × k): each pass over M serves up to [`BLOCK`] columns, each entry of M
-/// used for both of its places.
+/// down) and `xt` = Xᵀ (p × k), with the CPU's widest kernel; see [`symmetric_times_with`].
 fn packed_symmetric_times(m: &[f64], xt: &Mat<f64>, h: &mut Mat<f64>) {
-    let k = xt.ncols();
-    let mut r = 0;
-    while r < k {
-        if k - r >= BLOCK {
-            let x: [&[f64]; BLOCK] = std::array::from_fn(|b| xt.col_as_slice(r + b));
-            let mut rest = h.as_mut().subcols_mut(r, BLOCK);
-            let mut out: [&mut [f64]; BLOCK] = Default::default();
-            for o in out.iter_mut() {
-                let (first, tail) = rest.split_at_col_mut(1);
-                *o = first
-                    .col_mut(0)
-                    .try_as_col_major_mut()
-                    .expect("a column of an owned matrix is contiguous")
-                    .as_slice_mut();
-                rest = tail;
-            }
-            dispatch::<BLOCK, 4>(m, x, out);
-            r += BLOCK;
-        } else {
-            dispatch::<1, 8>(m, [xt.col_as_slice(r)], [h.col_as_slice_mut(r)]);
-            r += 1;
-        }
-    }
+    let threads = if xt.ncols() >= PARALLEL_FROM {
+        std::thread::available_parallelism().map_or(1, |t| t.get().min(MAX_THREADS))
+    } else {
+        1
+    };
+    symmetric_times_with(Kernel::widest(), threads, COLUMN_BLOCK_BYTES, m, xt, h);
 }
 
-/// Right-hand sides per pass over M.
+/// Right-hand sides per pass over a block of M.
 const BLOCK: usize = 4;
 
-fn dispatch<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], out: [&mut [f64]; B]) {
+/// The most bytes of M's columns one block holds: they stay in the L2 cache while every
+/// right-hand side passes over them.
+const COLUMN_BLOCK_BYTES: usize = 512 << 10;
+
+/// From this many right-hand sides on, they are shared among threads.
+const PARALLEL_FROM: usize = 16;
+
+/// The most threads one product uses.
+const MAX_THREADS: usize = 8;
+
+/// The code a product runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    Portable,
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { times_avx2::<B>(m, x, out) };
-        return;
-    }
-    times::<B, L>(m, x, out);
+    Avx2,
 }
 
-/// [`times`] in AVX2 registers: each 4-wide load of M serves every right-hand side, for both of
-/// its places (the dot of column j and the update of the entries below j).
+impl Kernel {
+    /// Every kernel this CPU runs, the portable one first. (An AVX-512 kernel was no faster
+    /// for many right-hand sides and twice as slow for one.)
+    fn available() -> Vec<Kernel> {
+        let mut kernels = vec![Kernel::Portable];
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            kernels.push(Kernel::Avx2);
+        }
+        kernels
+    }
+
+    fn widest() -> Kernel {
+        *Kernel::available().last().expect("the portable kernel")
+    }
+}
+
+/// [`packed_symmetric_times`] with `kernel` on up to `threads` threads (each takes a share of
+/// the right-hand sides, in whole groups of [`BLOCK`]), visiting M in blocks of columns of at
+/// most `block_bytes` (at least one column), each entry of M used for both of its places.
+fn symmetric_times_with(
+    kernel: Kernel,
+    threads: usize,
+    block_bytes: usize,
+    m: &[f64],
+    xt: &Mat<f64>,
+    h: &mut Mat<f64>,
+) {
+    let (p, k) = (xt.nrows(), xt.ncols());
+    assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
+    assert_eq!((h.nrows(), h.ncols()), (p, k), "H is p × k");
+    let x: Vec<&[f64]> = (0..k).map(|b| xt.col_as_slice(b)).collect();
+    let mut out: Vec<&mut [f64]> = Vec::with_capacity(k);
+    let mut rest = h.as_mut();
+    for _ in 0..k {
+        let (first, tail) = rest.split_at_col_mut(1);
+        let column = first.col_mut(0).try_as_col_major_mut();
+        let column = column.expect("a column of an owned matrix is contiguous");
+        out.push(column.as_slice_mut());
+        rest = tail;
+    }
+    for o in out.iter_mut() {
+        o.fill(0.0);
+    }
+    let groups = k.div_ceil(BLOCK);
+    let threads = threads.clamp(1, groups.max(1));
+    let mut parts = Vec::with_capacity(threads);
+    let (mut x_rest, mut out_rest) = (&x[..], &mut out[..]);
+    for t in 0..threads {
+        let take = ((groups * (t + 1) / threads - groups * t / threads) * BLOCK).min(x_rest.len());
+        let (xs, x_tail) = x_rest.split_at(take);
+        let (os, out_tail) = std::mem::take(&mut out_rest).split_at_mut(take);
+        parts.push((xs, os));
+        (x_rest, out_rest) = (x_tail, out_tail);
+    }
+    let mut parts = parts.into_iter();
+    let Some((xs, os)) = parts.next() else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for (xs, os) in parts {
+            scope.spawn(move || by_blocks(kernel, block_bytes, m, xs, os));
+        }
+        by_blocks(kernel, block_bytes, m, xs, os);
+    });
+}
+
+/// out[b] += M x[b] for every right-hand side, block of columns by block of columns.
+fn by_blocks(kernel: Kernel, block_bytes: usize, m: &[f64], x: &[&[f64]], out: &mut [&mut [f64]]) {
+    let Some(p) = x.first().map(|x| x.len()) else {
+        return;
+    };
+    let (mut j0, mut offset) = (0, 0);
+    while j0 < p {
+        let (mut j1, mut len) = (j0 + 1, p - j0);
+        while j1 < p && (len + p - j1) * size_of::<f64>() <= block_bytes {
+            len += p - j1;
+            j1 += 1;
+        }
+        let block = &m[offset..offset + len];
+        for (xg, og) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+            if xg.len() == BLOCK {
+                columns::<BLOCK>(kernel, block, j0..j1, xg, og);
+            } else {
+                for (xb, ob) in xg.iter().zip(og.iter_mut()) {
+                    columns::<1>(kernel, block, j0..j1, &[xb], &mut [ob]);
+                }
+            }
+        }
+        (j0, offset) = (j1, offset + len);
+    }
+}
+
+/// out[b] += M[.., cols] x[b][cols] + (the columns' entries below the diagonal, in their
+/// row's place) for B right-hand sides, where `block` holds M's packed columns `cols`.
+fn columns<const B: usize>(
+    kernel: Kernel,
+    block: &[f64],
+    cols: std::ops::Range<usize>,
+    x: &[&[f64]],
+    out: &mut [&mut [f64]],
+) {
+    assert!(x.len() == B && out.len() == B, "B right-hand sides");
+    let p = x[0].len();
+    assert!(x.iter().all(|x| x.len() == p) && out.iter().all(|o| o.len() == p));
+    assert!(cols.end <= p);
+    let len: usize = cols.clone().map(|j| p - j).sum();
+    assert_eq!(
+        block.len(),
+        len,
+        "the block holds the columns' packed entries"
+    );
+    match kernel {
+        // SAFETY: the CPU has the features (`Kernel::widest`); the shapes are checked above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { columns_avx2::<B>(block, cols, x, out) },
+        Kernel::Portable => columns_portable::<B>(block, cols, x, out),
+    }
+}
+
+/// [`columns`] in AVX2 registers: each 4-wide load of M serves every right-hand side, for both
+/// of its places (the dot of column j and the update of the entries below j).
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA.
+/// The CPU must have AVX2 and FMA, and the shapes must be those [`columns`] checks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn times_avx2<const B: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [f64]; B]) {
+unsafe fn columns_avx2<const B: usize>(
+    block: &[f64],
+    cols: std::ops::Range<usize>,
+    x: &[&[f64]],
+    out: &mut [&mut [f64]],
+) {
     use std::arch::x86_64::{
         _mm256_fmadd_pd, _mm256_loadu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_storeu_pd,
     };
-    let p = checked_and_cleared(m, &x, &mut out);
+    let p = x[0].len();
     let xp: [*const f64; B] = std::array::from_fn(|b| x[b].as_ptr());
-    let op: [*mut f64; B] = out.each_mut().map(|o| o.as_mut_ptr());
+    let op: [*mut f64; B] = std::array::from_fn(|b| out[b].as_mut_ptr());
     let mut offset = 0;
-    for j in 0..p {
+    for j in cols {
         let n = p - j - 1;
-        // SAFETY (every access below): column j of M holds p − j entries from `offset`, within
-        // `m` (its length is asserted above); x[b] and out[b] hold p entries, and every index
+        // SAFETY (every access below): column j holds p − j entries from `offset`, within
+        // `block` (checked by the caller); x[b] and out[b] hold p entries, and every index
         // used is j or j + 1 + t with t < n = p − j − 1. out[b] is a distinct `&mut` slice, so
         // writing through op[b] aliases nothing else.
         unsafe {
-            let column = m.as_ptr().add(offset);
+            let column = block.as_ptr().add(offset);
             let below = column.add(1);
             offset += p - j;
             let xj: [f64; B] = std::array::from_fn(|b| *xp[b].add(j));
@@ -352,54 +467,36 @@ unsafe fn times_avx2<const B: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [
     }
 }
 
-/// Checks that M is the packed triangle of p × p for the p entries of every x and out, and
-/// zeroes the outputs; returns p.
-fn checked_and_cleared<const B: usize>(
-    m: &[f64],
-    x: &[&[f64]; B],
-    out: &mut [&mut [f64]; B],
-) -> usize {
+/// [`columns`] in portable code, 8 lanes per right-hand side.
+fn columns_portable<const B: usize>(
+    block: &[f64],
+    cols: std::ops::Range<usize>,
+    x: &[&[f64]],
+    out: &mut [&mut [f64]],
+) {
+    const L: usize = 8;
     let p = x[0].len();
-    assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
-    for b in 0..B {
-        assert_eq!(x[b].len(), p, "x has p entries");
-        assert_eq!(out[b].len(), p, "out has p entries");
-        out[b].fill(0.0);
-    }
-    p
-}
-
-/// out[b] = M x[b] for B right-hand sides at once, in L lanes.
-#[inline(always)]
-fn times<const B: usize, const L: usize>(m: &[f64], x: [&[f64]; B], mut out: [&mut [f64]; B]) {
-    let p = checked_and_cleared(m, &x, &mut out);
     let mut offset = 0;
-    for j in 0..p {
-        let column = &m[offset..offset + p - j];
+    for j in cols {
+        let column = &block[offset..offset + p - j];
         offset += p - j;
         let (diagonal, below) = (column[0], &column[1..]);
         let n = below.len();
         let xj: [f64; B] = std::array::from_fn(|b| x[b][j]);
-        let xs: [&[f64]; B] = std::array::from_fn(|b| &x[b][j + 1..]);
-        let os: [&mut [f64]; B] = out.each_mut().map(|o| &mut o[j + 1..]);
         let mut acc = [[0.0f64; L]; B];
-        let whole = n - n % L;
-        for t in (0..whole).step_by(L) {
-            let mc: &[f64; L] = below[t..t + L].try_into().expect("L entries");
-            for b in 0..B {
-                let xc: &[f64; L] = xs[b][t..t + L].try_into().expect("L entries");
-                let oc: &mut [f64; L] = (&mut os[b][t..t + L]).try_into().expect("L entries");
+        let mut dot: [f64; B] = std::array::from_fn(|b| diagonal * xj[b]);
+        for b in 0..B {
+            let (xs, os) = (&x[b][j + 1..], &mut out[b][j + 1..]);
+            let whole = n - n % L;
+            for t in (0..whole).step_by(L) {
                 for l in 0..L {
-                    acc[b][l] = mc[l].mul_add(xc[l], acc[b][l]);
-                    oc[l] = mc[l].mul_add(xj[b], oc[l]);
+                    acc[b][l] = below[t + l].mul_add(xs[t + l], acc[b][l]);
+                    os[t + l] = below[t + l].mul_add(xj[b], os[t + l]);
                 }
             }
-        }
-        let mut dot: [f64; B] = std::array::from_fn(|b| diagonal * xj[b]);
-        for t in whole..n {
-            for b in 0..B {
-                dot[b] = below[t].mul_add(xs[b][t], dot[b]);
-                os[b][t] = below[t].mul_add(xj[b], os[b][t]);
+            for t in whole..n {
+                dot[b] = below[t].mul_add(xs[t], dot[b]);
+                os[t] = below[t].mul_add(xj[b], os[t]);
             }
         }
         for b in 0..B {
@@ -437,8 +534,12 @@ mod tests {
             / scale
     }
 
+    /// Every kernel, thread count and block size gives M Xᵀ (a plain loop over the full
+    /// symmetric matrix): one right-hand side, whole groups of them and groups with a
+    /// remainder, M in one block and in blocks of a few columns.
     #[test]
     fn the_packed_product_is_the_symmetric_product() {
+        let kernels = Kernel::available();
         for p in [1, 2, 7, 8, 9, 33] {
             let v = rows(p as u64, p + 3, p);
             let a = gram(&v, 1.0);
@@ -446,45 +547,28 @@ mod tests {
             for j in 0..p {
                 packed.extend((j..p).map(|i| a[(i, j)]));
             }
-            // One right-hand side, whole blocks of them, and blocks with a remainder.
-            for k in [1, 3, 4, 6, 9] {
+            for k in [1, 3, 4, 6, 9, 17] {
                 let xt = rows(99 + k as u64, k, p).transpose().to_owned();
-                let mut h = Mat::zeros(p, k);
-                packed_symmetric_times(&packed, &xt, &mut h);
-                // The portable kernel too (the one above is the CPU's widest).
-                let mut plain = Mat::zeros(p, k);
-                for r in 0..k {
-                    times::<1, 8>(&packed, [xt.col_as_slice(r)], [plain.col_as_slice_mut(r)]);
-                }
-                if k == BLOCK {
-                    let mut cols = plain.as_mut();
-                    let mut out: [&mut [f64]; BLOCK] = Default::default();
-                    for o in out.iter_mut() {
-                        let (first, tail) = cols.split_at_col_mut(1);
-                        *o = first
-                            .col_mut(0)
-                            .try_as_col_major_mut()
-                            .unwrap()
-                            .as_slice_mut();
-                        cols = tail;
-                    }
-                    times::<BLOCK, 4>(&packed, std::array::from_fn(|b| xt.col_as_slice(b)), out);
-                }
-                for r in 0..k {
-                    for i in 0..p {
-                        assert!(
-                            (plain[(i, r)] - h[(i, r)]).abs() <= 1e-12 * h[(i, r)].abs().max(1.0)
-                        );
-                    }
-                }
-                for r in 0..k {
-                    for i in 0..p {
-                        let naive: f64 = (0..p).map(|j| a[(i, j)] * xt[(j, r)]).sum();
-                        assert!(
-                            (h[(i, r)] - naive).abs() <= 1e-12 * naive.abs().max(1.0),
-                            "p = {p}, k = {k}: {} vs {naive}",
-                            h[(i, r)]
-                        );
+                let naive = Mat::from_fn(p, k, |i, r| (0..p).map(|j| a[(i, j)] * xt[(j, r)]).sum());
+                for &kernel in &kernels {
+                    for threads in [1, 2, 3] {
+                        for block_bytes in [1, 3 * p * 8, COLUMN_BLOCK_BYTES] {
+                            let mut h = Mat::from_fn(p, k, |_, _| f64::NAN);
+                            symmetric_times_with(
+                                kernel,
+                                threads,
+                                block_bytes,
+                                &packed,
+                                &xt,
+                                &mut h,
+                            );
+                            let err = max_rel(&h, &naive);
+                            assert!(
+                                all_finite(&h) && err <= 1e-12,
+                                "p = {p}, k = {k}, {kernel:?} on {threads} threads, blocks of \
+                                 {block_bytes} bytes: {err:e}"
+                            );
+                        }
                     }
                 }
             }
