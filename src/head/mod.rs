@@ -994,9 +994,10 @@ impl Inner {
     /// of the correction, which covers every change since its own base; or, with no
     /// correction, as the first base, but only while `version` is current (the changes since
     /// went through the rank-k update), the fast path is wanted, and the rank-k path is not
-    /// forced. Never while held.
+    /// forced. Never while held, nor once the head is closing (the close would wait for it).
     fn inverse_usable(&self, st: &State, version: u64) -> bool {
         !self.held.load(Ordering::SeqCst)
+            && !self.stop.load(Ordering::SeqCst)
             && match st.fast {
                 Some(_) => true,
                 None => {
@@ -1142,8 +1143,12 @@ fn resolve_loop(inner: &Inner) {
             }
             Job::Invert(l, version) => (l, version),
         };
-        let inverse = Woodbury::from_factor(&l, version);
+        // A close stops the inversion rather than wait for it.
+        let inverse = Woodbury::from_factor(&l, version, &inner.stop);
         drop(l);
+        let Some(inverse) = inverse else {
+            return;
+        };
         let Ok(mut st) = inner.lock_sound() else {
             return;
         };

@@ -41,6 +41,8 @@
 mod fixed_order;
 
 use faer::linalg::cholesky::llt;
+use std::sync::atomic::AtomicBool;
+
 use faer::{Accum, Mat, Par};
 use zeroize::Zeroizing;
 
@@ -172,8 +174,9 @@ pub fn canonical_with(
 /// The lower triangle of A⁻¹ for A = L Lᵀ (`l` lower-triangular, its strict upper triangle not
 /// read), packed column by column: (i, j) with i ≥ j at `j·p − j·(j−1)/2 + i − j`. It runs in
 /// the canonical solve's kernels, never in a library's products, whose packing buffers would
-/// keep parts of L (DESIGN.md G4). Cost p³/3 multiply-adds.
-pub fn inverse(l: &Mat<f64>) -> Zeroizing<Vec<f64>> {
+/// keep parts of L (DESIGN.md G4). Cost p³/3 multiply-adds. `None` when `stop` was set before
+/// it finished (it is looked at every few columns).
+pub fn inverse(l: &Mat<f64>, stop: &AtomicBool) -> Option<Zeroizing<Vec<f64>>> {
     let p = l.nrows();
     // L by rows: row i (a column of the buffer) holds L[i][..=i], then zeros.
     let mut rows = Rows(SecretMat::zeros(p, p));
@@ -187,8 +190,7 @@ pub fn inverse(l: &Mat<f64>) -> Zeroizing<Vec<f64>> {
         }
     }
     let mut packed = Zeroizing::new(vec![0.0; p * (p + 1) / 2]);
-    fixed_order::invert(CanonicalKernel::selected(), &rows, &mut packed);
-    packed
+    fixed_order::invert(CanonicalKernel::selected(), &rows, &mut packed, stop).then_some(packed)
 }
 
 /// Side of the square tiles in which the copies below work, so that the columns read and
@@ -364,7 +366,7 @@ mod tests {
                     l[(i, j)] = f64::NAN;
                 }
             }
-            let packed = inverse(&l);
+            let packed = inverse(&l, &AtomicBool::new(false)).unwrap();
             let mut at = 0;
             for j in 0..p {
                 for i in j..p {
@@ -378,6 +380,14 @@ mod tests {
             }
             assert_eq!(at, packed.len());
         }
+    }
+
+    /// A stop set before the inversion ends makes it give up.
+    #[test]
+    fn a_stopped_inverse_gives_up() {
+        let (l, _) = factor_and_inverse(70);
+        assert!(inverse(&l, &AtomicBool::new(true)).is_none());
+        assert!(inverse(&l, &AtomicBool::new(false)).is_some());
     }
 
     /// Every kernel this CPU runs gives the scalar kernel's bits.
@@ -394,7 +404,12 @@ mod tests {
             }));
             let run = |kernel| {
                 let mut packed = vec![0.0; p * (p + 1) / 2];
-                fixed_order::invert(kernel, &rows, &mut packed);
+                assert!(fixed_order::invert(
+                    kernel,
+                    &rows,
+                    &mut packed,
+                    &AtomicBool::new(false)
+                ));
                 packed.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
             };
             let scalar = run(CanonicalKernel::Scalar);

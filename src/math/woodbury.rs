@@ -29,6 +29,8 @@
 //! Everything here serves weights that differ from the canonical ones by rounding only; the
 //! canonical weights always come from [`super::solver::canonical`].
 
+use std::sync::atomic::AtomicBool;
+
 use faer::{Accum, Mat, MatRef};
 use zeroize::Zeroizing;
 
@@ -65,18 +67,18 @@ pub struct Woodbury {
 
 impl Woodbury {
     /// The inverse of A = L Lᵀ, as the base of version `base` with nothing pending. Cost
-    /// O(p³) (to be run off the caller's path).
-    pub fn from_factor(l: &Mat<f64>, base: u64) -> Woodbury {
+    /// O(p³) (to be run off the caller's path); `None` when `stop` was set before it finished.
+    pub fn from_factor(l: &Mat<f64>, base: u64, stop: &AtomicBool) -> Option<Woodbury> {
         let p = l.nrows();
-        let inverse = solver::inverse(l);
-        Woodbury {
+        let inverse = solver::inverse(l, stop)?;
+        Some(Woodbury {
             p,
             base,
             inverse,
             z: Zeroizing::new(Vec::with_capacity(p * MAX_PENDING)),
             s_inv: SecretMat::zeros(0, 0),
             versions: Vec::new(),
-        }
+        })
     }
 
     /// The version whose A the kept inverse inverts.
@@ -605,7 +607,8 @@ mod tests {
             l
         };
         let mut theta = solve(&a_of(&present), &b_of(&present));
-        let mut fast = Woodbury::from_factor(&factor(&present), 0);
+        let running = AtomicBool::new(false);
+        let mut fast = Woodbury::from_factor(&factor(&present), 0, &running).unwrap();
         let steps: [(&[usize], f64); 8] = [
             (&[3], -1.0),
             (&[12, 13], 1.0),
@@ -637,7 +640,9 @@ mod tests {
                 } else {
                     before.extend_from_slice(ids);
                 }
-                fast.rebase(Woodbury::from_factor(&factor(&before), version - 1));
+                fast.rebase(
+                    Woodbury::from_factor(&factor(&before), version - 1, &running).unwrap(),
+                );
                 assert_eq!(fast.pending(), ids.len());
                 assert_eq!(fast.base(), version - 1);
             }

@@ -15,6 +15,7 @@
 //! of operations unchanged, so the blocking changes only speed, and every kernel must give the
 //! scalar kernel's bits (the tests compare them bit for bit).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use faer::{MatMut, MatRef};
@@ -565,13 +566,15 @@ dispatch!(
     /// zeros), written into `packed` column by column ((i, j), i ≥ j, at
     /// `j·p − j·(j−1)/2 + i − j`): first N = L⁻¹ by columns (a forward substitution of the
     /// identity), then A⁻¹[i][j] = dot(N[.., i], N[.., j]), whose terms before i are zero.
-    /// Cost p³/3 multiply-adds; every temporary is zeroized when dropped.
-    invert, invert_with, (l: &Rows, packed: &mut [f64]) -> ());
+    /// Cost p³/3 multiply-adds; every temporary is zeroized when dropped. `stop` is looked at
+    /// between blocks of columns: once it is set, the inversion gives up and returns false
+    /// (`packed` then holds a part of the result).
+    invert, invert_with, (l: &Rows, packed: &mut [f64], stop: &AtomicBool) -> bool);
 
 /// # Safety
 /// The CPU must have `K`'s target features.
 #[inline(always)]
-unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64]) {
+unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64], stop: &AtomicBool) -> bool {
     let p = l.rows();
     assert!(l.cols() == p && packed.len() == p * (p + 1) / 2);
     // Row c of `n` is column c of N = L⁻¹ (zero before c).
@@ -579,12 +582,26 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64]) {
     for c in 0..p {
         n.row_mut(c)[c] = 1.0;
     }
-    // SAFETY: the caller guarantees K's features.
-    unsafe { substitute_with::<K>(l.0.as_ref(), n.0.as_mut(), 0, true) };
+    // One block of columns of N at a time, so that `stop` is seen soon.
+    let (mut done, mut rest) = (0, n.0.as_mut());
+    while rest.ncols() > 0 {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
+        let take = BLOCK.min(rest.ncols());
+        let (part, tail) = rest.split_at_col_mut(take);
+        // SAFETY: the caller guarantees K's features.
+        unsafe { substitute_with::<K>(l.0.as_ref(), part, done, true) };
+        done += BLOCK;
+        rest = tail;
+    }
     let offset = |j: usize| j * p - j * j.saturating_sub(1) / 2;
     let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
     // Columns j in blocks whose rows of `n` stay in cache while the rows i ≥ j stream past.
     for j0 in (0..p).step_by(BLOCK) {
+        if stop.load(Ordering::Relaxed) {
+            return false;
+        }
         let j_end = (j0 + BLOCK).min(p);
         for i0 in (j0..p).step_by(TILE_ROWS) {
             let i_end = (i0 + TILE_ROWS).min(p);
@@ -605,4 +622,5 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64]) {
             }
         }
     }
+    true
 }
