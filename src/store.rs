@@ -525,6 +525,7 @@ impl Store {
             }
             locs.push(entry.pos);
         }
+        drop(parts);
         let entry = self.journal.forget_entry(&self.sealer, &locs);
         if let Err(Failed::Undone(e) | Failed::Unknown(e)) = self.commit(&entry) {
             q[qn..].zeroize();
@@ -827,7 +828,6 @@ fn new_salt(sealer: &Sealer) -> u128 {
     }
 }
 
-/// Opens a file the state dir cannot be without.
 /// The part files one operation reads or writes records in, each opened once: an open (with
 /// its checks of what the name is) costs more than reading or overwriting one record.
 #[derive(Default)]
@@ -843,6 +843,7 @@ impl OpenParts {
     }
 }
 
+/// Opens a file the state dir cannot be without.
 fn open_part(dir: &Dir, name: &str) -> Result<StoreFile> {
     dir.open_file(name)?
         .ok_or_else(|| Error::state(dir.path(), format!("{name} is missing")))

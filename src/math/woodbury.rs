@@ -392,7 +392,8 @@ fn columns<const B: usize>(
         "the block holds the columns' packed entries"
     );
     match kernel {
-        // SAFETY: the CPU has the features (`Kernel::widest`); the shapes are checked above.
+        // SAFETY: `Kernel::Avx2` is made only by `Kernel::available`, where the CPU has the
+        // features; the shapes are checked above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => unsafe { columns_avx2::<B>(block, cols, x, out) },
         Kernel::Portable => columns_portable::<B>(block, cols, x, out),
@@ -418,6 +419,8 @@ unsafe fn columns_avx2<const B: usize>(
     let p = x[0].len();
     let xp: [*const f64; B] = std::array::from_fn(|b| x[b].as_ptr());
     let op: [*mut f64; B] = std::array::from_fn(|b| out[b].as_mut_ptr());
+    // Partial sums of M x, spilled here: zeroized on return (G4).
+    let mut lanes = Zeroizing::new([[0.0f64; 4]; 2]);
     let mut offset = 0;
     for j in cols {
         let n = p - j - 1;
@@ -453,7 +456,6 @@ unsafe fn columns_avx2<const B: usize>(
                 t += 8;
             }
             for b in 0..B {
-                let mut lanes = [[0.0f64; 4]; 2];
                 _mm256_storeu_pd(lanes[0].as_mut_ptr(), acc[b][0]);
                 _mm256_storeu_pd(lanes[1].as_mut_ptr(), acc[b][1]);
                 let mut dot = *column * xj[b] + lanes.iter().flatten().sum::<f64>();
@@ -478,6 +480,8 @@ fn columns_portable<const B: usize>(
 ) {
     const L: usize = 8;
     let p = x[0].len();
+    // Partial sums of M x: zeroized on return (G4).
+    let mut acc = Zeroizing::new([[0.0f64; L]; B]);
     let mut offset = 0;
     for j in cols {
         let column = &block[offset..offset + p - j];
@@ -485,7 +489,7 @@ fn columns_portable<const B: usize>(
         let (diagonal, below) = (column[0], &column[1..]);
         let n = below.len();
         let xj: [f64; B] = std::array::from_fn(|b| x[b][j]);
-        let mut acc = [[0.0f64; L]; B];
+        *acc = [[0.0f64; L]; B];
         let mut dot: [f64; B] = std::array::from_fn(|b| diagonal * xj[b]);
         for b in 0..B {
             let (xs, os) = (&x[b][j + 1..], &mut out[b][j + 1..]);

@@ -8,7 +8,7 @@
 //! every target, so each entry's bits depend only on its inputs, never on the CPU, the kernel,
 //! the cache sizes or the thread count.
 //!
-//! The drivers ([`factor`], [`forward_solve`]) visit the entries in blocks for cache reuse, and
+//! The drivers ([`factor`], [`forward_solve`], [`invert`]) visit the entries in blocks for cache reuse, and
 //! hand the bulk of each dot (its terms before a multiple of 8) to a [`CanonicalKernel`] that
 //! computes many lanes at once; the remaining terms, the reduction and the division run in
 //! code shared by all kernels. Splitting a dot at a multiple of 8 leaves every lane's sequence
@@ -19,6 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use faer::{MatMut, MatRef};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::math::secret::SecretMat;
 
@@ -181,6 +182,17 @@ impl Rows {
     }
 }
 
+/// One entry per (lane-group column s, tile row r), `[s][r]`: a tile's entries of the factor or
+/// the solve, or their running sums.
+type Entries = [[f64; TILE_ROWS]; LANES];
+
+/// The drivers' temporaries on the stack hold entries of L, L⁻¹ or their partial sums: they
+/// live in these, zeroized when the driver returns (also on error), since a thread's stack
+/// outlives its use (DESIGN.md G4).
+fn zeroed<T: Zeroize + Default>() -> Zeroizing<T> {
+    Zeroizing::new(T::default())
+}
+
 /// A non-positive (or NaN) pivot: rounding broke positive definiteness at this column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NonPositivePivot(pub usize);
@@ -291,7 +303,7 @@ dispatch!(
 unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPositivePivot> {
     let p = a.rows();
     debug_assert_eq!(a.cols(), p);
-    let mut diagonal: [Tile; BLOCK / LANES] = [[[[0.0; LANES]; LANES]; TILE_ROWS]; BLOCK / LANES];
+    let mut diagonal: Zeroizing<[Tile; BLOCK / LANES]> = zeroed();
     for j0 in (0..p).step_by(BLOCK) {
         let j_end = (j0 + BLOCK).min(p);
         // The block's own rows, TILE_ROWS at a time: the terms before j0 in bulk, then the
@@ -299,7 +311,7 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPo
         for i0 in (j0..j_end).step_by(TILE_ROWS) {
             let i_end = (i0 + TILE_ROWS).min(j_end);
             let x: [&[f64]; TILE_ROWS] = std::array::from_fn(|r| a.row((i0 + r).min(p - 1)));
-            for (jb, tile) in (j0..i_end).step_by(LANES).zip(&mut diagonal) {
+            for (jb, tile) in (j0..i_end).step_by(LANES).zip(diagonal.iter_mut()) {
                 // SAFETY: the caller guarantees K's features.
                 unsafe { K::bulk(&x[..i_end - i0], &rows_from(a.0.as_ref(), jb), j0, tile) };
             }
@@ -330,11 +342,14 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPo
 }
 
 /// Rows of a matrix stored by rows (each a column of `m`) cut into at most `threads` parts of
-/// whole tiles, for threads to share; none when it has no rows.
+/// whole tiles (at least [`MIN_TILES_PER_THREAD`] each, or one part), for threads to share;
+/// none when it has no rows.
+const MIN_TILES_PER_THREAD: usize = 4;
+
 fn split_rows(m: MatMut<'_, f64>, threads: usize) -> Vec<MatMut<'_, f64>> {
     let rows = m.ncols();
     let tiles = rows.div_ceil(TILE_ROWS);
-    let threads = threads.clamp(1, tiles.max(1));
+    let threads = threads.clamp(1, (tiles / MIN_TILES_PER_THREAD).max(1));
     let mut parts = Vec::with_capacity(threads);
     let mut rest = m;
     for t in 0..threads {
@@ -360,7 +375,7 @@ dispatch!(
 unsafe fn below_with<K: Bulk>(done: MatRef<'_, f64>, mut part: MatMut<'_, f64>, j0: usize) {
     let j_end = done.ncols();
     let rows = part.ncols();
-    let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
+    let (mut tile, mut v, mut acc) = (zeroed::<Tile>(), zeroed::<Entries>(), zeroed::<Entries>());
     for i0 in (0..rows).step_by(TILE_ROWS) {
         let i_end = (i0 + TILE_ROWS).min(rows);
         for jb in (j0..j_end).step_by(LANES) {
@@ -372,13 +387,13 @@ unsafe fn below_with<K: Bulk>(done: MatRef<'_, f64>, mut part: MatMut<'_, f64>, 
                 unsafe { K::bulk(&x[..i_end - i0], &y, jb, &mut tile) };
             }
             let count = (jb + LANES).min(j_end) - jb;
-            let mut v = [[0.0; TILE_ROWS]; LANES];
+            *v = Entries::default();
             for (r, i) in (i0..i_end).enumerate() {
                 for (s, &aij) in row_of(part.as_ref(), i)[jb..jb + count].iter().enumerate() {
                     v[s][r] = aij;
                 }
             }
-            finish_tile(&tile, &y, jb, count, &mut v);
+            finish_tile(&tile, &y, jb, count, &mut v, &mut acc);
             for (r, i) in (i0..i_end).enumerate() {
                 let row = part
                     .as_mut()
@@ -412,20 +427,21 @@ fn rows_from(m: MatRef<'_, f64>, jb: usize) -> [&[f64]; LANES] {
 /// Finishes the entries of a bulk call past its block's diagonal, where `rows` holds the rows
 /// k0.. of the triangular matrix m: for each x row r (an entry is independent of the other
 /// rows') and s = 0..count in order, `v[s][r] ← (v[s][r] − dot) / m[k0 + s][k0 + s]`, where
-/// the dot continues the lanes `tile[r][s]` with the terms `m[k0 + s][k0 + t] · v[t][r]` for t < s (the entries of the same
-/// row finished before). Every operation on row r is the one [`finish`] would do; the rows go
-/// side by side (SIMD across rows), so that their chains of dependent operations overlap.
+/// the dot continues the lanes `tile[r][s]` with the terms `m[k0 + s][k0 + t] · v[t][r]` for
+/// t < s (the entries of the same row finished before), in `acc`. Every operation on row r is
+/// the one [`finish`] would do; the rows go side by side (SIMD across rows), so that their
+/// chains of dependent operations overlap.
 #[inline(always)]
 fn finish_tile(
     tile: &Tile,
     rows: &[&[f64]; LANES],
     k0: usize,
     count: usize,
-    v: &mut [[f64; TILE_ROWS]; LANES],
+    v: &mut Entries,
+    acc: &mut Entries,
 ) {
     for s in 0..count {
         let row = &rows[s][k0..k0 + s + 1];
-        let mut acc = [[0.0; TILE_ROWS]; LANES];
         for (l, acc_l) in acc.iter_mut().enumerate() {
             for (r, a) in acc_l.iter_mut().enumerate() {
                 *a = tile[r][s][l];
@@ -515,7 +531,7 @@ unsafe fn substitute_with<K: Bulk>(
     let p = m.ncols();
     debug_assert!(m.nrows() == p && yt.nrows() == p);
     let classes = yt.ncols();
-    let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
+    let (mut tile, mut v, mut acc) = (zeroed::<Tile>(), zeroed::<Entries>(), zeroed::<Entries>());
     for i0 in (0..p).step_by(BLOCK) {
         let i_end = (i0 + BLOCK).min(p);
         for c0 in (0..classes).step_by(TILE_ROWS) {
@@ -538,13 +554,13 @@ unsafe fn substitute_with<K: Bulk>(
                     unsafe { K::bulk(&x[..c_end - c0], &ys, ib - s0, &mut tile) };
                 }
                 let count = (ib + LANES).min(i_end) - ib;
-                let mut v = [[0.0; TILE_ROWS]; LANES];
+                *v = Entries::default();
                 for (r, c) in (c0..c_end).enumerate() {
                     for (s, &b) in row_of(yt.as_ref(), c)[ib..ib + count].iter().enumerate() {
                         v[s][r] = b;
                     }
                 }
-                finish_tile(&tile, &y, ib, count, &mut v);
+                finish_tile(&tile, &y, ib, count, &mut v, &mut acc);
                 for (r, c) in (c0..c_end).enumerate() {
                     let row = yt
                         .as_mut()
@@ -592,11 +608,11 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64], stop: &AtomicBool) 
         let (part, tail) = rest.split_at_col_mut(take);
         // SAFETY: the caller guarantees K's features.
         unsafe { substitute_with::<K>(l.0.as_ref(), part, done, true) };
-        done += BLOCK;
+        done += take;
         rest = tail;
     }
     let offset = |j: usize| j * p - j * j.saturating_sub(1) / 2;
-    let mut tile: Tile = [[[0.0; LANES]; LANES]; TILE_ROWS];
+    let mut tile = zeroed::<Tile>();
     // Columns j in blocks whose rows of `n` stay in cache while the rows i ≥ j stream past.
     for j0 in (0..p).step_by(BLOCK) {
         if stop.load(Ordering::Relaxed) {
