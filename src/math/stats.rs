@@ -14,7 +14,7 @@
 //! forget) are added entry by entry; larger batches through exact f64 matrix products, in
 //! chunks small enough that no f64 sum is ever rounded (see the `products` module).
 
-mod products;
+pub(crate) mod products;
 
 use zeroize::{Zeroize, Zeroizing};
 

@@ -22,6 +22,7 @@ use faer::{MatMut, MatRef};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::math::secret::SecretMat;
+use crate::math::stats::products::packed_offset;
 
 mod tile;
 #[cfg(target_arch = "x86_64")]
@@ -387,24 +388,50 @@ unsafe fn below_with<K: Bulk>(done: MatRef<'_, f64>, mut part: MatMut<'_, f64>, 
                 unsafe { K::bulk(&x[..i_end - i0], &y, jb, &mut tile) };
             }
             let count = (jb + LANES).min(j_end) - jb;
-            *v = Entries::default();
-            for (r, i) in (i0..i_end).enumerate() {
-                for (s, &aij) in row_of(part.as_ref(), i)[jb..jb + count].iter().enumerate() {
-                    v[s][r] = aij;
-                }
-            }
-            finish_tile(&tile, &y, jb, count, &mut v, &mut acc);
-            for (r, i) in (i0..i_end).enumerate() {
-                let row = part
-                    .as_mut()
-                    .col_mut(i)
-                    .try_as_col_major_mut()
-                    .expect("a column of an owned matrix is contiguous")
-                    .as_slice_mut();
-                for (s, lij) in row[jb..jb + count].iter_mut().enumerate() {
-                    *lij = v[s][r];
-                }
-            }
+            finish_rows(
+                &tile,
+                &y,
+                jb,
+                count,
+                part.as_mut(),
+                i0..i_end,
+                &mut v,
+                &mut acc,
+            );
+        }
+    }
+}
+
+/// [`finish_tile`] for the rows `tile_rows` of `m` (stored by rows, each a column), whose
+/// entries `k0..k0 + count` it reads into `v` and replaces by the finished ones.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn finish_rows(
+    tile: &Tile,
+    rows: &[&[f64]; LANES],
+    k0: usize,
+    count: usize,
+    mut m: MatMut<'_, f64>,
+    tile_rows: std::ops::Range<usize>,
+    v: &mut Entries,
+    acc: &mut Entries,
+) {
+    *v = Entries::default();
+    for (r, i) in tile_rows.clone().enumerate() {
+        for (s, &value) in row_of(m.as_ref(), i)[k0..k0 + count].iter().enumerate() {
+            v[s][r] = value;
+        }
+    }
+    finish_tile(tile, rows, k0, count, v, acc);
+    for (r, i) in tile_rows.enumerate() {
+        let row = m
+            .as_mut()
+            .col_mut(i)
+            .try_as_col_major_mut()
+            .expect("a column of an owned matrix is contiguous")
+            .as_slice_mut();
+        for (s, value) in row[k0..k0 + count].iter_mut().enumerate() {
+            *value = v[s][r];
         }
     }
 }
@@ -554,24 +581,16 @@ unsafe fn substitute_with<K: Bulk>(
                     unsafe { K::bulk(&x[..c_end - c0], &ys, ib - s0, &mut tile) };
                 }
                 let count = (ib + LANES).min(i_end) - ib;
-                *v = Entries::default();
-                for (r, c) in (c0..c_end).enumerate() {
-                    for (s, &b) in row_of(yt.as_ref(), c)[ib..ib + count].iter().enumerate() {
-                        v[s][r] = b;
-                    }
-                }
-                finish_tile(&tile, &y, ib, count, &mut v, &mut acc);
-                for (r, c) in (c0..c_end).enumerate() {
-                    let row = yt
-                        .as_mut()
-                        .col_mut(c)
-                        .try_as_col_major_mut()
-                        .expect("a column of an owned matrix is contiguous")
-                        .as_slice_mut();
-                    for (s, y) in row[ib..ib + count].iter_mut().enumerate() {
-                        *y = v[s][r];
-                    }
-                }
+                finish_rows(
+                    &tile,
+                    &y,
+                    ib,
+                    count,
+                    yt.as_mut(),
+                    c0..c_end,
+                    &mut v,
+                    &mut acc,
+                );
             }
         }
     }
@@ -611,7 +630,6 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64], stop: &AtomicBool) 
         done += take;
         rest = tail;
     }
-    let offset = |j: usize| j * p - j * j.saturating_sub(1) / 2;
     let mut tile = zeroed::<Tile>();
     // Columns j in blocks whose rows of `n` stay in cache while the rows i ≥ j stream past.
     for j0 in (0..p).step_by(BLOCK) {
@@ -632,7 +650,7 @@ unsafe fn invert_with<K: Bulk>(l: &Rows, packed: &mut [f64], stop: &AtomicBool) 
                 unsafe { K::bulk(&x[..i_end - i0], &y, k0, &mut tile) };
                 for (r, i) in (i0..i_end).enumerate() {
                     for (s, j) in (jb..(jb + LANES).min(j_end).min(i + 1)).enumerate() {
-                        packed[offset(j) + i - j] = finish(tile[r][s], x[r], y[s], k0);
+                        packed[packed_offset(p, j) + i - j] = finish(tile[r][s], x[r], y[s], k0);
                     }
                 }
             }
