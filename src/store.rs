@@ -314,13 +314,15 @@ impl Store {
     fn zero_records(&mut self, locs: &[u64]) -> Result<()> {
         let rec = self.record_len() as usize;
         let zeros = vec![0u8; rec];
-        let mut parts = OpenParts::default();
-        for &loc in locs {
+        let mut sorted = locs.to_vec();
+        sorted.sort_unstable();
+        let mut part = OpenPart::default();
+        for &loc in &sorted {
             if loc & IN_JOURNAL != 0 {
                 self.journal.zero(loc & !IN_JOURNAL, rec)?;
             } else {
                 let (file, at) = self.place_of(loc, &BTreeMap::new())?;
-                parts.get(&self.dir, &file)?.write_at(&zeros, at)?;
+                part.get(&self.dir, &file)?.write_at(&zeros, at)?;
             }
         }
         Ok(())
@@ -507,25 +509,32 @@ impl Store {
             )));
         }
         let (d, c) = (self.header.dim, self.header.classes);
-        let mut locs = Vec::with_capacity(ids.len());
+        let entries: Vec<Entry> = ids
+            .iter()
+            .map(|&id| self.index.get(id).expect("present: checked by the caller"))
+            .collect();
+        let locs: Vec<u64> = entries.iter().map(|e| e.pos).collect();
         let (qn, rn) = (q.len(), r.len());
-        let mut parts = OpenParts::default();
-        for (k, &id) in ids.iter().enumerate() {
-            let entry = self.index.get(id).expect("present: checked by the caller");
-            q.resize(qn + (k + 1) * d, 0);
-            r.resize(rn + (k + 1) * c, 0);
-            let (qk, rk) = (&mut q[qn + k * d..], &mut r[rn + k * c..]);
-            let read = self.read_record(&mut parts, id, entry, qk, rk);
-            if let Err(e) = read {
+        q.resize(qn + ids.len() * d, 0);
+        r.resize(rn + ids.len() * c, 0);
+        // In location order, each into its sample's place.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_unstable_by_key(|&k| locs[k]);
+        let mut part = OpenPart::default();
+        for k in order {
+            let (qk, rk) = (
+                &mut q[qn + k * d..qn + (k + 1) * d],
+                &mut r[rn + k * c..rn + (k + 1) * c],
+            );
+            if let Err(e) = self.read_record(&mut part, ids[k], entries[k], qk, rk) {
                 q[qn..].zeroize();
                 r[rn..].zeroize();
                 q.truncate(qn);
                 r.truncate(rn);
                 return Err(e);
             }
-            locs.push(entry.pos);
         }
-        drop(parts);
+        drop(part);
         let entry = self.journal.forget_entry(&self.sealer, &locs);
         if let Err(Failed::Undone(e) | Failed::Unknown(e)) = self.commit(&entry) {
             q[qn..].zeroize();
@@ -661,14 +670,14 @@ impl Store {
     /// Reads the record of a live sample into its features `q` and targets `r`, checking it.
     fn read_record(
         &self,
-        parts: &mut OpenParts,
+        part: &mut OpenPart,
         id: u64,
         entry: Entry,
         q: &mut [i32],
         r: &mut [i32],
     ) -> Result<()> {
         let (file, at) = self.place_of(entry.pos, &BTreeMap::new())?;
-        let f = parts.get(&self.dir, &file)?;
+        let f = part.get(&self.dir, &file)?;
         let mut rec = Scratch::new(self.record_len() as usize);
         f.read_at(&mut rec, at)?;
         self.open_record(&file, id, entry, &rec, q, r)
@@ -735,13 +744,10 @@ impl Store {
         // One read per bucket file's records; one per record in the journal.
         let mut group = Scratch::new(0);
         let mut group_of: Option<(String, u64)> = None;
-        let mut file_of: Option<(String, StoreFile)> = None;
+        let mut part = OpenPart::default();
         for (id, entry) in live {
             let (file, at) = self.place_of(entry.pos, versions)?;
-            if file_of.as_ref().is_none_or(|(name, _)| *name != file) {
-                file_of = Some((file.clone(), open_part(&self.dir, &file)?));
-            }
-            let handle = &file_of.as_ref().expect("opened").1;
+            let handle = part.get(&self.dir, &file)?;
             let bytes: &[u8] = if entry.pos & IN_JOURNAL == 0 {
                 let (b, _) = split_loc(entry.pos);
                 let first = bucket_record_at(&self.sealer, self.buckets[&b].count, rec as u64, 0);
@@ -828,18 +834,20 @@ fn new_salt(sealer: &Sealer) -> u128 {
     }
 }
 
-/// The part files one operation reads or writes records in, each opened once: an open (with
-/// its checks of what the name is) costs more than reading or overwriting one record.
+/// The part file an operation reads or writes records in, kept open while the records it
+/// visits stay in that file: an open (with its checks of what the name is) costs more than
+/// reading or overwriting one record. Visited in location order, each file is opened once and
+/// at most one is open at a time.
 #[derive(Default)]
-struct OpenParts(BTreeMap<String, StoreFile>);
+struct OpenPart(Option<(String, StoreFile)>);
 
-impl OpenParts {
-    /// The file `name` in `dir`, opened by the first call that names it.
+impl OpenPart {
+    /// The file `name` in `dir`, opened unless it is the one open already.
     fn get(&mut self, dir: &Dir, name: &str) -> Result<&StoreFile> {
-        if !self.0.contains_key(name) {
-            self.0.insert(name.to_string(), open_part(dir, name)?);
+        if self.0.as_ref().is_none_or(|(open, _)| open != name) {
+            self.0 = Some((name.to_string(), open_part(dir, name)?));
         }
-        Ok(&self.0[name])
+        Ok(&self.0.as_ref().expect("opened above").1)
     }
 }
 

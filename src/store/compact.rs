@@ -17,7 +17,7 @@ use super::format::{
 };
 use super::journal::{Base, Journal, Keys};
 use super::seal::Sealer;
-use super::{bucket_loc, new_salt, open_part, split_loc, OpenParts, Scratch, Store, IN_JOURNAL};
+use super::{bucket_loc, new_salt, open_part, split_loc, OpenPart, Scratch, Store, IN_JOURNAL};
 
 impl Store {
     /// Persists the canonical state (see the module docs) and releases the state dir.
@@ -225,9 +225,13 @@ impl Store {
         body[..index.len()].copy_from_slice(&index);
         let (mut q, mut r) = (Scratch::new(d), Scratch::new(c));
         let mut payload = Scratch::new(plain_len);
-        let mut parts = OpenParts::default();
-        for (i, &(id, e)) in members.iter().enumerate() {
-            self.read_record(&mut parts, id, e, &mut q, &mut r)?;
+        // Read in location order (the bucket's old file, then the journal), each into its place.
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        order.sort_unstable_by_key(|&i| members[i].1.pos);
+        let mut part = OpenPart::default();
+        for i in order {
+            let (id, e) = members[i];
+            self.read_record(&mut part, id, e, &mut q, &mut r)?;
             encode_payload(&q, &r, &mut payload);
             let at = index.len() + i * rec;
             sealer.seal_into(
