@@ -1,8 +1,9 @@
-//! The two ways a head's weights follow a change of k samples: the rank-k update
-//! (`solver::apply`) and the canonical re-solve from the statistics (`solver::canonical`),
-//! timed at several d, C and k (medians), next to the choice the cost model makes
-//! (`solver::resolve_is_cheaper`). The model is right when, for every k, the path it picks takes
-//! at most about the time of the other.
+//! The ways a head's weights follow a change of k samples: the rank-k update
+//! (`solver::apply`), the fast path's Woodbury correction from the inverse of A
+//! (`Woodbury::apply`, nothing pending) and the canonical re-solve from the statistics
+//! (`solver::canonical`), timed at several d, C and k (medians), next to the choices the cost
+//! model makes (`solver::resolve_is_cheaper`) for each update. The model is right when, for
+//! every k, the path it picks takes at most about the time of the other.
 //!
 //! ```text
 //! cargo run --release --example resolve_choice -- [REPEATS]
@@ -10,8 +11,11 @@
 
 use std::time::Instant;
 
-use lethe::math::solver::{self, Solution};
+use std::sync::atomic::AtomicBool;
+
+use lethe::math::solver::{self, Solution, Update};
 use lethe::math::stats::ExactStats;
+use lethe::math::woodbury::Woodbury;
 use support::{median, quantized_rows, repeats};
 
 mod support;
@@ -21,9 +25,12 @@ const FRAC_BITS: u32 = 16;
 
 fn main() {
     let repeats = repeats(5);
-    println!("rank-k update vs canonical re-solve, median of {repeats}");
-    println!("| d | C | k | update | re-solve | update / re-solve | model picks |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("rank-k update and correction vs canonical re-solve, median of {repeats}");
+    println!(
+        "| d | C | k | rank-k update | correction | re-solve | rank-k / re-solve | \
+         correction / re-solve | model picks (rank-k) | model picks (correction) |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     for (d, c) in [
         (128, 100),
         (512, 100),
@@ -66,16 +73,35 @@ fn main() {
                     })
                     .collect(),
             );
-            let pick = if solver::resolve_is_cheaper(k, d + 1, c) {
-                "re-solve"
-            } else {
-                "update"
+            let correction = median(
+                (0..repeats)
+                    .map(|_| {
+                        let mut fast = Woodbury::from_factor(&base.l, 0, &AtomicBool::new(false))
+                            .expect("not stopped");
+                        let mut theta = base.theta.clone();
+                        let start = Instant::now();
+                        let applied = fast.apply(&mut theta, &x, &t, -1.0, 1);
+                        let seconds = start.elapsed().as_secs_f64();
+                        match applied {
+                            Ok(()) => seconds,
+                            Err(_) => f64::NAN,
+                        }
+                    })
+                    .collect(),
+            );
+            let pick = |update| match solver::resolve_is_cheaper(update, k, d + 1, c) {
+                true => "re-solve",
+                false => "update",
             };
             println!(
-                "| {d} | {c} | {k} | {:.3} ms | {:.3} ms | {:.2} | {pick} |",
+                "| {d} | {c} | {k} | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} | {:.2} | {} | {} |",
                 update * 1e3,
+                correction * 1e3,
                 resolve * 1e3,
-                update / resolve
+                update / resolve,
+                correction / resolve,
+                pick(Update::RankK),
+                pick(Update::Correction { pending: 0 }),
             );
         }
     }

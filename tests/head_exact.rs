@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use lethe::head::UpdatePath;
-use lethe::math::solver;
+use lethe::math::solver::{self, Update};
 use lethe::{Error, Head, HeadOptions, HeadSpec, Weights};
 use ndarray::Array2;
 use proptest::prelude::*;
@@ -576,7 +576,7 @@ fn either_update_path_is_exact() {
             let resolved = match path {
                 UpdatePath::RankK => false,
                 UpdatePath::Resolve => true,
-                UpdatePath::ByCost => solver::resolve_is_cheaper(k, d + 1, c),
+                UpdatePath::ByCost => solver::resolve_is_cheaper(Update::RankK, k, d + 1, c),
             };
             if resolved {
                 assert!(

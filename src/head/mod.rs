@@ -19,8 +19,9 @@
 //!   ill-conditioned, and the rank-k update keeps more digits), or when the correction
 //!   refuses a change (one that would cost it digits, or too many changes pending);
 //! - the **canonical re-solve** from the integer statistics, on the caller's thread, when the
-//!   cost model ([`solver::resolve_is_cheaper`]) expects it to be faster (many samples), so
-//!   that a call never takes much longer than a re-solve.
+//!   cost model ([`solver::resolve_is_cheaper`]) expects it to be faster than the update the
+//!   call would otherwise take (the correction, or the rank-k update, which costs about five
+//!   times as much per sample), so that a call never takes much longer than a re-solve.
 //!
 //! A background thread (one per head) then recomputes the canonical solution from the integer
 //! statistics (sequential Cholesky, O(p³)) and swaps it in if no other call came in meanwhile,
@@ -63,7 +64,7 @@ use crate::error::{Error, Result};
 use crate::math::receipt::Receipt;
 use crate::math::samples::{SampleRef, SampleSet};
 use crate::math::secret::{Rows, SecretArray, SecretMat, Zeroizing};
-use crate::math::solver::{self, CanonicalKernel, Solution};
+use crate::math::solver::{self, CanonicalKernel, Solution, Update};
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
@@ -577,7 +578,15 @@ impl Head {
         let (p, k) = (spec.dim + 1, r.len() / spec.num_classes());
         let resolve = self.worker.is_none()
             || match st.path {
-                UpdatePath::ByCost => solver::resolve_is_cheaper(k, p, spec.num_classes()),
+                UpdatePath::ByCost => {
+                    let update = match &st.fast {
+                        Some(fast) => Update::Correction {
+                            pending: fast.pending(),
+                        },
+                        None => Update::RankK,
+                    };
+                    solver::resolve_is_cheaper(update, k, p, spec.num_classes())
+                }
                 UpdatePath::RankK => false,
                 UpdatePath::Resolve => true,
             };

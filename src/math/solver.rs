@@ -267,18 +267,44 @@ pub fn solve_in_place(l: &Mat<f64>, x: &mut Mat<f64>) {
     llt::solve::solve_in_place(l.as_ref(), x.as_mut(), Par::Seq, buf.stack());
 }
 
-/// Whether re-solving canonically from the statistics ([`canonical`]) is expected to take less
-/// time than [`apply`] for a change of k samples at size p = d + 1 with C classes.
+/// How the weights would otherwise follow a change (see [`resolve_is_cheaper`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Update {
+    /// [`apply`]: the rank-k update of the factor and the Newton step.
+    RankK,
+    /// The fast path's Woodbury correction from the inverse of an earlier A, with `pending`
+    /// rows changed since that inverse ([`super::woodbury::Woodbury::apply`]).
+    Correction { pending: usize },
+}
+
+/// Whether re-solving canonically from the statistics ([`canonical`], on
+/// [`threads_for`]`(p)` threads) is expected to take less time than `update` for a change of
+/// k samples at size p = d + 1 with C classes.
 ///
-/// The model counts each path's floating-point work, weighted by how fast each runs:
-/// [`apply`] costs k·(p² + p·C)·`UPDATE_WEIGHT` (the rank-k update and the two triangular
-/// solves, then the residual and the step), [`canonical`] p³/3 + 2·p²·C (Cholesky, then the
-/// two substitutions). The weight is fitted to timings of both (`examples/resolve_choice.rs`).
-pub fn resolve_is_cheaper(k: usize, p: usize, classes: usize) -> bool {
-    const UPDATE_WEIGHT: f64 = 4.0;
+/// The model's terms are each path's dominant work, with weights in nanoseconds fitted by
+/// least squares to timings of all three paths at d from 128 to 2048, C from 10 to 1000 and k
+/// from 1 to 256 (`examples/resolve_choice.rs`, a 2-core AMD EPYC with AVX-512; only the
+/// ratios between the weights matter for the choice):
+/// - the re-solve: the factorization's p³/3 multiply-adds, shared among the threads, and a
+///   term in p·C for the substitutions (it fit the measured times better than their p²·C
+///   multiply-adds: at small p their fixed costs weigh more);
+/// - the rank-k update: k·p² for the factor's update and the solves, k·p·C for the residual
+///   and the step;
+/// - the correction: k·p² for the pass over the inverse, k·p·C for the residual and the step,
+///   k³ for the k × k system, and 2·m·p·k + m²·k for the m pending rows (at the pass's rate).
+pub fn resolve_is_cheaper(update: Update, k: usize, p: usize, classes: usize) -> bool {
     let (k, p, c) = (k as f64, p as f64, classes as f64);
-    let update = k * (p * p + p * c) * UPDATE_WEIGHT;
-    let resolve = p * p * p / 3.0 + 2.0 * p * p * c;
+    let threads = threads_for(p as usize) as f64;
+    let resolve = 0.0576 * p * p * p / 3.0 / threads + 56.4 * p * c;
+    let update = match update {
+        Update::RankK => k * (0.376 * p * p + 0.335 * p * c),
+        Update::Correction { pending } => {
+            let m = pending as f64;
+            k * (0.0742 * p * p + 0.290 * p * c)
+                + 0.894 * k * k * k
+                + 0.0742 * (2.0 * m * p * k + m * m * k)
+        }
+    };
     resolve < update
 }
 
@@ -332,15 +358,31 @@ pub fn apply(
 mod tests {
     use super::*;
 
-    /// At DESIGN.md's size (d = 1280, C = 100), one sample takes the update and a thousand
-    /// the re-solve; and once the re-solve is cheaper for k samples, it is for more.
+    /// At DESIGN.md's size (d = 1280, C = 100), one sample takes either update and a thousand
+    /// the re-solve; once the re-solve is cheaper for k samples, it is for more; and the
+    /// correction, which is cheaper per sample, takes more samples than the rank-k update.
     #[test]
     fn the_cost_model_switches_once_as_k_grows() {
         let (p, c) = (1281, 100);
-        assert!(!resolve_is_cheaper(1, p, c));
-        assert!(resolve_is_cheaper(1000, p, c));
-        let first = (1..=1000).find(|&k| resolve_is_cheaper(k, p, c)).unwrap();
-        assert!((first..=5000).all(|k| resolve_is_cheaper(k, p, c)));
+        let mut switches = Vec::new();
+        for update in [
+            Update::RankK,
+            Update::Correction { pending: 0 },
+            Update::Correction { pending: 200 },
+        ] {
+            assert!(!resolve_is_cheaper(update, 1, p, c), "{update:?}");
+            assert!(resolve_is_cheaper(update, 1000, p, c), "{update:?}");
+            let first = (1..=1000)
+                .find(|&k| resolve_is_cheaper(update, k, p, c))
+                .unwrap();
+            assert!(
+                (first..=5000).all(|k| resolve_is_cheaper(update, k, p, c)),
+                "{update:?}"
+            );
+            switches.push(first);
+        }
+        assert!(switches[0] < switches[1], "{switches:?}");
+        assert!(switches[2] < switches[1], "{switches:?}");
     }
 
     /// The factor of a random well-conditioned A = VᵀV + I (p × p), and faer's inverse of it
