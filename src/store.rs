@@ -521,12 +521,13 @@ impl Store {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         order.sort_unstable_by_key(|&k| locs[k]);
         let mut part = OpenPart::default();
+        let mut buf = self.record_buf();
         for k in order {
             let (qk, rk) = (
                 &mut q[qn + k * d..qn + (k + 1) * d],
                 &mut r[rn + k * c..rn + (k + 1) * c],
             );
-            if let Err(e) = self.read_record(&mut part, ids[k], entries[k], qk, rk) {
+            if let Err(e) = self.read_record(&mut part, &mut buf, ids[k], entries[k], qk, rk) {
                 q[qn..].zeroize();
                 r[rn..].zeroize();
                 q.truncate(qn);
@@ -534,7 +535,7 @@ impl Store {
                 return Err(e);
             }
         }
-        drop(part);
+        drop((part, buf));
         let entry = self.journal.forget_entry(&self.sealer, &locs);
         if let Err(Failed::Undone(e) | Failed::Unknown(e)) = self.commit(&entry) {
             q[qn..].zeroize();
@@ -671,6 +672,7 @@ impl Store {
     fn read_record(
         &self,
         part: &mut OpenPart,
+        buf: &mut RecordBuf,
         id: u64,
         entry: Entry,
         q: &mut [i32],
@@ -678,18 +680,27 @@ impl Store {
     ) -> Result<()> {
         let (file, at) = self.place_of(entry.pos, &BTreeMap::new())?;
         let f = part.get(&self.dir, &file)?;
-        let mut rec = Scratch::new(self.record_len() as usize);
-        f.read_at(&mut rec, at)?;
-        self.open_record(&file, id, entry, &rec, q, r)
+        f.read_at(&mut buf.sealed, at)?;
+        self.open_record(&file, id, entry, &buf.sealed, &mut buf.payload, q, r)
     }
 
-    /// Opens a record read from `file`.
+    /// Scratch space for [`Store::read_record`], sized for this state dir's records.
+    fn record_buf(&self) -> RecordBuf {
+        RecordBuf {
+            sealed: Scratch::new(self.record_len() as usize),
+            payload: Scratch::new(payload_len(self.header.dim, self.header.classes)),
+        }
+    }
+
+    /// Opens a record read from `file`, through `payload` (a payload's length).
+    #[allow(clippy::too_many_arguments)]
     fn open_record(
         &self,
         file: &str,
         id: u64,
         entry: Entry,
         rec: &[u8],
+        payload: &mut [u8],
         q: &mut [i32],
         r: &mut [i32],
     ) -> Result<()> {
@@ -700,13 +711,12 @@ impl Store {
             }
             _ => (self.journal.salt(), entry.pos & !IN_JOURNAL),
         };
-        let mut payload = Scratch::new(payload_len(self.header.dim, self.header.classes));
         match self
             .sealer
-            .open_into(&record_ad(salt, pos, id, entry.label), rec, &mut payload)
+            .open_into(&record_ad(salt, pos, id, entry.label), rec, payload)
         {
             Ok(()) => {
-                decode_payload(&payload, q, r);
+                decode_payload(payload, q, r);
                 Ok(())
             }
             Err(why) => Err(corrupt(
@@ -740,6 +750,7 @@ impl Store {
         let rec = self.record_len() as usize;
         let mut q = Scratch::new(ROW_BATCH * d);
         let mut r = Scratch::new(ROW_BATCH * c);
+        let mut payload = Scratch::new(payload_len(d, c));
         let mut k = 0;
         // One read per bucket file's records; one per record in the journal.
         let mut group = Scratch::new(0);
@@ -777,6 +788,7 @@ impl Store {
                 id,
                 entry,
                 bytes,
+                &mut payload,
                 &mut q[k * d..(k + 1) * d],
                 &mut r[k * c..(k + 1) * c],
             )?;
@@ -964,6 +976,12 @@ fn finish_forget_all(
     };
     dir.sync()?;
     Ok(fresh)
+}
+
+/// A sealed record and its opened payload, read one after another into the same buffers.
+struct RecordBuf {
+    sealed: Scratch<u8>,
+    payload: Scratch<u8>,
 }
 
 /// A buffer that held sample bytes: zeroized when dropped.

@@ -229,9 +229,10 @@ impl Store {
         let mut order: Vec<usize> = (0..members.len()).collect();
         order.sort_unstable_by_key(|&i| members[i].1.pos);
         let mut part = OpenPart::default();
+        let mut buf = self.record_buf();
         for i in order {
             let (id, e) = members[i];
-            self.read_record(&mut part, id, e, &mut q, &mut r)?;
+            self.read_record(&mut part, &mut buf, id, e, &mut q, &mut r)?;
             encode_payload(&q, &r, &mut payload);
             let at = index.len() + i * rec;
             sealer.seal_into(

@@ -334,11 +334,12 @@ pub fn encode_payload(q: &[i32], r: &[i32], out: &mut [u8]) {
 
 /// Decodes a payload's features into `q` (d values) and targets into `r` (C values).
 pub fn decode_payload(payload: &[u8], q: &mut [i32], r: &mut [i32]) {
-    for (v, b) in q
-        .iter_mut()
-        .chain(r.iter_mut())
-        .zip(payload.chunks_exact(4))
-    {
+    // Features and targets each in a loop of its own, which the compiler vectorizes.
+    let (pq, pr) = payload.split_at(4 * q.len());
+    for (v, b) in q.iter_mut().zip(pq.chunks_exact(4)) {
+        *v = i32::from_le_bytes(b.try_into().expect("4 bytes"));
+    }
+    for (v, b) in r.iter_mut().zip(pr.chunks_exact(4)) {
         *v = i32::from_le_bytes(b.try_into().expect("4 bytes"));
     }
 }
