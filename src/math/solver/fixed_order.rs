@@ -331,12 +331,14 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPo
         let Some(mine) = parts.next() else {
             continue;
         };
+        // This thread's part goes through the dispatch too: the closure is compiled without
+        // the kernel's target features, and the driver inlined into it would call the C
+        // library's `fma` for every multiply-add outside the bulk.
         std::thread::scope(|scope| {
             for part in parts {
                 scope.spawn(move || below(K::KERNEL, done, part, j0));
             }
-            // SAFETY: the caller guarantees K's features.
-            unsafe { below_with::<K>(done, mine, j0) };
+            below(K::KERNEL, done, mine, j0);
         });
     }
     Ok(())
@@ -528,12 +530,12 @@ unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows, threads: usize) {
     let Some(mine) = parts.next() else {
         return;
     };
+    // Through the dispatch, as in `factor_with`.
     std::thread::scope(|scope| {
         for part in parts {
             scope.spawn(move || substitute(K::KERNEL, m, part, 0, false));
         }
-        // SAFETY: the caller guarantees K's features.
-        unsafe { substitute_with::<K>(m, mine, 0, false) };
+        substitute(K::KERNEL, m, mine, 0, false);
     });
 }
 
