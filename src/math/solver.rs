@@ -49,6 +49,7 @@ use zeroize::Zeroizing;
 use super::dense;
 use super::secret::{SecretMat, SecretScratch};
 use super::stats::ExactStats;
+use super::threads;
 use fixed_order::Rows;
 pub use fixed_order::{CanonicalKernel, KERNEL_ENV};
 
@@ -106,20 +107,13 @@ pub fn canonical(
 }
 
 /// The threads a canonical solve of size p shares its work among to finish soonest: every core
-/// (up to [`MAX_THREADS`]) from p = [`PARALLEL_FROM`] on, else one.
+/// from p = [`PARALLEL_FROM`] on, else one.
 pub fn threads_for(p: usize) -> usize {
-    if p >= PARALLEL_FROM {
-        std::thread::available_parallelism().map_or(1, |t| t.get().min(MAX_THREADS))
-    } else {
-        1
-    }
+    threads::cores_if(p >= PARALLEL_FROM)
 }
 
 /// Canonical solves of at least this size p share their work among threads.
 const PARALLEL_FROM: usize = 256;
-
-/// The most threads one canonical solve uses.
-const MAX_THREADS: usize = 8;
 
 /// [`canonical`] computed by `kernel` (the scalar kernel if this CPU cannot run it) on up to
 /// `threads` threads: the same bits whatever the kernel and the thread count.

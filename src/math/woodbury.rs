@@ -37,6 +37,7 @@ use zeroize::Zeroizing;
 use super::dense;
 use super::secret::SecretMat;
 use super::solver;
+use super::threads;
 
 /// The most pending rows a correction keeps; a change that would exceed it is refused (the
 /// caller then re-solves), which bounds the cost of the corrections to O(p · MAX_PENDING).
@@ -250,11 +251,7 @@ fn all_finite(m: &Mat<f64>) -> bool {
 /// H = M Xᵀ for symmetric M given by its packed lower triangle (column j from its diagonal
 /// down) and `xt` = Xᵀ (p × k), with the CPU's widest kernel; see [`symmetric_times_with`].
 fn packed_symmetric_times(m: &[f64], xt: &Mat<f64>, h: &mut Mat<f64>) {
-    let threads = if xt.ncols() >= PARALLEL_FROM {
-        std::thread::available_parallelism().map_or(1, |t| t.get().min(MAX_THREADS))
-    } else {
-        1
-    };
+    let threads = threads::cores_if(xt.ncols() >= PARALLEL_FROM);
     symmetric_times_with(Kernel::widest(), threads, COLUMN_BLOCK_BYTES, m, xt, h);
 }
 
@@ -267,9 +264,6 @@ const COLUMN_BLOCK_BYTES: usize = 512 << 10;
 
 /// From this many right-hand sides on, they are shared among threads.
 const PARALLEL_FROM: usize = 16;
-
-/// The most threads one product uses.
-const MAX_THREADS: usize = 8;
 
 /// The code a product runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,6 +20,8 @@
 
 use zeroize::Zeroizing;
 
+use crate::math::threads::cores_if;
+
 /// The most samples an i64 sum may hold: each product is at most 2^48 in magnitude, and
 /// (2^15 − 1) · 2^48 < 2^63.
 pub const EXACT_ROWS: usize = (1 << 15) - 1;
@@ -67,13 +69,7 @@ pub fn exact_chunk<I: IntoIterator<Item = i64>>(
 /// within i64 (at most [`EXACT_ROWS`] samples' products in all).
 pub fn add_products(a: &mut [i64], b: &mut [i64], xt: &[f64], rt: &[f64], k: usize, sign: i64) {
     let p = xt.len().checked_div(k).unwrap_or(0);
-    let threads = if k * p * p / 2 >= PARALLEL_FROM {
-        std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .min(MAX_THREADS)
-    } else {
-        1
-    };
+    let threads = cores_if(k * p * p / 2 >= PARALLEL_FROM);
     add_products_with(Width::widest(), threads, a, b, xt, rt, k, sign);
 }
 
@@ -165,9 +161,6 @@ fn add_products_with(
 
 /// Products over at least this many multiply-adds are shared among threads.
 const PARALLEL_FROM: usize = 1 << 23;
-
-/// The most threads one product uses.
-const MAX_THREADS: usize = 8;
 
 /// The chunk's transposed rows and the shape of the products.
 struct Job<'a> {
