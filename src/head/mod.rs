@@ -28,7 +28,8 @@
 //! and inverts that version's A for the fast path (O(p³)), folding the changes up to it into
 //! the correction's base and keeping the later ones: back-to-back calls never queue re-solves,
 //! the background always jumps to the newest version. Calls that must return canonical
-//! weights — [`Head::weights`], [`Head::close`] — finish a pending re-solve themselves first.
+//! weights — [`Head::weights`], [`Head::close`] — finish a pending re-solve themselves first
+//! (a close stops the background's re-solve and inversion and solves on every core itself).
 //! Served weights before the re-solve differ from canonical by rounding only.
 //!
 //! # Concurrency
@@ -619,7 +620,7 @@ impl Head {
             // The re-solve does not go through the correction, which then no longer covers
             // every change since its base.
             st.fast = None;
-            st.solution = self.inner.canonical_of(&st.stats, false)?;
+            st.solution = self.inner.canonical_of(&st.stats)?;
             st.canonical = st.version;
         }
         drop(solve);
@@ -879,7 +880,7 @@ impl Head {
         st.samples
             .for_each_batch(&mut |q, r| fresh.accumulate(q, r, one, 1))?;
         let stats_equal = fresh == st.stats;
-        let solution = self.inner.canonical_of(&fresh, false)?;
+        let solution = self.inner.canonical_of(&fresh)?;
         let weights_identical = solution == st.solution;
         let served = self.served();
         let expect = to_served(&solution.theta, spec.dim);
@@ -1025,21 +1026,35 @@ impl Inner {
         stats.n() >= FAST_PATH_SAMPLES_PER_DIM * (self.spec.dim as u64 + 1)
     }
 
-    /// The canonical solution for `stats`, on every core (a caller waits for it) or, in the
-    /// background, on its one thread (leaving the other cores to the callers).
-    fn canonical_of(&self, stats: &ExactStats, background: bool) -> Result<Solution> {
-        let threads = if background {
-            1
-        } else {
-            solver::threads_for(stats.dim() + 1)
-        };
+    /// The canonical solution for `stats`, on every core (a caller waits for it).
+    fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
+        let never = AtomicBool::new(false);
+        let threads = solver::threads_for(stats.dim() + 1);
+        self.canonical_until(stats, threads, &never)
+            .map(|solved| solved.expect("nothing stops it"))
+    }
+
+    /// The canonical solution for `stats` in the background: on its one thread (leaving the
+    /// other cores to the callers), given up (`None`) once the head is closing, so that the
+    /// close solves on every core rather than wait for it.
+    fn canonical_in_background(&self, stats: &ExactStats) -> Result<Option<Solution>> {
+        self.canonical_until(stats, 1, &self.stop)
+    }
+
+    fn canonical_until(
+        &self,
+        stats: &ExactStats,
+        threads: usize,
+        stop: &AtomicBool,
+    ) -> Result<Option<Solution>> {
         let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
-        solver::canonical_with(
+        solver::canonical_until(
             stats,
             lambda,
             frac_bits,
             CanonicalKernel::selected(),
             threads,
+            stop,
         )
         .map_err(|_| {
             Error::Limit(format!(
@@ -1063,7 +1078,7 @@ impl Inner {
 
     fn make_canonical(&self, st: &mut State) -> Result<()> {
         if st.canonical != st.version {
-            st.solution = self.canonical_of(&st.stats, false)?;
+            st.solution = self.canonical_of(&st.stats)?;
             st.canonical = st.version;
             self.publish(&st.solution);
         }
@@ -1116,7 +1131,7 @@ fn resolve_loop(inner: &Inner) {
         };
         let (l, version) = match job {
             Job::Solve(stats, version) => {
-                let solved = inner.canonical_of(&stats, true);
+                let solved = inner.canonical_in_background(&stats);
                 drop(stats);
                 let Ok(mut st) = inner.lock_sound() else {
                     return;
@@ -1124,7 +1139,9 @@ fn resolve_loop(inner: &Inner) {
                 st.solving = None;
                 inner.wake.notify_all();
                 let solution = match solved {
-                    Ok(solution) => solution,
+                    Ok(Some(solution)) => solution,
+                    // Stopped: the close solves on every core.
+                    Ok(None) => return,
                     Err(e) => {
                         tracing::error!("canonical re-solve failed: {e}");
                         return;

@@ -41,7 +41,7 @@
 mod fixed_order;
 
 use faer::linalg::cholesky::llt;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use faer::{Accum, Mat, Par};
 use zeroize::Zeroizing;
@@ -124,16 +124,40 @@ pub fn canonical_with(
     kernel: CanonicalKernel,
     threads: usize,
 ) -> Result<Solution, NotPositiveDefinite> {
+    let never = AtomicBool::new(false);
+    canonical_until(stats, lambda, frac_bits, kernel, threads, &never)
+        .map(|solved| solved.expect("nothing stops it"))
+}
+
+/// [`canonical_with`] that gives up once `stop` is set, looked at every few columns of the
+/// factorization and before each substitution: `Ok(None)` then (every partial result is
+/// zeroized). So a close does not wait for a solve on fewer threads than it has.
+pub fn canonical_until(
+    stats: &ExactStats,
+    lambda: f64,
+    frac_bits: u32,
+    kernel: CanonicalKernel,
+    threads: usize,
+    stop: &AtomicBool,
+) -> Result<Option<Solution>, NotPositiveDefinite> {
     // Symmetric A's rows are its columns: the factor replaces them by L's rows, in the upper
     // triangle (L[i][j] at (j, i)).
     let mut a = Rows(stats.a_f64(lambda, frac_bits));
-    // On failure the partial factor is zeroized when `a` drops.
-    if fixed_order::factor(kernel, &mut a, threads).is_err() {
-        return Err(NotPositiveDefinite);
+    // On failure or once stopped, the partial factor is zeroized when `a` drops.
+    match fixed_order::factor(kernel, &mut a, threads, stop) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(_) => return Err(NotPositiveDefinite),
+    }
+    if stop.load(Ordering::Relaxed) {
+        return Ok(None);
     }
     // One right-hand side per column of B, solved in place: Y = L⁻¹ B.
     let mut y = Rows(stats.b_f64(frac_bits));
     fixed_order::forward_solve(kernel, &a, &mut y, threads);
+    if stop.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
 
     // Lᵀ Θ = Y with both index orders reversed is the lower-triangular system
     // (J Lᵀ J)(J Θ) = J Y (J the reversal), solved by the same forward substitution. L goes to
@@ -162,7 +186,7 @@ pub fn canonical_with(
     for j in 1..p {
         l.col_as_slice_mut(j)[..j].fill(0.0);
     }
-    Ok(Solution { l, theta: y.0 })
+    Ok(Some(Solution { l, theta: y.0 }))
 }
 
 /// The lower triangle of A⁻¹ for A = L Lᵀ (`l` lower-triangular, its strict upper triangle not
@@ -428,6 +452,33 @@ mod tests {
         let (l, _) = factor_and_inverse(70);
         assert!(inverse(&l, &AtomicBool::new(true)).is_none());
         assert!(inverse(&l, &AtomicBool::new(false)).is_some());
+    }
+
+    /// A stop set before the canonical solve ends makes it give up; unset, the solve gives
+    /// the bits of the one that cannot be stopped.
+    #[test]
+    fn a_stopped_canonical_solve_gives_up() {
+        let (d, c, n, one) = (70, 3, 200, 1 << 16);
+        let mut state = 7u64;
+        let q: Vec<i32> = (0..n * d)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (state >> 33) as i32 % one
+            })
+            .collect();
+        let r: Vec<i32> = (0..n * c)
+            .map(|i| if i % c == (i / c) % c { one } else { 0 })
+            .collect();
+        let mut stats = ExactStats::new(d, c);
+        stats.accumulate(&q, &r, one, 1);
+        let kernel = CanonicalKernel::selected();
+        let solve = |stop: bool| {
+            canonical_until(&stats, 1.0, 16, kernel, 2, &AtomicBool::new(stop)).unwrap()
+        };
+        assert!(solve(true).is_none());
+        assert!(solve(false) == Some(canonical_with(&stats, 1.0, 16, kernel, 2).unwrap()));
     }
 
     /// Every kernel this CPU runs gives the scalar kernel's bits.

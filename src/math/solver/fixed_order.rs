@@ -295,17 +295,27 @@ dispatch!(
     /// `L[j][j] = sqrt(a[j][j] − dot(L[j][..j], L[j][..j]))`,
     /// `L[i][j] = (a[i][j] − dot(L[i][..j], L[j][..j])) / L[j][j]` for i > j.
     /// The strict upper triangle is left as it was. The rows below each block of columns are
-    /// shared among `threads` threads: each entry is computed as on one thread.
-    factor, factor_with, (a: &mut Rows, threads: usize) -> Result<(), NonPositivePivot>);
+    /// shared among `threads` threads: each entry is computed as on one thread. `stop` is
+    /// looked at before each block of columns: once it is set, the factorization gives up and
+    /// returns `Ok(false)` (`a` then holds a part of the factor).
+    factor, factor_with,
+    (a: &mut Rows, threads: usize, stop: &AtomicBool) -> Result<bool, NonPositivePivot>);
 
 /// # Safety
 /// The CPU must have `K`'s target features.
 #[inline(always)]
-unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPositivePivot> {
+unsafe fn factor_with<K: Bulk>(
+    a: &mut Rows,
+    threads: usize,
+    stop: &AtomicBool,
+) -> Result<bool, NonPositivePivot> {
     let p = a.rows();
     debug_assert_eq!(a.cols(), p);
     let mut diagonal: Zeroizing<[Tile; BLOCK / LANES]> = zeroed();
     for j0 in (0..p).step_by(BLOCK) {
+        if stop.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
         let j_end = (j0 + BLOCK).min(p);
         // The block's own rows, TILE_ROWS at a time: the terms before j0 in bulk, then the
         // entries in order (each needs the ones before it in its row and in row j).
@@ -341,7 +351,7 @@ unsafe fn factor_with<K: Bulk>(a: &mut Rows, threads: usize) -> Result<(), NonPo
             below(K::KERNEL, done, mine, j0);
         });
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Rows of a matrix stored by rows (each a column of `m`) cut into at most `threads` parts of
