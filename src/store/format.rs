@@ -463,25 +463,34 @@ pub fn encode_stats(
     sol: &Solution,
 ) -> Zeroizing<Vec<u8>> {
     let (p, c) = (header.dim + 1, header.classes);
-    let mut plain = Zeroizing::new(Vec::with_capacity(stats_payload_len(header.dim, c)));
-    for v in stats.a_values().chain(stats.b_values()) {
-        plain.extend_from_slice(&v.to_le_bytes());
-    }
-    for j in 0..p {
-        for i in j..p {
-            plain.extend_from_slice(&sol.l[(i, j)].to_le_bytes());
-        }
-    }
-    for i in 0..p {
-        for k in 0..c {
-            plain.extend_from_slice(&sol.theta[(i, k)].to_le_bytes());
-        }
-    }
     let head = encode_header(STATS_MAGIC, header);
     let mut out = Zeroizing::new(vec![0u8; stats_len(sealer, header.dim, c)]);
     let sealed_end = out.len() - 16;
     out[..HEADER_LEN].copy_from_slice(&head);
-    sealer.seal_into(&stats_ad(&head), &plain, &mut out[HEADER_LEN..sealed_end]);
+    // The payload is written where the sealer wants it and sealed in place: a second buffer
+    // of its size would cost as much again in fresh memory, copying and zeroizing.
+    let sealed = &mut out[HEADER_LEN..sealed_end];
+    let body = sealer.body_of(stats_payload_len(header.dim, c));
+    let mut at = body.start;
+    let mut put = |bytes: &[u8]| {
+        sealed[at..at + bytes.len()].copy_from_slice(bytes);
+        at += bytes.len();
+    };
+    for v in stats.a_values().chain(stats.b_values()) {
+        put(&v.to_le_bytes());
+    }
+    for j in 0..p {
+        for i in j..p {
+            put(&sol.l[(i, j)].to_le_bytes());
+        }
+    }
+    for i in 0..p {
+        for k in 0..c {
+            put(&sol.theta[(i, k)].to_le_bytes());
+        }
+    }
+    debug_assert_eq!(at, body.end, "the payload fills its place");
+    sealer.seal_in_place(&stats_ad(&head), sealed);
     let sum = xxh3_128(&out[..sealed_end]);
     out[sealed_end..].copy_from_slice(&sum.to_le_bytes());
     out

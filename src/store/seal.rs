@@ -151,17 +151,33 @@ impl Sealer {
     /// Seals `plain` for the place `ad` into `out` ([`Sealer::sealed_len`] bytes).
     pub fn seal_into(&self, ad: &Ad, plain: &[u8], out: &mut [u8]) {
         debug_assert_eq!(out.len(), self.sealed_len(plain.len()));
+        out[self.body_of(plain.len())].copy_from_slice(plain);
+        self.seal_in_place(ad, out);
+    }
+
+    /// Where a piece of `len` bytes lies in its sealed form (see [`Sealer::seal_in_place`]).
+    pub fn body_of(&self, len: usize) -> std::ops::Range<usize> {
+        match self {
+            Sealer::Checksum => 0..len,
+            Sealer::Key(_) => NONCE_LEN..NONCE_LEN + len,
+        }
+    }
+
+    /// Seals a piece written in place: `out` is its sealed length, with the piece at
+    /// [`Sealer::body_of`] (so that a large piece needs no second buffer).
+    pub fn seal_in_place(&self, ad: &Ad, out: &mut [u8]) {
+        let len = self
+            .plain_len(out.len())
+            .expect("out is a sealed piece's length");
         match self {
             Sealer::Checksum => {
-                out[..plain.len()].copy_from_slice(plain);
-                let sum = checksum(ad, plain);
-                out[plain.len()..].copy_from_slice(&sum.to_le_bytes());
+                let (body, sum) = out.split_at_mut(len);
+                sum.copy_from_slice(&checksum(ad, body).to_le_bytes());
             }
             Sealer::Key(cipher) => {
                 let (nonce, rest) = out.split_at_mut(NONCE_LEN);
                 random(nonce);
-                let (body, tag) = rest.split_at_mut(plain.len());
-                body.copy_from_slice(plain);
+                let (body, tag) = rest.split_at_mut(len);
                 let t = cipher
                     .encrypt_in_place_detached(XNonce::from_slice(nonce), &ad.0, body)
                     .expect("a piece within XChaCha20-Poly1305's limits");
