@@ -15,6 +15,7 @@ use super::format::{
     encode_stats, payload_len, record_ad, stats_checksum, BucketRef, Header, Version, BUCKET_BODY,
     JOURNAL, JOURNAL_TMP, STATS, STATS_TMP,
 };
+use super::io::{sync_all, StoreFile};
 use super::journal::{Base, Journal, Keys};
 use super::seal::Sealer;
 use super::{bucket_loc, new_salt, open_part, split_loc, OpenPart, Scratch, Store, IN_JOURNAL};
@@ -162,10 +163,17 @@ impl Store {
                 m.push((id, e));
             }
         }
+        // Synced SYNC_BATCH files at a time, together (few descriptors open at once).
         let mut rewritten = Vec::with_capacity(members.len());
+        let mut unsynced = Vec::with_capacity(SYNC_BATCH);
         for (b, mut m) in members {
             m.sort_unstable_by_key(|&(id, _)| id);
-            rewritten.push(self.write_bucket(b, &m, sealer)?);
+            let (w, file) = self.write_bucket(b, &m, sealer)?;
+            rewritten.push(w);
+            unsynced.extend(file);
+            if unsynced.len() == SYNC_BATCH {
+                sync_all(&std::mem::take(&mut unsynced))?;
+            }
         }
         let mut parent = 0;
         if let Some((stats, solution)) = canonical {
@@ -175,8 +183,10 @@ impl Store {
             };
             let bytes = encode_stats(sealer, &header, stats, solution);
             parent = stats_checksum(&bytes).expect("a whole file");
-            self.dir.write_new(STATS_TMP, &bytes)?;
+            unsynced.push(self.dir.write_unsynced(STATS_TMP, &bytes)?);
         }
+        sync_all(&unsynced)?;
+        drop(unsynced);
         let mut buckets = self.buckets.clone();
         for w in &rewritten {
             match w.file {
@@ -200,19 +210,21 @@ impl Store {
         Ok((rewritten, parent, journal))
     }
 
-    /// Writes and syncs the new version of bucket `b` holding `members` (sorted by id).
+    /// Writes the new version of bucket `b` holding `members` (sorted by id); returns it with
+    /// its file, not synced (`None` when the bucket is now empty).
     pub(super) fn write_bucket(
         &self,
         b: usize,
         members: &[(u64, Entry)],
         sealer: &Sealer,
-    ) -> Result<Rewritten> {
+    ) -> Result<(Rewritten, Option<StoreFile>)> {
         if members.is_empty() {
-            return Ok(Rewritten {
+            let gone = Rewritten {
                 bucket: b,
                 file: None,
                 moved: Vec::new(),
-            });
+            };
+            return Ok((gone, None));
         }
         let (d, c) = (self.header.dim, self.header.classes);
         let count = members.len() as u64;
@@ -250,8 +262,7 @@ impl Store {
         let f = self.dir.create_file(&bucket_name(b, Version::New))?;
         f.write_at(&encode_bucket_head(&self.header, &r), 0)?;
         f.write_at(&body, BUCKET_BODY as u64)?;
-        f.sync()?;
-        Ok(Rewritten {
+        let written = Rewritten {
             bucket: b,
             file: Some(r),
             moved: ids
@@ -259,7 +270,8 @@ impl Store {
                 .enumerate()
                 .map(|(i, &(id, _))| (id, i as u64))
                 .collect(),
-        })
+        };
+        Ok((written, Some(f)))
     }
 
     /// After a rewrite committed: scrubs each replaced bucket file and moves the new one into
@@ -270,9 +282,13 @@ impl Store {
         rewritten: &[Rewritten],
         drop_stats: bool,
     ) -> Result<()> {
-        for w in rewritten {
-            self.dir.scrub(&bucket_name(w.bucket, Version::Current))?;
-            if w.file.is_some() {
+        for batch in rewritten.chunks(SYNC_BATCH) {
+            let replaced: Vec<String> = batch
+                .iter()
+                .map(|w| bucket_name(w.bucket, Version::Current))
+                .collect();
+            self.dir.scrub_all(&replaced)?;
+            for w in batch.iter().filter(|w| w.file.is_some()) {
                 self.dir.rename(
                     &bucket_name(w.bucket, Version::New),
                     &bucket_name(w.bucket, Version::Current),
@@ -307,6 +323,9 @@ impl Store {
         }
     }
 }
+
+/// The most new files a rewrite keeps open, written but not yet synced.
+const SYNC_BATCH: usize = 16;
 
 /// A bucket file rewritten by a compaction (`.tmp`, synced), or `None`: the bucket is empty.
 pub(super) struct Rewritten {

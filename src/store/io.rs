@@ -329,9 +329,15 @@ impl Dir {
 
     /// Creates `name` with `bytes` and syncs it (not the dir).
     pub fn write_new(&self, name: &str, bytes: &[u8]) -> Result<StoreFile> {
+        let f = self.write_unsynced(name, bytes)?;
+        f.sync()?;
+        Ok(f)
+    }
+
+    /// Creates `name` with `bytes`, not synced (see [`sync_all`]).
+    pub fn write_unsynced(&self, name: &str, bytes: &[u8]) -> Result<StoreFile> {
         let f = self.create_file(name)?;
         f.write_at(bytes, 0)?;
-        f.sync()?;
         Ok(f)
     }
 
@@ -381,6 +387,27 @@ impl Dir {
         drop(f);
         self.remove(OsStr::new(name))?;
         Ok(true)
+    }
+
+    /// [`Dir::scrub`] for each of `names` that exists, with the syncs of their zeros in flight
+    /// together ([`sync_all`]).
+    pub fn scrub_all(&self, names: &[String]) -> Result<()> {
+        let mut found = Vec::with_capacity(names.len());
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            if let Some(f) = self.open_file(name)? {
+                f.zero_from(0)?;
+                found.push(name);
+                files.push(f);
+            }
+        }
+        sync_all(&files)?;
+        for (name, f) in found.into_iter().zip(files) {
+            f.set_len(0)?;
+            drop(f);
+            self.remove(OsStr::new(name))?;
+        }
+        Ok(())
     }
 
     /// Removes the empty dir itself and syncs its parent. `false`: it is not empty (or is
@@ -446,6 +473,36 @@ fn make_dirs(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// [`StoreFile::sync`] for every file in `files`, with the syncs in flight together, one thread
+/// each: a journaling file system commits concurrent syncs together, where one after another
+/// each waits for a commit of its own. The steps a test injects faults at are taken on this
+/// thread, in the files' order.
+pub fn sync_all(files: &[StoreFile]) -> Result<()> {
+    let mut real = Vec::with_capacity(files.len());
+    for f in files {
+        if step(Step::Sync(f))? == Real::Yes {
+            real.push(f);
+        }
+    }
+    let Some((mine, others)) = real.split_last() else {
+        return Ok(());
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = others
+            .iter()
+            .map(|f| scope.spawn(move || f.sync_now()))
+            .collect();
+        let mut result = mine.sync_now();
+        for handle in others {
+            let synced = handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            result = result.and(synced);
+        }
+        result
+    })
+}
+
 /// A file of the state dir, with its path for error messages.
 pub(crate) struct StoreFile {
     file: File,
@@ -494,11 +551,13 @@ impl StoreFile {
     /// Makes the file's data and size durable (not its name: see [`Dir::sync`]).
     pub fn sync(&self) -> Result<()> {
         if step(Step::Sync(self))? == Real::Yes {
-            self.file
-                .sync_data()
-                .map_err(|e| Error::io(&self.path, e))?;
+            self.sync_now()?;
         }
         Ok(())
+    }
+
+    fn sync_now(&self) -> Result<()> {
+        self.file.sync_data().map_err(|e| Error::io(&self.path, e))
     }
 
     /// Overwrites `[from, len)` with zeros (not synced).
