@@ -679,9 +679,24 @@ impl Store {
         r: &mut [i32],
     ) -> Result<()> {
         let (file, at) = self.place_of(entry.pos, &BTreeMap::new())?;
-        let f = part.get(&self.dir, &file)?;
+        let f = self.file_at(part, &file, entry.pos)?;
         f.read_at(&mut buf.sealed, at)?;
         self.open_record(&file, id, entry, &buf.sealed, &mut buf.payload, q, r)
+    }
+
+    /// The file `name` that holds location `loc`: the journal's own descriptor for a record in
+    /// the journal (a rewrite reads from it for every bucket, between their old files), else
+    /// `part`'s.
+    fn file_at<'a>(
+        &'a self,
+        part: &'a mut OpenPart,
+        name: &str,
+        loc: u64,
+    ) -> Result<&'a StoreFile> {
+        match loc & IN_JOURNAL {
+            0 => part.get(&self.dir, name),
+            _ => Ok(self.journal.file()),
+        }
     }
 
     /// Scratch space for [`Store::read_record`], sized for this state dir's records.
@@ -758,7 +773,7 @@ impl Store {
         let mut part = OpenPart::default();
         for (id, entry) in live {
             let (file, at) = self.place_of(entry.pos, versions)?;
-            let handle = part.get(&self.dir, &file)?;
+            let handle = self.file_at(&mut part, &file, entry.pos)?;
             let bytes: &[u8] = if entry.pos & IN_JOURNAL == 0 {
                 let (b, _) = split_loc(entry.pos);
                 let first = bucket_record_at(&self.sealer, self.buckets[&b].count, rec as u64, 0);
