@@ -488,12 +488,17 @@ pub fn sync_all(files: &[StoreFile]) -> Result<()> {
         return Ok(());
     };
     std::thread::scope(|scope| {
-        let others: Vec<_> = others
-            .iter()
-            .map(|f| scope.spawn(move || f.sync_now()))
-            .collect();
-        let mut result = mine.sync_now();
-        for handle in others {
+        // A file whose thread cannot be started is synced on this one.
+        let mut result = Ok(());
+        let mut handles = Vec::with_capacity(others.len());
+        for &f in others {
+            match std::thread::Builder::new().spawn_scoped(scope, move || f.sync_now()) {
+                Ok(handle) => handles.push(handle),
+                Err(_) => result = result.and(f.sync_now()),
+            }
+        }
+        result = result.and(mine.sync_now());
+        for handle in handles {
             let synced = handle
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
