@@ -454,10 +454,8 @@ mod tests {
         assert!(inverse(&l, &AtomicBool::new(false)).is_some());
     }
 
-    /// A stop set before the canonical solve ends makes it give up; unset, the solve gives
-    /// the bits of the one that cannot be stopped.
-    #[test]
-    fn a_stopped_canonical_solve_gives_up() {
+    /// Statistics of 200 pseudo-random samples, d = 70, C = 3, 16 fractional bits.
+    fn small_stats() -> ExactStats {
         let (d, c, n, one) = (70, 3, 200, 1 << 16);
         let mut state = 7u64;
         let q: Vec<i32> = (0..n * d)
@@ -473,12 +471,33 @@ mod tests {
             .collect();
         let mut stats = ExactStats::new(d, c);
         stats.accumulate(&q, &r, one, 1);
+        stats
+    }
+
+    /// A stop set before the canonical solve ends makes it give up; unset, the solve gives
+    /// the bits of the one that cannot be stopped.
+    #[test]
+    fn a_stopped_canonical_solve_gives_up() {
+        let stats = small_stats();
         let kernel = CanonicalKernel::selected();
         let solve = |stop: bool| {
             canonical_until(&stats, 1.0, 16, kernel, 2, &AtomicBool::new(stop)).unwrap()
         };
         assert!(solve(true).is_none());
         assert!(solve(false) == Some(canonical_with(&stats, 1.0, 16, kernel, 2).unwrap()));
+    }
+
+    /// When no thread can be started, a solve on several threads runs its parts on the
+    /// calling thread and gives the same bits.
+    #[test]
+    fn a_solve_without_threads_gives_the_same_bits() {
+        let stats = small_stats();
+        let kernel = CanonicalKernel::selected();
+        let one = canonical_with(&stats, 1.0, 16, kernel, 1).unwrap();
+        crate::math::threads::tests::REFUSED.with(|r| r.set(true));
+        let refused = canonical_with(&stats, 1.0, 16, kernel, 3);
+        crate::math::threads::tests::REFUSED.with(|r| r.set(false));
+        assert!(refused.unwrap() == one);
     }
 
     /// Every kernel this CPU runs gives the scalar kernel's bits.

@@ -1,7 +1,7 @@
 //! How many threads one computation of the head's math ([`super::solver`],
 //! [`super::stats`], [`super::woodbury`]) shares its work among.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 /// The most threads one computation uses.
 const MAX_THREADS: usize = 8;
@@ -24,4 +24,84 @@ fn cores() -> usize {
     *CORES.get_or_init(|| {
         std::thread::available_parallelism().map_or(1, |t| t.get().min(MAX_THREADS))
     })
+}
+
+/// Runs `work` on every part, the first on this thread and each other on a thread of its own,
+/// and returns once all are done. A part whose thread cannot be started (the process is at its
+/// limit) runs on this thread after the first: the parts are independent, so only the time
+/// changes.
+pub fn run_parts<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        return;
+    };
+    // Each other part waits in a slot for the thread that takes it, or for this one.
+    let slots: Vec<Mutex<Option<T>>> = parts.map(|part| Mutex::new(Some(part))).collect();
+    let take = |slot: &Mutex<Option<T>>| slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let work = &work;
+    std::thread::scope(|scope| {
+        let mut here = Vec::new();
+        for slot in &slots {
+            let run = move || {
+                if let Some(part) = take(slot) {
+                    work(part);
+                }
+            };
+            if threads_refused()
+                || std::thread::Builder::new()
+                    .spawn_scoped(scope, run)
+                    .is_err()
+            {
+                here.push(slot);
+            }
+        }
+        work(first);
+        for slot in here {
+            if let Some(part) = take(slot) {
+                work(part);
+            }
+        }
+    });
+}
+
+#[cfg(not(test))]
+fn threads_refused() -> bool {
+    false
+}
+
+#[cfg(test)]
+fn threads_refused() -> bool {
+    tests::REFUSED.with(std::cell::Cell::get)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    thread_local! {
+        /// A test hook: [`run_parts`] called on this thread starts no thread, as when the
+        /// process is at its limit.
+        pub(crate) static REFUSED: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Every part runs exactly once, whether its thread starts or not.
+    #[test]
+    fn every_part_runs_once() {
+        for refused in [false, true] {
+            REFUSED.with(|r| r.set(refused));
+            for n in [0, 1, 2, 5] {
+                let runs: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                run_parts((0..n).collect(), |i: usize| {
+                    runs[i].fetch_add(1, Ordering::SeqCst);
+                });
+                assert!(
+                    runs.iter().all(|r| r.load(Ordering::SeqCst) == 1),
+                    "{n} parts"
+                );
+            }
+        }
+        REFUSED.with(|r| r.set(false));
+    }
 }

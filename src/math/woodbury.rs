@@ -328,16 +328,7 @@ fn symmetric_times_with(
         parts.push((xs, os));
         (x_rest, out_rest) = (x_tail, out_tail);
     }
-    let mut parts = parts.into_iter();
-    let Some((xs, os)) = parts.next() else {
-        return;
-    };
-    std::thread::scope(|scope| {
-        for (xs, os) in parts {
-            scope.spawn(move || by_blocks(kernel, block_bytes, m, xs, os));
-        }
-        by_blocks(kernel, block_bytes, m, xs, os);
-    });
+    threads::run_parts(parts, |(xs, os)| by_blocks(kernel, block_bytes, m, xs, os));
 }
 
 /// out[b] += M x[b] for every right-hand side, block of columns by block of columns.

@@ -23,6 +23,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::math::secret::SecretMat;
 use crate::math::stats::products::packed_offset;
+use crate::math::threads::run_parts;
 
 mod tile;
 #[cfg(target_arch = "x86_64")]
@@ -337,18 +338,11 @@ unsafe fn factor_with<K: Bulk>(
         // block's rows, so they are shared among the threads.
         let (done, rest) = a.0.as_mut().split_at_col_mut(j_end);
         let done = done.as_ref();
-        let mut parts = split_rows(rest, threads).into_iter();
-        let Some(mine) = parts.next() else {
-            continue;
-        };
-        // This thread's part goes through the dispatch too: the closure is compiled without
-        // the kernel's target features, and the driver inlined into it would call the C
-        // library's `fma` for every multiply-add outside the bulk.
-        std::thread::scope(|scope| {
-            for part in parts {
-                scope.spawn(move || below(K::KERNEL, done, part, j0));
-            }
-            below(K::KERNEL, done, mine, j0);
+        // Every part goes through the dispatch: the closure is compiled without the kernel's
+        // target features, and the driver inlined into it would call the C library's `fma`
+        // for every multiply-add outside the bulk.
+        run_parts(split_rows(rest, threads), |part| {
+            below(K::KERNEL, done, part, j0)
         });
     }
     Ok(true)
@@ -536,16 +530,9 @@ dispatch!(
 #[inline(always)]
 unsafe fn forward_solve_with<K: Bulk>(m: &Rows, yt: &mut Rows, threads: usize) {
     let m = m.0.as_ref();
-    let mut parts = split_rows(yt.0.as_mut(), threads).into_iter();
-    let Some(mine) = parts.next() else {
-        return;
-    };
     // Through the dispatch, as in `factor_with`.
-    std::thread::scope(|scope| {
-        for part in parts {
-            scope.spawn(move || substitute(K::KERNEL, m, part, 0, false));
-        }
-        substitute(K::KERNEL, m, mine, 0, false);
+    run_parts(split_rows(yt.0.as_mut(), threads), |part| {
+        substitute(K::KERNEL, m, part, 0, false)
     });
 }
 

@@ -20,7 +20,7 @@
 
 use zeroize::Zeroizing;
 
-use crate::math::threads::cores_if;
+use crate::math::threads::{cores_if, run_parts};
 
 /// The most samples an i64 sum may hold: each product is at most 2^48 in magnitude, and
 /// (2^15 − 1) · 2^48 < 2^63.
@@ -148,15 +148,13 @@ fn add_products_with(
     for (n, block) in blocks.into_iter().enumerate() {
         shares[n % threads].push(block);
     }
-    let mut shares = shares.into_iter();
-    let mine = shares.next().unwrap_or_default();
-    std::thread::scope(|scope| {
-        for share in shares {
-            let job = &job;
-            scope.spawn(move || job.dispatch(width, share, &mut []));
-        }
-        job.dispatch(width, mine, b);
-    });
+    // B goes with the first share.
+    let mut b = Some(b);
+    let parts: Vec<_> = shares
+        .into_iter()
+        .map(|share| (share, b.take().unwrap_or_default()))
+        .collect();
+    run_parts(parts, |(share, b)| job.dispatch(width, share, b));
 }
 
 /// Products over at least this many multiply-adds are shared among threads.
