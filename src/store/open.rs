@@ -188,13 +188,19 @@ impl Store {
         };
         if closed {
             // The statistics are found, decrypted and parsed on a second thread while this one
-            // checks and indexes the bucket files: the two are independent.
+            // checks and indexes the bucket files: the two are independent (one after the
+            // other when no thread can be started).
             let (index, found) = std::thread::scope(|scope| {
-                let stats = scope.spawn(|| store.closed_stats(&header));
+                let stats = std::thread::Builder::new()
+                    .spawn_scoped(scope, || store.closed_stats(&header))
+                    .ok();
                 let index = store.index_closed(&versions);
-                let found = stats
-                    .join()
-                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                let found = match stats {
+                    Some(stats) => stats
+                        .join()
+                        .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    None => store.closed_stats(&header),
+                };
                 (index, found)
             });
             let (source, stats, solution) = found?;
