@@ -170,6 +170,8 @@ pub fn bench_learn(
             let td = seconds_of(|| durable.learn_features(&fresh_ids(), &phi, &z, &labels))?;
             let tr = seconds_of(|| durable.weights().map(drop))?;
             durable.settle()?;
+            // Right after a run of the core too, so that both learns meet its spinning threads.
+            memory.core_features(&input, batch)?;
             let tm = seconds_of(|| memory.learn_features(&fresh_ids(), &phi, &z, &labels))?;
             memory.settle()?;
             if rep > 0 {

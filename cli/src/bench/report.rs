@@ -586,9 +586,12 @@ impl BenchReport {
             "## Learn: the head's share\n\n\
              For one batch of real digits: the core's inference (`Head::core_features`), then \
              the head's `learn_features` on those features, durable (state dir, synced) and in \
-             memory. The last column is `Head::weights` called right after the durable learn \
-             returned: the wait until the canonical weights are ready (their re-solve starts on \
-             another thread when the learn returns).\n\n\
+             memory, each right after a run of the core, as an application learns what it has \
+             just run the core on (ONNX Runtime's threads keep spinning for a while after a \
+             run, and slow the head's own threads then). The last column is `Head::weights` \
+             called right after the durable learn returned: the wait until the canonical \
+             weights are ready (their re-solve starts on another thread when the learn \
+             returns).\n\n\
              | bundle | batch | core | head, durable | share | head, in memory | share | canonical weights ready after |\n\
              | --- | --- | --- | --- | --- | --- | --- | --- |\n",
         );
