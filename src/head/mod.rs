@@ -1028,40 +1028,33 @@ impl Inner {
 
     /// The canonical solution for `stats`, on every core (a caller waits for it).
     fn canonical_of(&self, stats: &ExactStats) -> Result<Solution> {
-        let never = AtomicBool::new(false);
+        let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
         let threads = solver::threads_for(stats.dim() + 1);
-        self.canonical_until(stats, threads, &never)
-            .map(|solved| solved.expect("nothing stops it"))
+        solver::canonical_with(
+            stats,
+            lambda,
+            frac_bits,
+            CanonicalKernel::selected(),
+            threads,
+        )
+        .map_err(|_| self.not_positive_definite())
     }
 
     /// The canonical solution for `stats` in the background: on its one thread (leaving the
     /// other cores to the callers), given up (`None`) once the head is closing, so that the
     /// close solves on every core rather than wait for it.
     fn canonical_in_background(&self, stats: &ExactStats) -> Result<Option<Solution>> {
-        self.canonical_until(stats, 1, &self.stop)
+        let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
+        let kernel = CanonicalKernel::selected();
+        solver::canonical_until(stats, lambda, frac_bits, kernel, 1, &self.stop)
+            .map_err(|_| self.not_positive_definite())
     }
 
-    fn canonical_until(
-        &self,
-        stats: &ExactStats,
-        threads: usize,
-        stop: &AtomicBool,
-    ) -> Result<Option<Solution>> {
-        let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
-        solver::canonical_until(
-            stats,
-            lambda,
-            frac_bits,
-            CanonicalKernel::selected(),
-            threads,
-            stop,
-        )
-        .map_err(|_| {
-            Error::Limit(format!(
-                "A is not numerically positive definite at λ = {}; increase lambda",
-                self.spec.lambda
-            ))
-        })
+    fn not_positive_definite(&self) -> Error {
+        Error::Limit(format!(
+            "A is not numerically positive definite at λ = {}; increase lambda",
+            self.spec.lambda
+        ))
     }
 
     /// The state, with the canonical solution current: waits for the background re-solve when
