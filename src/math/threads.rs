@@ -1,5 +1,6 @@
 //! How many threads one computation of the head's math ([`super::solver`],
-//! [`super::stats`], [`super::woodbury`]) shares its work among.
+//! [`super::stats`], [`super::woodbury`]) shares its work among, and how work is shared among
+//! threads (also the state dir's syncs).
 
 use std::sync::{Mutex, OnceLock};
 

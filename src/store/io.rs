@@ -15,8 +15,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::math::threads::run_parts;
 
 /// Zeros are written in pieces of this size.
 const ZERO_CHUNK: usize = 1 << 20;
@@ -380,21 +382,15 @@ impl Dir {
     /// (not synced: the caller syncs the dir). Refused, untouched, unless provably Lethe's (see
     /// [`Dir::open_file`]). Returns whether there was one.
     pub fn scrub(&self, name: &str) -> Result<bool> {
-        let Some(f) = self.open_file(name)? else {
-            return Ok(false);
-        };
-        f.scrub_in_place()?;
-        drop(f);
-        self.remove(OsStr::new(name))?;
-        Ok(true)
+        Ok(self.scrub_all(&[name])? == 1)
     }
 
     /// [`Dir::scrub`] for each of `names` that exists, with the syncs of their zeros in flight
-    /// together ([`sync_all`]).
-    pub fn scrub_all(&self, names: &[String]) -> Result<()> {
+    /// together ([`sync_all`]). Returns how many there were.
+    pub fn scrub_all(&self, names: &[impl AsRef<str>]) -> Result<usize> {
         let mut found = Vec::with_capacity(names.len());
         let mut files = Vec::with_capacity(names.len());
-        for name in names {
+        for name in names.iter().map(AsRef::as_ref) {
             if let Some(f) = self.open_file(name)? {
                 f.zero_from(0)?;
                 found.push(name);
@@ -402,12 +398,13 @@ impl Dir {
             }
         }
         sync_all(&files)?;
+        let count = files.len();
         for (name, f) in found.into_iter().zip(files) {
             f.set_len(0)?;
             drop(f);
             self.remove(OsStr::new(name))?;
         }
-        Ok(())
+        Ok(count)
     }
 
     /// Removes the empty dir itself and syncs its parent. `false`: it is not empty (or is
@@ -484,28 +481,16 @@ pub fn sync_all(files: &[StoreFile]) -> Result<()> {
             real.push(f);
         }
     }
-    let Some((mine, others)) = real.split_last() else {
-        return Ok(());
-    };
-    std::thread::scope(|scope| {
-        // A file whose thread cannot be started is synced on this one.
-        let mut result = Ok(());
-        let mut handles = Vec::with_capacity(others.len());
-        for &f in others {
-            match std::thread::Builder::new().spawn_scoped(scope, move || f.sync_now()) {
-                Ok(handle) => handles.push(handle),
-                Err(_) => result = result.and(f.sync_now()),
-            }
+    // The first error is kept.
+    let result = Mutex::new(Ok(()));
+    run_parts(real, |f| {
+        let synced = f.sync_now();
+        let mut result = result.lock().unwrap_or_else(|e| e.into_inner());
+        if result.is_ok() {
+            *result = synced;
         }
-        result = result.and(mine.sync_now());
-        for handle in handles {
-            let synced = handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            result = result.and(synced);
-        }
-        result
-    })
+    });
+    result.into_inner().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A file of the state dir, with its path for error messages.
