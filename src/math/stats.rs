@@ -32,6 +32,58 @@ const DIRECT_BELOW: usize = 12;
 /// this many, and of at most [`EXACT_ROWS`] samples.
 const BLOCK_BYTES: usize = 32 << 20;
 
+/// Adds (`sign` = 1) or subtracts (−1) one sample's products to the i64 deltas: `a` (the lower
+/// triangle, column by column) += sign · x xᵀ and `b` (p × C, row-major) += sign · x rᵀ, for
+/// x = [q; 2^F] and r of at most 2^24 in magnitude: each product is exact in i64, and a delta
+/// sums at most [`EXACT_ROWS`] of them (no overflow). Compiled for the widest vectors the CPU
+/// has, where an i32 × i32 → i64 product is one instruction for several entries.
+fn add_sample(a: &mut [i64], b: &mut [i64], x: &[i32], r: &[i32], sign: i32) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has AVX-512F.
+        unsafe { add_sample_avx512(a, b, x, r, sign) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2.
+        unsafe { add_sample_avx2(a, b, x, r, sign) };
+        return;
+    }
+    add_sample_any(a, b, x, r, sign);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn add_sample_avx512(a: &mut [i64], b: &mut [i64], x: &[i32], r: &[i32], sign: i32) {
+    add_sample_any(a, b, x, r, sign);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn add_sample_avx2(a: &mut [i64], b: &mut [i64], x: &[i32], r: &[i32], sign: i32) {
+    add_sample_any(a, b, x, r, sign);
+}
+
+#[inline(always)]
+fn add_sample_any(a: &mut [i64], b: &mut [i64], x: &[i32], r: &[i32], sign: i32) {
+    let (p, c) = (x.len(), r.len());
+    let mut off = 0;
+    for j in 0..p {
+        let xj = (sign * x[j]) as i64;
+        for (a, &xi) in a[off..off + p - j].iter_mut().zip(&x[j..]) {
+            *a += xi as i64 * xj;
+        }
+        off += p - j;
+    }
+    for (i, &xi) in x.iter().enumerate() {
+        let xi = (sign * xi) as i64;
+        for (b, &rc) in b[i * c..(i + 1) * c].iter_mut().zip(r) {
+            *b += xi * rc as i64;
+        }
+    }
+}
+
 /// A and B of one head, as exact integers in units of 2^(−2F); zeroized when dropped (G4).
 #[derive(Clone)]
 pub struct ExactStats {
@@ -244,31 +296,18 @@ impl ExactStats {
             self.fold();
         }
         self.delta_rows += k;
-        let sign = sign as i64;
-        let mut x = Zeroizing::new(vec![0i64; self.p]);
+        let sign = sign as i32;
+        let mut x = Zeroizing::new(vec![0i32; self.p]);
         for s in 0..k {
-            for (xi, &v) in x.iter_mut().zip(&q[s * d..(s + 1) * d]) {
-                *xi = v as i64;
-            }
-            x[d] = one as i64;
-            // Each product is at most 2^48 and a delta sums at most EXACT_ROWS of them: no
-            // overflow.
-            for j in 0..self.p {
-                let off = self.offset(j);
-                let xj = sign * x[j];
-                for (a, &xi) in self.a_delta[off..off + self.p - j].iter_mut().zip(&x[j..]) {
-                    *a += xi * xj;
-                }
-            }
-            for (i, &xi) in x.iter().enumerate() {
-                let xi = sign * xi;
-                for (b, &rc) in self.b_delta[i * c..(i + 1) * c]
-                    .iter_mut()
-                    .zip(&r[s * c..(s + 1) * c])
-                {
-                    *b += xi * rc as i64;
-                }
-            }
+            x[..d].copy_from_slice(&q[s * d..(s + 1) * d]);
+            x[d] = one;
+            add_sample(
+                &mut self.a_delta,
+                &mut self.b_delta,
+                &x,
+                &r[s * c..(s + 1) * c],
+                sign,
+            );
         }
         if sign > 0 {
             self.n += k as u64;
@@ -397,6 +436,70 @@ mod tests {
         }
         for v in cases {
             assert_eq!(to_f64(v).to_bits(), (v as f64).to_bits(), "{v}");
+        }
+    }
+
+    /// Each compiled version of [`add_sample`] this CPU runs gives the exact products, at ±2^24
+    /// (the largest stored values) and at random values, adding and subtracting.
+    #[test]
+    fn every_add_sample_kernel_is_exact() {
+        type Kernel = fn(&mut [i64], &mut [i64], &[i32], &[i32], i32);
+        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", add_sample_any)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2.
+                kernels.push(("avx2", |a, b, x, r, s| unsafe {
+                    add_sample_avx2(a, b, x, r, s)
+                }));
+            }
+            if is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F.
+                kernels.push(("avx512", |a, b, x, r, s| unsafe {
+                    add_sample_avx512(a, b, x, r, s)
+                }));
+            }
+        }
+        let (p, c) = (37, 5);
+        let mut rng = StdRng::seed_from_u64(7);
+        let limit = 1i32 << 24;
+        let mut samples: Vec<(Vec<i32>, Vec<i32>)> = vec![
+            (vec![limit; p], vec![-limit; c]),
+            (vec![-limit; p], vec![limit; c]),
+        ];
+        for _ in 0..4 {
+            samples.push((
+                (0..p).map(|_| rng.random_range(-limit..=limit)).collect(),
+                (0..c).map(|_| rng.random_range(-limit..=limit)).collect(),
+            ));
+        }
+        for (name, kernel) in kernels {
+            let (mut a, mut b) = (vec![0i64; p * (p + 1) / 2], vec![0i64; p * c]);
+            let (mut a_ref, mut b_ref) = (vec![0i128; a.len()], vec![0i128; b.len()]);
+            for (n, (x, r)) in samples.iter().enumerate() {
+                let sign = if n % 3 == 2 { -1 } else { 1 };
+                kernel(&mut a, &mut b, x, r, sign);
+                let mut at = 0;
+                for j in 0..p {
+                    for i in j..p {
+                        a_ref[at] += sign as i128 * x[i] as i128 * x[j] as i128;
+                        at += 1;
+                    }
+                }
+                for i in 0..p {
+                    for k in 0..c {
+                        b_ref[i * c + k] += sign as i128 * x[i] as i128 * r[k] as i128;
+                    }
+                }
+            }
+            assert!(
+                a.iter().zip(&a_ref).all(|(&v, &e)| v as i128 == e),
+                "{name}: A"
+            );
+            assert!(
+                b.iter().zip(&b_ref).all(|(&v, &e)| v as i128 == e),
+                "{name}: B"
+            );
         }
     }
 

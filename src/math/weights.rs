@@ -32,18 +32,35 @@ pub struct Weights {
 
 /// The served (f32) weights of Θ = [W b]ᵀ (p × C) for d features.
 pub fn to_served(theta: &Mat<f64>, d: usize) -> ServedWeights {
-    let c = theta.ncols();
-    ServedWeights {
-        w: Array2::from_shape_fn((c, d), |(i, j)| theta[(j, i)] as f32),
-        b: (0..c).map(|i| theta[(d, i)] as f32).collect(),
-    }
+    let (w, b) = split(theta, d, |v| v as f32);
+    ServedWeights { w, b }
 }
 
 /// The f64 weights of Θ = [W b]ᵀ (p × C) for d features.
 pub fn to_weights(theta: &Mat<f64>, d: usize) -> Weights {
+    let (w, b) = split(theta, d, |v| v);
+    Weights { w, b }
+}
+
+/// W (C × d, row-major) and b of Θ = [W b]ᵀ, each value converted by `f`: a column of Θ (its
+/// contiguous storage) becomes a row of W and an entry of b.
+fn split<T: Copy + Default>(
+    theta: &Mat<f64>,
+    d: usize,
+    f: impl Fn(f64) -> T,
+) -> (Array2<T>, Vec<T>) {
     let c = theta.ncols();
-    Weights {
-        w: Array2::from_shape_fn((c, d), |(i, j)| theta[(j, i)]),
-        b: (0..c).map(|i| theta[(d, i)]).collect(),
+    let mut w = Array2::from_elem((c, d), T::default());
+    let mut b = Vec::with_capacity(c);
+    for (i, mut row) in w.rows_mut().into_iter().enumerate() {
+        let column = theta.col_as_slice(i);
+        let row = row
+            .as_slice_mut()
+            .expect("a row of a standard-layout array");
+        for (out, &v) in row.iter_mut().zip(&column[..d]) {
+            *out = f(v);
+        }
+        b.push(f(column[d]));
     }
+    (w, b)
 }
