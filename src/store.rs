@@ -21,22 +21,24 @@
 //!   lists the bucket records released since their files were written, and holds, in the
 //!   encrypted case, the data key wrapped by the application's key; its entries hold every
 //!   change since: the records learned, and the places of the samples forgotten.
-//! - `stats.bin`: the exact statistics A and B (i128), the canonical Cholesky factor L and
-//!   weights Θ (f64), sealed, and an xxh3-128 of the file. It makes opening cheap: no
-//!   O(n·d²) recomputation and no O(p³) factorization. It is current only when the journal's
-//!   base names it and the journal has no entries and no released records.
+//! - `stats.bin`: the exact statistics A and B (i128), sealed, and an xxh3-128 of the file. It
+//!   makes opening cheap: no O(n·d²) recomputation (the open solves the canonical weights from
+//!   it, O(p³)). It holds nothing computed from the statistics, so a close solves nothing. It
+//!   is current only when the journal's base names it and the journal has no entries and no
+//!   released records. One written by an earlier build also holds L and Θ (its header's
+//!   algorithm word says so); they are not used, and the next close rewrites the file.
 //!
 //! Sealing (`src/store/seal.rs`) is an xxh3-64 checksum in a state dir without a key, and
 //! XChaCha20-Poly1305 under the dir's data key with one: then everything derived from user
-//! data (records, ids, labels, statistics, factor, weights, the journal's entries and base)
+//! data (records, ids, labels, statistics, the journal's entries and base)
 //! is ciphertext; plaintext are the headers (sizes, counts, checksums), each bucket's sample
 //! count, `meta.json`, and which bucket, position or entry is which.
 //!
 //! The dir is created 0700 (its parent synced, so that it survives a power loss) and its files
 //! 0600. A closed state dir is a pure function of its sample set (G2): `meta.json`, the
-//! journal (no entries, its base naming the files), `stats.bin` (the exact sums and the
-//! canonical solution) and one bucket file per non-empty bucket (its live samples in id
-//! order); no file's size depends on how many samples there once were. With a key, the same
+//! journal (no entries, its base naming the files), `stats.bin` (the exact sums) and one bucket
+//! file per non-empty bucket (its live samples in id order); no file's size depends on how
+//! many samples there once were. With a key, the same
 //! holds for the plaintexts, names and sizes; what differs is random: nonces, salts, the
 //! wrapped data key and the checksums and digests over ciphertext.
 //!

@@ -28,8 +28,9 @@
 //! and inverts that version's A for the fast path (O(p³)), folding the changes up to it into
 //! the correction's base and keeping the later ones: back-to-back calls never queue re-solves,
 //! the background always jumps to the newest version. Calls that must return canonical
-//! weights — [`Head::weights`], [`Head::close`] — finish a pending re-solve themselves first
-//! (a close stops the background's re-solve and inversion and solves on every core itself).
+//! weights — [`Head::weights`], [`Head::receipt`] — finish a pending re-solve themselves first.
+//! A close stops the background's re-solve and inversion and solves nothing: the state dir
+//! keeps only the exact statistics, from which the next open solves.
 //! Served weights before the re-solve differ from canonical by rounding only.
 //!
 //! # Concurrency
@@ -927,9 +928,8 @@ impl Head {
         if !matches!(st.samples, Samples::Stored(_)) {
             return Ok(());
         }
-        self.inner.make_canonical(&mut st)?;
         match std::mem::replace(&mut st.samples, released) {
-            Samples::Stored(store) => store.close(&st.stats, &st.solution),
+            Samples::Stored(store) => store.close(&st.stats),
             Samples::Memory(_) => Ok(()),
         }
     }

@@ -7,7 +7,6 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::error::{Error, Result};
 use crate::math::samples::Entry;
-use crate::math::solver::Solution;
 use crate::math::stats::ExactStats;
 
 use super::format::{
@@ -22,9 +21,9 @@ use super::{bucket_loc, new_salt, open_part, split_loc, OpenPart, Scratch, Store
 
 impl Store {
     /// Persists the canonical state (see the module docs) and releases the state dir.
-    /// `stats` and `solution` must be the head's current, canonical ones. An error means the
-    /// dir is left open (with its journal), and the next open recovers exactly these samples.
-    pub fn close(mut self, stats: &ExactStats, solution: &Solution) -> Result<()> {
+    /// `stats` must be the head's current statistics. An error means the dir is left open
+    /// (with its journal), and the next open recovers exactly these samples.
+    pub fn close(mut self, stats: &ExactStats) -> Result<()> {
         if let Some(reason) = &self.poisoned {
             return Err(Error::state(
                 self.dir.path(),
@@ -35,12 +34,12 @@ impl Store {
             ));
         }
         self.maintain()?;
-        self.compact(Some((stats, solution)))
+        self.compact(Some(stats))
     }
 
     /// Rewrites the state dir in its canonical form, unless it is in it (see the module docs).
     /// On error nothing changed: the journal still describes the state dir.
-    pub(super) fn compact(&mut self, canonical: Option<(&ExactStats, &Solution)>) -> Result<()> {
+    pub(super) fn compact(&mut self, stats: Option<&ExactStats>) -> Result<()> {
         if self.journal.entries() == 0 && self.released.is_empty() && self.stats_current {
             return Ok(());
         }
@@ -53,20 +52,20 @@ impl Store {
         );
         let sealer = self.same_sealer();
         let keys = self.same_keys();
-        self.rewrite(&touched, sealer, keys, canonical)
+        self.rewrite(&touched, sealer, keys, stats)
     }
 
     /// Rewrites the `touched` buckets (every record sealed by `sealer`), and `stats.bin` when
-    /// `canonical` is given, and commits a new journal naming them, with `keys` (see the
+    /// `stats` is given, and commits a new journal naming them, with `keys` (see the
     /// module docs: close, checkpoint, rekey).
     pub(super) fn rewrite(
         &mut self,
         touched: &BTreeSet<usize>,
         sealer: Sealer,
         keys: Option<Keys>,
-        canonical: Option<(&ExactStats, &Solution)>,
+        stats: Option<&ExactStats>,
     ) -> Result<()> {
-        let written = self.write_rewritten(touched, &sealer, keys.as_ref(), canonical);
+        let written = self.write_rewritten(touched, &sealer, keys.as_ref(), stats);
         let (rewritten, parent, mut fresh) = match written {
             Ok(w) => w,
             Err(e) => {
@@ -147,14 +146,14 @@ impl Store {
         Ok(())
     }
 
-    /// Writes the new bucket files, `stats.bin.tmp` (given `canonical`) and `journal.tmp`,
+    /// Writes the new bucket files, `stats.bin.tmp` (given `stats`) and `journal.tmp`,
     /// each synced. Returns the buckets, the new base's parent and the new journal.
     pub(super) fn write_rewritten(
         &self,
         touched: &BTreeSet<usize>,
         sealer: &Sealer,
         keys: Option<&Keys>,
-        canonical: Option<(&ExactStats, &Solution)>,
+        stats: Option<&ExactStats>,
     ) -> Result<(Vec<Rewritten>, u128, Journal)> {
         let mut members: BTreeMap<usize, Vec<(u64, Entry)>> =
             touched.iter().map(|&b| (b, Vec::new())).collect();
@@ -176,12 +175,12 @@ impl Store {
             }
         }
         let mut parent = 0;
-        if let Some((stats, solution)) = canonical {
+        if let Some(stats) = stats {
             let header = Header {
                 extra: stats.n(),
                 ..self.header
             };
-            let bytes = encode_stats(sealer, &header, stats, solution);
+            let bytes = encode_stats(sealer, &header, stats);
             parent = stats_checksum(&bytes).expect("a whole file");
             unsynced.push(self.dir.write_unsynced(STATS_TMP, &bytes)?);
         }

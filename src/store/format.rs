@@ -9,8 +9,7 @@ use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_128, xxh3_64};
 
 use super::seal::{Ad, Sealer, Unsealed};
-use crate::math::secret::{SecretMat, Zeroizing};
-use crate::math::solver::{Solution, ALGORITHM_VERSION};
+use crate::math::secret::Zeroizing;
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 
@@ -227,29 +226,20 @@ impl Header {
 }
 
 /// magic[8] version:u32 algorithm:u32 d:u64 C:u64 meta:u64 extra:u64 seq:u64
-/// xxh3-64(bytes 0..56):u64, where `algorithm` is [`algorithm`]'s word for the file's kind.
+/// xxh3-64(bytes 0..56):u64. The `algorithm` word is 0: no file holds a value the canonical
+/// solve computed (DESIGN.md G7). A `stats.bin` written by an earlier build holds its version
+/// there, beside the L and Θ that build stored (see [`parse_stats`]).
 pub fn encode_header(magic: &[u8; 8], h: &Header) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER_LEN);
     out.extend_from_slice(magic);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&algorithm(magic).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
     for v in [h.dim as u64, h.classes as u64, h.meta, h.extra, h.seq] {
         out.extend_from_slice(&v.to_le_bytes());
     }
     let sum = xxh3_64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
-}
-
-/// The header's `algorithm` word: in `stats.bin`, the version of the canonical solve that
-/// computed its L and Θ (a reader with another version would hold different bits, DESIGN.md
-/// G7); 0 in the other files.
-fn algorithm(magic: &[u8; 8]) -> u32 {
-    if magic == STATS_MAGIC {
-        ALGORITHM_VERSION
-    } else {
-        0
-    }
 }
 
 /// Checks a header against what the spec and `meta.json` say; returns it (`extra` and `seq`
@@ -277,13 +267,8 @@ pub fn parse_header(bytes: &[u8], magic: &[u8; 8], expect: &Header) -> Parsed<He
             "format version {version}; this build reads version {FORMAT_VERSION}"
         ));
     }
-    if u32_at(h, 12) != algorithm(magic) {
-        return Err(format!(
-            "its canonical solution was computed by solver algorithm version {}; this build \
-             computes version {}",
-            u32_at(h, 12),
-            algorithm(magic)
-        ));
+    if magic != STATS_MAGIC && u32_at(h, 12) != 0 {
+        return Err(format!("its algorithm word is {}, not 0", u32_at(h, 12)));
     }
     let found = Header {
         dim: u64_at(h, 16) as usize,
@@ -437,11 +422,17 @@ pub fn parse_bucket_head(bytes: &[u8], expect: &Header) -> Parsed<BucketRef> {
     })
 }
 
-/// Size of `stats.bin`'s payload for d, C.
+/// Size of `stats.bin`'s payload for d, C: A's packed lower triangle and B, as i128.
 fn stats_payload_len(dim: usize, classes: usize) -> usize {
     let p = dim + 1;
-    let tri = p * (p + 1) / 2;
-    16 * (tri + p * classes) + 8 * (tri + p * classes)
+    16 * (p * (p + 1) / 2 + p * classes)
+}
+
+/// Size of the payload of a `stats.bin` written by an earlier build: A and B, then L's lower
+/// triangle and Θ as f64.
+fn legacy_stats_payload_len(dim: usize, classes: usize) -> usize {
+    let p = dim + 1;
+    stats_payload_len(dim, classes) + 8 * (p * (p + 1) / 2 + p * classes)
 }
 
 /// Size of `stats.bin` for d, C.
@@ -453,16 +444,11 @@ pub fn stats_ad(header: &[u8]) -> Ad {
     Ad::new(b"STAT").bytes(header)
 }
 
-/// `stats.bin`: header (extra = n), then sealed: A's packed lower triangle (i128), B (p × C,
-/// i128), L's lower triangle column by column (f64), Θ (p × C, f64); then the xxh3-128 of
-/// everything before, which the journal's base names it by.
-pub fn encode_stats(
-    sealer: &Sealer,
-    header: &Header,
-    stats: &ExactStats,
-    sol: &Solution,
-) -> Zeroizing<Vec<u8>> {
-    let (p, c) = (header.dim + 1, header.classes);
+/// `stats.bin`: header (extra = n), then sealed: A's packed lower triangle (i128) and B (p × C,
+/// i128), the exact statistics and nothing computed from them; then the xxh3-128 of everything
+/// before, which the journal's base names it by.
+pub fn encode_stats(sealer: &Sealer, header: &Header, stats: &ExactStats) -> Zeroizing<Vec<u8>> {
+    let c = header.classes;
     let head = encode_header(STATS_MAGIC, header);
     let mut out = Zeroizing::new(vec![0u8; stats_len(sealer, header.dim, c)]);
     let sealed_end = out.len() - 16;
@@ -471,25 +457,12 @@ pub fn encode_stats(
     // of its size would cost as much again in fresh memory, copying and zeroizing.
     let sealed = &mut out[HEADER_LEN..sealed_end];
     let body = sealer.body_of(stats_payload_len(header.dim, c));
-    let mut at = body.start;
-    let mut put = |bytes: &[u8]| {
-        sealed[at..at + bytes.len()].copy_from_slice(bytes);
-        at += bytes.len();
-    };
-    for v in stats.a_values().chain(stats.b_values()) {
-        put(&v.to_le_bytes());
+    for (place, v) in sealed[body.clone()]
+        .chunks_exact_mut(16)
+        .zip(stats.a_values().chain(stats.b_values()))
+    {
+        place.copy_from_slice(&v.to_le_bytes());
     }
-    for j in 0..p {
-        for i in j..p {
-            put(&sol.l[(i, j)].to_le_bytes());
-        }
-    }
-    for i in 0..p {
-        for k in 0..c {
-            put(&sol.theta[(i, k)].to_le_bytes());
-        }
-    }
-    debug_assert_eq!(at, body.end, "the payload fills its place");
     sealer.seal_in_place(&stats_ad(&head), sealed);
     let sum = xxh3_128(&out[..sealed_end]);
     out[sealed_end..].copy_from_slice(&sum.to_le_bytes());
@@ -503,20 +476,29 @@ pub fn stats_checksum(bytes: &[u8]) -> Option<u128> {
 }
 
 /// Parses `stats.bin`, opening its sealed part in place in `bytes`; `one` is the fixed-point
-/// 1 (A's bias corner must be n · one²).
+/// 1 (A's bias corner must be n · one²). Also reads a `stats.bin` written by an earlier build
+/// (its header's algorithm word not 0), whose L and Θ after A and B are authenticated with the
+/// rest and not used: the statistics come with whether the file is such a one (`true`), which
+/// the next close then rewrites.
 pub fn parse_stats(
     sealer: &Sealer,
     bytes: &mut [u8],
     expect: &Header,
     one: i32,
-) -> Parsed<(ExactStats, Solution)> {
+) -> Parsed<(ExactStats, bool)> {
     let found = parse_header(bytes, STATS_MAGIC, expect)?;
     if found.seq != 0 {
         return Err("its header has a journal seq".into());
     }
     let n = found.extra;
     let (d, c) = (expect.dim, expect.classes);
-    let len = stats_len(sealer, d, c);
+    let legacy = u32_at(bytes, 12) != 0;
+    let payload = if legacy {
+        legacy_stats_payload_len(d, c)
+    } else {
+        stats_payload_len(d, c)
+    };
+    let len = HEADER_LEN + sealer.sealed_len(payload) + 16;
     if bytes.len() != len {
         return Err(format!("{} bytes, expected {len}", bytes.len()));
     }
@@ -535,45 +517,19 @@ pub fn parse_stats(
         })?;
     let p = d + 1;
     let tri = p * (p + 1) / 2;
-    let mut at = 0;
-    let mut take = |len: usize| {
-        let s = &plain[at..at + len];
-        at += len;
-        s
-    };
-    let mut i128s = |k: usize| -> Vec<i128> {
-        take(16 * k)
+    let i128s = |from: usize, k: usize| -> Vec<i128> {
+        plain[16 * from..16 * (from + k)]
             .chunks_exact(16)
             .map(|b| i128::from_le_bytes(b.try_into().expect("16 bytes")))
             .collect()
     };
     // Every buffer below is zeroized when dropped, on errors too (G4).
-    let stats =
-        ExactStats::from_parts(d, c, n, i128s(tri), i128s(p * c)).ok_or("inconsistent sizes")?;
+    let stats = ExactStats::from_parts(d, c, n, i128s(0, tri), i128s(tri, p * c))
+        .ok_or("inconsistent sizes")?;
     if stats.a(p - 1, p - 1) != n as i128 * (one as i128 * one as i128) {
         return Err(format!("A's bias entry does not match its {n} samples"));
     }
-    let f64_at = |b: &[u8]| f64::from_le_bytes(b.try_into().expect("8 bytes"));
-    let mut finite = true;
-    let mut l = SecretMat::zeros(p, p);
-    for j in 0..p {
-        for (i, b) in (j..p).zip(take(8 * (p - j)).chunks_exact(8)) {
-            let v = f64_at(b);
-            finite &= v.is_finite();
-            l[(i, j)] = v;
-        }
-        if !(l[(j, j)].is_finite() && l[(j, j)] > 0.0) {
-            return Err(format!(
-                "the Cholesky factor's diagonal entry {j} is not positive"
-            ));
-        }
-    }
-    let theta = take(8 * p * c);
-    if !(finite && theta.chunks_exact(8).all(|b| f64_at(b).is_finite())) {
-        return Err("the solution holds a value that is not finite".into());
-    }
-    let theta = SecretMat::from_fn(p, c, |i, k| f64_at(&theta[8 * (i * c + k)..][..8]));
-    Ok((stats, Solution { l, theta }))
+    Ok((stats, legacy))
 }
 
 #[cfg(test)]

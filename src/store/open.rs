@@ -9,7 +9,6 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::math::samples::{Entry, SampleIndex};
-use crate::math::solver::Solution;
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 
@@ -187,23 +186,27 @@ impl Store {
             poisoned: None,
         };
         if closed {
-            // The statistics are found, decrypted and parsed on a second thread while this one
-            // checks and indexes the bucket files: the two are independent (one after the
-            // other when no thread can be started).
-            let (index, found) = std::thread::scope(|scope| {
-                let stats = std::thread::Builder::new()
-                    .spawn_scoped(scope, || store.closed_stats(&header))
-                    .ok();
+            // The statistics are found, decrypted and parsed, and the canonical solution
+            // solved from them, on a second thread while this one checks and indexes the
+            // bucket files: the two are independent (one after the other when no thread can
+            // be started).
+            let solved = || {
+                let (source, stats, legacy) = store.closed_stats(&header)?;
+                let solution = store.solve(&stats)?;
+                Ok((source, stats, legacy, solution))
+            };
+            let (index, found): (_, Result<_>) = std::thread::scope(|scope| {
+                let stats = std::thread::Builder::new().spawn_scoped(scope, solved).ok();
                 let index = store.index_closed(&versions);
                 let found = match stats {
                     Some(stats) => stats
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                    None => store.closed_stats(&header),
+                    None => solved(),
                 };
                 (index, found)
             });
-            let (source, stats, solution) = found?;
+            let (source, stats, legacy, solution) = found?;
             store.index = index?;
             // Checked: from here on, leftovers first, then files moved into place.
             store.settle(&versions, names)?;
@@ -212,7 +215,8 @@ impl Store {
                 store.dir.sync()?;
             }
             store.journal.resume(&parsed, head.mark)?;
-            store.stats_current = true;
+            // An earlier build's `stats.bin` (with L and Θ) is rewritten by the next close.
+            store.stats_current = !legacy;
             return Ok((store, Loaded { stats, solution }));
         }
         tracing::info!(
@@ -230,7 +234,7 @@ impl Store {
         store.sync_buckets(&stale)?;
         store.journal.resume(&parsed, head.mark)?;
         let solution = store.solve(&stats)?;
-        if let Err(e) = store.compact(Some((&stats, &solution))) {
+        if let Err(e) = store.compact(Some(&stats)) {
             tracing::warn!(
                 "state dir {}: compacting after recovery failed, the head runs on the journal \
                  and compacts at close: {e}",
@@ -240,10 +244,10 @@ impl Store {
         Ok((store, Loaded { stats, solution }))
     }
 
-    /// The statistics and solution of a closed state dir: from the `stats.bin` (or, after a
-    /// crash before its rename, the `stats.tmp`) whose checksum the journal's base names, with
-    /// the name of the file they came from.
-    fn closed_stats(&self, header: &Header) -> Result<(&'static str, ExactStats, Solution)> {
+    /// The statistics of a closed state dir: from the `stats.bin` (or, after a crash before its
+    /// rename, the `stats.tmp`) whose checksum the journal's base names, with the name of the
+    /// file they came from and whether an earlier build wrote it (see [`parse_stats`]).
+    fn closed_stats(&self, header: &Header) -> Result<(&'static str, ExactStats, bool)> {
         let path = self.dir.path();
         let one = self.spec.fixed.one();
         let found = [STATS, STATS_TMP]
@@ -263,9 +267,9 @@ impl Store {
             };
             return Err(corrupt(path, STATS, why));
         };
-        let (stats, solution) = parse_stats(&self.sealer, &mut bytes, header, one)
+        let (stats, legacy) = parse_stats(&self.sealer, &mut bytes, header, one)
             .map_err(|m| corrupt(path, source, m))?;
-        Ok((source, stats, solution))
+        Ok((source, stats, legacy))
     }
 
     /// The index of a closed state dir, checking every bucket file completely. The records are

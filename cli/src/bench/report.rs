@@ -209,16 +209,15 @@ impl BenchReport {
             let p = c.d + 1;
             s += &format!(
                 "- **Close after one forget** ({:.1} % of rewriting every file: {}): the close \
-                 re-solves canonically on every core (stopping the background's one-thread \
-                 re-solve of the forget), then writes and syncs `stats.bin` ({:.1} MB: the \
-                 exact statistics as 16-byte integers, the factor and the weights), the bucket \
-                 file that changed and the journal, and syncs what the forget overwrote. Most \
-                 of the statistics' 16 bytes are sign extension: a variable-length encoding \
-                 would shrink `stats.bin` by an estimated 40 %, and its write and sync with \
-                 it; that is a change of the state dir's format.\n",
+                 writes and syncs `stats.bin` ({:.1} MB: the exact statistics as 16-byte \
+                 integers), the bucket file that changed and the journal, and syncs what the \
+                 forget overwrote; it solves nothing (the weights are solved at open). Most of \
+                 the statistics' 16 bytes are sign extension: a variable-length encoding would \
+                 shrink `stats.bin` by an estimated 40 %, and its write and sync with it; that \
+                 is a change of the state dir's format.\n",
                 100.0 * c.close / c.rewrite,
                 fmt_secs(c.close),
-                ((p * (p + 1) / 2 + p * c.c) * 24) as f64 / 1e6,
+                ((p * (p + 1) / 2 + p * c.c) * 16) as f64 / 1e6,
             );
         }
         let o = &self.open;
@@ -227,7 +226,8 @@ impl BenchReport {
             s += &format!(
                 "- **Open** ({} at n = {}, d = {}, state dir {:.0} MB; reading its files alone \
                  takes {}): `Head::open` checks every bucket file's digest, streaming its records \
-                 (n·d values) through one buffer. Only the statistics, the factor and an id → \
+                 (n·d values) through one buffer, while another thread solves the canonical \
+                 weights from the statistics (O(d³)). Only the statistics, the factor and an id → \
                  slot index are needed to serve and to forget; checking a sample's record only \
                  when it is read (forget, recovery, a compaction) would keep open at O(d² + n), \
                  at the price of finding a damaged record later.\n",
@@ -246,7 +246,7 @@ impl BenchReport {
                 "- **Encryption** (learn {:+.1} %, forget one sample {}, open {}): with a key, \
                  a learn seals each record and the journal entry (XChaCha20-Poly1305, one pass \
                  over the bytes it writes), a forget seals its entry, and open decrypts \
-                 `stats.bin` (the statistics, factor and weights: O(d²) bytes) besides checking \
+                 `stats.bin` (the statistics: O(d²) bytes) besides checking \
                  every bucket file. The differences are milliseconds on a shared machine: \
                  compare them with the spread of the rows above before reading much into \
                  them.\n",
@@ -617,7 +617,8 @@ impl BenchReport {
             "## Close\n\n\
              On the closed state dir of the forget sweep (n = {}, d = {}, C = {}): `Head::close` \
              right after forgetting one sample (the compaction rewrites the one bucket file \
-             that changed and `stats.bin`, each synced), and what `lethe forget --ids ID` does \
+             that changed and `stats.bin`, the exact statistics, each synced; nothing is \
+             solved), and what `lethe forget --ids ID` does \
              (opening the core and the head, the forget, the close), in this process. Next to them, \
              rewriting every file of the state dir (read, write anew, sync): what a close cost \
              when one samples file held every sample.\n\n\
@@ -671,7 +672,8 @@ impl BenchReport {
             "## Open\n\n\
              `Head::open` of a closed state dir with n = {} samples, d = {}, C = {} ({:.0} MB on \
              disk, warm page cache), with the core already open: the time beyond creating the \
-             ONNX Runtime session. For scale: reading every file of the state dir into memory \
+             ONNX Runtime session, including the canonical solve of the weights from the exact \
+             statistics (`stats.bin` holds nothing else). For scale: reading every file of the state dir into memory \
              (`std::fs::read`), and creating mobilenetv2-imagenet's session (`Core::open`, which \
              also checks the core's sha256 and graph).\n\n\
              | n | d | C | state dir | Head::open | read the files | Core::open (mobilenetv2-imagenet) |\n\
