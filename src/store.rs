@@ -303,7 +303,14 @@ impl Store {
     }
 
     fn solve(&self, stats: &ExactStats) -> Result<Solution> {
-        solver::canonical(stats, self.spec.lambda, self.spec.fixed.frac_bits).map_err(|_| {
+        self.solve_on(stats, solver::threads_for(stats.dim() + 1))
+    }
+
+    /// [`Store::solve`] on up to `threads` threads.
+    fn solve_on(&self, stats: &ExactStats, threads: usize) -> Result<Solution> {
+        let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
+        let kernel = solver::CanonicalKernel::selected();
+        solver::canonical_with(stats, lambda, frac_bits, kernel, threads).map_err(|_| {
             Error::Limit(format!(
                 "A is not numerically positive definite at lambda = {}: the state dir was \
                  written by a version that did not check this; erase it",

@@ -9,6 +9,7 @@ use xxhash_rust::xxh3::{xxh3_128, Xxh3};
 
 use crate::error::{Error, Result};
 use crate::math::samples::{Entry, SampleIndex};
+use crate::math::solver;
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
 
@@ -188,21 +189,23 @@ impl Store {
         if closed {
             // The statistics are found, decrypted and parsed, and the canonical solution
             // solved from them, on a second thread while this one checks and indexes the
-            // bucket files: the two are independent (one after the other when no thread can
-            // be started).
-            let solved = || {
+            // bucket files: the two are independent, and each keeps to its own core (one after
+            // the other, the solve on every core, when no thread can be started).
+            let solved = |threads: usize| {
                 let (source, stats, legacy) = store.closed_stats(&header)?;
-                let solution = store.solve(&stats)?;
+                let solution = store.solve_on(&stats, threads)?;
                 Ok((source, stats, legacy, solution))
             };
             let (index, found): (_, Result<_>) = std::thread::scope(|scope| {
-                let stats = std::thread::Builder::new().spawn_scoped(scope, solved).ok();
+                let stats = std::thread::Builder::new()
+                    .spawn_scoped(scope, || solved(1))
+                    .ok();
                 let index = store.index_closed(&versions);
                 let found = match stats {
                     Some(stats) => stats
                         .join()
                         .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-                    None => solved(),
+                    None => solved(solver::threads_for(header.dim + 1)),
                 };
                 (index, found)
             });
