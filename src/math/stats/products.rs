@@ -148,11 +148,20 @@ fn add_products_with(
     for (n, block) in blocks.into_iter().enumerate() {
         shares[n % threads].push(block);
     }
-    // B goes with the first share.
-    let mut b = Some(b);
+    // B's rows are shared out evenly (in whole tiles): with many classes, B is most of the
+    // work.
+    let mut b_rest = b;
+    let tiles = p.div_ceil(ROW_TILE);
     let parts: Vec<_> = shares
         .into_iter()
-        .map(|share| (share, b.take().unwrap_or_default()))
+        .enumerate()
+        .map(|(t, share)| {
+            let rows = (tiles * t / threads * ROW_TILE).min(p)
+                ..(tiles * (t + 1) / threads * ROW_TILE).min(p);
+            let (this, next) = std::mem::take(&mut b_rest).split_at_mut(rows.len() * c);
+            b_rest = next;
+            (share, (rows, this))
+        })
         .collect();
     run_parts(parts, |(share, b)| job.dispatch(width, share, b));
 }
@@ -178,8 +187,8 @@ impl Job<'_> {
         packed_offset(self.p, j)
     }
 
-    /// [`Job::run`] with the kernel `width` (`b` empty: B is another thread's).
-    fn dispatch(&self, width: Width, blocks: Vec<Block<'_>>, b: &mut [i64]) {
+    /// [`Job::run`] with the kernel `width`, on A's `blocks` and B's rows `b`.
+    fn dispatch(&self, width: Width, blocks: Vec<Block<'_>>, b: Block<'_>) {
         match width {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `available` checked that the CPU has AVX-512F.
@@ -193,25 +202,26 @@ impl Job<'_> {
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,fma")]
-    unsafe fn run_avx512(&self, blocks: Vec<Block<'_>>, b: &mut [i64]) {
+    unsafe fn run_avx512(&self, blocks: Vec<Block<'_>>, b: Block<'_>) {
         self.run::<4, LARGEST_S, AVX512>(blocks, b);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_avx2(&self, blocks: Vec<Block<'_>>, b: &mut [i64]) {
+    unsafe fn run_avx2(&self, blocks: Vec<Block<'_>>, b: Block<'_>) {
         self.run::<2, 4, AVX2>(blocks, b);
     }
 
-    /// Every tile of A's lower triangle in `blocks`, and of B unless `b` is empty, each summed
-    /// over the chunk's samples in registers, then added as i64 (exact: every sum is an
-    /// integer of at most 2^53). Rows past the end (in the last tiles) are clamped to the last
-    /// row and their results dropped.
+    /// Every tile of A's lower triangle in `blocks`, and of B's rows in `b` (a range of rows
+    /// whose start is a multiple of [`ROW_TILE`], and their part of B), each summed over the
+    /// chunk's samples in registers, then added as i64 (exact: every sum is an integer of at
+    /// most 2^53). Rows past the end (in the last tiles) are clamped to the last row and their
+    /// results dropped.
     #[inline(always)]
     fn run<const R: usize, const S: usize, const KERNEL: u8>(
         &self,
         blocks: Vec<Block<'_>>,
-        b: &mut [i64],
+        (b_rows, b): Block<'_>,
     ) {
         let (p, c, k) = (self.p, self.c, self.k);
         let x = |i: usize| &self.xt[i.min(p - 1) * k..(i.min(p - 1) + 1) * k];
@@ -233,17 +243,17 @@ impl Job<'_> {
                 }
             }
         }
-        if c == 0 || b.is_empty() {
+        if c == 0 || b_rows.is_empty() {
             return;
         }
         let r_row = |t: usize| &self.rt[t.min(c - 1) * k..(t.min(c - 1) + 1) * k];
         for c0 in (0..c).step_by(S) {
             let cols: [&[f64]; S] = std::array::from_fn(|s| r_row(c0 + s));
-            for i0 in (0..p).step_by(R) {
+            for i0 in b_rows.clone().step_by(R) {
                 let t = tile::<R, S, KERNEL>(std::array::from_fn(|r| x(i0 + r)), cols, k);
-                for r in (0..R).take_while(|&r| i0 + r < p) {
+                for r in (0..R).take_while(|&r| i0 + r < b_rows.end) {
                     for s in (0..S).take_while(|&s| c0 + s < c) {
-                        b[(i0 + r) * c + c0 + s] += self.sign * t[r][s] as i64;
+                        b[(i0 + r - b_rows.start) * c + c0 + s] += self.sign * t[r][s] as i64;
                     }
                 }
             }
@@ -253,6 +263,9 @@ impl Job<'_> {
 
 /// The widest tile of any kernel: column blocks are a multiple of it.
 const LARGEST_S: usize = 6;
+
+/// A multiple of every kernel's rows per tile (R): B's rows are shared out in multiples of it.
+const ROW_TILE: usize = 4;
 
 /// The most bytes of the column rows one block of A's columns holds (see [`Job::run`]).
 const COLUMN_BLOCK_BYTES: usize = 192 << 10;
