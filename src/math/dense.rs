@@ -7,6 +7,7 @@
 use faer::{Accum, Mat, MatMut, MatRef};
 
 use super::secret::SecretMat;
+use super::threads;
 
 /// `dst ← alpha · lhs · rhs` (`Accum::Replace`) or `dst += alpha · lhs · rhs` (`Accum::Add`).
 /// `dst`'s columns must be contiguous (a column-major matrix or a block of one).
@@ -24,6 +25,33 @@ pub fn product(
         "dst and rhs have the same columns"
     );
     assert_eq!(lhs.ncols(), rhs.nrows(), "lhs's columns are rhs's rows");
+    let (m, n, k) = (dst.nrows(), dst.ncols(), lhs.ncols());
+    let threads = threads::cores_if(m * n * k >= PARALLEL_FROM).min(n.max(1));
+    // dst's columns (and rhs's) shared out among the threads, each a product of its own.
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = dst;
+    for t in 0..threads {
+        let (from, to) = (n * t / threads, n * (t + 1) / threads);
+        let (this, next) = rest.split_at_col_mut(to - from);
+        parts.push((this, rhs.subcols(from, to - from)));
+        rest = next;
+    }
+    threads::run_parts(parts, |(dst, rhs)| {
+        product_part(dst, accum, lhs, rhs, alpha)
+    });
+}
+
+/// Products of at least this many multiply-adds are shared among threads.
+const PARALLEL_FROM: usize = 1 << 22;
+
+/// [`product`] on this thread.
+fn product_part(
+    dst: MatMut<'_, f64>,
+    accum: Accum,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    alpha: f64,
+) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
