@@ -10,56 +10,24 @@ use std::path::Path;
 use std::process::Command;
 
 use lethe::math::solver::{CanonicalKernel, KERNEL_ENV};
-use lethe::FixedPoint;
 use lethe::{Head, HeadOptions, HeadSpec};
-use ndarray::Array2;
+
+mod common;
+use common::synthetic::{self, learn, CORE_SHA256};
 
 const CHILD_DIR: &str = "LETHE_PORTABLE_CHILD";
 /// Not a multiple of the kernels' 8 lanes, and large enough for several 32-wide blocks.
 const D: usize = 70;
 const C: usize = 5;
-const CORE_SHA256: &str = "7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de7e57c0de";
 const LEARNED: std::ops::Range<u64> = 1..121;
 const FORGOTTEN: std::ops::Range<u64> = 40..75;
 
 fn spec() -> HeadSpec {
-    HeadSpec {
-        features: "features".into(),
-        dim: D,
-        classes: (0..C).map(|i| format!("class {i}")).collect(),
-        core_logits: None,
-        lambda: 0.01,
-        target_scale: 1.0,
-        fixed: FixedPoint {
-            frac_bits: 16,
-            feature_max_abs: 8.0,
-            target_max_abs: 16.0,
-        },
-    }
+    synthetic::spec(D, C)
 }
 
 fn open(dir: &Path) -> Head {
     Head::open_detached(spec(), CORE_SHA256, dir, &HeadOptions::default()).unwrap()
-}
-
-/// Features of sample `id`: a common value plus a little noise, so that A is far from
-/// diagonal (splitmix64).
-fn feature(id: u64, j: usize) -> f32 {
-    let mix = |mut x: u64| {
-        x = x.wrapping_add(0x9e3779b97f4a7c15);
-        x = (x ^ (x >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94d049bb133111eb);
-        x ^ (x >> 31)
-    };
-    let u = |x: u64| (mix(x) >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0;
-    3.0 * u(id) + 0.25 * u(id * 1000 + j as u64 + 1)
-}
-
-fn learn(head: &Head, ids: &[u64]) {
-    let phi = Array2::from_shape_fn((ids.len(), D), |(i, j)| feature(ids[i], j));
-    let z = Array2::zeros((ids.len(), C));
-    let labels: Vec<u32> = ids.iter().map(|&id| (id % C as u64) as u32).collect();
-    head.learn_features(ids, &phi, &z, &labels).unwrap();
 }
 
 fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {

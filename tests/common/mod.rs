@@ -1,12 +1,14 @@
 //! Helpers shared by the integration tests (and, by `#[path]`, the command line's tests in
 //! `cli/tests`): where things are, temp dirs, the test data, the one seeded generator; a small
-//! head persisted in a state dir ([`store`]); the GPU and its tolerances ([`cuda`]).
+//! head persisted in a state dir ([`store`]); a head over synthetic features ([`synthetic`]);
+//! the GPU and its tolerances ([`cuda`]).
 //!
 //! Each test crate uses a subset of these, so unused ones are not dead code.
 #![allow(dead_code)]
 
 pub mod cuda;
 pub mod store;
+pub mod synthetic;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
