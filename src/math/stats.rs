@@ -16,9 +16,9 @@
 
 pub(crate) mod products;
 
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
-use super::secret::SecretMat;
+use super::secret::{wipe, SecretMat};
 
 pub use products::EXACT_ROWS;
 
@@ -386,10 +386,10 @@ impl ExactStats {
 
 impl Drop for ExactStats {
     fn drop(&mut self) {
-        self.a.zeroize();
-        self.b.zeroize();
-        self.a_delta.zeroize();
-        self.b_delta.zeroize();
+        wipe(&mut self.a);
+        wipe(&mut self.b);
+        wipe(&mut self.a_delta);
+        wipe(&mut self.b_delta);
     }
 }
 

@@ -1,8 +1,8 @@
 //! A head's weights W (C × d) and b (C): in f64 as solved, and in f32 as served to predictions.
 
+use super::secret::wipe;
 use faer::Mat;
 use ndarray::Array2;
-use zeroize::Zeroize;
 
 /// The f32 weights predictions use: an immutable snapshot, zeroized when dropped (G4).
 #[derive(Debug, Clone, PartialEq)]
@@ -16,8 +16,8 @@ pub struct ServedWeights {
 impl Drop for ServedWeights {
     fn drop(&mut self) {
         let (mut w, _) = std::mem::take(&mut self.w).into_raw_vec_and_offset();
-        w.zeroize();
-        self.b.zeroize();
+        wipe(&mut w);
+        wipe(&mut self.b);
     }
 }
 

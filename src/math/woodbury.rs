@@ -35,7 +35,7 @@ use faer::{Accum, Mat, MatRef};
 use zeroize::Zeroizing;
 
 use super::dense;
-use super::secret::SecretMat;
+use super::secret::{wipe, SecretMat};
 use super::solver;
 use super::threads;
 
@@ -64,6 +64,14 @@ pub struct Woodbury {
     s_inv: SecretMat,
     /// The version each pending row came with, non-decreasing.
     versions: Vec<u64>,
+}
+
+impl Drop for Woodbury {
+    fn drop(&mut self) {
+        // Before `Zeroizing`'s own drop, which then finds nothing left.
+        wipe(&mut self.inverse);
+        wipe(&mut self.z);
+    }
 }
 
 impl Woodbury {
