@@ -36,6 +36,11 @@ pub fn run_parts<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
     let Some(first) = parts.next() else {
         return;
     };
+    if parts.len() == 0 {
+        // One part: no scope to enter (small products on a forget's path come here).
+        work(first);
+        return;
+    }
     // Each other part waits in a slot for the thread that takes it, or for this one.
     let slots: Vec<Mutex<Option<T>>> = parts.map(|part| Mutex::new(Some(part))).collect();
     let take = |slot: &Mutex<Option<T>>| slot.lock().unwrap_or_else(|e| e.into_inner()).take();
