@@ -437,7 +437,12 @@ fn legacy_stats_payload_len(dim: usize, classes: usize) -> usize {
 
 /// Size of `stats.bin` for d, C.
 pub fn stats_len(sealer: &Sealer, dim: usize, classes: usize) -> usize {
-    HEADER_LEN + sealer.sealed_len(stats_payload_len(dim, classes)) + 16
+    stats_file_len(sealer, stats_payload_len(dim, classes))
+}
+
+/// Size of a `stats.bin` whose payload is `payload` bytes: header, sealed payload, checksum.
+fn stats_file_len(sealer: &Sealer, payload: usize) -> usize {
+    HEADER_LEN + sealer.sealed_len(payload) + 16
 }
 
 pub fn stats_ad(header: &[u8]) -> Ad {
@@ -493,12 +498,11 @@ pub fn parse_stats(
     let n = found.extra;
     let (d, c) = (expect.dim, expect.classes);
     let legacy = u32_at(bytes, 12) != 0;
-    let payload = if legacy {
-        legacy_stats_payload_len(d, c)
+    let len = if legacy {
+        stats_file_len(sealer, legacy_stats_payload_len(d, c))
     } else {
-        stats_payload_len(d, c)
+        stats_len(sealer, d, c)
     };
-    let len = HEADER_LEN + sealer.sealed_len(payload) + 16;
     if bytes.len() != len {
         return Err(format!("{} bytes, expected {len}", bytes.len()));
     }
