@@ -5,7 +5,6 @@
 //! The child is this test binary itself, running the ignored test `child` with
 //! `LETHE_PORTABLE_CHILD` set.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
@@ -13,6 +12,7 @@ use lethe::math::solver::{CanonicalKernel, KERNEL_ENV};
 use lethe::{Head, HeadOptions, HeadSpec};
 
 mod common;
+use common::store::files;
 use common::synthetic::{self, learn, CORE_SHA256};
 
 const CHILD_DIR: &str = "LETHE_PORTABLE_CHILD";
@@ -28,17 +28,6 @@ fn spec() -> HeadSpec {
 
 fn open(dir: &Path) -> Head {
     Head::open_detached(spec(), CORE_SHA256, dir, &HeadOptions::default()).unwrap()
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            (name, std::fs::read(e.path()).unwrap())
-        })
-        .collect()
 }
 
 fn retained() -> Vec<u64> {

@@ -4,13 +4,13 @@
 //! leaves it byte-identical to a fresh head's closed state dir (G2): its `stats.bin` then holds
 //! only the exact statistics.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use lethe::{Head, HeadOptions};
 
 mod common;
+use common::store::files;
 use common::synthetic::{self, learn, CORE_SHA256};
 
 const D: usize = 6;
@@ -26,17 +26,6 @@ fn open(dir: &Path) -> Head {
         &HeadOptions::default(),
     )
     .unwrap()
-}
-
-fn files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            (name, std::fs::read(e.path()).unwrap())
-        })
-        .collect()
 }
 
 #[test]
