@@ -401,7 +401,7 @@ fn kinds(hits: &[(&'static str, String)]) -> Vec<&'static str> {
 
 /// What one run of the scan saw: the files while the head was open (the samples in the
 /// journal), once closed (in the bucket files, the statistics in `stats.bin`), and the
-/// needles.
+/// needles (the weights among them: no file holds them).
 fn learn_mnist(
     core: &Arc<Core>,
     dir: &Path,
@@ -424,6 +424,17 @@ fn learn_mnist(
     let needles = needles(&head, &inputs, &labels);
     head.close().unwrap();
     let closed_files = files(dir);
+    // The canonical weights Θ (p × C, row-major, Θ = [W b]ᵀ), which no file may hold.
+    let head = Head::open(core.clone(), dir, &options).unwrap();
+    let w = head.weights().unwrap();
+    head.close().unwrap();
+    let (c, d) = w.w.dim();
+    let theta: Vec<[u8; 8]> = (0..=d)
+        .flat_map(|i| (0..c).map(move |k| (i, k)))
+        .map(|(i, k)| if i < d { w.w[(k, i)] } else { w.b[k] }.to_le_bytes())
+        .collect();
+    let mut needles = needles;
+    needles.windows("f64 weights", &theta, 2);
     (vec![open_files, closed_files], needles)
 }
 
@@ -491,9 +502,9 @@ fn needles(head: &Head, inputs: &[f32], labels: &[u32]) -> Needles {
 
 /// The proof of no plaintext: 64 real MNIST digits learned into an encrypted state dir; no
 /// file Lethe wrote, open or closed, holds any window of any sample's features or targets in
-/// any encoding Lethe uses, nor of the statistics (no file holds the weights: they are solved
-/// from the statistics when the dir is opened). The same scan of a state dir without a key
-/// finds the rows and the statistics, so the scan can see them.
+/// any encoding Lethe uses, nor of the statistics. The same scan of a state dir without a key
+/// finds the rows and the statistics, so the scan can see them; it finds the weights in no
+/// state dir (they are solved from the statistics when the dir is opened, G7).
 #[test]
 fn an_encrypted_state_dir_holds_no_plaintext() {
     let core =
@@ -519,6 +530,10 @@ fn an_encrypted_state_dir_holds_no_plaintext() {
             seen_closed.contains(&kind),
             "the scan misses {kind} in stats.bin"
         );
+    }
+    // G7: no file holds a value the canonical solve computed, with a key or without.
+    for seen in [&seen_open, &seen_closed] {
+        assert!(!seen.contains(&"f64 weights"), "a file holds the weights");
     }
 
     let (sealed, needles) = learn_mnist(&core, &root.path().join("sealed"), Some(key()));
