@@ -20,13 +20,14 @@ use zeroize::Zeroizing;
 
 use super::secret::{wipe, SecretMat};
 
+use products::Chunk;
 pub use products::EXACT_ROWS;
 
 /// The most samples a head may hold (far below where the i128 sums could overflow).
 pub const MAX_SAMPLES: u64 = 1 << 40;
 
 /// Batches smaller than this are added entry by entry, without matrix products.
-const DIRECT_BELOW: usize = 12;
+const DIRECT_BELOW: usize = 4;
 
 /// The most bytes of f64 rows one chunk holds: large batches are split into chunks of at most
 /// this many, and of at most [`EXACT_ROWS`] samples.
@@ -235,50 +236,23 @@ impl ExactStats {
             self.accumulate_direct(q, r, one, sign);
             return;
         }
-        let row = |s: usize| {
-            let features = q[s * d..(s + 1) * d].iter().map(|&v| v as i64);
-            let targets = r[s * c..(s + 1) * c].iter().map(|&v| v as i64);
-            features.chain([one as i64]).chain(targets)
-        };
-        // Fixed capacities (a reallocation would free values unzeroed).
-        // Each chunk's feature rows are padded with zeros (no sample) to whole lane groups.
-        let rows = block.min(k).next_multiple_of(products::LANES);
-        let mut xt = Zeroizing::new(vec![0f64; self.p * rows]);
-        let mut rt = Zeroizing::new(vec![0f64; c * rows]);
-        let mut start = 0;
-        while start < k {
-            let m = products::exact_chunk(self.p + c, block.min(k - start), |s| row(start + s));
-            if self.delta_rows + m > EXACT_ROWS {
+        let mut chunk = Chunk::new(self.p, c, block.min(k));
+        let mut x = Zeroizing::new(vec![one; self.p]);
+        let mut s = 0;
+        while s < k {
+            chunk.clear();
+            while s < k {
+                x[..d].copy_from_slice(&q[s * d..(s + 1) * d]);
+                if !chunk.push(&x, &r[s * c..(s + 1) * c]) {
+                    break;
+                }
+                s += 1;
+            }
+            if self.delta_rows + chunk.len() > EXACT_ROWS {
                 self.fold();
             }
-            // The chunk transposed: one row per feature or target, one value per sample, each
-            // row's padding past the m samples zero (the buffer may hold an earlier chunk's).
-            let padded = m.next_multiple_of(products::LANES);
-            let (xt, rt) = (&mut xt[..self.p * padded], &mut rt[..c * padded]);
-            for row in xt
-                .chunks_exact_mut(padded)
-                .chain(rt.chunks_exact_mut(padded))
-            {
-                row[m..].fill(0.0);
-            }
-            for s in 0..m {
-                for (j, v) in row(start + s).enumerate() {
-                    match j.checked_sub(self.p) {
-                        None => xt[j * padded + s] = v as f64,
-                        Some(t) => rt[t * padded + s] = v as f64,
-                    }
-                }
-            }
-            products::add_products(
-                &mut self.a_delta,
-                &mut self.b_delta,
-                xt,
-                rt,
-                padded,
-                sign as i64,
-            );
-            self.delta_rows += m;
-            start += m;
+            chunk.add_products(&mut self.a_delta, &mut self.b_delta, sign as i64);
+            self.delta_rows += chunk.len();
         }
         if sign > 0 {
             self.n += k as u64;
