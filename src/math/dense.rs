@@ -53,6 +53,25 @@ fn product_part(
     alpha: f64,
 ) {
     #[cfg(target_arch = "x86_64")]
+    if tiles_pay(lhs, rhs, dst.nrows()) && is_x86_feature_detected!("avx512f") {
+        let mut dst = dst;
+        if matches!(accum, Accum::Replace) {
+            dst.fill(0.0);
+        }
+        // The tiles read lhs by columns: a zeroized column-major copy where its columns are not
+        // contiguous.
+        let copy;
+        let lhs = if lhs.row_stride() == 1 {
+            lhs
+        } else {
+            copy = SecretMat::from(lhs.to_owned());
+            copy.as_ref()
+        };
+        // SAFETY: the CPU has AVX-512F; lhs's columns are contiguous.
+        unsafe { x86::product_avx512(dst, lhs, rhs, alpha) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2.
         unsafe { product_avx2(dst, accum, lhs, rhs, alpha) };
@@ -60,6 +79,19 @@ fn product_part(
     }
     product_any(dst, accum, lhs, rhs, alpha);
 }
+
+/// Whether [`product_part`] takes the register tiles: the product is large enough, and either
+/// lhs's columns are contiguous or dst has columns enough to repay copying lhs into columns
+/// (a dot product per entry reads lhs once per column of dst as it is).
+#[cfg(target_arch = "x86_64")]
+fn tiles_pay(lhs: MatRef<'_, f64>, rhs: MatRef<'_, f64>, m: usize) -> bool {
+    let (n, k) = (rhs.ncols(), lhs.ncols());
+    m * n * k >= TILES_FROM && (lhs.row_stride() == 1 || n >= x86::BROADCAST)
+}
+
+/// Products of at least this many multiply-adds take the register tiles.
+#[cfg(target_arch = "x86_64")]
+const TILES_FROM: usize = 1 << 14;
 
 /// [`product_any`] compiled for AVX2, so that its loops are vectorized 4 wide.
 #[cfg(target_arch = "x86_64")]
@@ -137,6 +169,102 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
     }
     let tail: f64 = xr.iter().zip(yr).map(|(a, b)| a * b).sum();
     acc.iter().sum::<f64>() + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use faer::{MatMut, MatRef};
+    use std::arch::x86_64::*;
+
+    /// Rows per tile: two vectors of 8 lanes.
+    const ROWS: usize = 16;
+
+    /// Columns of dst per tile, each a broadcast entry of rhs.
+    pub const BROADCAST: usize = 8;
+
+    /// lhs's columns (rhs's rows) summed per pass over dst: a tile's share of rhs stays in L1.
+    const DEPTH: usize = 256;
+
+    /// lhs's rows per block: a block's share of a pass stays in L2 while dst's columns are
+    /// swept.
+    const BLOCK: usize = 128;
+
+    /// `dst += alpha · lhs · rhs` in register tiles of 16 rows × 8 columns of dst, each the sum
+    /// over a pass of lhs's columns (two vectors) times rhs's entries (broadcast).
+    ///
+    /// Masked lanes (rows past m) are neither read nor written, and every pointer read or
+    /// written through is an entry of its matrix.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; lhs's and dst's columns are contiguous (row stride 1).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn product_avx512(
+        dst: MatMut<'_, f64>,
+        lhs: MatRef<'_, f64>,
+        rhs: MatRef<'_, f64>,
+        alpha: f64,
+    ) {
+        let (m, n, k) = (dst.nrows(), dst.ncols(), lhs.ncols());
+        assert!(
+            lhs.row_stride() == 1 && dst.row_stride() == 1,
+            "contiguous columns"
+        );
+        assert!(lhs.nrows() == m && rhs.nrows() == k && rhs.ncols() == n);
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        let (l_col, d_col) = (lhs.col_stride(), dst.col_stride());
+        let (r_row, r_col) = (rhs.row_stride(), rhs.col_stride());
+        let (lp, rp, dp) = (lhs.as_ptr(), rhs.as_ptr(), dst.as_ptr_mut());
+        let scale = _mm512_set1_pd(alpha);
+        for l0 in (0..k).step_by(DEPTH) {
+            let depth = DEPTH.min(k - l0);
+            for block in (0..m).step_by(BLOCK) {
+                let block_end = (block + BLOCK).min(m);
+                for j0 in (0..n).step_by(BROADCAST) {
+                    let columns = BROADCAST.min(n - j0);
+                    // The tile's columns of rhs from row l0 (past n: the last, dropped).
+                    let r: [*const f64; BROADCAST] = std::array::from_fn(|t| {
+                        let j = (j0 + t).min(n - 1);
+                        rp.wrapping_offset(l0 as isize * r_row + j as isize * r_col)
+                    });
+                    for i0 in (block..block_end).step_by(ROWS) {
+                        let rows = ROWS.min(block_end - i0);
+                        let mask = ((1u32 << rows) - 1) as u16;
+                        let d: [*mut f64; BROADCAST] = std::array::from_fn(|t| {
+                            dp.wrapping_offset((j0 + t) as isize * d_col + i0 as isize)
+                        });
+                        for &to in &d[..columns] {
+                            _mm_prefetch(to.cast(), _MM_HINT_T0);
+                        }
+                        let mut acc = [[_mm512_setzero_pd(); 2]; BROADCAST];
+                        let l_start = lp.wrapping_offset(l0 as isize * l_col + i0 as isize);
+                        for l in 0..depth {
+                            let column = l_start.wrapping_offset(l as isize * l_col);
+                            let u = [
+                                _mm512_maskz_loadu_pd(mask as u8, column),
+                                _mm512_maskz_loadu_pd((mask >> 8) as u8, column.wrapping_add(8)),
+                            ];
+                            for (line, &r) in acc.iter_mut().zip(&r) {
+                                let w = _mm512_set1_pd(*r.wrapping_offset(l as isize * r_row));
+                                line[0] = _mm512_fmadd_pd(u[0], w, line[0]);
+                                line[1] = _mm512_fmadd_pd(u[1], w, line[1]);
+                            }
+                        }
+                        for (line, &to) in acc.iter().zip(&d).take(columns) {
+                            for (half, &sum) in line.iter().enumerate() {
+                                let lanes = (mask >> (8 * half)) as u8;
+                                let to = to.wrapping_add(8 * half);
+                                let old = _mm512_maskz_loadu_pd(lanes, to);
+                                let new = _mm512_fmadd_pd(sum, scale, old);
+                                _mm512_mask_storeu_pd(to, lanes, new);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// The lower triangle of `a` (n × n, symmetric positive definite, read from its lower
@@ -284,7 +412,7 @@ pub(crate) mod tests {
     }
 
     /// Every layout [`product`] meets (plain, transposed operands, blocks) agrees with faer's
-    /// product, for both accumulations.
+    /// product, for both accumulations, in sizes for each of its paths.
     #[test]
     fn products_match_faer_in_every_layout() {
         for (m, n, k) in [
@@ -293,6 +421,12 @@ pub(crate) mod tests {
             (7, 3, 20),
             (129, 5, 9),
             (40, 40, 0),
+            // Register tiles (on AVX-512): partial tiles of rows and columns, several passes
+            // and blocks, one column.
+            (130, 20, 300),
+            (17, 9, 129),
+            (300, 1, 64),
+            (33, 8, 600),
         ] {
             let (a, at) = (matrix(1, m, k), matrix(1, m, k).transpose().to_owned());
             let (b, bt) = (matrix(2, k, n), matrix(2, k, n).transpose().to_owned());
