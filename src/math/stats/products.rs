@@ -186,7 +186,9 @@ impl Aligned {
 
     fn zeros(len: usize) -> Aligned {
         let buffer = Zeroizing::new(vec![0.0; len + Self::LINE / 8]);
-        let start = buffer.as_ptr().align_offset(Self::LINE);
+        // (At most 7 for an f64's alignment; the bound only keeps an odd answer in range:
+        // alignment is for speed, not for correctness.)
+        let start = buffer.as_ptr().align_offset(Self::LINE).min(Self::LINE / 8);
         Aligned { buffer, start, len }
     }
 
@@ -264,7 +266,7 @@ impl Width {
 /// Products over at least this many multiply-adds are shared among threads.
 const PARALLEL_FROM: usize = 1 << 23;
 
-/// [`add_products`] with the kernel `width` on up to `threads` threads.
+/// [`Chunk::add_products`] with the kernel `width` on up to `threads` threads.
 fn add_products_with(
     width: Width,
     threads: usize,
