@@ -171,8 +171,10 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
     acc.iter().sum::<f64>() + tail
 }
 
+/// The AVX-512 register tiles of [`product`], also used by the Woodbury correction's
+/// symmetric product.
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use faer::{MatMut, MatRef};
     use std::arch::x86_64::*;
 
@@ -237,31 +239,65 @@ mod x86 {
                         for &to in &d[..columns] {
                             _mm_prefetch(to.cast(), _MM_HINT_T0);
                         }
-                        let mut acc = [[_mm512_setzero_pd(); 2]; BROADCAST];
                         let l_start = lp.wrapping_offset(l0 as isize * l_col + i0 as isize);
-                        for l in 0..depth {
-                            let column = l_start.wrapping_offset(l as isize * l_col);
-                            let u = [
-                                _mm512_maskz_loadu_pd(mask as u8, column),
-                                _mm512_maskz_loadu_pd((mask >> 8) as u8, column.wrapping_add(8)),
-                            ];
-                            for (line, &r) in acc.iter_mut().zip(&r) {
-                                let w = _mm512_set1_pd(*r.wrapping_offset(l as isize * r_row));
-                                line[0] = _mm512_fmadd_pd(u[0], w, line[0]);
-                                line[1] = _mm512_fmadd_pd(u[1], w, line[1]);
-                            }
-                        }
-                        for (line, &to) in acc.iter().zip(&d).take(columns) {
-                            for (half, &sum) in line.iter().enumerate() {
-                                let lanes = (mask >> (8 * half)) as u8;
-                                let to = to.wrapping_add(8 * half);
-                                let old = _mm512_maskz_loadu_pd(lanes, to);
-                                let new = _mm512_fmadd_pd(sum, scale, old);
-                                _mm512_mask_storeu_pd(to, lanes, new);
-                            }
-                        }
+                        let sums = sum_tile(
+                            depth,
+                            |l| (l_start.wrapping_offset(l as isize * l_col), mask),
+                            |l, t| r[t].wrapping_offset(l as isize * r_row),
+                        );
+                        add_tile(&sums, &d[..columns], mask, scale);
                     }
                 }
+            }
+        }
+    }
+
+    /// A tile's sums: [`BROADCAST`] lines of 16 lanes, two vectors each.
+    pub type Sums = [[__m512d; 2]; BROADCAST];
+
+    /// Line t of the tile is Σ over the `len` steps l of the 16 values at `column(l).0` (those
+    /// of the lanes set in the mask `column(l).1`, the others taken as zero) times the value at
+    /// `entry(l, t)`.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; every unmasked lane of every `column(l)`, and every `entry(l, t)`,
+    /// is readable. Masked lanes are not read.
+    #[inline(always)]
+    pub unsafe fn sum_tile(
+        len: usize,
+        column: impl Fn(usize) -> (*const f64, u16),
+        entry: impl Fn(usize, usize) -> *const f64,
+    ) -> Sums {
+        let mut acc = [[_mm512_setzero_pd(); 2]; BROADCAST];
+        for l in 0..len {
+            let (at, mask) = column(l);
+            let u = [
+                _mm512_maskz_loadu_pd(mask as u8, at),
+                _mm512_maskz_loadu_pd((mask >> 8) as u8, at.wrapping_add(8)),
+            ];
+            for (t, line) in acc.iter_mut().enumerate() {
+                let w = _mm512_set1_pd(*entry(l, t));
+                line[0] = _mm512_fmadd_pd(u[0], w, line[0]);
+                line[1] = _mm512_fmadd_pd(u[1], w, line[1]);
+            }
+        }
+        acc
+    }
+
+    /// `to[t][lane] += scale · sums[t][lane]` for each line t < `to.len()` and each lane set in
+    /// `mask` (one rounding per entry).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; the 16 values from each `to[t]` are writable in every lane set in
+    /// `mask`, and no other `to[t]`'s overlap them. Masked lanes are neither read nor written.
+    #[inline(always)]
+    pub unsafe fn add_tile(sums: &Sums, to: &[*mut f64], mask: u16, scale: __m512d) {
+        for (line, &to) in sums.iter().zip(to) {
+            for (half, &sum) in line.iter().enumerate() {
+                let lanes = (mask >> (8 * half)) as u8;
+                let to = to.wrapping_add(8 * half);
+                let old = _mm512_maskz_loadu_pd(lanes, to);
+                _mm512_mask_storeu_pd(to, lanes, _mm512_fmadd_pd(sum, scale, old));
             }
         }
     }

@@ -37,6 +37,7 @@ use zeroize::Zeroizing;
 use super::dense;
 use super::secret::{wipe, SecretMat};
 use super::solver;
+use super::stats::products::packed_offset;
 use super::threads;
 
 /// The most pending rows a correction keeps; a change that would exceed it is refused (the
@@ -394,13 +395,12 @@ fn symmetric_times_with(
 unsafe fn tiles_avx512(m: &[f64], x: &[&[f64]], out: &mut [&mut [f64]]) {
     use std::arch::x86_64::*;
     const ROWS: usize = 16;
-    const RHS: usize = 8;
+    const RHS: usize = dense::x86::BROADCAST;
     let Some(p) = x.first().map(|x| x.len()) else {
         return;
     };
     assert_eq!(m.len(), p * (p + 1) / 2, "M is p's packed triangle");
     assert!(x.iter().all(|v| v.len() == p) && out.iter().all(|v| v.len() == p));
-    let offset = |j: usize| j * p - (j * j - j) / 2;
     // Each group's pointers (past the group's last right-hand side: its last, never written).
     let groups: Vec<([*const f64; RHS], [*mut f64; RHS], usize)> = x
         .chunks(RHS)
@@ -419,34 +419,23 @@ unsafe fn tiles_avx512(m: &[f64], x: &[&[f64]], out: &mut [&mut [f64]]) {
         let rows = ROWS.min(p - i0);
         let valid = ((1u32 << rows) - 1) as u16;
         for &(xp, op, n) in &groups {
-            let mut acc = [[_mm512_setzero_pd(); 2]; RHS];
-            for j in 0..i0 + rows {
-                // Rows i0 … i0 + 15 of column j, those above the diagonal masked.
-                let mask = valid & !(((1u32 << j.saturating_sub(i0)) - 1) as u16);
-                let at = m.as_ptr().wrapping_add(offset(j) + i0).wrapping_sub(j);
-                let u = [
-                    _mm512_maskz_loadu_pd(mask as u8, at),
-                    _mm512_maskz_loadu_pd((mask >> 8) as u8, at.wrapping_add(8)),
-                ];
-                for (line, &xb) in acc.iter_mut().zip(&xp) {
-                    let w = _mm512_set1_pd(*xb.add(j));
-                    line[0] = _mm512_fmadd_pd(u[0], w, line[0]);
-                    line[1] = _mm512_fmadd_pd(u[1], w, line[1]);
-                }
-            }
-            for (line, &ob) in acc.iter().zip(&op).take(n) {
-                for (half, &sum) in line.iter().enumerate() {
-                    let lanes = (valid >> (8 * half)) as u8;
-                    let to = ob.wrapping_add(i0 + 8 * half);
-                    let old = _mm512_maskz_loadu_pd(lanes, to);
-                    _mm512_mask_storeu_pd(to, lanes, _mm512_add_pd(old, sum));
-                }
-            }
+            // Rows i0 … i0 + 15 of each column j up to them, those above the diagonal masked.
+            let sums = dense::x86::sum_tile(
+                i0 + rows,
+                |j| {
+                    let mask = valid & !(((1u32 << j.saturating_sub(i0)) - 1) as u16);
+                    let at = m.as_ptr().wrapping_add(packed_offset(p, j) + i0);
+                    (at.wrapping_sub(j), mask)
+                },
+                |j, b| xp[b].wrapping_add(j),
+            );
+            let to = op.map(|o| o.wrapping_add(i0));
+            dense::x86::add_tile(&sums, &to[..n], valid, _mm512_set1_pd(1.0));
         }
     }
     for j in 0..p {
         // Column j's entry in row i at `column + i − j`, for the rows i > j.
-        let column = m.as_ptr().add(offset(j));
+        let column = m.as_ptr().add(packed_offset(p, j));
         for &(xp, op, n) in &groups {
             let mut acc = [_mm512_setzero_pd(); RHS];
             // Rows in groups of 8 from a multiple of 8 (so that the right-hand sides' loads
