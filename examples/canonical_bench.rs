@@ -1,5 +1,6 @@
-//! The canonical re-solve (fixed operation order, DESIGN.md G7) against faer's sequential
-//! Cholesky and triangular solves on the same statistics, at d = 128, 1280 and 3136 with
+//! The canonical re-solve (fixed operation order, DESIGN.md G7) and the blocked re-solve
+//! (`solver::blocked`, on every core) against faer's sequential Cholesky and triangular solves
+//! on the same statistics, at d = 128, 1280 and 3136 with
 //! C = 100: median times of interleaved runs and their ratios to faer, for each kernel this CPU
 //! runs on one thread (the scalar one only where it finishes in reasonable time), and for the
 //! fastest on the threads `solver::canonical` uses.
@@ -10,6 +11,7 @@
 
 use std::time::Instant;
 
+use lethe::math::secret::SecretMat;
 use lethe::math::solver::{self, CanonicalKernel};
 use lethe::math::stats::ExactStats;
 use support::{median, quantized_rows, repeats};
@@ -64,11 +66,17 @@ fn main() {
             runs.push((CanonicalKernel::fastest(), threads));
         }
         let mut faer = Vec::new();
+        let mut blocked = Vec::new();
         let mut ours = vec![Vec::new(); runs.len()];
         for _ in 0..repeats {
             let t = Instant::now();
             std::hint::black_box(faer_solve(&s));
             faer.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            let sol = solver::blocked::solve(&s, LAMBDA, FRAC_BITS, SecretMat::zeros(0, 0))
+                .expect("positive definite");
+            std::hint::black_box(sol.theta[(0, 0)]);
+            blocked.push(t.elapsed().as_secs_f64());
             for (&(k, threads), times) in runs.iter().zip(&mut ours) {
                 let t = Instant::now();
                 std::hint::black_box(canonical_solve(&s, k, threads));
@@ -76,7 +84,13 @@ fn main() {
             }
         }
         let faer = median(faer);
-        print!("d = {d:4}: faer {:8.2} ms", faer * 1e3);
+        let blocked = median(blocked);
+        print!(
+            "d = {d:4}: faer {:8.2} ms | blocked {:8.2} ms = {:.2}× faer",
+            faer * 1e3,
+            blocked * 1e3,
+            blocked / faer
+        );
         for (&(k, threads), times) in runs.iter().zip(ours) {
             let t = median(times);
             print!(

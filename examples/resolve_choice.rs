@@ -1,7 +1,7 @@
 //! The ways a head's weights follow a change of k samples: the rank-k update
 //! (`solver::apply`), the fast path's Woodbury correction from the inverse of A
-//! (`Woodbury::apply`, nothing pending) and the canonical re-solve from the statistics
-//! (`solver::canonical`), timed at several d, C and k (medians), next to the choices the cost
+//! (`Woodbury::apply`, nothing pending) and the re-solve from the statistics that a call makes
+//! (`solver::blocked::solve`, on every core), timed at several d, C and k (medians), next to the choices the cost
 //! model makes (`solver::resolve_is_cheaper`) for each update. The model is right when, for
 //! every k, the path it picks takes at most about the time of the other.
 //!
@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use std::sync::atomic::AtomicBool;
 
+use lethe::math::secret::SecretMat;
 use lethe::math::solver::{self, Solution, Update};
 use lethe::math::stats::ExactStats;
 use lethe::math::woodbury::Woodbury;
@@ -25,7 +26,7 @@ const FRAC_BITS: u32 = 16;
 
 fn main() {
     let repeats = repeats(5);
-    println!("rank-k update and correction vs canonical re-solve, median of {repeats}");
+    println!("rank-k update and correction vs the blocked re-solve, median of {repeats}");
     println!(
         "| d | C | k | rank-k update | correction | re-solve | rank-k / re-solve | \
          correction / re-solve | model picks (rank-k) | model picks (correction) |"
@@ -48,7 +49,10 @@ fn main() {
             (0..repeats)
                 .map(|_| {
                     let start = Instant::now();
-                    std::hint::black_box(solver::canonical(&stats, LAMBDA, FRAC_BITS).ok());
+                    std::hint::black_box(
+                        solver::blocked::solve(&stats, LAMBDA, FRAC_BITS, SecretMat::zeros(0, 0))
+                            .ok(),
+                    );
                     start.elapsed().as_secs_f64()
                 })
                 .collect(),

@@ -18,10 +18,13 @@
 //!   caller's thread), while the head holds fewer than 2p samples (forgetting one is then
 //!   ill-conditioned, and the rank-k update keeps more digits), or when the correction
 //!   refuses a change (one that would cost it digits, or too many changes pending);
-//! - the **canonical re-solve** from the integer statistics, on the caller's thread, when the
-//!   cost model ([`solver::resolve_is_cheaper`]) expects it to be faster than the update the
-//!   call would otherwise take (the correction, or the rank-k update, which costs about five
-//!   times as much per sample), so that a call never takes much longer than a re-solve.
+//! - the **blocked re-solve** from the integer statistics ([`solver::blocked`]), on the
+//!   caller's thread and every core, when the cost model ([`solver::resolve_is_cheaper`])
+//!   expects it to be faster than the update the call would otherwise take (the correction, or
+//!   the rank-k update, which costs about five times as much per sample), so that a call never
+//!   takes much longer than a re-solve. It is the canonical solve's math in an order whose
+//!   bulk runs as matrix products, about 1.6 times as fast at d = 1280, and not portable bit
+//!   for bit. A head without a background thread re-solves canonically instead.
 //!
 //! A background thread (one per head) then recomputes the canonical solution from the integer
 //! statistics (sequential Cholesky, O(p³)) and swaps it in if no other call came in meanwhile,
@@ -144,7 +147,7 @@ pub enum UpdatePath {
     /// The incremental rank-k update, the canonical re-solve in the background (which then
     /// inverts nothing).
     RankK,
-    /// The canonical re-solve, in the call.
+    /// The re-solve, in the call (blocked; canonical on a head without a background thread).
     Resolve,
 }
 
@@ -621,8 +624,23 @@ impl Head {
             // The re-solve does not go through the correction, which then no longer covers
             // every change since its base.
             st.fast = None;
-            st.solution = self.inner.canonical_of(&st.stats)?;
-            st.canonical = st.version;
+            // Served while the background restores the canonical solution; re-solved
+            // canonically where there is no background, or should rounding stop the blocked
+            // solve (A meets the condition of both, which does not depend on the order).
+            let blocked = match self.worker {
+                Some(_) => {
+                    let old = std::mem::replace(&mut st.solution.l, SecretMat::zeros(0, 0));
+                    self.inner.blocked_of(&st.stats, old)
+                }
+                None => None,
+            };
+            match blocked {
+                Some(solution) => st.solution = solution,
+                None => {
+                    st.solution = self.inner.canonical_of(&st.stats)?;
+                    st.canonical = st.version;
+                }
+            }
         }
         drop(solve);
         tracing::trace_span!("publish").in_scope(|| self.inner.publish(&st.solution));
@@ -1038,6 +1056,14 @@ impl Inner {
             threads,
         )
         .map_err(|_| self.not_positive_definite())
+    }
+
+    /// The blocked re-solve's solution for `stats`, on every core (a caller waits for it),
+    /// factored in `buffer` (see [`solver::blocked::solve`]); `None` if a pivot was not
+    /// positive.
+    fn blocked_of(&self, stats: &ExactStats, buffer: SecretMat) -> Option<Solution> {
+        let (lambda, frac_bits) = (self.spec.lambda, self.spec.fixed.frac_bits);
+        solver::blocked::solve(stats, lambda, frac_bits, buffer).ok()
     }
 
     /// The canonical solution for `stats` in the background: on its one thread (leaving the

@@ -37,15 +37,16 @@ pub fn product(
         rest = next;
     }
     threads::run_parts(parts, |(dst, rhs)| {
-        product_part(dst, accum, lhs, rhs, alpha)
+        product_here(dst, accum, lhs, rhs, alpha)
     });
 }
 
 /// Products of at least this many multiply-adds are shared among threads.
-const PARALLEL_FROM: usize = 1 << 22;
+pub const PARALLEL_FROM: usize = 1 << 22;
 
-/// [`product`] on this thread.
-fn product_part(
+/// [`product`] on this thread only: for callers that share their work among threads
+/// themselves.
+pub fn product_here(
     dst: MatMut<'_, f64>,
     accum: Accum,
     lhs: MatRef<'_, f64>,
@@ -80,7 +81,7 @@ fn product_part(
     product_any(dst, accum, lhs, rhs, alpha);
 }
 
-/// Whether [`product_part`] takes the register tiles: the product is large enough, and either
+/// Whether [`product_here`] takes the register tiles: the product is large enough, and either
 /// lhs's columns are contiguous or dst has columns enough to repay copying lhs into columns
 /// (a dot product per entry reads lhs once per column of dst as it is).
 #[cfg(target_arch = "x86_64")]

@@ -1,6 +1,6 @@
 //! Solving for the head's weights: Θ = [W b]ᵀ = A⁻¹ B with A = L Lᵀ.
 //!
-//! Two paths, one result up to rounding:
+//! Three paths, one result up to rounding:
 //! - [`canonical`] factors A from the exact integer statistics and solves for Θ in a fixed
 //!   operation order (DESIGN.md G7): L and Θ are a pure function of the integer statistics,
 //!   λ, the fixed-point scale and [`ALGORITHM_VERSION`]. Two heads holding the same samples
@@ -11,6 +11,9 @@
 //!   Θ' = Θ ± A'⁻¹ Xᵀ (T − X Θ). Cost O(k·p² + k·p·C). It uses faer, whose SIMD level and
 //!   blocking depend on the CPU, so its bits are not portable; the head serves its result at
 //!   once and restores the canonical solution off the caller's path (see `crate::head::Head`).
+//! - [`blocked::solve`] re-solves from the statistics as [`canonical`] does, but in blocks whose
+//!   bulk is matrix products in register tiles: faster, and not portable bit for bit. A call
+//!   that re-solves serves it while the canonical solution is restored off its path.
 //!
 //! # The canonical order (algorithm version 1)
 //! Every entry is one dot product of two contiguous rows in a fixed order (its terms split
@@ -38,6 +41,7 @@
 //! reduction tree or the conversion of A and B changes the bits, and must bump
 //! [`ALGORITHM_VERSION`].
 
+pub mod blocked;
 mod fixed_order;
 
 use faer::linalg::cholesky::llt;
@@ -295,34 +299,34 @@ pub enum Update {
     Correction { pending: usize },
 }
 
-/// Whether re-solving canonically from the statistics ([`canonical`], on
-/// [`threads_for`]`(p)` threads) is expected to take less time than `update` for a change of
-/// k samples at size p = d + 1 with C classes.
+/// Whether re-solving from the statistics ([`blocked::solve`], on [`threads_for`]`(p)`
+/// threads) is expected to take less time than `update` for a change of k samples at size
+/// p = d + 1 with C classes.
 ///
-/// The model's terms are each path's dominant work, with weights in nanoseconds fitted by
-/// least squares to timings of all three paths at d from 128 to 2048, C from 10 to 1000 and k
-/// from 1 to 256 (`examples/resolve_choice.rs`, a 2-core AMD EPYC with AVX-512; only the
-/// ratios between the weights matter for the choice):
-/// - the re-solve: the factorization's p³/3 multiply-adds, shared among the threads, and a
-///   term in p·C for the substitutions (it fit the measured times better than their p²·C
-///   multiply-adds: at small p their fixed costs weigh more);
+/// The model's terms are each path's dominant work, with weights in nanoseconds (only the
+/// ratios between them matter for the choice):
+/// - the re-solve: the factorization's p³/3 multiply-adds and the substitutions' p²·C, both
+///   shared among the threads, and its fixed costs: a term in p·C (copies of B and Θ) and a
+///   constant (at small p they weigh most);
 /// - the rank-k update: k·p² for the factor's update and the solves, k·p·C for the residual
 ///   and the step;
 /// - the correction: k·p² for the pass over the inverse, k·p·C for the residual and the step,
 ///   k³ for the k × k system, and 2·m·p·k + m²·k for the m pending rows (at the pass's rate).
 ///
-/// The update paths' weights are fitted to k ≥ 16 (below that the update always wins by far).
-/// Over the 84 measured choices, the path picked was the faster one except near the
-/// crossovers, where it took at most 1.35× the other's time (d = 1280, C = 1000, k = 64).
+/// The update paths' weights were fitted by least squares to timings at d from 128 to 2048,
+/// C from 10 to 1000 and k from 16 to 256 (`examples/resolve_choice.rs`, a 2-core AMD EPYC
+/// with AVX-512); the re-solve's, and the correction's k·p·C term since its register tiles,
+/// to timings on a 2-core Intel Xeon with AVX-512. Over the 84 choices measured there, the path
+/// picked took at most 1.38× the other's time (d = 2048, C = 100, k = 64, near the crossover).
 pub fn resolve_is_cheaper(update: Update, k: usize, p: usize, classes: usize) -> bool {
     let (k, p, c) = (k as f64, p as f64, classes as f64);
     let threads = threads_for(p as usize) as f64;
-    let resolve = 0.063 * p * p * p / 3.0 / threads + 33.0 * p * c;
+    let resolve = (0.07 * p * p * p / 3.0 + 0.09 * p * p * c) / threads + 10.0 * p * c + 20e3;
     let update = match update {
         Update::RankK => k * (0.385 * p * p + 0.30 * p * c),
         Update::Correction { pending } => {
             let m = pending as f64;
-            k * (0.074 * p * p + 0.27 * p * c)
+            k * (0.074 * p * p + 0.06 * p * c)
                 + 0.92 * k * k * k
                 + 0.074 * (2.0 * m * p * k + m * m * k)
         }
@@ -498,6 +502,25 @@ mod tests {
         let refused = canonical_with(&stats, 1.0, 16, kernel, 3);
         crate::math::threads::tests::REFUSED.with(|r| r.set(false));
         assert!(refused.unwrap() == one);
+    }
+
+    /// The blocked re-solve gives the canonical solution up to rounding: the factor and the
+    /// weights within 1e-12 relative, at a size past several of its splits.
+    #[test]
+    fn the_blocked_solve_is_the_canonical_one_up_to_rounding() {
+        let stats = small_stats();
+        let want = canonical_with(&stats, 1.0, 16, CanonicalKernel::Scalar, 1).unwrap();
+        let got = blocked::solve(&stats, 1.0, 16, SecretMat::zeros(0, 0)).unwrap();
+        // A buffer of the right size, full of junk, gives the same bits.
+        let junk = SecretMat::from_fn(71, 71, |i, j| (i * 71 + j) as f64 - 1e3);
+        assert!(blocked::solve(&stats, 1.0, 16, junk).unwrap() == got);
+        for (g, w) in [(&got.l, &want.l), (&got.theta, &want.theta)] {
+            let scale = w.norm_max();
+            assert!((g.as_ref() - w.as_ref()).norm_max() <= 1e-12 * scale);
+        }
+        for j in 1..got.l.nrows() {
+            assert!(got.l.col_as_slice(j)[..j].iter().all(|&v| v == 0.0));
+        }
     }
 
     /// Every kernel this CPU runs gives the scalar kernel's bits.

@@ -16,6 +16,7 @@
 
 pub(crate) mod products;
 
+use faer::Mat;
 use zeroize::Zeroizing;
 
 use super::secret::{wipe, SecretMat};
@@ -293,16 +294,8 @@ impl ExactStats {
     /// A in f64, real units, with the ridge λ added to the diagonal: the matrix to factor.
     /// Each entry is the integer rounded to the nearest f64 (ties to even), times 2^(−2F).
     pub fn a_f64(&self, lambda: f64, frac_bits: u32) -> SecretMat {
-        let unit = (-2.0 * frac_bits as f64).exp2();
+        let mut a = self.a_f64_lower(lambda, frac_bits);
         let p = self.p;
-        let mut a = SecretMat::zeros(p, p);
-        for j in 0..p {
-            let at = self.offset(j)..self.offset(j) + p - j;
-            let (total, delta) = (&self.a[at.clone()], &self.a_delta[at]);
-            for ((v, &t), &e) in a.col_as_slice_mut(j)[j..].iter_mut().zip(total).zip(delta) {
-                *v = to_f64(t + e as i128) * unit;
-            }
-        }
         // The upper triangle mirrors the lower one, in tiles so that the columns read and
         // written stay in cache.
         const TILE: usize = 32;
@@ -315,10 +308,40 @@ impl ExactStats {
                 }
             }
         }
+        a
+    }
+
+    /// [`ExactStats::a_f64`]'s lower triangle (diagonal included); the strict upper triangle
+    /// is zero.
+    pub fn a_f64_lower(&self, lambda: f64, frac_bits: u32) -> SecretMat {
+        let mut a = SecretMat::zeros(self.p, self.p);
+        self.a_f64_lower_into(&mut a, lambda, frac_bits);
+        a
+    }
+
+    /// [`ExactStats::a_f64`]'s lower triangle (diagonal included) written into `a` (p × p, with
+    /// contiguous columns), whose strict upper triangle is left as it was.
+    pub fn a_f64_lower_into(&self, a: &mut Mat<f64>, lambda: f64, frac_bits: u32) {
+        let unit = (-2.0 * frac_bits as f64).exp2();
+        let p = self.p;
+        assert!(a.nrows() == p && a.ncols() == p, "A is p × p");
         for j in 0..p {
+            let at = self.offset(j)..self.offset(j) + p - j;
+            let (total, delta) = (&self.a[at.clone()], &self.a_delta[at]);
+            for ((v, &t), &e) in a.col_as_slice_mut(j)[j..].iter_mut().zip(total).zip(delta) {
+                *v = to_f64(t + e as i128) * unit;
+            }
             a[(j, j)] += lambda;
         }
-        a
+    }
+
+    /// Bᵀ in f64, real units, C × p (rounded as in [`ExactStats::a_f64`]).
+    pub fn bt_f64(&self, frac_bits: u32) -> SecretMat {
+        let unit = (-2.0 * frac_bits as f64).exp2();
+        SecretMat::from_fn(self.classes, self.p, |c, i| {
+            let at = i * self.classes + c;
+            to_f64(self.b[at] + self.b_delta[at] as i128) * unit
+        })
     }
 
     /// B in f64, real units, p × C (rounded as in [`ExactStats::a_f64`]).

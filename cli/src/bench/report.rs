@@ -153,14 +153,13 @@ impl BenchReport {
             any = true;
             s += &format!(
                 "- **Forget of 1 000 samples** ({} durable{} vs the f64 re-solve's {}): the call \
-                 re-solves canonically (the cost model's choice), on every core. It updates the \
-                 exact statistics by the 1 000 rows (k·p²/2 = {:.0} M products: the baseline's \
-                 downdate, in chunks small enough to stay exact), then runs the canonical solve \
-                 in its fixed order (G7); a durable call also reads and overwrites the 1 000 \
-                 records before it returns (G4). Serving a faster, non-canonical factorization \
-                 first and the canonical one after, as a one-sample forget already does, would \
-                 take the canonical solve off the call; the statistics' update must stay on it \
-                 (G4).\n",
+                 re-solves (the cost model's choice) in the blocked order, on every core, and \
+                 the background restores the canonical weights after it. It updates the exact \
+                 statistics by the 1 000 rows first (k·p²/2 = {:.0} M products: the baseline's \
+                 downdate, in chunks small enough to stay exact), which must stay on the call \
+                 (G4), as must reading and overwriting the 1 000 records (a durable call). \
+                 Overlapping that I/O with the statistics' update, or the update with the \
+                 factorization, is what is left.\n",
                 fmt_secs(r.forget),
                 r.memory
                     .map(|m| format!(", {} in memory,", fmt_secs(m)))
@@ -192,7 +191,7 @@ impl BenchReport {
                  core takes {} per batch; the state dir adds {} per learn call (writing the \
                  records and syncing before the call returns), the head's update of its exact \
                  statistics (O(k·d²)) and of its weights (the rank-k update, the correction or \
-                 a canonical re-solve, whichever the cost model expects to be fastest) the rest. \
+                 a re-solve, whichever the cost model expects to be fastest) the rest. \
                  Committing several learn calls with one sync (group commit), or larger \
                  batches, amortizes the first; the second is what the in-memory share shows.\n",
                 l.bundle,
