@@ -507,8 +507,28 @@ impl Store {
 
     /// Forgets present, distinct ids: appends their features to `q` and targets to `r`, and
     /// overwrites their records before returning (see the module docs), with one sync. On
-    /// error nothing changed.
+    /// error nothing changed (and nothing was appended).
     pub fn forget(&mut self, ids: &[u64], q: &mut Vec<i32>, r: &mut Vec<i32>) -> Result<()> {
+        let (qn, rn) = (q.len(), r.len());
+        let locs = self.forget_rows(ids, q, r)?;
+        self.forget_commit(ids, &locs).inspect_err(|_| {
+            q[qn..].zeroize();
+            r[rn..].zeroize();
+            q.truncate(qn);
+            r.truncate(rn);
+        })
+    }
+
+    /// The first half of [`Store::forget`], which changes nothing: checks the call, and
+    /// appends the features of present, distinct ids to `q` and their targets to `r`, read
+    /// from their records. Returns the records' locations, for [`Store::forget_commit`]. On
+    /// error nothing was appended.
+    pub fn forget_rows(
+        &mut self,
+        ids: &[u64],
+        q: &mut Vec<i32>,
+        r: &mut Vec<i32>,
+    ) -> Result<Vec<u64>> {
         self.ready()?;
         if ids.len() > journal::MAX_COUNT {
             return Err(Error::Limit(format!(
@@ -544,13 +564,15 @@ impl Store {
                 return Err(e);
             }
         }
-        drop((part, buf));
-        let entry = self.journal.forget_entry(&self.sealer, &locs);
+        Ok(locs)
+    }
+
+    /// The second half of [`Store::forget`]: commits the forget of `ids`, whose records are at
+    /// `locs` (from [`Store::forget_rows`], with no other call between), and overwrites the
+    /// records. On error nothing changed.
+    pub fn forget_commit(&mut self, ids: &[u64], locs: &[u64]) -> Result<()> {
+        let entry = self.journal.forget_entry(&self.sealer, locs);
         if let Err(Failed::Undone(e) | Failed::Unknown(e)) = self.commit(&entry) {
-            q[qn..].zeroize();
-            r[rn..].zeroize();
-            q.truncate(qn);
-            r.truncate(rn);
             return Err(e);
         }
         for &id in ids {
@@ -558,12 +580,12 @@ impl Store {
         }
         self.released
             .extend(locs.iter().copied().filter(|l| l & IN_JOURNAL == 0));
-        if let Err(e) = self.zero_records(&locs) {
+        if let Err(e) = self.zero_records(locs) {
             tracing::warn!(
                 "forget committed, but overwriting the forgotten records failed (retried before \
                  the next call; close and recovery overwrite them anyway): {e}"
             );
-            self.pending.scrub.extend(&locs);
+            self.pending.scrub.extend(locs);
         }
         if let Err(e) = self.retire_stats() {
             tracing::warn!("forget committed, but overwriting {STATS} failed (retried): {e}");

@@ -54,6 +54,7 @@
 mod backend;
 mod samples;
 
+use std::cell::OnceCell;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +73,7 @@ use crate::math::secret::{Rows, SecretArray, SecretMat, Zeroizing};
 use crate::math::solver::{self, CanonicalKernel, Solution, Update};
 use crate::math::spec::HeadSpec;
 use crate::math::stats::ExactStats;
+use crate::math::threads;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
 use crate::math::woodbury::Woodbury;
 use crate::placement::{BackendOptions, BackendReport};
@@ -527,22 +529,27 @@ impl Head {
             )
         });
         let result = quantized.and_then(|()| {
-            self.change(ids, |st| {
-                if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
-                    return Err(Error::Id(format!("id {id} is already learned")));
-                }
-                check_solvable(spec, &st.stats, &q)?;
-                let samples: Vec<SampleRef<'_>> = (0..k)
-                    .map(|s| SampleRef {
-                        id: ids[s],
-                        label: labels[s],
-                        q: &q[s * d..(s + 1) * d],
-                        r: &r[s * c..(s + 1) * c],
-                    })
-                    .collect();
-                st.samples.learn(&samples)?;
-                Ok((q.as_slice(), r.as_slice(), 1))
-            })
+            self.change(
+                ids,
+                |st| {
+                    if let Some(id) = ids.iter().find(|&&id| st.samples.contains(id)) {
+                        return Err(Error::Id(format!("id {id} is already learned")));
+                    }
+                    check_solvable(spec, &st.stats, &q)?;
+                    Ok((q.as_slice(), r.as_slice(), 1))
+                },
+                &|samples: &mut Samples| {
+                    let rows: Vec<SampleRef<'_>> = (0..k)
+                        .map(|s| SampleRef {
+                            id: ids[s],
+                            label: labels[s],
+                            q: &q[s * d..(s + 1) * d],
+                            r: &r[s * c..(s + 1) * c],
+                        })
+                        .collect();
+                    samples.learn(&rows)
+                },
+            )
         });
         result
     }
@@ -554,21 +561,34 @@ impl Head {
         let (d, c) = (spec.dim, spec.num_classes());
         let mut q = Zeroizing::new(Vec::with_capacity(ids.len() * d));
         let mut r = Zeroizing::new(Vec::with_capacity(ids.len() * c));
-        self.change(ids, |st| {
-            if let Some(id) = ids.iter().find(|&&id| !st.samples.contains(id)) {
-                return Err(Error::Id(format!("id {id} is not learned")));
-            }
-            st.samples.forget(ids, &mut q, &mut r)?;
-            Ok((q.as_slice(), r.as_slice(), -1))
-        })
+        let forgetting = OnceCell::new();
+        self.change(
+            ids,
+            |st| {
+                if let Some(id) = ids.iter().find(|&&id| !st.samples.contains(id)) {
+                    return Err(Error::Id(format!("id {id} is not learned")));
+                }
+                let read = st.samples.forget_rows(ids, &mut q, &mut r)?;
+                let _ = forgetting.set(read);
+                Ok((q.as_slice(), r.as_slice(), -1))
+            },
+            &|samples: &mut Samples| {
+                let read = forgetting.get().expect("the rows were read");
+                samples.forget_commit(ids, read)
+            },
+        )
     }
 
-    /// Applies one change under the state lock: `prepare` checks, persists and updates the
-    /// sample set, and returns the rows to add (+1) or subtract (−1) from the statistics.
+    /// Applies one change under the state lock. `prepare` checks the change (and reads the
+    /// rows a forget removes) and returns the rows to add (+1) or subtract (−1) from the
+    /// statistics; `commit` then changes the sample set. For a state dir, the commit makes the
+    /// change durable on this thread while the statistics and the weights are updated on
+    /// another, and if it fails, those are put back as they were.
     fn change<'q>(
         &self,
         ids: &[u64],
         prepare: impl FnOnce(&mut State) -> Result<(&'q [i32], &'q [i32], i8)>,
+        commit: &dyn Fn(&mut Samples) -> Result<()>,
     ) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -595,55 +615,82 @@ impl Head {
                 UpdatePath::RankK => false,
                 UpdatePath::Resolve => true,
             };
-        // The change is committed: the solves below cannot fail, since a learn was checked
-        // by `check_solvable` before it was stored and a forget only lowers A's diagonal.
-        tracing::trace_span!("stats").in_scope(|| st.stats.accumulate(q, r, one, sign));
-        let solve = tracing::trace_span!("solve", resolve).entered();
-        let updated = !resolve && {
-            let (x, t) = spec.real_rows(q, r);
-            let State {
-                solution,
-                fast,
-                version,
-                ..
-            } = st;
-            match fast {
-                Some(fast) => fast
-                    .apply(&mut solution.theta, &x, &t, sign as f64, *version)
-                    .is_ok(),
-                None => solver::apply(solution, &x, &t, sign as f64).is_ok(),
-            }
-        };
-        if !updated {
-            if !resolve {
-                tracing::debug!(
-                    "the incremental update refused the change (positive definiteness, digits \
-                     or too many pending); re-solving"
-                );
-            }
-            // The re-solve does not go through the correction, which then no longer covers
-            // every change since its base.
-            st.fast = None;
-            // Served while the background restores the canonical solution; re-solved
-            // canonically where there is no background, or should rounding stop the blocked
-            // solve (A meets the condition of both, which does not depend on the order).
-            let blocked = match self.worker {
-                Some(_) => {
-                    let old = std::mem::replace(&mut st.solution.l, SecretMat::zeros(0, 0));
-                    self.inner.blocked_of(&st.stats, old)
+        let State {
+            samples,
+            stats,
+            solution,
+            fast,
+            version,
+            canonical,
+            ..
+        } = st;
+        let version = *version;
+        // The solves cannot fail: a learn was checked by `check_solvable` before it was
+        // stored, and a forget only lowers A's diagonal.
+        let mut update = || -> Result<()> {
+            tracing::trace_span!("stats").in_scope(|| stats.accumulate(q, r, one, sign));
+            let _solve = tracing::trace_span!("solve", resolve).entered();
+            let updated = !resolve && {
+                let (x, t) = spec.real_rows(q, r);
+                match fast {
+                    Some(fast) => fast
+                        .apply(&mut solution.theta, &x, &t, sign as f64, version)
+                        .is_ok(),
+                    None => solver::apply(solution, &x, &t, sign as f64).is_ok(),
                 }
-                None => None,
             };
-            match blocked {
-                Some(solution) => st.solution = solution,
-                None => {
-                    st.solution = self.inner.canonical_of(&st.stats)?;
-                    st.canonical = st.version;
+            if !updated {
+                if !resolve {
+                    tracing::debug!(
+                        "the incremental update refused the change (positive definiteness, \
+                         digits or too many pending); re-solving"
+                    );
+                }
+                // The re-solve does not go through the correction, which then no longer covers
+                // every change since its base.
+                *fast = None;
+                // Served while the background restores the canonical solution; re-solved
+                // canonically where there is no background, or should rounding stop the
+                // blocked solve (A meets the condition of both, which does not depend on the
+                // order).
+                let blocked = match self.worker {
+                    Some(_) => {
+                        let old = std::mem::replace(&mut solution.l, SecretMat::zeros(0, 0));
+                        self.inner.blocked_of(stats, old)
+                    }
+                    None => None,
+                };
+                match blocked {
+                    Some(solved) => *solution = solved,
+                    None => {
+                        *solution = self.inner.canonical_of(stats)?;
+                        *canonical = version;
+                    }
                 }
             }
+            Ok(())
+        };
+        let (committed, updated) = if samples.is_stored() {
+            // The other thread's spans go where this thread's go.
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            threads::beside(
+                || tracing::trace_span!("commit").in_scope(|| commit(samples)),
+                || tracing::dispatcher::with_default(&dispatch, update),
+            )
+        } else {
+            (commit(samples), update())
+        };
+        if let Err(e) = committed {
+            // Nothing changed: the statistics, exactly as they were, and their canonical
+            // weights (those served were never replaced).
+            stats.accumulate(q, r, one, -sign);
+            *fast = None;
+            *solution = self.inner.canonical_of(stats)?;
+            *canonical = version;
+            return Err(e);
         }
-        drop(solve);
-        tracing::trace_span!("publish").in_scope(|| self.inner.publish(&st.solution));
+        updated?;
+        tracing::trace_span!("publish").in_scope(|| self.inner.publish(solution));
         self.inner.wake.notify_all();
         Ok(())
     }

@@ -6,6 +6,10 @@ use crate::error::{Error, Result};
 use crate::math::samples::{SampleIndex, SampleRef, SampleSet};
 use crate::store::{StateKey, Store};
 
+/// What committing a forget needs from reading its rows: the records' locations in a state
+/// dir (none in memory).
+pub struct Forgetting(Vec<u64>);
+
 /// The samples of a head: the index and, wherever they live, the rows.
 pub enum Samples {
     /// Rows in memory (a head without a state dir).
@@ -44,11 +48,16 @@ impl Samples {
         }
     }
 
-    /// Removes present, distinct ids, appending their features to `q` and their targets to `r`
-    /// (in the order of `ids`) so that the caller can subtract them from the statistics. For a
-    /// state dir the rows are scrubbed from the files before this returns. On error nothing
-    /// changed in memory.
-    pub fn forget(&mut self, ids: &[u64], q: &mut Vec<i32>, r: &mut Vec<i32>) -> Result<()> {
+    /// The first half of a forget, which changes nothing: appends the features of present,
+    /// distinct ids to `q` and their targets to `r` (in the order of `ids`), so that the caller
+    /// can subtract them from the statistics. Returns what [`Samples::forget_commit`] needs. On
+    /// error nothing was appended.
+    pub fn forget_rows(
+        &mut self,
+        ids: &[u64],
+        q: &mut Vec<i32>,
+        r: &mut Vec<i32>,
+    ) -> Result<Forgetting> {
         match self {
             Samples::Memory(set) => {
                 for &id in ids {
@@ -56,13 +65,30 @@ impl Samples {
                     q.extend_from_slice(s.q);
                     r.extend_from_slice(s.r);
                 }
+                Ok(Forgetting(Vec::new()))
+            }
+            Samples::Stored(store) => store.forget_rows(ids, q, r).map(Forgetting),
+        }
+    }
+
+    /// The second half of a forget: removes the ids whose rows [`Samples::forget_rows`] read
+    /// (with no other call between); for a state dir, commits that and scrubs the rows from
+    /// the files before returning. On error nothing changed.
+    pub fn forget_commit(&mut self, ids: &[u64], forgetting: &Forgetting) -> Result<()> {
+        match self {
+            Samples::Memory(set) => {
                 for &id in ids {
                     set.remove(id);
                 }
                 Ok(())
             }
-            Samples::Stored(store) => store.forget(ids, q, r),
+            Samples::Stored(store) => store.forget_commit(ids, &forgetting.0),
         }
+    }
+
+    /// Whether committing a change writes to a state dir (and takes a sync).
+    pub fn is_stored(&self) -> bool {
+        matches!(self, Samples::Stored(_))
     }
 
     /// Removes every sample (scrubbing a state dir's files).

@@ -70,6 +70,34 @@ pub fn run_parts<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
     });
 }
 
+/// Runs `there` on a thread of its own while `here` runs on this thread, and returns both
+/// results once both are done. If no thread can be started, `there` runs on this thread after
+/// `here`. A panic in `there` is resumed on this thread once `here` is done.
+pub fn beside<A, B: Send>(here: impl FnOnce() -> A, there: impl FnOnce() -> B + Send) -> (A, B) {
+    // `there` waits in a slot for the thread that takes it, or for this one.
+    let slot = Mutex::new(Some(there));
+    let take = || slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    std::thread::scope(|scope| {
+        let spawned = match threads_refused() {
+            true => None,
+            false => std::thread::Builder::new()
+                .spawn_scoped(scope, || take().map(|there| there()))
+                .ok(),
+        };
+        let a = here();
+        let done = spawned.and_then(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        let b = match done {
+            Some(b) => b,
+            None => (take().expect("nobody ran it"))(),
+        };
+        (a, b)
+    })
+}
+
 #[cfg(not(test))]
 fn threads_refused() -> bool {
     false
@@ -109,5 +137,28 @@ pub(crate) mod tests {
             }
         }
         REFUSED.with(|r| r.set(false));
+    }
+
+    /// Both sides of [`beside`] run once, at the same time when a thread starts (each waits
+    /// for the other to begin), and `there` after `here` when none can; a panic on the other
+    /// thread reaches the caller.
+    #[test]
+    fn both_sides_run_once() {
+        let started = AtomicUsize::new(0);
+        let meet = || {
+            started.fetch_add(1, Ordering::SeqCst);
+            while started.load(Ordering::SeqCst) < 2 {
+                std::hint::spin_loop();
+            }
+        };
+        assert_eq!(beside(|| (meet(), 1).1, || (meet(), 2).1), (1, 2));
+        REFUSED.with(|r| r.set(true));
+        let order = Mutex::new(Vec::new());
+        let push = |side| order.lock().unwrap().push(side);
+        beside(|| push("here"), || push("there"));
+        REFUSED.with(|r| r.set(false));
+        assert_eq!(*order.lock().unwrap(), ["here", "there"]);
+        let panicked = std::panic::catch_unwind(|| beside(|| 1, || panic!("there")));
+        assert!(panicked.is_err());
     }
 }

@@ -114,9 +114,10 @@ impl BenchReport {
                  {}; the rest is the state dir's writing and syncing before the call returns \
                  (G3, G4): on this machine's shared disk `fdatasync` took {} after an in-place \
                  overwrite and {} after an append when probed (medians; the probes ranged from \
-                 {} to {}). The phases of a real call are in the forget section ({}). The \
-                 caller's path is already down to what must happen before the call returns: \
-                 the journal's append and sync, the exact statistics' update (into i64 deltas: \
+                 {} to {}). The phases of a real call are in the forget section ({}; the commit \
+                 runs beside the statistics and the solve). The caller's path is already down \
+                 to what must happen before the call returns: the journal's append and sync, \
+                 the exact statistics' update (into i64 deltas: \
                  {:.1} MB read and written; it cannot be left to the background, which would \
                  have to keep the forgotten sample's row until then, against G4) and the \
                  Woodbury correction (one pass over the {:.1} MB packed inverse and the \
@@ -125,7 +126,8 @@ impl BenchReport {
                  ahead, so that its sync is that of an in-place overwrite; and the statistics' \
                  update beside the correction on the second core (tried: on this shared 2-core \
                  machine a second thread started late, after the correction was done, and two \
-                 memory-bound passes shared one memory bus, so the call took as long).\n",
+                 memory-bound passes shared one memory bus, so the call took as long; the \
+                 commit beside them does not shorten a one-sample forget here either).\n",
                 fmt_n(h.n),
                 h.d,
                 h.c,
@@ -530,7 +532,8 @@ impl BenchReport {
              the newest change instead of queueing).\n\n\
              **Where a one-sample forget's time goes**, in situ: the phases of real calls on \
              the durable head at n = {}, d = {}, C = {} (trace spans recorded by the bench; \
-             medians, so they need not add up to the call's median):\n\n{}\n\
+             medians of phases that partly run at the same time, so they need not add up to \
+             the call's median):\n\n{}\n\
              On this machine's disk, `fdatasync` after overwriting one record in place took {}, \
              after appending one to a file {} (the file's size changes, so the file system \
              commits metadata too); the probes ranged from {} to {}. How many of each a \
@@ -696,7 +699,11 @@ impl BenchReport {
 /// What a phase of a learn or forget call does (the library's span names).
 fn phase_meaning(name: &str) -> &'static str {
     match name {
-        "store" => "checks, the state dir's records and journal, synced",
+        "store" => "checks, and the forgotten records read from the state dir",
+        "commit" => {
+            "the journal entry written and synced, the records overwritten and synced (on the \
+             calling thread, while stats and solve run on another)"
+        }
         "stats" => "the exact integer statistics updated",
         "solve" => {
             "the weights' update: the Woodbury correction from the background's inverse (the \

@@ -1,6 +1,7 @@
 //! Times the phases of a real call in situ: the library marks each phase of a learn or forget
-//! with a trace span (`store`, `stats`, `solve`, `publish`), and [`SpanTimes`] records how long
-//! each was entered while it is the calling thread's subscriber.
+//! with a trace span (`store`, `commit`, `stats`, `solve`, `publish`; it carries the
+//! subscriber over to the thread that runs `stats` and `solve` beside `commit`), and
+//! [`SpanTimes`] records how long each was entered while it is the calling thread's subscriber.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
