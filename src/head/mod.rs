@@ -86,6 +86,24 @@ use samples::Samples;
 /// would refuse most forgets (see [`Inner::wants_fast_path`]).
 const FAST_PATH_SAMPLES_PER_DIM: u64 = 2;
 
+/// The size of a change (k·p² multiply-adds for the statistics) from which its commit runs
+/// beside the update of the statistics and the weights, on a thread of its own (see
+/// [`Head::change`]). Measured on a 2-core Xeon at d = 1280, C = 100, durable, interleaved:
+/// k = 1 000 forgets took 80 ms beside vs 84 ms in turn, k = 100 23–25 vs 24–27 ms, a learn of
+/// 64 the same; but k = 1 took 3.3 vs 3.05 ms (starting the thread and sharing two cores).
+const BESIDE_FROM: usize = 1 << 22;
+
+/// Whether a change of `work` multiply-adds commits beside its update.
+#[cfg(not(test))]
+fn commits_beside(work: usize) -> bool {
+    work >= BESIDE_FROM
+}
+
+#[cfg(test)]
+fn commits_beside(work: usize) -> bool {
+    work >= BESIDE_FROM || tests::ALWAYS_BESIDE.with(std::cell::Cell::get)
+}
+
 /// Choices made when a head is created. `None` takes the bundle's default.
 #[derive(Debug, Clone, Default)]
 pub struct HeadOptions {
@@ -581,9 +599,10 @@ impl Head {
 
     /// Applies one change under the state lock. `prepare` checks the change (and reads the
     /// rows a forget removes) and returns the rows to add (+1) or subtract (−1) from the
-    /// statistics; `commit` then changes the sample set. For a state dir, the commit makes the
-    /// change durable on this thread while the statistics and the weights are updated on
-    /// another, and if it fails, those are put back as they were.
+    /// statistics; `commit` then changes the sample set, and the statistics and the weights
+    /// are updated (even if the commit failed, when they are then put back as they were). For
+    /// a state dir and a change of at least [`BESIDE_FROM`] multiply-adds, the commit makes the
+    /// change durable on this thread while the update runs on another.
     fn change<'q>(
         &self,
         ids: &[u64],
@@ -670,7 +689,7 @@ impl Head {
             }
             Ok(())
         };
-        let (committed, updated) = if samples.is_stored() {
+        let (committed, updated) = if samples.is_stored() && commits_beside(k * p * p) {
             // The other thread's spans go where this thread's go.
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
             threads::beside(
@@ -678,7 +697,8 @@ impl Head {
                 || tracing::dispatcher::with_default(&dispatch, update),
             )
         } else {
-            (commit(samples), update())
+            let committed = tracing::trace_span!("commit").in_scope(|| commit(samples));
+            (committed, update())
         };
         if let Err(e) = committed {
             // Nothing changed: the statistics, exactly as they were, and their canonical
@@ -1369,10 +1389,16 @@ fn distinct(ids: &[u64]) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
     use super::*;
+
+    thread_local! {
+        /// A test hook: changes made on this thread commit beside their update whatever
+        /// their size (the crash matrix's heads are small).
+        pub(crate) static ALWAYS_BESIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
     use crate::math::fixed::FixedPoint;
 
     const CORE_SHA256: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";

@@ -114,8 +114,7 @@ impl BenchReport {
                  {}; the rest is the state dir's writing and syncing before the call returns \
                  (G3, G4): on this machine's shared disk `fdatasync` took {} after an in-place \
                  overwrite and {} after an append when probed (medians; the probes ranged from \
-                 {} to {}). The phases of a real call are in the forget section ({}; the commit \
-                 runs beside the statistics and the solve). The caller's path is already down \
+                 {} to {}). The phases of a real call are in the forget section ({}). The caller's path is already down \
                  to what must happen before the call returns: the journal's append and sync, \
                  the exact statistics' update (into i64 deltas: \
                  {:.1} MB read and written; it cannot be left to the background, which would \
@@ -126,8 +125,8 @@ impl BenchReport {
                  ahead, so that its sync is that of an in-place overwrite; and the statistics' \
                  update beside the correction on the second core (tried: on this shared 2-core \
                  machine a second thread started late, after the correction was done, and two \
-                 memory-bound passes shared one memory bus, so the call took as long; the \
-                 commit beside them does not shorten a one-sample forget here either).\n",
+                 memory-bound passes shared one memory bus, so the call took as long; and the \
+                 commit beside them, as a large change runs it, made it about 8 % slower).\n",
                 fmt_n(h.n),
                 h.d,
                 h.c,
@@ -701,8 +700,8 @@ fn phase_meaning(name: &str) -> &'static str {
     match name {
         "store" => "checks, and the forgotten records read from the state dir",
         "commit" => {
-            "the journal entry written and synced, the records overwritten and synced (on the \
-             calling thread, while stats and solve run on another)"
+            "the journal entry written and synced, the records overwritten and synced (for a large \
+             change, beside stats and solve, which run on another thread then)"
         }
         "stats" => "the exact integer statistics updated",
         "solve" => {
