@@ -505,24 +505,10 @@ impl Store {
         Ok(())
     }
 
-    /// Forgets present, distinct ids: appends their features to `q` and targets to `r`, and
-    /// overwrites their records before returning (see the module docs), with one sync. On
-    /// error nothing changed (and nothing was appended).
-    pub fn forget(&mut self, ids: &[u64], q: &mut Vec<i32>, r: &mut Vec<i32>) -> Result<()> {
-        let (qn, rn) = (q.len(), r.len());
-        let locs = self.forget_rows(ids, q, r)?;
-        self.forget_commit(ids, &locs).inspect_err(|_| {
-            q[qn..].zeroize();
-            r[rn..].zeroize();
-            q.truncate(qn);
-            r.truncate(rn);
-        })
-    }
-
-    /// The first half of [`Store::forget`], which changes nothing: checks the call, and
-    /// appends the features of present, distinct ids to `q` and their targets to `r`, read
-    /// from their records. Returns the records' locations, for [`Store::forget_commit`]. On
-    /// error nothing was appended.
+    /// The first half of a forget, which changes nothing: checks the call, and appends the
+    /// features of present, distinct ids to `q` and their targets to `r`, read from their
+    /// records. Returns the records' locations, for [`Store::forget_commit`]. On error nothing
+    /// was appended.
     pub fn forget_rows(
         &mut self,
         ids: &[u64],
@@ -567,9 +553,9 @@ impl Store {
         Ok(locs)
     }
 
-    /// The second half of [`Store::forget`]: commits the forget of `ids`, whose records are at
-    /// `locs` (from [`Store::forget_rows`], with no other call between), and overwrites the
-    /// records. On error nothing changed.
+    /// The second half of a forget: commits the forget of `ids`, whose records are at `locs`
+    /// (from [`Store::forget_rows`], with no other call between), and overwrites their records
+    /// before returning (see the module docs), with one sync. On error nothing changed.
     pub fn forget_commit(&mut self, ids: &[u64], locs: &[u64]) -> Result<()> {
         let entry = self.journal.forget_entry(&self.sealer, locs);
         if let Err(Failed::Undone(e) | Failed::Unknown(e)) = self.commit(&entry) {

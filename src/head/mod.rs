@@ -1393,13 +1393,13 @@ pub(crate) mod tests {
     use std::panic::{catch_unwind, AssertUnwindSafe};
 
     use super::*;
+    use crate::math::fixed::FixedPoint;
 
     thread_local! {
         /// A test hook: changes made on this thread commit beside their update whatever
         /// their size (the crash matrix's heads are small).
         pub(crate) static ALWAYS_BESIDE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
     }
-    use crate::math::fixed::FixedPoint;
 
     const CORE_SHA256: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
 

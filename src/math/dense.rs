@@ -306,7 +306,7 @@ pub(crate) mod x86 {
 
 /// The lower triangle of `a` (n × n, symmetric positive definite, read from its lower
 /// triangle) replaced by its Cholesky factor L; `Err` when a pivot is not positive.
-pub fn cholesky(a: &mut Mat<f64>) -> Result<(), NotPositive> {
+pub fn cholesky(mut a: MatMut<'_, f64>) -> Result<(), NotPositive> {
     let n = a.nrows();
     for j in 0..n {
         for i in j..n {
@@ -496,7 +496,7 @@ pub(crate) mod tests {
         let a = gram(&matrix(4, n, n), 1.0);
         let b = matrix(5, n, 3);
         let mut l = a.clone();
-        cholesky(&mut l).unwrap();
+        cholesky(l.as_mut()).unwrap();
         let mut x = b.clone();
         solve_cholesky(&l, &mut x);
         assert!(max_diff((&a * &x).as_ref(), b.as_ref()) < 1e-10);
@@ -507,6 +507,6 @@ pub(crate) mod tests {
         assert!(max_diff((&g * &x).as_ref(), b.as_ref()) < 1e-10);
         let mut indefinite = a.clone();
         indefinite[(3, 3)] = -1.0;
-        assert_eq!(cholesky(&mut indefinite), Err(NotPositive));
+        assert_eq!(cholesky(indefinite.as_mut()), Err(NotPositive));
     }
 }

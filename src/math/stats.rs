@@ -294,8 +294,9 @@ impl ExactStats {
     /// A in f64, real units, with the ridge λ added to the diagonal: the matrix to factor.
     /// Each entry is the integer rounded to the nearest f64 (ties to even), times 2^(−2F).
     pub fn a_f64(&self, lambda: f64, frac_bits: u32) -> SecretMat {
-        let mut a = self.a_f64_lower(lambda, frac_bits);
         let p = self.p;
+        let mut a = SecretMat::zeros(p, p);
+        self.a_f64_lower_into(&mut a, lambda, frac_bits);
         // The upper triangle mirrors the lower one, in tiles so that the columns read and
         // written stay in cache.
         const TILE: usize = 32;
@@ -308,14 +309,6 @@ impl ExactStats {
                 }
             }
         }
-        a
-    }
-
-    /// [`ExactStats::a_f64`]'s lower triangle (diagonal included); the strict upper triangle
-    /// is zero.
-    pub fn a_f64_lower(&self, lambda: f64, frac_bits: u32) -> SecretMat {
-        let mut a = SecretMat::zeros(self.p, self.p);
-        self.a_f64_lower_into(&mut a, lambda, frac_bits);
         a
     }
 
@@ -338,19 +331,19 @@ impl ExactStats {
     /// Bᵀ in f64, real units, C × p (rounded as in [`ExactStats::a_f64`]).
     pub fn bt_f64(&self, frac_bits: u32) -> SecretMat {
         let unit = (-2.0 * frac_bits as f64).exp2();
-        SecretMat::from_fn(self.classes, self.p, |c, i| {
-            let at = i * self.classes + c;
-            to_f64(self.b[at] + self.b_delta[at] as i128) * unit
-        })
+        SecretMat::from_fn(self.classes, self.p, |c, i| self.b_real(i, c, unit))
     }
 
     /// B in f64, real units, p × C (rounded as in [`ExactStats::a_f64`]).
     pub fn b_f64(&self, frac_bits: u32) -> SecretMat {
         let unit = (-2.0 * frac_bits as f64).exp2();
-        SecretMat::from_fn(self.p, self.classes, |i, c| {
-            let at = i * self.classes + c;
-            to_f64(self.b[at] + self.b_delta[at] as i128) * unit
-        })
+        SecretMat::from_fn(self.p, self.classes, |i, c| self.b_real(i, c, unit))
+    }
+
+    /// B's entry (i, c) rounded to f64 and scaled by `unit`.
+    fn b_real(&self, i: usize, c: usize, unit: f64) -> f64 {
+        let at = i * self.classes + c;
+        to_f64(self.b[at] + self.b_delta[at] as i128) * unit
     }
 
     /// The largest diagonal entry of A after adding the samples `q` (k × d, row-major) with

@@ -161,7 +161,7 @@ impl Woodbury {
         }
         // A' is positive definite iff s·c is: factor s·c (symmetrized) to know, and to solve.
         let mut sc = SecretMat::from_fn(k, k, |i, j| sign * 0.5 * (c[(i, j)] + c[(j, i)]));
-        dense::cholesky(&mut sc).map_err(|_| Refused)?;
+        dense::cholesky(sc.as_mut()).map_err(|_| Refused)?;
         // c⁻¹ = s (s c)⁻¹.
         let mut c_inv = SecretMat::from_fn(k, k, |i, j| if i == j { sign } else { 0.0 });
         dense::solve_cholesky(&sc, &mut c_inv);

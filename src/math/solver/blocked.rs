@@ -19,7 +19,7 @@
 use faer::{Accum, MatMut, MatRef};
 
 use super::{threads_for, NotPositiveDefinite, Solution};
-use crate::math::dense::{product_here, PARALLEL_FROM};
+use crate::math::dense::{self, product_here, PARALLEL_FROM};
 use crate::math::secret::SecretMat;
 use crate::math::stats::ExactStats;
 use crate::math::threads::run_parts;
@@ -95,7 +95,7 @@ fn by_rows(z: MatMut<'_, f64>, parts: usize, work: impl Fn(MatMut<'_, f64>) + Sy
 /// The lower triangle of symmetric positive definite `a` (read from its lower triangle)
 /// replaced by its Cholesky factor L, on up to `threads` threads. The strict upper triangle
 /// is left as junk.
-pub fn factor(a: MatMut<'_, f64>, threads: usize) -> Result<(), NotPositiveDefinite> {
+fn factor(a: MatMut<'_, f64>, threads: usize) -> Result<(), NotPositiveDefinite> {
     factor_sharing(a, threads, PARALLEL_FROM)
 }
 
@@ -108,7 +108,7 @@ fn factor_sharing(
 ) -> Result<(), NotPositiveDefinite> {
     let n = a.nrows();
     if n <= LEAF {
-        return factor_leaf(a);
+        return dense::cholesky(a).map_err(|_| NotPositiveDefinite);
     }
     let h = split(n);
     let (mut a11, _, mut a21, mut a22) = a.split_at_mut(h, h);
@@ -120,31 +120,6 @@ fn factor_sharing(
     });
     subtract_gram_by_columns(a22.as_mut(), a21.as_ref(), parts((n - h) * (n - h) * h / 2));
     factor_sharing(a22, threads, shared_from)
-}
-
-/// [`factor`] by plain loops: column j of L from the columns before it.
-fn factor_leaf(mut a: MatMut<'_, f64>) -> Result<(), NotPositiveDefinite> {
-    let n = a.nrows();
-    for j in 0..n {
-        for t in 0..j {
-            let f = a[(j, t)];
-            for i in j..n {
-                let v = a[(i, t)];
-                a[(i, j)] -= v * f;
-            }
-        }
-        let pivot = a[(j, j)];
-        // Also refuses NaN.
-        if pivot.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) {
-            return Err(NotPositiveDefinite);
-        }
-        let pivot = pivot.sqrt();
-        a[(j, j)] = pivot;
-        for i in j + 1..n {
-            a[(i, j)] /= pivot;
-        }
-    }
-    Ok(())
 }
 
 /// [`subtract_gram`] with c's columns shared among `parts` threads, in blocks of about equal
@@ -195,7 +170,7 @@ fn subtract_gram(c: MatMut<'_, f64>, g: MatRef<'_, f64>) {
 
 /// z ← z L⁻ᵀ for lower-triangular `l` (its strict upper triangle is not read), on this
 /// thread.
-pub fn solve_transposed(z: MatMut<'_, f64>, l: MatRef<'_, f64>) {
+fn solve_transposed(z: MatMut<'_, f64>, l: MatRef<'_, f64>) {
     let n = l.nrows();
     if n <= LEAF {
         let mut z = z;
@@ -217,7 +192,7 @@ pub fn solve_transposed(z: MatMut<'_, f64>, l: MatRef<'_, f64>) {
 
 /// z ← z L⁻¹ for lower-triangular `l` (its strict upper triangle is not read), on this
 /// thread.
-pub fn solve_plain(z: MatMut<'_, f64>, l: MatRef<'_, f64>) {
+fn solve_plain(z: MatMut<'_, f64>, l: MatRef<'_, f64>) {
     let n = l.nrows();
     if n <= LEAF {
         let mut z = z;
@@ -283,7 +258,6 @@ fn scale(z: &mut MatMut<'_, f64>, j: usize, pivot: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::math::dense;
     use crate::math::dense::tests::{gram, matrix};
     use faer::Mat;
 
@@ -303,17 +277,17 @@ mod tests {
         worst
     }
 
-    /// The factor agrees with the plain loop's (`dense::cholesky`) to rounding, at sizes around
+    /// The factor agrees with faer's (`solver::cholesky_in_place`) to rounding, at sizes around
     /// every split and tile boundary, on one thread and with every step shared among 2 and 3
     /// threads; the strict upper triangle is not read.
     #[test]
-    fn the_factor_matches_the_plain_loop() {
+    fn the_factor_matches_faers() {
         for p in [
             1, 2, 15, 16, 17, 31, 32, 33, 48, 63, 64, 65, 100, 129, 257, 300,
         ] {
             let a = spd(p);
             let mut want = a.clone();
-            dense::cholesky(&mut want).unwrap();
+            crate::math::solver::cholesky_in_place(&mut want).unwrap();
             let mut a = a;
             for j in 1..p {
                 for i in 0..j {
@@ -354,7 +328,7 @@ mod tests {
     fn the_triangular_solves_invert_their_products() {
         for p in [1, 5, 32, 33, 80, 200] {
             let mut l = spd(p);
-            dense::cholesky(&mut l).unwrap();
+            crate::math::solver::cholesky_in_place(&mut l).unwrap();
             for j in 1..p {
                 for i in 0..j {
                     l[(i, j)] = f64::NAN;
