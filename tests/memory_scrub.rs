@@ -253,7 +253,8 @@ mod scan {
         // the rank-k update of a head below 2p samples.
         at_scale(2 * 1281 + 200, Some(6));
         at_scale(1000, None);
-        old_factor();
+        old_factor(UpdatePath::RankK);
+        old_factor(UpdatePath::Resolve);
     }
 
     /// The marker learned and forgotten through the mnist core, in memory and in a state dir.
@@ -397,12 +398,12 @@ mod scan {
     /// A factor from before a forget is a sum over samples that included the forgotten one:
     /// beside the current factor it gives the forgotten sample away. A head at d = 1280 that
     /// serves forgets from the fast path has its factor inverted in the background; then a
-    /// forget through the rank-k update re-solves without inverting again, so nothing of that
-    /// inversion's temporaries is overwritten. Afterwards no pair of entries of the earlier
-    /// factor L or of L⁻¹ (the inversion's intermediate), down a column or along a row, is
-    /// left in memory. (A library's inversion left 2 118 windows of L⁻¹ in its per-thread
-    /// packing buffers.)
-    fn old_factor() {
+    /// forget through `path` (the rank-k update, or the blocked re-solve, which factors in the
+    /// old factor's buffer) re-solves without inverting again, so nothing of that inversion's
+    /// temporaries is overwritten. Afterwards no pair of entries of the earlier factor L or of
+    /// L⁻¹ (the inversion's intermediate), down a column or along a row, is left in memory. (A
+    /// library's inversion left 2 118 windows of L⁻¹ in its per-thread packing buffers.)
+    fn old_factor(path: UpdatePath) {
         let (d, c) = (1280, 100);
         let n = 2 * (d + 1) + 200;
         let spec = common::detached_spec(d, c, 1.0);
@@ -476,22 +477,23 @@ mod scan {
         let mut phi = phi;
         phi.as_slice_mut().expect("standard layout").zeroize();
         drop(phi);
-        head.set_update_path(UpdatePath::RankK);
+        head.set_update_path(path);
         head.forget(&[ids[17]]).expect("forget");
-        assert_eq!(head.pending_corrections(), None, "the rank-k path served");
+        assert_eq!(head.pending_corrections(), None, "{path:?} served");
         head.settle().expect("settle");
         let after = scan(&needles);
         for (encoding, address, mapping) in after.iter().take(20) {
-            println!("old factor: {encoding} at {address:#x} in {mapping:?}");
+            println!("old factor, {path:?}: {encoding} at {address:#x} in {mapping:?}");
         }
         assert!(
             after.is_empty(),
-            "{} windows of the factor from before the forget are still in memory ({:?})",
+            "{path:?}: {} windows of the factor from before the forget are still in memory \
+             ({:?})",
             after.len(),
             encodings(&after)
         );
         println!(
-            "memory_scrub: ok, none of the {} windows of the earlier factor left",
+            "memory_scrub: ok, none of the {} windows of the earlier factor left ({path:?})",
             needles.0.len()
         );
     }
