@@ -313,17 +313,19 @@ pub enum Update {
 /// - the correction: k·p² for the pass over the inverse, k·p·C for the residual and the step,
 ///   k³ for the k × k system, and 2·m·p·k + m²·k for the m pending rows (at the pass's rate).
 ///
-/// The update paths' weights were fitted by least squares to timings at d from 128 to 2048,
+/// The correction's weights were fitted by least squares to timings at d from 128 to 2048,
 /// C from 10 to 1000 and k from 16 to 256 (`examples/resolve_choice.rs`, a 2-core AMD EPYC
-/// with AVX-512); the re-solve's, and the correction's k·p·C term since its register tiles,
-/// to timings on a 2-core Intel Xeon with AVX-512. Over the 84 choices measured there, the path
-/// picked took at most 1.38× the other's time (d = 2048, C = 100, k = 64, near the crossover).
+/// with AVX-512); the re-solve's, the correction's k·p·C term since its register tiles, and
+/// the rank-k update's since its solves are blocked ([`blocked::solve_rows`]), to timings on a
+/// 2-core Intel Xeon with AVX-512. Over the 42 rank-k choices measured there, the path picked
+/// took at most 1.07× the other's time; with the rank-k weights from before its solves were
+/// blocked, 2.1× (d = 1280, C = 1000, k = 128).
 pub fn resolve_is_cheaper(update: Update, k: usize, p: usize, classes: usize) -> bool {
     let (k, p, c) = (k as f64, p as f64, classes as f64);
     let threads = threads_for(p as usize) as f64;
     let resolve = (0.07 * p * p * p / 3.0 + 0.09 * p * p * c) / threads + 10.0 * p * c + 20e3;
     let update = match update {
-        Update::RankK => k * (0.385 * p * p + 0.30 * p * c),
+        Update::RankK => k * (0.21 * p * p + 0.18 * p * c),
         Update::Correction { pending } => {
             let m = pending as f64;
             k * (0.074 * p * p + 0.06 * p * c)
@@ -357,20 +359,20 @@ pub fn apply(
     )
     .map_err(|_| NotPositiveDefinite)?;
     // E = T − X Θ: the residual of the samples under the current weights. The products and
-    // the solve are Lethe's own (`dense`): a library's would keep the rows in buffers that are
-    // never zeroized (G4).
-    let mut g = SecretMat::from(x.transpose().to_owned());
+    // the solves are Lethe's own (`dense`, `blocked`): a library's would keep the rows in
+    // buffers that are never zeroized (G4).
     let mut e = SecretMat::from(t.clone());
+    dense::product(e.as_mut(), Accum::Add, x.as_ref(), sol.theta.as_ref(), -1.0);
+    // Gᵀ = X A'⁻¹ (each row a right-hand side of the blocked solves), then Θ' = Θ ± G E.
+    let mut gt = SecretMat::from(x.clone());
+    blocked::solve_rows(sol.l.as_ref(), gt.as_mut());
     dense::product(
-        e.as_mut(),
+        sol.theta.as_mut(),
         Accum::Add,
-        g.as_ref().transpose(),
-        sol.theta.as_ref(),
-        -1.0,
+        gt.as_ref().transpose(),
+        e.as_ref(),
+        sign,
     );
-    // G = A'⁻¹ Xᵀ, then Θ' = Θ ± G E.
-    dense::solve_cholesky(&sol.l, &mut g);
-    dense::product(sol.theta.as_mut(), Accum::Add, g.as_ref(), e.as_ref(), sign);
     let finite = (0..sol.theta.ncols()).all(|j| sol.theta.col(j).iter().all(|v| v.is_finite()))
         && (0..sol.l.ncols()).all(|j| sol.l[(j, j)].is_finite() && sol.l[(j, j)] > 0.0);
     if finite {

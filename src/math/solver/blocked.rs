@@ -52,19 +52,25 @@ pub fn solve(
         l.col_as_slice_mut(j)[..j].fill(0.0);
     }
     let mut z = stats.bt_f64(frac_bits);
-    // Each row of z is a right-hand side of its own.
+    solve_rows(l.as_ref(), z.as_mut());
+    let theta = SecretMat::from_fn(p, z.nrows(), |i, c| z[(c, i)]);
+    Ok(Solution { l, theta })
+}
+
+/// z ← z A⁻¹ for A = L Lᵀ (`l`'s lower triangle; its strict upper triangle is not read): each
+/// of z's rows is a right-hand side of its own, and they are shared among [`threads_for`]
+/// threads when the solves are large enough to repay starting them.
+pub fn solve_rows(l: MatRef<'_, f64>, z: MatMut<'_, f64>) {
+    let p = l.nrows();
     let parts = if z.nrows() * p * p >= PARALLEL_FROM {
-        threads
+        threads_for(p)
     } else {
         1
     };
-    let factor = l.as_ref();
-    by_rows(z.as_mut(), parts, |mut z| {
-        solve_transposed(z.as_mut(), factor);
-        solve_plain(z, factor);
+    by_rows(z, parts, |mut z| {
+        solve_transposed(z.as_mut(), l);
+        solve_plain(z, l);
     });
-    let theta = SecretMat::from_fn(p, z.nrows(), |i, c| z[(c, i)]);
-    Ok(Solution { l, theta })
 }
 
 /// Where a triangle of size n > [`LEAF`] is split: about half, on a multiple of [`ALIGN`].
