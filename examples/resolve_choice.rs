@@ -1,6 +1,7 @@
 //! The ways a head's weights follow a change of k samples: the rank-k update
 //! (`solver::apply`), the fast path's Woodbury correction from the inverse of A
-//! (`Woodbury::apply`, nothing pending) and the re-solve from the statistics that a call makes
+//! (`Woodbury::apply`, nothing pending), the same correction applied through the factor
+//! (`Woodbury::on_factor`) and the re-solve from the statistics that a call makes
 //! (`solver::blocked::solve`, on every core), timed at several d, C and k (medians), next to the choices the cost
 //! model makes (`solver::resolve_is_cheaper`) for each update. The model is right when, for
 //! every k, the path it picks takes at most about the time of the other.
@@ -28,10 +29,11 @@ fn main() {
     let repeats = repeats(5);
     println!("rank-k update and correction vs the blocked re-solve, median of {repeats}");
     println!(
-        "| d | C | k | rank-k update | correction | re-solve | rank-k / re-solve | \
-         correction / re-solve | model picks (rank-k) | model picks (correction) |"
+        "| d | C | k | rank-k update | correction | correction on the factor | re-solve | \
+         rank-k / re-solve | correction / re-solve | on the factor / re-solve | \
+         model picks (rank-k) | model picks (correction) | model picks (on the factor) |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("|{}", " --- |".repeat(13));
     for (d, c) in [
         (128, 100),
         (512, 100),
@@ -93,19 +95,38 @@ fn main() {
                     })
                     .collect(),
             );
+            let on_factor = median(
+                (0..repeats)
+                    .map(|_| {
+                        let mut fast = Woodbury::on_factor(base.l.clone(), 0);
+                        let mut theta = base.theta.clone();
+                        let start = Instant::now();
+                        let applied = fast.apply(&mut theta, &x, &t, -1.0, 1);
+                        let seconds = start.elapsed().as_secs_f64();
+                        match applied {
+                            Ok(()) => seconds,
+                            Err(_) => f64::NAN,
+                        }
+                    })
+                    .collect(),
+            );
             let pick = |update| match solver::resolve_is_cheaper(update, k, d + 1, c) {
                 true => "re-solve",
                 false => "update",
             };
             println!(
-                "| {d} | {c} | {k} | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} | {:.2} | {} | {} |",
+                "| {d} | {c} | {k} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} | {:.2} | \
+                 {:.2} | {} | {} | {} |",
                 update * 1e3,
                 correction * 1e3,
+                on_factor * 1e3,
                 resolve * 1e3,
                 update / resolve,
                 correction / resolve,
+                on_factor / resolve,
                 pick(Update::RankK),
                 pick(Update::Correction { pending: 0 }),
+                pick(Update::OnFactor),
             );
         }
     }

@@ -619,7 +619,22 @@ impl Head {
         let one = spec.fixed.one();
         st.version += 1;
         let st = &mut *st;
-        let (p, k) = (spec.dim + 1, r.len() / spec.num_classes());
+        let (p, k, c) = (
+            spec.dim + 1,
+            r.len() / spec.num_classes(),
+            spec.num_classes(),
+        );
+        // With no inverse, a correction applied through the current factor spares updating the
+        // factor: for a learn, or any change once the head holds enough samples that a
+        // forget's correction keeps its digits (see `wants_fast_path`), where the model
+        // expects it to be cheaper than the rank-k update. The factor is then the
+        // correction's base until the background re-solves.
+        let on_factor = self.worker.is_some()
+            && st.path == UpdatePath::ByCost
+            && st.fast.is_none()
+            && (sign > 0 || self.inner.wants_fast_path(&st.stats))
+            && solver::update_cost(Update::OnFactor, k, p, c)
+                < solver::update_cost(Update::RankK, k, p, c);
         let resolve = self.worker.is_none()
             || match st.path {
                 UpdatePath::ByCost => {
@@ -627,13 +642,19 @@ impl Head {
                         Some(fast) => Update::Correction {
                             pending: fast.pending(),
                         },
+                        None if on_factor => Update::OnFactor,
                         None => Update::RankK,
                     };
-                    solver::resolve_is_cheaper(update, k, p, spec.num_classes())
+                    solver::resolve_is_cheaper(update, k, p, c)
                 }
                 UpdatePath::RankK => false,
                 UpdatePath::Resolve => true,
             };
+        if on_factor && !resolve {
+            // Without an inverse the factor is current: that of the version before this one.
+            let l = std::mem::replace(&mut st.solution.l, SecretMat::zeros(0, 0));
+            st.fast = Some(Woodbury::on_factor(l, st.version - 1));
+        }
         let State {
             samples,
             stats,
@@ -1093,8 +1114,9 @@ impl Inner {
     fn inverse_usable(&self, st: &State, version: u64) -> bool {
         !self.held.load(Ordering::SeqCst)
             && !self.stop.load(Ordering::SeqCst)
-            && match st.fast {
-                Some(_) => true,
+            && match &st.fast {
+                // Not older than the base (a call's factor can be newer than this inverse).
+                Some(fast) => fast.base() <= version,
                 None => {
                     st.version == version
                         && st.path != UpdatePath::RankK
@@ -1236,6 +1258,13 @@ fn resolve_loop(inner: &Inner) {
                 };
                 if inner.held.load(Ordering::SeqCst) {
                     continue;
+                }
+                // A correction on a call's factor is done once the canonical solution covers
+                // every change it holds: the head updates its (current) factor again, unless
+                // the fast path is wanted, whose inverse then replaces that factor below.
+                let on_factor = st.fast.as_ref().is_some_and(Woodbury::on_a_factor);
+                if on_factor && st.version == version && !inner.wants_fast_path(&st.stats) {
+                    st.fast = None;
                 }
                 // The factor is kept (a copy of it when the solution is installed) only where
                 // its inverse will be of use.
@@ -1502,6 +1531,39 @@ pub(crate) mod tests {
         }
         assert!(!nice.is_empty(), "no background thread found");
         assert!(nice.iter().all(|&n| n == 19), "nice values {nice:?}");
+        head.close().unwrap();
+    }
+
+    /// A learn with no inverse takes the factor as the correction's base; the background's
+    /// re-solve ends that correction while the head holds fewer than 2p samples (the factor is
+    /// current again) and replaces it by the inverse from then on (the fast path).
+    #[test]
+    fn a_correction_on_the_factor_ends_with_the_re_solve() {
+        let head = Head::detached(spec(), &HeadOptions::default()).unwrap();
+        head.hold_resolve(true);
+        learn(&head, &[1]).unwrap();
+        assert_eq!(head.pending_corrections(), Some(1), "a learn on the factor");
+        let served = head.served_f64();
+        head.hold_resolve(false);
+        head.settle().unwrap();
+        assert_eq!(head.pending_corrections(), None, "ended below 2p samples");
+        let canonical = head.weights().unwrap();
+        let scale = canonical.w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let largest = served
+            .w
+            .iter()
+            .zip(&canonical.w)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(largest <= 1e-12 * scale, "{largest:e} of {scale:e}");
+        for id in 2..=12 {
+            learn(&head, &[id]).unwrap();
+        }
+        head.settle().unwrap();
+        assert_eq!(
+            head.pending_corrections(),
+            Some(0),
+            "the inverse from 2p samples on"
+        );
         head.close().unwrap();
     }
 }

@@ -297,7 +297,33 @@ pub enum Update {
     /// The fast path's Woodbury correction from the inverse of an earlier A, with `pending`
     /// rows changed since that inverse ([`super::woodbury::Woodbury::apply`]).
     Correction { pending: usize },
+    /// The correction applied through the current factor, nothing pending
+    /// ([`super::woodbury::Woodbury::on_factor`]): the factor is not updated, but kept as the
+    /// base of the corrections until the background re-solves.
+    OnFactor,
 }
+
+/// The model's cost of `update` for a change of k samples at size p with C classes (see
+/// [`resolve_is_cheaper`]).
+pub fn update_cost(update: Update, k: usize, p: usize, classes: usize) -> f64 {
+    let (k, p, c) = (k as f64, p as f64, classes as f64);
+    match update {
+        Update::RankK => k * (0.21 * p * p + 0.18 * p * c),
+        Update::Correction { pending } => {
+            let m = pending as f64;
+            k * (0.074 * p * p + 0.06 * p * c)
+                + 0.92 * k * k * k
+                + 0.074 * (2.0 * m * p * k + m * m * k)
+        }
+        Update::OnFactor => k * (ON_FACTOR_P2 * p * p + 0.06 * p * c) + 0.92 * k * k * k,
+    }
+}
+
+/// [`Update::OnFactor`]'s weight of k·p², for the two blocked solves with the factor (its
+/// other terms are the correction's): 0.101 by least squares over `examples/resolve_choice.rs`'s
+/// 42 shapes on the 2-core Xeon, where it was faster than the rank-k update at every d ≥ 512
+/// from k = 4 on (at d = 1280, C = 10, k = 64: 6.8 vs 19.3 ms).
+const ON_FACTOR_P2: f64 = 0.1;
 
 /// Whether re-solving from the statistics ([`blocked::solve`], on [`threads_for`]`(p)`
 /// threads) is expected to take less time than `update` for a change of k samples at size
@@ -311,7 +337,8 @@ pub enum Update {
 /// - the rank-k update: k·p² for the factor's update and the solves, k·p·C for the residual
 ///   and the step;
 /// - the correction: k·p² for the pass over the inverse, k·p·C for the residual and the step,
-///   k³ for the k × k system, and 2·m·p·k + m²·k for the m pending rows (at the pass's rate).
+///   k³ for the k × k system, and 2·m·p·k + m²·k for the m pending rows (at the pass's rate);
+/// - the correction through the factor: the same, with k·p² for the two solves instead.
 ///
 /// The correction's weights were fitted by least squares to timings at d from 128 to 2048,
 /// C from 10 to 1000 and k from 16 to 256 (`examples/resolve_choice.rs`, a 2-core AMD EPYC
@@ -321,19 +348,11 @@ pub enum Update {
 /// took at most 1.07× the other's time; with the rank-k weights from before its solves were
 /// blocked, 2.1× (d = 1280, C = 1000, k = 128).
 pub fn resolve_is_cheaper(update: Update, k: usize, p: usize, classes: usize) -> bool {
-    let (k, p, c) = (k as f64, p as f64, classes as f64);
-    let threads = threads_for(p as usize) as f64;
+    let threads = threads_for(p) as f64;
+    let cost = update_cost(update, k, p, classes);
+    let (p, c) = (p as f64, classes as f64);
     let resolve = (0.07 * p * p * p / 3.0 + 0.09 * p * p * c) / threads + 10.0 * p * c + 20e3;
-    let update = match update {
-        Update::RankK => k * (0.21 * p * p + 0.18 * p * c),
-        Update::Correction { pending } => {
-            let m = pending as f64;
-            k * (0.074 * p * p + 0.06 * p * c)
-                + 0.92 * k * k * k
-                + 0.074 * (2.0 * m * p * k + m * m * k)
-        }
-    };
-    resolve < update
+    resolve < cost
 }
 
 /// Updates `sol` for k samples learned (`sign` = 1) or forgotten (`sign` = −1): `x` holds

@@ -26,6 +26,11 @@
 //! Z' = M_v U_rᵀ = Z_r − Z_v S_v⁻¹ S_vr = Z_r + Z_v Q R⁻¹, and their new S' is the Schur
 //! complement S_rr − S_rv S_v⁻¹ S_vr, whose inverse is R.
 //!
+//! Where no inverse has been computed yet, the base can be the factor L₀ of A₀ = L₀L₀ᵀ instead
+//! ([`Woodbury::on_factor`]): h = A₀⁻¹Xᵀ then comes from two triangular solves with L₀ (twice
+//! the multiply-adds of the pass over M₀, but nothing to invert first), and the rest is the
+//! same. A head takes its current factor as such a base rather than update the factor.
+//!
 //! Everything here serves weights that differ from the canonical ones by rounding only; the
 //! canonical weights always come from [`super::solver::canonical`].
 
@@ -36,7 +41,7 @@ use zeroize::Zeroizing;
 
 use super::dense;
 use super::secret::{wipe, SecretMat};
-use super::solver;
+use super::solver::{self, blocked};
 use super::stats::products::packed_offset;
 use super::threads;
 
@@ -52,13 +57,20 @@ const MAX_CANCELLATION: f64 = 256.0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused;
 
-/// The inverse of a base version's A and the rows changed since, in the form above; zeroized
-/// when dropped.
+/// How A₀⁻¹ is applied: the inverse M₀, or the factor of A₀ (see [`Woodbury::on_factor`]).
+enum Base {
+    /// M₀'s lower triangle, column by column: (i, j) with i ≥ j at `offset(j) + i − j`.
+    Inverse(Zeroizing<Vec<f64>>),
+    /// L₀ with A₀ = L₀L₀ᵀ (its lower triangle is read).
+    Factor(SecretMat),
+}
+
+/// The inverse (or the factor) of a base version's A and the rows changed since, in the form
+/// above; zeroized when dropped.
 pub struct Woodbury {
     p: usize,
     base: u64,
-    /// M₀'s lower triangle, column by column: (i, j) with i ≥ j at `offset(j) + i − j`.
-    inverse: Zeroizing<Vec<f64>>,
+    applied: Base,
     /// Z, p × m, column by column (column i is M₀ uᵢ for pending row i).
     z: Zeroizing<Vec<f64>>,
     /// S⁻¹, m × m.
@@ -70,7 +82,9 @@ pub struct Woodbury {
 impl Drop for Woodbury {
     fn drop(&mut self) {
         // Before `Zeroizing`'s own drop, which then finds nothing left.
-        wipe(&mut self.inverse);
+        if let Base::Inverse(inverse) = &mut self.applied {
+            wipe(inverse);
+        }
         wipe(&mut self.z);
     }
 }
@@ -81,14 +95,31 @@ impl Woodbury {
     pub fn from_factor(l: &Mat<f64>, base: u64, stop: &AtomicBool) -> Option<Woodbury> {
         let p = l.nrows();
         let inverse = solver::inverse(l, stop)?;
-        Some(Woodbury {
+        Some(Woodbury::with(p, base, Base::Inverse(inverse)))
+    }
+
+    /// A₀⁻¹ applied through the factor `l` of A₀ = L Lᵀ, as the base of version `base` with
+    /// nothing pending: nothing to compute, but each change then solves with L twice
+    /// ([`blocked::solve_rows`]) instead of one pass over M₀. For a head that has no inverse,
+    /// and whose current factor would otherwise be updated by each change.
+    pub fn on_factor(l: SecretMat, base: u64) -> Woodbury {
+        Woodbury::with(l.nrows(), base, Base::Factor(l))
+    }
+
+    fn with(p: usize, base: u64, applied: Base) -> Woodbury {
+        Woodbury {
             p,
             base,
-            inverse,
+            applied,
             z: Zeroizing::new(Vec::with_capacity(p * MAX_PENDING)),
             s_inv: SecretMat::zeros(0, 0),
             versions: Vec::new(),
-        })
+        }
+    }
+
+    /// Whether A₀⁻¹ is applied through a factor ([`Woodbury::on_factor`]).
+    pub fn on_a_factor(&self) -> bool {
+        matches!(self.applied, Base::Factor(_))
     }
 
     /// The version whose A the kept inverse inverts.
@@ -122,9 +153,19 @@ impl Woodbury {
             return Err(Refused);
         }
         let xt = SecretMat::from(x.transpose().to_owned());
-        // h = M₀ Xᵀ.
-        let mut h = SecretMat::zeros(p, k);
-        packed_symmetric_times(&self.inverse, &xt, &mut h);
+        // h = A₀⁻¹ Xᵀ.
+        let h = match &self.applied {
+            Base::Inverse(inverse) => {
+                let mut h = SecretMat::zeros(p, k);
+                packed_symmetric_times(inverse, &xt, &mut h);
+                h
+            }
+            Base::Factor(l) => {
+                let mut ht = SecretMat::from(x.clone());
+                blocked::solve_rows(l.as_ref(), ht.as_mut());
+                SecretMat::from_fn(p, k, |i, r| ht[(r, i)])
+            }
+        };
         // g = h − Z S⁻¹ w with w = Zᵀ Xᵀ; c = s I + X g.
         let z = MatRef::from_column_major_slice(&self.z, p, m);
         let mut w = SecretMat::zeros(m, k);
@@ -795,6 +836,14 @@ mod tests {
     /// that would leave A indefinite.
     #[test]
     fn corrections_and_rebases_follow_the_direct_solve() {
+        for starts_on_a_factor in [false, true] {
+            follow_the_direct_solve(starts_on_a_factor);
+        }
+    }
+
+    /// The run, from a base applied through its factor or its inverse, then rebased on the
+    /// other kind and back.
+    fn follow_the_direct_solve(starts_on_a_factor: bool) {
         let (p, c, lambda) = (12, 3, 0.5);
         let held = rows(1, 20, p);
         let targets = rows(2, 20, c);
@@ -821,7 +870,12 @@ mod tests {
         };
         let mut theta = solve(&a_of(&present), &b_of(&present));
         let running = AtomicBool::new(false);
-        let mut fast = Woodbury::from_factor(&factor(&present), 0, &running).unwrap();
+        let base = |l: Mat<f64>, version: u64, on_a_factor: bool| match on_a_factor {
+            true => Woodbury::on_factor(SecretMat::from(l), version),
+            false => Woodbury::from_factor(&l, version, &running).unwrap(),
+        };
+        let mut fast = base(factor(&present), 0, starts_on_a_factor);
+        assert_eq!(fast.on_a_factor(), starts_on_a_factor);
         let steps: [(&[usize], f64); 8] = [
             (&[3], -1.0),
             (&[12, 13], 1.0),
@@ -844,7 +898,10 @@ mod tests {
             }
             let direct = solve(&a_of(&present), &b_of(&present));
             let err = max_rel(&theta, &direct);
-            assert!(err < 1e-12, "version {version}: {err}");
+            assert!(
+                err < 1e-12,
+                "version {version}, starting on a factor: {starts_on_a_factor}: {err}"
+            );
             if version == 3 || version == 6 {
                 // A canonical solve for the version before this one arrives late.
                 let mut before = present.clone();
@@ -853,9 +910,9 @@ mod tests {
                 } else {
                     before.extend_from_slice(ids);
                 }
-                fast.rebase(
-                    Woodbury::from_factor(&factor(&before), version - 1, &running).unwrap(),
-                );
+                let on_a_factor = (version == 3) != starts_on_a_factor;
+                fast.rebase(base(factor(&before), version - 1, on_a_factor));
+                assert_eq!(fast.on_a_factor(), on_a_factor);
                 assert_eq!(fast.pending(), ids.len());
                 assert_eq!(fast.base(), version - 1);
             }

@@ -123,10 +123,11 @@ impl BenchReport {
                  weights). Reaching 1000× at this n needs the whole durable forget under {}, \
                  {:.1}× less than now. What could still give: a journal with space reserved \
                  ahead, so that its sync is that of an in-place overwrite; and the statistics' \
-                 update beside the correction on the second core (tried: on this shared 2-core \
-                 machine a second thread started late, after the correction was done, and two \
-                 memory-bound passes shared one memory bus, so the call took as long; and the \
-                 commit beside them, as a large change runs it, made it about 8 % slower).\n",
+                 update beside the correction on the second core (tried: on this 2-core virtual \
+                 machine, whose kernel packs runnable threads onto one vCPU, a thread started \
+                 for under a few milliseconds of work ran only once the caller's thread \
+                 blocked, so the call took as long; and the commit beside them, as a large \
+                 change runs it, made it about 8 % slower, its sync 0.5 → 1.2–1.7 ms).\n",
                 fmt_n(h.n),
                 h.d,
                 h.c,
@@ -705,8 +706,9 @@ fn phase_meaning(name: &str) -> &'static str {
         }
         "stats" => "the exact integer statistics updated",
         "solve" => {
-            "the weights' update: the Woodbury correction from the background's inverse (the \
-             rank-k update of the factor before there is one), or the re-solve"
+            "the weights' update: the Woodbury correction from the background's inverse (or \
+             through the factor, before there is one), the rank-k update of the factor, or the \
+             re-solve"
         }
         "publish" => "the new weights made the ones predictions use",
         _ => "",
