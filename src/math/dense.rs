@@ -335,7 +335,7 @@ pub struct NotPositive;
 /// `x ← (L Lᵀ)⁻¹ x` for a Cholesky factor `l` (its lower triangle; the strict upper triangle
 /// is not read), by columns of L: a forward substitution that subtracts each solved entry's
 /// column, then a back substitution of dot products with L's columns.
-pub fn solve_cholesky(l: &Mat<f64>, x: &mut Mat<f64>) {
+pub fn solve_cholesky(l: MatRef<'_, f64>, x: &mut Mat<f64>) {
     let n = l.nrows();
     let contiguous = "columns are contiguous";
     for c in 0..x.ncols() {
@@ -498,7 +498,7 @@ pub(crate) mod tests {
         let mut l = a.clone();
         cholesky(l.as_mut()).unwrap();
         let mut x = b.clone();
-        solve_cholesky(&l, &mut x);
+        solve_cholesky(l.as_ref(), &mut x);
         assert!(max_diff((&a * &x).as_ref(), b.as_ref()) < 1e-10);
         let mut g = matrix(6, n, n);
         g[(0, 0)] = 0.0;

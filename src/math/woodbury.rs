@@ -205,7 +205,7 @@ impl Woodbury {
         dense::cholesky(sc.as_mut()).map_err(|_| Refused)?;
         // c⁻¹ = s (s c)⁻¹.
         let mut c_inv = SecretMat::from_fn(k, k, |i, j| if i == j { sign } else { 0.0 });
-        dense::solve_cholesky(&sc, &mut c_inv);
+        dense::solve_cholesky(sc.as_ref(), &mut c_inv);
         // Θ' = Θ + g c⁻¹ (T − X Θ).
         let mut e = SecretMat::from(t.clone());
         dense::product(
