@@ -79,37 +79,28 @@ fn main() {
                     })
                     .collect(),
             );
-            let correction = median(
-                (0..repeats)
-                    .map(|_| {
-                        let mut fast = Woodbury::from_factor(&base.l, 0, &AtomicBool::new(false))
-                            .expect("not stopped");
-                        let mut theta = base.theta.clone();
-                        let start = Instant::now();
-                        let applied = fast.apply(&mut theta, &x, &t, -1.0, 1);
-                        let seconds = start.elapsed().as_secs_f64();
-                        match applied {
-                            Ok(()) => seconds,
-                            Err(_) => f64::NAN,
-                        }
-                    })
-                    .collect(),
-            );
-            let on_factor = median(
-                (0..repeats)
-                    .map(|_| {
-                        let mut fast = Woodbury::on_factor(base.l.clone(), 0);
-                        let mut theta = base.theta.clone();
-                        let start = Instant::now();
-                        let applied = fast.apply(&mut theta, &x, &t, -1.0, 1);
-                        let seconds = start.elapsed().as_secs_f64();
-                        match applied {
-                            Ok(()) => seconds,
-                            Err(_) => f64::NAN,
-                        }
-                    })
-                    .collect(),
-            );
+            // The correction from a fresh base (not timed), with nothing pending.
+            let time_correction = |base_of: &dyn Fn() -> Woodbury| {
+                median(
+                    (0..repeats)
+                        .map(|_| {
+                            let mut fast = base_of();
+                            let mut theta = base.theta.clone();
+                            let start = Instant::now();
+                            let applied = fast.apply(&mut theta, &x, &t, -1.0, 1);
+                            let seconds = start.elapsed().as_secs_f64();
+                            match applied {
+                                Ok(()) => seconds,
+                                Err(_) => f64::NAN,
+                            }
+                        })
+                        .collect(),
+                )
+            };
+            let correction = time_correction(&|| {
+                Woodbury::from_factor(&base.l, 0, &AtomicBool::new(false)).expect("not stopped")
+            });
+            let on_factor = time_correction(&|| Woodbury::on_factor(base.l.clone(), 0));
             let pick = |update| match solver::resolve_is_cheaper(update, k, d + 1, c) {
                 true => "re-solve",
                 false => "update",
