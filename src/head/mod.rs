@@ -1215,7 +1215,6 @@ impl Inner {
 /// up to it, keeping the later ones), or inverts the current factor when the canonical
 /// solution is current but the fast path has no inverse or pending changes.
 fn resolve_loop(inner: &Inner) {
-    threads::lower_this_thread();
     let _done = SolvingCleared(inner);
     loop {
         let job = {
@@ -1497,41 +1496,6 @@ pub(crate) mod tests {
         assert!(reopened.verify().unwrap().ok());
         assert_eq!(reopened.weights().unwrap(), expected);
         reopened.close().unwrap();
-    }
-
-    /// The background runs at the lowest priority (nice 19), so that waking it at the end of a
-    /// call does not take the caller's core before the call returns.
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn the_background_yields_to_callers() {
-        // The nice value of every thread of this process named `lethe-resolve` (field 19 of
-        // its stat line, counted from the pid; the name, field 2, is in parentheses).
-        let background_nice = || -> Vec<i64> {
-            let tasks = std::fs::read_dir("/proc/self/task").unwrap();
-            tasks
-                .filter_map(|task| {
-                    let path = task.ok()?.path();
-                    let name = std::fs::read_to_string(path.join("comm")).ok()?;
-                    let stat = std::fs::read_to_string(path.join("stat")).ok()?;
-                    let after_name = &stat[stat.rfind(')')? + 2..];
-                    let nice = after_name.split(' ').nth(16)?.parse().ok()?;
-                    (name.trim_end() == "lethe-resolve").then_some(nice)
-                })
-                .collect()
-        };
-        let head = Head::detached(spec(), &HeadOptions::default()).unwrap();
-        learn(&head, &[1, 2, 3]).unwrap();
-        // A thread takes its name once it runs, and other tests start backgrounds too: wait
-        // until there is one and every one has lowered itself (each does so first thing).
-        let start = std::time::Instant::now();
-        let mut nice = background_nice();
-        while (nice.is_empty() || nice.iter().any(|&n| n != 19)) && start.elapsed().as_secs() < 10 {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-            nice = background_nice();
-        }
-        assert!(!nice.is_empty(), "no background thread found");
-        assert!(nice.iter().all(|&n| n == 19), "nice values {nice:?}");
-        head.close().unwrap();
     }
 
     /// A learn with no inverse takes the factor as the correction's base; the background's

@@ -98,26 +98,6 @@ pub fn beside<A, B: Send>(here: impl FnOnce() -> A, there: impl FnOnce() -> B + 
     })
 }
 
-/// Gives this thread the lowest scheduling priority (nice 19), so that it runs when a core is
-/// free rather than preempt the threads that call Lethe. For the head's background: woken at
-/// the end of a call, it would otherwise take the caller's core before the call returns (on a
-/// 2-core Xeon, a learn of 64 mnist samples took 1.19 ms with the background at the callers'
-/// priority and 0.50 ms at nice 19). Threads it starts inherit the priority. Linux only: there,
-/// unlike elsewhere, a nice value belongs to one thread, not to the process.
-pub fn lower_this_thread() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: a plain system call on this thread (`who` = 0), which reads and writes no memory
-    // of this process; raising one's own nice value needs no privilege.
-    unsafe {
-        if libc::setpriority(libc::PRIO_PROCESS, 0, 19) != 0 {
-            tracing::debug!(
-                "the background's priority could not be lowered: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-    }
-}
-
 #[cfg(not(test))]
 fn threads_refused() -> bool {
     false
