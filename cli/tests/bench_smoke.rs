@@ -135,6 +135,7 @@ fn quick_bench_completes_and_is_sane() {
     ] {
         assert!(t > 0.0, "{e:?}");
     }
+    assert!(e.pairs == 5 && e.forget_added.is_finite(), "{e:?}");
 
     // The report states the numbers of this run.
     let md = std::fs::read_to_string(&out).expect("report written where --out says");

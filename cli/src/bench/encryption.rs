@@ -13,7 +13,7 @@ use super::results::EncryptionRow;
 use crate::digits::digit_inputs;
 use crate::global::Global;
 use crate::harness::{median, seconds_of, time_forget};
-use crate::units::fmt_secs;
+use crate::units::{fmt_secs, fmt_signed_secs};
 use lethe::data::Digits;
 use lethe::{Core, Error, Head, HeadOptions, Result, StateKey};
 
@@ -66,12 +66,19 @@ pub fn bench_encryption(
         Head::open(sweep.core.clone(), plain, &HeadOptions::default())?,
         Head::open(sweep.core.clone(), &encrypted, &keyed(&key))?,
     ];
+    // In pairs, each a forget on either dir back to back, the first of the pair alternating:
+    // the difference within a pair is little touched by the machine's slower stretches, which
+    // move both of its forgets.
     let mut forgets = [Vec::new(), Vec::new()];
-    for _ in 0..plan.forget_repeats {
-        for (head, times) in heads.iter().zip(&mut forgets) {
-            let (forget, _) = time_forget(head, &ids, 1, 1, rng, &|ids| sweep.learn(head, ids))?;
-            times.push(forget);
+    let mut added = Vec::new();
+    for pair in 0..plan.encryption_forget_pairs {
+        let mut times = [0.0; 2];
+        for which in [pair % 2, 1 - pair % 2] {
+            let head = &heads[which];
+            (times[which], _) = time_forget(head, &ids, 1, 1, rng, &|ids| sweep.learn(head, ids))?;
+            forgets[which].push(times[which]);
         }
+        added.push(times[1] - times[0]);
     }
     for head in heads {
         head.close()?;
@@ -90,15 +97,19 @@ pub fn bench_encryption(
         open_encrypted: median(open_encrypted),
         forget_plain,
         forget_encrypted,
+        forget_added: median(added),
+        pairs: plan.encryption_forget_pairs,
     };
     eprintln!(
-        "  learn {bundle} batch {batch}: {} vs {}; open n {n}: {} vs {}; forget 1: {} vs {}",
+        "  learn {bundle} batch {batch}: {} vs {}; open n {n}: {} vs {}; forget 1: {} vs {} \
+         ({} within pairs)",
         fmt_secs(row.learn_plain),
         fmt_secs(row.learn_encrypted),
         fmt_secs(row.open_plain),
         fmt_secs(row.open_encrypted),
         fmt_secs(row.forget_plain),
-        fmt_secs(row.forget_encrypted)
+        fmt_secs(row.forget_encrypted),
+        fmt_signed_secs(row.forget_added)
     );
     Ok(row)
 }

@@ -12,6 +12,8 @@ pub struct Plan {
     /// The k values forgotten at each n (those below n).
     pub ks: Vec<usize>,
     pub forget_repeats: usize,
+    /// Pairs of one-sample forgets, without and with a key, for the encryption row.
+    pub encryption_forget_pairs: usize,
     /// One-sample forgets issued back to back at the first head's largest n.
     pub back_to_back: usize,
     pub refit_repeats: usize,
@@ -32,6 +34,7 @@ impl Plan {
                 heads: vec![(256, 10, vec![1000, 4000])],
                 ks: vec![1, 100],
                 forget_repeats: 3,
+                encryption_forget_pairs: 5,
                 back_to_back: 50,
                 refit_repeats: 3,
                 predict_batches: vec![
@@ -57,6 +60,7 @@ impl Plan {
                 ],
                 ks: vec![1, 100, 1000],
                 forget_repeats: 9,
+                encryption_forget_pairs: 41,
                 back_to_back: 1000,
                 refit_repeats: 3,
                 predict_batches: vec![

@@ -33,9 +33,12 @@ pub struct EncryptionRow {
     /// `Head::open` of the closed state dir, with the core already open.
     pub open_plain: f64,
     pub open_encrypted: f64,
-    /// A durable forget of one sample.
+    /// A durable forget of one sample: the medians on either dir, and the median of the
+    /// differences (with a key − without) within pairs of forgets run back to back.
     pub forget_plain: f64,
     pub forget_encrypted: f64,
+    pub forget_added: f64,
+    pub pairs: usize,
 }
 
 /// Predict on one bundle at one batch size: medians in seconds.
