@@ -1215,6 +1215,7 @@ impl Inner {
 /// up to it, keeping the later ones), or inverts the current factor when the canonical
 /// solution is current but the fast path has no inverse or pending changes.
 fn resolve_loop(inner: &Inner) {
+    threads::batch_this_thread();
     let _done = SolvingCleared(inner);
     loop {
         let job = {
@@ -1527,6 +1528,46 @@ pub(crate) mod tests {
             head.pending_corrections(),
             Some(0),
             "the inverse from 2p samples on"
+        );
+        head.close().unwrap();
+    }
+
+    /// The background is batch work (`SCHED_BATCH`), so that waking it at the end of a call
+    /// does not take the caller's core before the call returns.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_background_does_not_preempt_callers() {
+        // The scheduling policy of every thread of this process named `lethe-resolve` (field
+        // 41 of its stat line, counted from the pid; the name, field 2, is in parentheses).
+        let background_policies = || -> Vec<i32> {
+            let tasks = std::fs::read_dir("/proc/self/task").unwrap();
+            tasks
+                .filter_map(|task| {
+                    let path = task.ok()?.path();
+                    let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                    let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                    let after_name = &stat[stat.rfind(')')? + 2..];
+                    let policy = after_name.split(' ').nth(38)?.parse().ok()?;
+                    (name.trim_end() == "lethe-resolve").then_some(policy)
+                })
+                .collect()
+        };
+        let head = Head::detached(spec(), &HeadOptions::default()).unwrap();
+        learn(&head, &[1, 2, 3]).unwrap();
+        // A thread takes its name once it runs, and other tests start backgrounds too: wait
+        // until there is one and every one has marked itself (each does so first thing).
+        let start = std::time::Instant::now();
+        let mut policies = background_policies();
+        while (policies.is_empty() || policies.iter().any(|&p| p != libc::SCHED_BATCH))
+            && start.elapsed().as_secs() < 10
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            policies = background_policies();
+        }
+        assert!(!policies.is_empty(), "no background thread found");
+        assert!(
+            policies.iter().all(|&p| p == libc::SCHED_BATCH),
+            "policies {policies:?}"
         );
         head.close().unwrap();
     }

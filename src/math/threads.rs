@@ -98,6 +98,28 @@ pub fn beside<A, B: Send>(here: impl FnOnce() -> A, there: impl FnOnce() -> B + 
     })
 }
 
+/// Marks this thread as batch work (Linux's `SCHED_BATCH`): when it is woken it does not
+/// preempt the thread running on its core, but waits for the next scheduling tick, and it keeps
+/// the callers' priority, so its share of the cores is theirs. For the head's background:
+/// woken at the end of a call, it would otherwise take the caller's core before the call
+/// returns. (The lowest priority, nice 19, does that too but starves it while the callers keep
+/// every core busy, and calls that wait for its re-solve would wait on a starved thread.)
+pub fn batch_this_thread() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: a plain system call on this thread (`pid` = 0) that reads the parameter it is
+    // given and writes no memory of this process; SCHED_BATCH at priority 0 needs no
+    // privilege.
+    unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0 {
+            tracing::debug!(
+                "the background could not be marked as batch work: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
 #[cfg(not(test))]
 fn threads_refused() -> bool {
     false
