@@ -644,7 +644,8 @@ impl BenchReport {
              G9: every record, the statistics, factor and weights, and the journal sealed with \
              XChaCha20-Poly1305), alternating. The learn is `learn_features` on a batch of real \
              digits' core outputs; open and forget use a synthetic head with n = {} samples, \
-             d = {}, C = {}, filled with the same samples in both dirs. The forgets run in {} \
+             d = {}, C = {}, filled alike (the same samples, by the same learn calls) in both \
+             dirs. The forgets run in {} \
              pairs, one on each dir back to back (which goes first alternates): their row gives \
              each dir's median and, as what a key adds, the median of the differences within \
              the pairs.\n\n\
