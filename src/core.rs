@@ -435,6 +435,7 @@ impl Core {
                 bound,
             } = &mut idle;
             if !bound.as_ref().is_some_and(|b| b.fits(n, &outputs)) {
+                // The old buffers are freed before the new ones are allocated.
                 *bound = None;
                 *bound = Some(BoundOutputs::new(session, n, &outputs)?);
             }

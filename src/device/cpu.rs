@@ -77,6 +77,25 @@ mod tests {
         })
     }
 
+    /// Features φ `[n, d]`, core logits z `[n, C]` and weights W `[C, d]`, b, uniform in
+    /// [−1, 1).
+    fn random_case(
+        n: usize,
+        d: usize,
+        c: usize,
+        seed: u64,
+    ) -> (Array2<f32>, Array2<f32>, ServedWeights) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut next = move || rng.random_range(-1.0f32..1.0);
+        let phi = Array2::from_shape_fn((n, d), |_| next());
+        let z = Array2::from_shape_fn((n, c), |_| next());
+        let w = ServedWeights {
+            w: Array2::from_shape_fn((c, d), |_| next()),
+            b: (0..c).map(|_| next()).collect(),
+        };
+        (phi, z, w)
+    }
+
     /// f32 accumulation over d terms of magnitude ≤ 1 differs from f64 by at most d·2^-23·scale.
     const F32_DOT_TOLERANCE: f64 = 1e-5;
 
@@ -85,14 +104,7 @@ mod tests {
         /// Both ways: one dot product per logit (W up to `DOTS_UP_TO` entries) and the matrix
         /// product.
         fn matches_the_naive_loop(n in 0usize..9, d in 1usize..600, c in 1usize..13, seed in any::<u64>()) {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut next = move || rng.random_range(-1.0f32..1.0);
-            let phi = Array2::from_shape_fn((n, d), |_| next());
-            let z = Array2::from_shape_fn((n, c), |_| next());
-            let w = ServedWeights {
-                w: Array2::from_shape_fn((c, d), |_| next()),
-                b: (0..c).map(|_| next()).collect(),
-            };
+            let (phi, z, w) = random_case(n, d, c, seed);
             let got = logits(&phi, &z, &w);
             let want = naive(&phi, &z, &w);
             prop_assert_eq!(got.dim(), (n, c));
@@ -105,14 +117,7 @@ mod tests {
         /// (mnist-core's head, 10 × 128, and wider ones).
         #[test]
         fn a_sample_alone_is_its_row_in_a_batch(n in 2usize..70, d in 100usize..600, c in 2usize..13, seed in any::<u64>()) {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut next = move || rng.random_range(-1.0f32..1.0);
-            let phi = Array2::from_shape_fn((n, d), |_| next());
-            let z = Array2::from_shape_fn((n, c), |_| next());
-            let w = ServedWeights {
-                w: Array2::from_shape_fn((c, d), |_| next()),
-                b: (0..c).map(|_| next()).collect(),
-            };
+            let (phi, z, w) = random_case(n, d, c, seed);
             let batch = logits(&phi, &z, &w);
             for i in [0, n / 2, n - 1] {
                 let one = |a: &Array2<f32>| a.slice(ndarray::s![i..i + 1, ..]).to_owned();
