@@ -6,9 +6,10 @@
 //! ONNX Runtime sessions are run through `&mut`, so the core keeps a small pool of sessions:
 //! concurrent callers each take one (a new one is created when all are busy) and put it back.
 //!
-//! On the CPU, ONNX Runtime writes the outputs into buffers Lethe allocated and binds (I/O
-//! binding); they and Lethe's copy of the input are zeroized after use (G4). What ONNX Runtime
-//! keeps in its own memory (its arena of intermediate tensors) is outside G4.
+//! On the host, ONNX Runtime reads the inputs where the caller holds them (an input it cannot
+//! read in place is copied into a buffer of Lethe's first) and writes the outputs into buffers
+//! Lethe preallocated; those buffers are zeroized after every run (G4). What ONNX Runtime keeps
+//! in its own memory (its arena of intermediate tensors) is outside G4.
 //!
 //! The core runs on ONNX Runtime's CPU execution provider unless [`CoreOptions::backend`] asks
 //! for CUDA and the loaded ONNX Runtime has the CUDA execution provider (the `onnxruntime-gpu`
@@ -22,12 +23,15 @@ pub mod image;
 pub mod text;
 
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::sync::Mutex;
 
 use ndarray::{s, Array2, ArrayViewD};
 use ort::memory::Allocator;
-use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, Tensor as OrtTensor, TensorElementType, ValueType};
+use ort::session::{HasSelectedOutputs, OutputSelector, RunOptions, Session, SessionInputValue};
+use ort::value::{
+    DynTensor, DynTensorValueType, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType,
+};
 use zeroize::Zeroize;
 
 use self::image::ImageEncoder;
@@ -57,7 +61,7 @@ pub struct Core {
     bundle: Bundle,
     options: CoreOptions,
     backend: CoreBackend,
-    /// Sessions not in use, each with the input buffers of its last run (zeroed).
+    /// Sessions not in use, each with the input and output buffers of its last run (zeroed).
     idle: Mutex<Vec<Idle>>,
     /// The tokenizer, for a bundle that takes text.
     text: Option<TextEncoder>,
@@ -276,8 +280,8 @@ impl Core {
         for input in &mut idle.inputs {
             input.wipe();
         }
-        if let Some(bound) = &mut idle.bound {
-            bound.wipe();
+        if let Some(preallocated) = &mut idle.preallocated {
+            preallocated.wipe();
         }
         self.idle
             .lock()
@@ -425,32 +429,57 @@ impl Core {
         if n == 0 {
             return Ok(CoreOutputs { outputs });
         }
-        let mut idle = self.take_session_with(inputs)?;
-        // ONNX Runtime writes each output into a buffer of the session's binding, which is
-        // copied into `outputs` once the run's results are dropped, then zeroized.
+        let mut idle = self.take_session()?;
+        // The inputs are handed to ONNX Runtime as they are (views of the caller's memory),
+        // except those it cannot take in place, which are copied into the session's input
+        // buffers; ONNX Runtime writes each output into a buffer preallocated with the
+        // session's run options, copied into `outputs` once the run's results are dropped,
+        // then zeroized.
         let result = (|| -> Result<()> {
             let Idle {
                 session,
-                inputs: values,
-                bound,
+                inputs: buffers,
+                preallocated,
             } = &mut idle;
-            if !bound.as_ref().is_some_and(|b| b.fits(n, &outputs)) {
+            let mut spare = std::mem::take(buffers);
+            for t in inputs.iter().filter(|t| InPlace::of(t).is_none()) {
+                buffers.push(InputValue::reuse_or_copy(&mut spare, t)?);
+            }
+            drop(spare);
+            if !preallocated.as_ref().is_some_and(|p| p.fits(n, &outputs)) {
                 // The old buffers are freed before the new ones are allocated.
-                *bound = None;
-                *bound = Some(BoundOutputs::new(session, n, &outputs)?);
+                *preallocated = None;
+                *preallocated = Some(Preallocated::new(n, &outputs)?);
             }
-            let bound = bound.as_mut().expect("bound above");
-            for v in values.iter() {
-                bound.binding.bind_input(v.name.as_str(), &v.value)?;
-            }
-            let produced = session.run_binding(&bound.binding)?;
+            let preallocated = preallocated.as_mut().expect("made above");
+            let mut copies = buffers.iter();
+            let values = inputs
+                .iter()
+                .map(|t| {
+                    let value = match InPlace::of(t) {
+                        Some(values) => values.value(t.shape())?,
+                        None => {
+                            let copy = copies.next().expect("a copy of each input not borrowed");
+                            SessionInputValue::from(&copy.value)
+                        }
+                    };
+                    Ok((t.name(), value))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let produced = session.run_with_options(values, &preallocated.options)?;
             for &name in names {
-                if produced.get(name).is_none() {
-                    return Err(Error::Ort(format!("the core produced no output {name:?}")));
+                let written = produced
+                    .get(name)
+                    .and_then(|v| v.view().downcast::<DynTensorValueType>().ok())
+                    .map(|t| t.data_ptr().cast::<f32>());
+                if written != Some(preallocated.buffer(name)) {
+                    return Err(Error::Ort(format!(
+                        "the core did not write output {name:?} into its buffer"
+                    )));
                 }
             }
             drop(produced);
-            bound.copy_to(&mut outputs);
+            preallocated.copy_to(&mut outputs);
             Ok(())
         })();
         self.put_back(idle);
@@ -585,14 +614,15 @@ fn ort_type(dtype: DType) -> TensorElementType {
     }
 }
 
-/// A session of the pool and the input buffers of its last run, zeroed: the next run with the
-/// same input shapes copies into them rather than into fresh memory, whose every page would
-/// fault in (38 MB for a batch of 64 mobilenet images). They stay allocated while the core is
-/// open, and so does the I/O binding of its last run on the host, with its output buffers.
+/// A session of the pool and the buffers of its last run, zeroed: the copies of the inputs
+/// ONNX Runtime could not read in place (on the GPU path, every input), which the next run
+/// with the same input shapes copies into rather than into fresh memory, whose every page
+/// would fault in (38 MB for a batch of 64 mobilenet images); and the run options of its last
+/// run on the host, with their output buffers. They stay allocated while the core is open.
 struct Idle {
     session: Session,
     inputs: Vec<InputValue>,
-    bound: Option<BoundOutputs>,
+    preallocated: Option<Preallocated>,
 }
 
 impl Idle {
@@ -600,39 +630,59 @@ impl Idle {
         Idle {
             session,
             inputs: Vec::new(),
-            bound: None,
+            preallocated: None,
         }
     }
 }
 
-/// An I/O binding of a session's outputs for a batch of n, each to an ONNX Runtime tensor of
-/// its own, kept for the next run of the same outputs and batch: a new binding and a tensor
-/// per output bound each run took about 4 µs more per run (mnist-core at batch 1, whose run
-/// takes about 80 µs, on a 2-core Xeon). A run's outputs are copied out and the buffers
-/// zeroized before the session goes back to the pool (G4).
-struct BoundOutputs {
-    binding: IoBinding,
+/// A session's run options for a batch of n, with a buffer of its own preallocated for each
+/// output (an ONNX Runtime tensor), kept for the next run of the same outputs and batch: new
+/// outputs each run took about 4 µs more per run (mnist-core at batch 1, whose run takes about
+/// 80 µs, on a 2-core Xeon). A run's outputs are copied out and the buffers zeroized before
+/// the session goes back to the pool (G4).
+struct Preallocated {
+    options: RunOptions<HasSelectedOutputs>,
     n: usize,
-    outputs: Vec<(String, OrtTensor<f32>)>,
+    outputs: Vec<OutputBuffer>,
 }
 
-impl BoundOutputs {
-    fn new(session: &Session, n: usize, outputs: &[(String, SecretArray)]) -> Result<BoundOutputs> {
-        let mut binding = session.create_binding()?;
-        let mut bound = Vec::with_capacity(outputs.len());
+/// One output's buffer, owned by the run options that hold its tensor.
+struct OutputBuffer {
+    name: String,
+    width: usize,
+    data: NonNull<f32>,
+}
+
+// SAFETY: `data` points into a tensor owned by the same `Preallocated`'s run options, which
+// own it wherever they are moved; it is read and written only through `&self`/`&mut self` of
+// that `Preallocated`.
+unsafe impl Send for Preallocated {}
+
+impl Preallocated {
+    fn new(n: usize, outputs: &[(String, SecretArray)]) -> Result<Preallocated> {
+        let mut selector = OutputSelector::no_default();
+        let mut buffers = Vec::with_capacity(outputs.len());
         for (name, array) in outputs {
             let mut tensor = OrtTensor::<f32>::new(&Allocator::default(), [n, array.ncols()])?;
-            binding.bind_output(name.as_str(), &mut tensor)?;
-            bound.push((name.clone(), tensor));
+            let data = NonNull::new(tensor.data_ptr_mut().cast::<f32>())
+                .ok_or_else(|| Error::Ort(format!("no buffer for output {name:?}")))?;
+            buffers.push(OutputBuffer {
+                name: name.clone(),
+                width: array.ncols(),
+                data,
+            });
+            selector = selector
+                .with(name.as_str())
+                .preallocate(name.as_str(), tensor);
         }
-        Ok(BoundOutputs {
-            binding,
+        Ok(Preallocated {
+            options: RunOptions::new()?.with_outputs(selector),
             n,
-            outputs: bound,
+            outputs: buffers,
         })
     }
 
-    /// Whether it binds exactly these outputs for a batch of n.
+    /// Whether it preallocates exactly these outputs for a batch of n.
     fn fits(&self, n: usize, outputs: &[(String, SecretArray)]) -> bool {
         self.n == n
             && self.outputs.len() == outputs.len()
@@ -640,32 +690,93 @@ impl BoundOutputs {
                 .outputs
                 .iter()
                 .zip(outputs)
-                .all(|((bound, tensor), (name, array))| {
-                    bound == name && tensor.shape()[1] as usize == array.ncols()
+                .all(|(buffer, (name, array))| {
+                    &buffer.name == name && buffer.width == array.ncols()
                 })
     }
 
+    /// Where the output `name` is written (null if it is not preallocated).
+    fn buffer(&self, name: &str) -> *const f32 {
+        self.outputs
+            .iter()
+            .find(|b| b.name == name)
+            .map_or(std::ptr::null(), |b| b.data.as_ptr().cast_const())
+    }
+
+    fn values(&mut self, buffer: usize) -> &mut [f32] {
+        let b = &self.outputs[buffer];
+        // SAFETY: `data` is the start of the n × width f32 tensor that `options` owns (see
+        // `new`), alive as long as `self`; `&mut self` makes this the only reference to it.
+        unsafe { std::slice::from_raw_parts_mut(b.data.as_ptr(), self.n * b.width) }
+    }
+
     /// Copies each output of the last run into its array.
-    fn copy_to(&self, outputs: &mut [(String, SecretArray)]) {
-        for ((_, tensor), (_, array)) in self.outputs.iter().zip(outputs) {
+    fn copy_to(&mut self, outputs: &mut [(String, SecretArray)]) {
+        for (i, (_, array)) in outputs.iter_mut().enumerate() {
             array
                 .as_slice_mut()
                 .expect("a new array is contiguous")
-                .copy_from_slice(tensor.extract_tensor().1);
+                .copy_from_slice(self.values(i));
         }
     }
 
     /// Zeroes the outputs of the last run (G4).
     fn wipe(&mut self) {
-        for (_, tensor) in &mut self.outputs {
-            tensor.extract_tensor_mut().1.zeroize();
+        for i in 0..self.outputs.len() {
+            self.values(i).zeroize();
         }
     }
 }
 
-/// A checked input copied into an ONNX Runtime tensor of its own, for an I/O binding (ort
-/// copies a borrowed one through a session of its own, which deadlocks); zeroized after each
-/// run and when dropped.
+/// The values of an input that ONNX Runtime reads where they are, typed.
+enum InPlace<'t> {
+    Float32(&'t [f32]),
+    Int64(&'t [i64]),
+    Int32(&'t [i32]),
+    Uint8(&'t [u8]),
+}
+
+impl<'t> InPlace<'t> {
+    /// `t`'s values, or `None` if they must be copied first: half floats and booleans (not
+    /// among the element types read in place here), and values not aligned for their type.
+    fn of(t: &'t Tensor<'_>) -> Option<InPlace<'t>> {
+        let bytes = t.bytes();
+        // SAFETY (each `align_to`): every bit pattern is a valid f32, i64 and i32, and
+        // `align_to` returns in its middle part only whole values at aligned addresses.
+        match t.dtype() {
+            DType::Float32 => match unsafe { bytes.align_to::<f32>() } {
+                ([], values, []) => Some(InPlace::Float32(values)),
+                _ => None,
+            },
+            DType::Int64 => match unsafe { bytes.align_to::<i64>() } {
+                ([], values, []) => Some(InPlace::Int64(values)),
+                _ => None,
+            },
+            DType::Int32 => match unsafe { bytes.align_to::<i32>() } {
+                ([], values, []) => Some(InPlace::Int32(values)),
+                _ => None,
+            },
+            DType::Uint8 => Some(InPlace::Uint8(bytes)),
+            DType::Float16 | DType::Bool => None,
+        }
+    }
+
+    /// A view of the values with `shape`, for a run.
+    fn value(self, shape: &[usize]) -> Result<SessionInputValue<'t>> {
+        let shape = shape.to_vec();
+        Ok(match self {
+            InPlace::Float32(v) => TensorRef::from_array_view((shape, v))?.into(),
+            InPlace::Int64(v) => TensorRef::from_array_view((shape, v))?.into(),
+            InPlace::Int32(v) => TensorRef::from_array_view((shape, v))?.into(),
+            InPlace::Uint8(v) => TensorRef::from_array_view((shape, v))?.into(),
+        })
+    }
+}
+
+/// A checked input copied into an ONNX Runtime tensor of its own: on the host, one that ONNX
+/// Runtime cannot read in place (see [`InPlace::of`]); on the GPU path every input, for the I/O
+/// binding (ort copies a borrowed one through a session of its own, which deadlocks). Zeroized
+/// after each run and when dropped.
 struct InputValue {
     name: String,
     dtype: DType,
@@ -820,21 +931,41 @@ fn core_device(ordinal: usize, rt: &Runtime) -> std::result::Result<String, CpuR
 mod tests {
     use super::*;
 
-    /// G4: the input buffers an idle session keeps for its next run hold zeros, not the last
-    /// run's inputs.
-    #[test]
-    fn pooled_input_buffers_hold_zeros_between_runs() {
+    fn mnist() -> Core {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/models/mnist-core");
-        let core = Core::open(dir, &CoreOptions::default()).unwrap();
-        let n = 3;
-        let x: Vec<f32> = (0..n * core.input_len())
+        Core::open(dir, &CoreOptions::default()).unwrap()
+    }
+
+    fn inputs(core: &Core, n: usize) -> Vec<f32> {
+        (0..n * core.input_len())
             .map(|i| 0.25 + (i % 7) as f32 / 8.0)
-            .collect();
-        core.run(&x, n, &["features"]).unwrap();
+            .collect()
+    }
+
+    /// The same values `shift` bytes into a buffer of bytes (not aligned for f32 when `shift`
+    /// is not a multiple of 4).
+    fn shifted(x: &[f32], shift: usize) -> Vec<u8> {
+        let mut bytes = vec![0u8; shift];
+        bytes.extend(x.iter().flat_map(|v| v.to_ne_bytes()));
+        bytes
+    }
+
+    /// G4: the buffers an idle session keeps for its next run hold zeros, not the last run's
+    /// inputs or outputs: the copy of an input not aligned for its type, and the outputs.
+    #[test]
+    fn pooled_buffers_hold_zeros_between_runs() {
+        let core = mnist();
+        let n = 3;
+        let x = inputs(&core, n);
+        let bytes = shifted(&x, 1);
+        let shape = core.bundle().input_shape(n);
+        let name = core.bundle().manifest.inputs[0].name.clone();
+        let input = Tensor::from_bytes(name.as_str(), DType::Float32, &shape, &bytes[1..]);
+        core.run_tensors(&[input], &["features"]).unwrap();
         let mut idle = core.idle.lock().unwrap();
-        let buffers: Vec<&mut InputValue> = idle.iter_mut().flat_map(|i| &mut i.inputs).collect();
-        assert_eq!(buffers.len(), 1, "the run's input buffer was not kept");
-        for b in buffers {
+        let idle = &mut idle[0];
+        assert_eq!(idle.inputs.len(), 1, "the run's input copy was not kept");
+        for b in &mut idle.inputs {
             assert!(!b.filled);
             let len = b.shape.iter().product::<usize>() * b.dtype.size();
             assert_eq!(len, x.len() * 4);
@@ -842,6 +973,39 @@ mod tests {
             let bytes =
                 unsafe { std::slice::from_raw_parts(b.value.data_ptr_mut().cast::<u8>(), len) };
             assert!(bytes.iter().all(|&v| v == 0), "an idle buffer holds inputs");
+        }
+        let outputs = idle.preallocated.as_mut().expect("the outputs were kept");
+        assert_eq!(outputs.outputs.len(), 1);
+        assert!(
+            outputs.values(0).iter().all(|&v| v == 0.0),
+            "an idle buffer holds outputs"
+        );
+    }
+
+    /// An input in the caller's memory is read in place, not copied, and gives the same outputs,
+    /// bit for bit, as a copy of it that is not aligned for f32 (read through a copy).
+    #[test]
+    fn aligned_inputs_are_read_in_place() {
+        let core = mnist();
+        let n = 2;
+        let x = inputs(&core, n);
+        let in_place = core.run(&x, n, &["features", "logits"]).unwrap();
+        assert!(
+            core.idle.lock().unwrap()[0].inputs.is_empty(),
+            "an aligned input was copied"
+        );
+        let bytes = shifted(&x, 3);
+        let shape = core.bundle().input_shape(n);
+        let name = core.bundle().manifest.inputs[0].name.clone();
+        let input = Tensor::from_bytes(name.as_str(), DType::Float32, &shape, &bytes[3..]);
+        let copied = core.run_tensors(&[input], &["features", "logits"]).unwrap();
+        for name in ["features", "logits"] {
+            let (a, b) = (in_place.get(name).unwrap(), copied.get(name).unwrap());
+            assert!(a.iter().any(|&v| v != 0.0), "{name} is all zeros");
+            assert!(
+                a.iter().zip(b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                "{name}"
+            );
         }
     }
 }

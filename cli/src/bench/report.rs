@@ -85,9 +85,9 @@ impl BenchReport {
             s += &format!(
                 "- **Predict overhead** ({}, batch {}: {}): {} per call on top of {}, of \
                  which the head's forward pass is {}. The rest is Lethe's handling of the core \
-                 run (it checks every input value for NaN/Inf, copies the input into the \
-                 session's input buffer and the outputs out of its I/O binding's buffers, \
-                 zeroes both, and maps the core logits onto the head's classes) or noise from \
+                 run (it checks every input value for NaN/Inf, copies the outputs out of the \
+                 buffers ONNX Runtime wrote them into and zeroes those, and maps the core \
+                 logits onto the head's classes) or noise from \
                  other work on the machine; {}'s other rows: {}.\n",
                 p.bundle,
                 p.batch,
