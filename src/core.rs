@@ -252,21 +252,12 @@ impl Core {
         }
     }
 
-    /// An idle session with `inputs` copied into its input buffers (those of its last run,
-    /// where they fit; the others are dropped). On error the session goes back to the pool.
+    /// An idle session with `inputs` copied into its input buffers (see
+    /// [`Idle::copy_inputs`]). On error the session goes back to the pool.
     fn take_session_with(&self, inputs: &[Tensor<'_>]) -> Result<Idle> {
         let mut idle = self.take_session()?;
-        let mut buffers = std::mem::take(&mut idle.inputs);
-        let values = inputs
-            .iter()
-            .map(|t| InputValue::reuse_or_copy(&mut buffers, t))
-            .collect::<Result<Vec<_>>>();
-        drop(buffers);
-        match values {
-            Ok(values) => {
-                idle.inputs = values;
-                Ok(idle)
-            }
+        match idle.copy_inputs(inputs) {
+            Ok(()) => Ok(idle),
             Err(e) => {
                 self.put_back(idle);
                 Err(e)
@@ -430,22 +421,20 @@ impl Core {
             return Ok(CoreOutputs { outputs });
         }
         let mut idle = self.take_session()?;
+        let in_place: Vec<Option<InPlace<'_>>> = inputs.iter().map(InPlace::of).collect();
         // The inputs are handed to ONNX Runtime as they are (views of the caller's memory),
         // except those it cannot take in place, which are copied into the session's input
         // buffers; ONNX Runtime writes each output into a buffer preallocated with the
         // session's run options, copied into `outputs` once the run's results are dropped,
         // then zeroized.
         let result = (|| -> Result<()> {
+            let copied = inputs.iter().zip(&in_place).filter(|(_, p)| p.is_none());
+            idle.copy_inputs(copied.map(|(t, _)| t))?;
             let Idle {
                 session,
                 inputs: buffers,
                 preallocated,
             } = &mut idle;
-            let mut spare = std::mem::take(buffers);
-            for t in inputs.iter().filter(|t| InPlace::of(t).is_none()) {
-                buffers.push(InputValue::reuse_or_copy(&mut spare, t)?);
-            }
-            drop(spare);
             if !preallocated.as_ref().is_some_and(|p| p.fits(n, &outputs)) {
                 // The old buffers are freed before the new ones are allocated.
                 *preallocated = None;
@@ -455,11 +444,12 @@ impl Core {
             let mut copies = buffers.iter();
             let values = inputs
                 .iter()
-                .map(|t| {
-                    let value = match InPlace::of(t) {
+                .zip(in_place)
+                .map(|(t, in_place)| {
+                    let value = match in_place {
                         Some(values) => values.value(t.shape())?,
                         None => {
-                            let copy = copies.next().expect("a copy of each input not borrowed");
+                            let copy = copies.next().expect("a copy of each input not in place");
                             SessionInputValue::from(&copy.value)
                         }
                     };
@@ -633,12 +623,25 @@ impl Idle {
             preallocated: None,
         }
     }
+
+    /// Copies `inputs` into the session's input buffers: those of its last run where they
+    /// fit (the others are dropped, zeroized), else new ones.
+    fn copy_inputs<'t, 'a: 't>(
+        &mut self,
+        inputs: impl IntoIterator<Item = &'t Tensor<'a>>,
+    ) -> Result<()> {
+        let mut spare = std::mem::take(&mut self.inputs);
+        for t in inputs {
+            self.inputs.push(InputValue::reuse_or_copy(&mut spare, t)?);
+        }
+        Ok(())
+    }
 }
 
 /// A session's run options for a batch of n, with a buffer of its own preallocated for each
-/// output (an ONNX Runtime tensor), kept for the next run of the same outputs and batch: new
-/// outputs each run took about 4 µs more per run (mnist-core at batch 1, whose run takes about
-/// 80 µs, on a 2-core Xeon). A run's outputs are copied out and the buffers zeroized before
+/// output (an ONNX Runtime tensor), kept for the next run of the same outputs and batch: with
+/// the I/O binding these replaced, a new binding and new outputs each run took about 4 µs more
+/// per run (mnist-core at batch 1, whose run takes about 80 µs, on a 2-core Xeon). A run's outputs are copied out and the buffers zeroized before
 /// the session goes back to the pool (G4).
 struct Preallocated {
     options: RunOptions<HasSelectedOutputs>,
