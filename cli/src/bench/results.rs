@@ -183,4 +183,11 @@ impl BenchReport {
             .filter(|r| r.k == 1)
             .max_by_key(|r| (r.d == 1280 && r.c == 100, r.n, r.d))
     }
+
+    /// The row of the sweep where the forget is slowest relative to the f64 re-solve.
+    pub fn worst_against_resolve(&self) -> Option<&ForgetRow> {
+        self.forget
+            .iter()
+            .max_by(|a, b| (a.forget / a.stats_resolve).total_cmp(&(b.forget / b.stats_resolve)))
+    }
 }
