@@ -13,6 +13,18 @@ fn met(ok: bool) -> &'static str {
     }
 }
 
+/// The targets table's row `what` for a forget that must take at most 1.1× the f64 re-solve.
+fn against_resolve(what: &str, r: &ForgetRow) -> String {
+    let ratio = r.forget / r.stats_resolve;
+    format!(
+        "| {what} | ≤ 1.1× | {} ({} vs {}) | {} |\n",
+        fmt_ratio(ratio),
+        fmt_secs(r.forget),
+        fmt_secs(r.stats_resolve),
+        met(ratio <= 1.1)
+    )
+}
+
 /// The ratios of `p`'s bundle's other predict rows.
 fn others_of(rows: &[PredictRow], p: &PredictRow) -> String {
     let others: Vec<String> = rows
@@ -381,32 +393,26 @@ impl BenchReport {
                 .iter()
                 .find(|r| (r.n, r.d, r.c, r.k) == (h.n, h.d, h.c, 1000))
             {
-                let ratio = r.forget / r.stats_resolve;
-                s += &format!(
-                    "| forget of 1 000 samples vs the f64 sufficient-statistics re-solve (n = {}, d = {}, C = {}) | ≤ 1.1× | {} ({} vs {}) | {} |\n",
+                let what = format!(
+                    "forget of 1 000 samples vs the f64 sufficient-statistics re-solve (n = {}, \
+                     d = {}, C = {})",
                     fmt_n(r.n),
                     r.d,
-                    r.c,
-                    fmt_ratio(ratio),
-                    fmt_secs(r.forget),
-                    fmt_secs(r.stats_resolve),
-                    met(ratio <= 1.1)
+                    r.c
                 );
+                s += &against_resolve(&what, r);
             }
         }
         if let Some(w) = self.worst_against_resolve() {
-            let ratio = w.forget / w.stats_resolve;
-            s += &format!(
-                "| a forget of any k vs the f64 sufficient-statistics re-solve (worst row of the sweep: n = {}, d = {}, C = {}, k = {}) | ≤ 1.1× | {} ({} vs {}) | {} |\n",
+            let what = format!(
+                "a forget of any k vs the f64 sufficient-statistics re-solve (worst row of the \
+                 sweep: n = {}, d = {}, C = {}, k = {})",
                 fmt_n(w.n),
                 w.d,
                 w.c,
-                w.k,
-                fmt_ratio(ratio),
-                fmt_secs(w.forget),
-                fmt_secs(w.stats_resolve),
-                met(ratio <= 1.1)
+                w.k
             );
+            s += &against_resolve(&what, w);
         }
         for l in self.learn.iter().filter(|l| l.batch > 1) {
             let share = l.durable / l.core;
