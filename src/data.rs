@@ -254,8 +254,22 @@ fn max_inflated(compressed: u64) -> u64 {
 pub fn read_npz(path: &Path) -> Result<Vec<(String, Values)>> {
     let file = open(path)?;
     let file_len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    let listing = file.try_clone().map_err(|e| Error::io(path, e))?;
     let mut zip = zip::ZipArchive::new(file)
         .map_err(|e| npy_err(path, format!("not a readable .npz (zip) file: {e}")))?;
+    // The zip reader keeps one entry per name (the last): a name listed twice shows only in
+    // the central directory itself.
+    let listed = central_entries(&listing, zip.central_directory_start(), file_len)
+        .map_err(|e| Error::io(path, e))?;
+    if listed != zip.len() {
+        return Err(npy_err(
+            path,
+            format!(
+                "its directory lists {listed} entries under {} names: it holds an array twice",
+                zip.len()
+            ),
+        ));
+    }
     let mut arrays: Vec<(String, Values)> = Vec::with_capacity(zip.len());
     for i in 0..zip.len() {
         let mut entry = zip
@@ -300,6 +314,26 @@ pub fn read_npz(path: &Path) -> Result<Vec<(String, Values)>> {
         arrays.push((name, values_of(&what, data, declared)?));
     }
     Ok(arrays)
+}
+
+/// How many entries a zip's central directory lists from `start`: its file headers (signature
+/// `PK\x01\x02`, 46 bytes, then the name, extra field and comment), counted until something
+/// else follows.
+fn central_entries(file: &File, start: u64, file_len: u64) -> std::io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    const HEADER: u64 = 46;
+    let (mut at, mut count) = (start, 0);
+    let mut header = [0u8; HEADER as usize];
+    while at + HEADER <= file_len {
+        file.read_exact_at(&mut header, at)?;
+        if header[..4] != *b"PK\x01\x02" {
+            break;
+        }
+        let len = |i: usize| u64::from(u16::from_le_bytes([header[i], header[i + 1]]));
+        at += HEADER + len(28) + len(30) + len(32);
+        count += 1;
+    }
+    Ok(count)
 }
 
 /// The values of checked `.npy` data (see [`read_values`]).
@@ -541,6 +575,34 @@ mod tests {
             m.contains("2147483647 bytes") && m.contains("corrupt"),
             "{m}"
         );
+    }
+
+    /// Two entries of one name (the zip reader shows only the last) are refused, as are two
+    /// names for one array (`x` and `x.npy`).
+    #[test]
+    fn an_npz_holding_an_array_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = std::fs::read(npy(dir.path(), "<i8", "(1,)", &1i64.to_le_bytes())).unwrap();
+        let two = std::fs::read(npy(dir.path(), "<i8", "(1,)", &2i64.to_le_bytes())).unwrap();
+        let path = npz(dir.path(), &[("x.npy", &one), ("y.npy", &two)]);
+        assert_eq!(read_npz(&path).unwrap().len(), 2);
+        // Renamed in both its local and its central header (stored: no checksum over names).
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at: Vec<usize> = bytes
+            .windows(5)
+            .enumerate()
+            .filter(|(_, w)| w == b"y.npy")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(at.len(), 2, "the name in both headers");
+        for i in at {
+            bytes[i] = b'x';
+        }
+        std::fs::write(&path, bytes).unwrap();
+        let m = message(read_npz(&path).map(drop));
+        assert!(m.contains("holds an array twice"), "{m}");
+        let m = message(read_npz(&npz(dir.path(), &[("x", &one), ("x.npy", &two)])).map(drop));
+        assert!(m.contains("holds two arrays named \"x\""), "{m}");
     }
 
     #[test]
