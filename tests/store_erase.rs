@@ -170,6 +170,17 @@ fn erase_leaves_what_is_not_lethes() {
         other => panic!("erased a dir that is not a state dir: {other:?}"),
     }
     assert_eq!(std::fs::read(diary.join("journal")).unwrap(), PRECIOUS);
+    // A meta.json of the user's own does not make it a state dir either.
+    let own_meta = br#"{"name": "my-app", "format": "mine"}"#;
+    std::fs::write(diary.join("meta.json"), own_meta).unwrap();
+    match erase(&diary) {
+        Err(Error::State { message, .. }) => {
+            assert!(message.contains("does not look like"), "{message}")
+        }
+        other => panic!("erased a dir with a foreign meta.json: {other:?}"),
+    }
+    assert_eq!(std::fs::read(diary.join("meta.json")).unwrap(), own_meta);
+    assert_eq!(std::fs::read(diary.join("journal")).unwrap(), PRECIOUS);
 
     let dir = closed(root, "open");
     let head = open(&dir).unwrap();
@@ -180,4 +191,26 @@ fn erase_leaves_what_is_not_lethes() {
     }
     head.close().unwrap();
     assert_eq!(open(&dir).unwrap().ids(), [1, 2, 3, 4, 5, 9]);
+}
+
+/// `Head::erase` erases the state dir the head holds (its lock held until the dir is gone),
+/// with the files' data overwritten as `erase` does; the path is then free.
+#[test]
+fn an_open_head_erases_its_own_state_dir() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = closed(root.path(), "held");
+    let head = open(&dir).unwrap();
+    learn(&head, &[6]).unwrap();
+    let mut before: Vec<std::fs::File> = files(&dir)
+        .into_keys()
+        .map(|name| std::fs::File::open(dir.join(name)).unwrap())
+        .collect();
+    let report = head.erase().unwrap();
+    assert_erased(&dir, &report, "erased through its head");
+    for file in &mut before {
+        let mut left = Vec::new();
+        file.read_to_end(&mut left).unwrap();
+        assert!(left.iter().all(|&b| b == 0), "data left after Head::erase");
+    }
+    assert!(open(&dir).unwrap().ids().is_empty());
 }

@@ -77,7 +77,7 @@ use crate::math::threads;
 use crate::math::weights::{to_served, to_weights, ServedWeights, Weights};
 use crate::math::woodbury::Woodbury;
 use crate::placement::{BackendOptions, BackendReport};
-use crate::store::{Loaded, StateKey, Store};
+use crate::store::{ErasedReport, Loaded, StateKey, Store};
 use backend::HeadBackend;
 use samples::Samples;
 
@@ -1007,7 +1007,32 @@ impl Head {
         self.shutdown()
     }
 
+    /// Erases the head's state dir (as [`crate::store::erase`] does) instead of closing it,
+    /// while the head still holds the dir's lock: no other head or process can open the dir
+    /// between the head's release and the erasure. For an application that created a state
+    /// dir and wants nothing left of it after a failure. An in-memory head has nothing to
+    /// erase.
+    pub fn erase(mut self) -> Result<ErasedReport> {
+        match self.take_samples()? {
+            Samples::Stored(store) => store.erase(),
+            Samples::Memory(_) => Ok(ErasedReport::default()),
+        }
+    }
+
     fn shutdown(&mut self) -> Result<()> {
+        match self.take_samples()? {
+            Samples::Stored(store) => {
+                let st = self.inner.lock();
+                store.close(&st.stats)
+            }
+            Samples::Memory(_) => Ok(()),
+        }
+    }
+
+    /// Stops the background thread and takes the samples (the state dir's store) out of the
+    /// head, leaving an empty in-memory set. A poisoned head's store is dropped, which releases
+    /// the state dir as a crash would.
+    fn take_samples(&mut self) -> Result<Samples> {
         {
             // Under the lock, so the re-solve cannot miss the wake-up between its check of
             // `stop` and its wait.
@@ -1023,21 +1048,14 @@ impl Head {
         let mut st = match self.inner.state.lock() {
             Ok(st) => st,
             Err(poisoned) => {
-                // Dropping the store releases the state dir as a crash would.
                 let mut st = poisoned.into_inner();
                 return match std::mem::replace(&mut st.samples, released) {
                     Samples::Stored(_) => Err(self.inner.poisoned()),
-                    Samples::Memory(_) => Ok(()),
+                    memory => Ok(memory),
                 };
             }
         };
-        if !matches!(st.samples, Samples::Stored(_)) {
-            return Ok(());
-        }
-        match std::mem::replace(&mut st.samples, released) {
-            Samples::Stored(store) => store.close(&st.stats),
-            Samples::Memory(_) => Ok(()),
-        }
+        Ok(std::mem::replace(&mut st.samples, released))
     }
 }
 

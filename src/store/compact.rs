@@ -37,6 +37,12 @@ impl Store {
         self.compact(Some(stats))
     }
 
+    /// Erases the state dir (see [`super::erase`]) while this store still holds its lock, so
+    /// that no other head or process can open it in between.
+    pub fn erase(self) -> Result<super::ErasedReport> {
+        super::erase::erase_locked(&self.dir, self.dir.path())
+    }
+
     /// Rewrites the state dir in its canonical form, unless it is in it (see the module docs).
     /// On error nothing changed: the journal still describes the state dir.
     pub(super) fn compact(&mut self, stats: Option<&ExactStats>) -> Result<()> {

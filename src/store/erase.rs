@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 use super::format::{
     is_lethe_name, parse_bucket_name, BUCKET_MAGIC, JOURNAL_MAGIC, LEGACY_SAMPLES_MAGIC, META,
-    NAMES, STATS_MAGIC,
+    NAMES, STATE_FORMAT, STATS_MAGIC,
 };
 use super::io::{Dir, Foreign, Kind};
 
@@ -39,7 +39,9 @@ pub struct ErasedReport {
 ///
 /// Refused, with nothing changed, when a head has the state dir open (forget-all there), and
 /// for a dir that does not look like a state dir: one that holds names that are not Lethe's
-/// but no `meta.json` and no file that starts like one of Lethe's.
+/// but no file that is provably Lethe's (a `meta.json` naming Lethe's format, or a file that
+/// starts like one of Lethe's), so that a mistyped path never costs the user their own
+/// `meta.json` or `journal`.
 ///
 /// ```no_run
 /// let report = lethe::store::erase(std::path::Path::new("/tmp/my-head"))?;
@@ -47,9 +49,8 @@ pub struct ErasedReport {
 /// # Ok::<(), lethe::Error>(())
 /// ```
 pub fn erase(path: &Path) -> Result<ErasedReport> {
-    let mut report = ErasedReport::default();
     let Some(dir) = Dir::open(path, false)? else {
-        return Ok(report);
+        return Ok(ErasedReport::default());
     };
     if !dir.try_lock()? {
         return Err(Error::state(
@@ -57,13 +58,20 @@ pub fn erase(path: &Path) -> Result<ErasedReport> {
             "is open in another process or head: use forget-all there, or close it first",
         ));
     }
+    erase_locked(&dir, path)
+}
+
+/// [`erase`] of `dir` (at `path`), whose lock this process holds.
+pub(super) fn erase_locked(dir: &Dir, path: &Path) -> Result<ErasedReport> {
+    let mut report = ErasedReport::default();
     let names = dir.list()?;
     let foreign_names = names.iter().any(|n| !is_lethe_name(n));
-    if foreign_names && !looks_like_a_state_dir(&dir, &names)? {
+    if foreign_names && !looks_like_a_state_dir(dir, &names)? {
         return Err(Error::state(
             path,
-            "does not look like a state dir (no meta.json, no file of Lethe's, but other \
-             files): nothing was erased",
+            "does not look like a state dir (other files, and no file that is Lethe's: \
+             neither a meta.json of Lethe's format nor a file with Lethe's header): nothing \
+             was erased",
         ));
     }
     let mut buckets: Vec<String> = names
@@ -119,10 +127,23 @@ const MAGICS: [&[u8; 8]; 4] = [
     LEGACY_SAMPLES_MAGIC,
 ];
 
-/// Whether the dir has `meta.json` or a file of Lethe's with its magic.
+/// How far into `meta.json` its format is looked for (Lethe writes it first).
+const META_FORMAT_WITHIN: u64 = 4096;
+
+/// Whether the dir has a file of Lethe's: a `meta.json` that names Lethe's format (whatever
+/// else it says), or a file with one of Lethe's names that starts with one of its magics. A
+/// file that merely has one of Lethe's names (a user's own `meta.json` or `journal`) is not.
 pub(super) fn looks_like_a_state_dir(dir: &Dir, names: &[OsString]) -> Result<bool> {
-    if dir.has(META)? {
-        return Ok(true);
+    if dir.kind(OsStr::new(META))? == Some(Kind::Own) {
+        if let Some(f) = dir.open_file(META)? {
+            let mut head = vec![0u8; f.len()?.min(META_FORMAT_WITHIN) as usize];
+            let format = format!("\"{STATE_FORMAT}\"");
+            if f.read_at(&mut head, 0).is_ok()
+                && head.windows(format.len()).any(|w| w == format.as_bytes())
+            {
+                return Ok(true);
+            }
+        }
     }
     for name in names.iter().filter(|n| is_lethe_name(n)) {
         if dir.kind(name)? != Some(Kind::Own) {

@@ -409,7 +409,7 @@ impl Dir {
 
     /// Removes the empty dir itself and syncs its parent. `false`: it is not empty (or is
     /// reached through a link, which is left alone).
-    pub fn remove_self(self) -> Result<bool> {
+    pub fn remove_self(&self) -> Result<bool> {
         if !self.list()?.is_empty()
             || std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.file_type().is_symlink())
         {
