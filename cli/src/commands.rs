@@ -1,5 +1,6 @@
 //! The `lethe` command line: its arguments, and one function per command.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -145,9 +146,28 @@ pub struct RekeyArgs {
 }
 
 /// The key in `path`: exactly 32 bytes (the buffer read is wiped when dropped).
+/// Reads a key file: one byte more than a key at most, so that a longer file (or a device)
+/// is refused without being read on.
 fn read_key(path: &Path) -> Result<StateKey> {
-    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| Error::io(path, e))?);
-    StateKey::from_slice(&bytes).map_err(|e| Error::Key(format!("{}: {e}", path.display())))
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut bytes = Zeroizing::new([0u8; StateKey::LEN + 1]);
+    let mut len = 0;
+    while len < bytes.len() {
+        match file.read(&mut bytes[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io(path, e)),
+        }
+    }
+    if len > StateKey::LEN {
+        return Err(Error::Key(format!(
+            "{}: longer than a key ({} bytes)",
+            path.display(),
+            StateKey::LEN
+        )));
+    }
+    StateKey::from_slice(&bytes[..len]).map_err(|e| Error::Key(format!("{}: {e}", path.display())))
 }
 
 #[derive(Debug, Args)]
@@ -347,16 +367,9 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
     check_counts(n, labels.len(), ids.len())?;
     let core = Arc::new(Core::from_bundle(bundle, &g.core_options())?);
 
-    // Only a successful learn leaves a state dir behind.
-    let creation = is_new.then(|| Creation::before(&head.state)).transpose()?;
     let start = Instant::now();
-    let learned = learn_into(core, args, &samples, &ids, &labels);
-    if let (Err(_), Some(creation)) = (&learned, creation) {
-        if let Err(e) = creation.undo() {
-            eprintln!("warning: could not remove the new state dir: {e}");
-        }
-    }
-    let samples = learned?;
+    let creation = is_new.then(|| Creation::before(&head.state));
+    let samples = learn_into(core, args, &samples, &ids, &labels, creation)?;
     eprintln!(
         "learned {n} samples ({samples} in the head) in {:.2} s",
         start.elapsed().as_secs_f64()
@@ -365,23 +378,53 @@ fn learn(g: &Global, args: &LearnArgs) -> Result<()> {
 }
 
 /// Opens (or creates) the state dir and learns in one call (all-or-nothing), after running the
-/// core in chunks with progress; returns the samples in the head.
+/// core in chunks with progress; returns the samples in the head. Only a successful learn
+/// leaves a state dir behind: when the learn fails on a dir that was new (`creation`) and
+/// still holds no sample, the dir is erased while the head still holds its lock, so that
+/// nothing another process made there is touched, and what was at its path put back. If the
+/// open itself fails, nothing is undone: the dir is then another's (it holds the lock), or an
+/// interrupted creation, which holds no sample.
 fn learn_into(
     core: Arc<Core>,
     args: &LearnArgs,
     samples: &Samples,
     ids: &[u64],
     labels: &[u32],
+    creation: Option<Creation>,
 ) -> Result<u64> {
     let h = Head::open(core, &args.head.state, &args.head.options(false)?)?;
-    let (phi, z) = core_features(&h, samples)?;
-    h.learn_features(ids, &phi, &z, labels)?;
-    if let Some(path) = &args.receipt {
-        receipts::write(path, &h, "learn", ids.len())?;
+    let learned = core_features(&h, samples)
+        .and_then(|(phi, z)| h.learn_features(ids, &phi, &z, labels))
+        .and_then(|()| match &args.receipt {
+            Some(path) => receipts::write(path, &h, "learn", ids.len()),
+            None => Ok(()),
+        });
+    if let Err(e) = learned {
+        let undone = match creation.filter(|_| h.info().samples == 0) {
+            Some(creation) => h.erase().and_then(|_| creation.put_back()),
+            None => h.close(),
+        };
+        if let Err(u) = undone {
+            eprintln!("warning: after the failed learn, {u}");
+        }
+        return Err(e);
     }
     let samples = h.info().samples;
-    h.close()?;
+    close_or_warn(h);
     Ok(samples)
+}
+
+/// Closes a head once the command's work is done: closing compacts the state dir, and when
+/// that fails (a full disk, say) what the command changed stays saved in the journal, which
+/// the next open recovers and compacts. So it is a warning, not the command's failure: an
+/// error from a learn or forget must mean that nothing changed.
+fn close_or_warn(h: Head) {
+    if let Err(e) = h.close() {
+        eprintln!(
+            "warning: closing the state dir failed ({e}); what the command did is saved, and \
+             the next command that opens the state dir compacts it"
+        );
+    }
 }
 
 fn forget(g: &Global, args: &ForgetArgs) -> Result<()> {
@@ -397,7 +440,7 @@ fn forget(g: &Global, args: &ForgetArgs) -> Result<()> {
         receipts::write(path, &h, "forget", ids.len())?;
     }
     let samples = h.info().samples;
-    h.close()?;
+    close_or_warn(h);
     eprintln!(
         "forgot {} samples ({samples} left) in {:.3} ms",
         ids.len(),
@@ -412,7 +455,7 @@ fn forget_all(g: &Global, args: &ForgetAllArgs) -> Result<()> {
     if let Some(path) = &args.receipt {
         receipts::write(path, &h, "forget-all", 0)?;
     }
-    h.close()?;
+    close_or_warn(h);
     eprintln!("forgot all samples: the head now predicts the core's logits");
     Ok(())
 }
@@ -422,7 +465,7 @@ fn rekey(g: &Global, args: &RekeyArgs) -> Result<()> {
     let h = args.head.open(g)?;
     let start = Instant::now();
     h.rekey(&new_key)?;
-    h.close()?;
+    close_or_warn(h);
     eprintln!(
         "resealed {} under the new key in {:.2} s: open it with {} from now on",
         args.head.state.display(),
@@ -457,7 +500,8 @@ fn predict(g: &Global, args: &PredictArgs) -> Result<()> {
             }
         }
     }
-    h.close()
+    close_or_warn(h);
+    Ok(())
 }
 
 fn weights(g: &Global, args: &WeightsArgs) -> Result<()> {
@@ -478,7 +522,8 @@ fn weights(g: &Global, args: &WeightsArgs) -> Result<()> {
         w.b.len(),
         out.display()
     );
-    h.close()
+    close_or_warn(h);
+    Ok(())
 }
 
 fn info(g: &Global, head: &HeadArgs) -> Result<()> {
@@ -508,7 +553,8 @@ fn info(g: &Global, head: &HeadArgs) -> Result<()> {
         .map(|(c, n)| format!("{c}:{n}"))
         .collect();
     println!("per class   {}", counts.join(" "));
-    h.close()
+    close_or_warn(h);
+    Ok(())
 }
 
 fn verify(g: &Global, head: &HeadArgs) -> Result<()> {
@@ -524,7 +570,7 @@ fn verify(g: &Global, head: &HeadArgs) -> Result<()> {
         word(report.served_identical, "bit-identical"),
         start.elapsed().as_secs_f64()
     );
-    h.close()?;
+    close_or_warn(h);
     if report.ok() {
         Ok(())
     } else {
@@ -571,12 +617,29 @@ fn read_id_file(path: &Path) -> Result<Vec<u64>> {
     if path.extension().is_some_and(|e| e == "npy") {
         return data::read_ids(path);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    text.split(|c: char| c.is_whitespace() || c == ',')
-        .filter(|t| !t.is_empty())
-        .map(|t| {
-            t.parse::<u64>()
-                .map_err(|_| Error::InvalidInput(format!("{}: {t:?} is not an id", path.display())))
-        })
-        .collect()
+    // Read as it is parsed: the first byte that cannot be part of an id (or an id longer than
+    // u64's 20 digits) ends it, so a device or a binary file is refused at once.
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let not_an_id =
+        |t: &str| Error::InvalidInput(format!("{}: {t:?} is not an id", path.display()));
+    let mut ids = Vec::new();
+    let mut token = String::new();
+    for byte in std::io::BufReader::new(file).bytes() {
+        let b = byte.map_err(|e| Error::io(path, e))?;
+        if b.is_ascii_whitespace() || b == b',' {
+            if !token.is_empty() {
+                ids.push(token.parse().map_err(|_| not_an_id(&token))?);
+                token.clear();
+            }
+            continue;
+        }
+        token.push(char::from(b));
+        if !b.is_ascii_digit() || token.len() > 20 {
+            return Err(not_an_id(&token));
+        }
+    }
+    if !token.is_empty() {
+        ids.push(token.parse().map_err(|_| not_an_id(&token))?);
+    }
+    Ok(ids)
 }

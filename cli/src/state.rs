@@ -1,8 +1,6 @@
-//! State dirs from the command line: which bundle a state dir belongs to, and removing what a
-//! failed learn created.
+//! State dirs from the command line: which bundle a state dir belongs to, and putting back
+//! what was at a state dir's path when a learn that created it failed.
 
-use std::collections::HashSet;
-use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
 use lethe::store::recorded_bundle;
@@ -66,59 +64,45 @@ fn recorded(state: &Path, name: &str, sha256: &str) -> Result<Bundle> {
     Ok(bundle)
 }
 
-/// What is in and above a path before a learn makes it a state dir, so that a failed learn
-/// can remove exactly what it created.
+/// What was at a path before a learn made it a state dir: an empty dir (a learn refuses any
+/// other), or nothing, under parents that may not exist either.
 pub struct Creation {
     dir: PathBuf,
-    /// `dir` and those of its parents that do not exist yet, deepest first.
-    new_dirs: Vec<PathBuf>,
-    /// What `dir` held, if it existed.
-    before: HashSet<OsString>,
+    existed: bool,
+    /// The parents of `dir` that do not exist yet, deepest first.
+    new_parents: Vec<PathBuf>,
 }
 
 impl Creation {
-    pub fn before(dir: &Path) -> Result<Creation> {
-        let new_dirs: Vec<PathBuf> = dir
-            .ancestors()
-            .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
-            .map(Path::to_path_buf)
-            .collect();
-        let before = if new_dirs.is_empty() {
-            names(dir)?
-        } else {
-            HashSet::new()
-        };
-        Ok(Creation {
+    pub fn before(dir: &Path) -> Creation {
+        let absent = |a: &Path| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err();
+        Creation {
             dir: dir.to_path_buf(),
-            new_dirs,
-            before,
-        })
+            existed: !absent(dir),
+            new_parents: dir
+                .ancestors()
+                .skip(1)
+                .take_while(|a| absent(a))
+                .map(Path::to_path_buf)
+                .collect(),
+        }
     }
 
-    /// Removes the files that appeared in the dir since [`Creation::before`], then the dirs
-    /// that did not exist, deepest first. Anything else found there stays (and a dir that is
-    /// not empty then stays too: the error says so).
-    pub fn undo(self) -> Result<()> {
-        if self.dir.is_dir() {
-            for name in names(&self.dir)?.difference(&self.before) {
-                let path = self.dir.join(name);
-                let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(&path, e))?;
-                if meta.is_file() {
-                    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
-                }
+    /// After a failed learn erased the state dir it created (which removes the dir): makes
+    /// the empty dir again if there was one, else removes the parents the learn created,
+    /// deepest first, as long as they are empty (another process may be using them).
+    pub fn put_back(self) -> Result<()> {
+        if self.existed {
+            if !self.dir.exists() {
+                std::fs::create_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
             }
+            return Ok(());
         }
-        for dir in &self.new_dirs {
-            std::fs::remove_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for dir in &self.new_parents {
+            if std::fs::remove_dir(dir).is_err() {
+                break;
+            }
         }
         Ok(())
     }
-}
-
-/// The names in a dir.
-fn names(dir: &Path) -> Result<HashSet<OsString>> {
-    std::fs::read_dir(dir)
-        .map_err(|e| Error::io(dir, e))?
-        .map(|entry| entry.map(|e| e.file_name()).map_err(|e| Error::io(dir, e)))
-        .collect()
 }

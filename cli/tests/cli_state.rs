@@ -206,6 +206,43 @@ fn a_refused_learn_leaves_no_state_dir_behind() {
     assert!(lethe_ok(&["info", "--state", s(&new)]).contains("samples     20"));
 }
 
+/// Two learns that create the same state dir at once: the one that waits for the other's lock
+/// fails cleanly, and a learn that fails (here: of ids the other learned first) never removes
+/// what the other made. So every learn that succeeded is in the state dir afterwards, and at
+/// least one succeeds. Racing processes, repeated: every interleaving must keep this.
+#[test]
+fn learns_racing_to_create_a_state_dir_keep_whatever_succeeded() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 10);
+    let learn = |state: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_lethe"))
+            .args(["learn", "--state", s(state), "--input", s(&inp.x)])
+            .args(["--labels", s(&inp.y), "--ids", s(&inp.ids)])
+            .current_dir(common::repo_root())
+            .output()
+            .expect("run the lethe binary")
+    };
+    for round in 0..12 {
+        let state = dir.join(format!("race{round}"));
+        let (a, b) = std::thread::scope(|scope| {
+            let a = scope.spawn(|| learn(&state));
+            let b = scope.spawn(|| learn(&state));
+            (a.join().unwrap(), b.join().unwrap())
+        });
+        let ok: Vec<bool> = [&a, &b].iter().map(|o| o.status.success()).collect();
+        let why = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(
+            ok.contains(&true),
+            "round {round}: both learns failed:\n{}\n{}",
+            why(&a),
+            why(&b)
+        );
+        let info = lethe_ok(&["info", "--state", s(&state)]);
+        assert!(info.contains("samples     10"), "round {round}: {info}");
+    }
+}
+
 #[test]
 fn a_state_dir_records_its_bundle() {
     let tmp = common::temp_dir();
@@ -402,6 +439,32 @@ fn a_forget_receipt_verifies_against_the_retained_samples_only() {
     lethe_ok(&["forget-all", "--state", s(&state), "--receipt", s(&cleared)]);
     let text = std::fs::read_to_string(&cleared).unwrap();
     assert!(text.contains("\"samples\": 0"), "{text}");
+}
+
+/// An ids file or a key file is read only as far as it can be valid: a device that never ends
+/// (or a file that is too long for a key) is refused at once, not read into memory.
+#[test]
+fn an_ids_or_key_file_is_read_only_as_far_as_it_can_be_valid() {
+    let tmp = common::temp_dir();
+    let dir = tmp.path();
+    let inp = inputs(dir, 6);
+    let state = dir.join("state");
+    inp.learn(&state, &[]);
+    let ids = dir.join("ids.txt");
+    std::fs::write(&ids, "1, 2\n3 ").unwrap();
+    let state = s(&state);
+    for bad in ["/dev/zero", "/dev/urandom"] {
+        let m = lethe_fails(&["forget", "--state", state, "--ids-file", bad]);
+        assert!(m.contains("is not an id"), "{bad}: {m}");
+    }
+    let long = dir.join("long-key");
+    std::fs::write(&long, [7u8; 33]).unwrap();
+    for bad in ["/dev/zero", s(&long)] {
+        let m = lethe_fails(&["info", "--state", state, "--key-file", bad]);
+        assert!(m.contains("longer than a key"), "{bad}: {m}");
+    }
+    lethe_ok(&["forget", "--state", state, "--ids-file", s(&ids)]);
+    assert!(lethe_ok(&["info", "--state", state]).contains("samples     3"));
 }
 
 /// `--key-file` creates an encrypted state dir, which then needs exactly its key; `lethe

@@ -43,6 +43,9 @@ impl StateKey {
     }
 
     /// A key from exactly 32 bytes.
+    /// Bytes of a key.
+    pub const LEN: usize = KEY_LEN;
+
     pub fn from_slice(bytes: &[u8]) -> Result<StateKey> {
         let bytes: [u8; KEY_LEN] = bytes.try_into().map_err(|_| {
             Error::Key(format!(
