@@ -145,9 +145,8 @@ pub struct RekeyArgs {
     pub new_key_file: PathBuf,
 }
 
-/// The key in `path`: exactly 32 bytes (the buffer read is wiped when dropped).
-/// Reads a key file: one byte more than a key at most, so that a longer file (or a device)
-/// is refused without being read on.
+/// The key in `path`: exactly [`StateKey::LEN`] bytes, read into a buffer wiped when dropped,
+/// and at most one byte more, so that a longer file (or a device) is refused unread.
 fn read_key(path: &Path) -> Result<StateKey> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut bytes = Zeroizing::new([0u8; StateKey::LEN + 1]);
