@@ -699,6 +699,24 @@ lethe_status lethe_head_open(struct lethe_core *core,
 lethe_status lethe_head_close(struct lethe_head *head);
 
 /**
+ * Erases a head's state dir instead of closing it, as lethe_state_erase does (every file of
+ * Lethe's overwritten with zeros, synced and removed, then the folder if it is left empty),
+ * while the head still holds the state dir: no other head or process can open it in between.
+ * For an application that created a state dir and wants nothing of it left after a failure.
+ * NULL is a harmless no-op.
+ *
+ * Ownership: the handle is released whatever the result. If erasing fails, the state dir is
+ * released as it is (erase it with lethe_state_erase).
+ *
+ * Thread-safe, also while other threads use the head, as lethe_head_close.
+ *
+ * Returns LETHE_OK; LETHE_ERROR_INVALID_HANDLE (not an open head); LETHE_ERROR_IO or
+ * LETHE_ERROR_STATE if erasing failed; LETHE_ERROR_POISONED if the head was poisoned (it is
+ * released; lethe_last_error() says whether the state dir was erased).
+ */
+lethe_status lethe_head_erase(struct lethe_head *head);
+
+/**
  * Learns n samples: sample i has the caller-chosen id `ids[i]`, the input `inputs[i * L ..
  * (i + 1) * L]` (L = lethe_core_input_len; values preprocessed as the bundle says, finite),
  * and the class `labels[i]` < C. Runs the core, then updates the head exactly and durably:

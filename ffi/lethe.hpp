@@ -334,6 +334,11 @@ class Head {
   /// either way, as lethe_head_close does: open the state dir again to recover it).
   void close() { detail::check(lethe_head_close(std::exchange(handle_, nullptr))); }
 
+  /// Erases the head's state dir instead of closing it, while the head still holds it, and
+  /// releases the head; throws if erasing failed (the handle is released either way, as
+  /// lethe_head_erase does).
+  void erase() { detail::check(lethe_head_erase(std::exchange(handle_, nullptr))); }
+
   /// Learns n samples (inputs: n * input_len floats). All or nothing.
   void learn(const std::uint64_t *ids, const float *inputs, std::size_t n,
              const std::uint32_t *labels) {

@@ -1596,6 +1596,53 @@ pub extern "C" fn lethe_head_close(head: *mut lethe_head) -> lethe_status {
     })
 }
 
+/// Erases a head's state dir instead of closing it, as lethe_state_erase does (every file of
+/// Lethe's overwritten with zeros, synced and removed, then the folder if it is left empty),
+/// while the head still holds the state dir: no other head or process can open it in between.
+/// For an application that created a state dir and wants nothing of it left after a failure.
+/// NULL is a harmless no-op.
+///
+/// Ownership: the handle is released whatever the result. If erasing fails, the state dir is
+/// released as it is (erase it with lethe_state_erase).
+///
+/// Thread-safe, also while other threads use the head, as lethe_head_close.
+///
+/// Returns LETHE_OK; LETHE_ERROR_INVALID_HANDLE (not an open head); LETHE_ERROR_IO or
+/// LETHE_ERROR_STATE if erasing failed; LETHE_ERROR_POISONED if the head was poisoned (it is
+/// released; lethe_last_error() says whether the state dir was erased).
+#[no_mangle]
+pub extern "C" fn lethe_head_erase(head: *mut lethe_head) -> lethe_status {
+    boundary!("lethe_head_erase", [], {
+        if head.is_null() {
+            return Ok(());
+        }
+        let slot = unregister(head.addr(), "lethe_head", |h| match h {
+            Handle::Head(slot) => Some(slot.clone()),
+            Handle::Core(_) => None,
+        })?;
+        let head = slot.head.write().unwrap_or_else(|e| e.into_inner()).take();
+        let head = head.ok_or_else(|| unknown_handle("lethe_head"))?;
+        let erased = head.erase();
+        match (slot.poisoned.get(), erased) {
+            (None, erased) => {
+                erased?;
+                Ok(())
+            }
+            (Some(why), Ok(_)) => Err(Failure::new(
+                LETHE_ERROR_POISONED,
+                format!("erased after an internal error in an earlier call ({why})"),
+            )),
+            (Some(why), Err(e)) => Err(Failure::new(
+                LETHE_ERROR_POISONED,
+                format!(
+                    "released, not erased, after an internal error in an earlier call ({why}): \
+                     {e}"
+                ),
+            )),
+        }
+    })
+}
+
 /// Learns n samples: sample i has the caller-chosen id `ids[i]`, the input `inputs[i * L ..
 /// (i + 1) * L]` (L = lethe_core_input_len; values preprocessed as the bundle says, finite),
 /// and the class `labels[i]` < C. Runs the core, then updates the head exactly and durably:

@@ -829,7 +829,8 @@ static void test_encrypted_state_dirs(lethe_core *core) {
 }
 
 /* Erasing a state dir: refused while a head has it open; then every file and the folder go,
- * also when the dir cannot be opened (here: a damaged meta.json); a missing folder is fine. */
+ * also when the dir cannot be opened (here: a damaged meta.json); a missing folder is fine; a
+ * head erases its own state dir with lethe_head_erase. */
 static void test_state_erase(lethe_core *core) {
   lethe_head *head = NULL;
   batch b = make_batch(500, 3);
@@ -855,6 +856,14 @@ static void test_state_erase(lethe_core *core) {
     CHECK(info.samples == 0);
   }
   OK(lethe_head_close(head));
+  /* Erased through its open head: the files and the folder go, and the handle is released. */
+  OK(lethe_head_erase(NULL));
+  OK(lethe_head_open(core, dir, NULL, &head));
+  OK(lethe_head_learn(head, b.ids, b.inputs, b.n, b.labels));
+  OK(lethe_head_erase(head));
+  CHECK(!path_exists(dir));
+  EXPECT(lethe_head_close(head), LETHE_ERROR_INVALID_HANDLE);
+  EXPECT(lethe_head_erase(head), LETHE_ERROR_INVALID_HANDLE);
   free_batch(&b);
 }
 

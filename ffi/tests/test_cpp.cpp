@@ -234,6 +234,12 @@ int main() {
     recovered.close();
     lethe::erase_state(dir.string());
     CHECK(!fs::exists(dir));
+    // A head erases its own state dir, and is released.
+    lethe::Head own(core, dir.string(), options);
+    own.learn(base.ids, base.inputs, base.labels);
+    own.erase();
+    CHECK(!fs::exists(dir));
+    CHECK_THROWS(own.info(), LETHE_ERROR_NULL_ARGUMENT, "`head` is NULL");
   }
 
   // An encrypted state dir: it opens only with its key; rekey moves it to another.
