@@ -1571,15 +1571,9 @@ pub extern "C" fn lethe_head_close(head: *mut lethe_head) -> lethe_status {
         if head.is_null() {
             return Ok(());
         }
-        let slot = unregister(head.addr(), "lethe_head", |h| match h {
-            Handle::Head(slot) => Some(slot.clone()),
-            Handle::Core(_) => None,
-        })?;
-        // Closing proceeds on a poisoned lock: the head is released either way.
-        let head = slot.head.write().unwrap_or_else(|e| e.into_inner()).take();
-        let head = head.ok_or_else(|| unknown_handle("lethe_head"))?;
+        let (head, poisoned) = release_head(head)?;
         let closed = head.close();
-        match (slot.poisoned.get(), closed) {
+        match (poisoned, closed) {
             (None, closed) => Ok(closed?),
             (Some(why), Ok(())) => Err(Failure::new(
                 LETHE_ERROR_POISONED,
@@ -1594,6 +1588,19 @@ pub extern "C" fn lethe_head_close(head: *mut lethe_head) -> lethe_status {
             )),
         }
     })
+}
+
+/// Unregisters an open head's handle and takes the head out of its slot (also on a poisoned
+/// lock: the head is released either way), with what poisoned it, if a call did: for
+/// lethe_head_close and lethe_head_erase.
+fn release_head(head: *mut lethe_head) -> Result<(Head, Option<String>), Failure> {
+    let slot = unregister(head.addr(), "lethe_head", |h| match h {
+        Handle::Head(slot) => Some(slot.clone()),
+        Handle::Core(_) => None,
+    })?;
+    let taken = slot.head.write().unwrap_or_else(|e| e.into_inner()).take();
+    let head = taken.ok_or_else(|| unknown_handle("lethe_head"))?;
+    Ok((head, slot.poisoned.get().cloned()))
 }
 
 /// Erases a head's state dir instead of closing it, as lethe_state_erase does (every file of
@@ -1616,14 +1623,9 @@ pub extern "C" fn lethe_head_erase(head: *mut lethe_head) -> lethe_status {
         if head.is_null() {
             return Ok(());
         }
-        let slot = unregister(head.addr(), "lethe_head", |h| match h {
-            Handle::Head(slot) => Some(slot.clone()),
-            Handle::Core(_) => None,
-        })?;
-        let head = slot.head.write().unwrap_or_else(|e| e.into_inner()).take();
-        let head = head.ok_or_else(|| unknown_handle("lethe_head"))?;
+        let (head, poisoned) = release_head(head)?;
         let erased = head.erase();
-        match (slot.poisoned.get(), erased) {
+        match (poisoned, erased) {
             (None, erased) => {
                 erased?;
                 Ok(())
